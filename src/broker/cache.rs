@@ -1,0 +1,127 @@
+//! A cached token and the state of its background refresh.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+
+use crate::clock::Clock;
+use crate::credential::AccessToken;
+
+/// A token in the cache, with the moment the broker plans to replace it.
+#[derive(Debug)]
+pub struct CachedToken {
+    /// The token as the upstream issued it.
+    pub token: AccessToken,
+    /// From this epoch second on, serving triggers a background refresh.
+    pub refresh_on: u64,
+    /// Which credential produced it (for logs).
+    pub credential: &'static str,
+    refreshing: AtomicBool,
+    next_attempt: AtomicU64,
+    failures: AtomicU32,
+}
+
+impl CachedToken {
+    /// Wraps a freshly fetched token.
+    pub fn new(token: AccessToken, refresh_on: u64, credential: &'static str) -> Self {
+        Self {
+            token,
+            refresh_on,
+            credential,
+            refreshing: AtomicBool::new(false),
+            next_attempt: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
+        }
+    }
+
+    /// Claims the right to refresh this entry at `now`: true for exactly one caller while no
+    /// refresh is running and any backoff from an earlier failure has passed.
+    pub fn try_begin_refresh(&self, now: u64) -> bool {
+        if now < self.next_attempt.load(Ordering::Acquire) {
+            return false;
+        }
+        self.refreshing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Records a failed refresh: no new attempt before `now + backoff(failures)`.
+    /// Returns the number of consecutive failures.
+    pub fn refresh_failed(&self, now: u64, backoff: impl Fn(u32) -> u64) -> u32 {
+        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        self.next_attempt
+            .store(now + backoff(failures), Ordering::Release);
+        self.refreshing.store(false, Ordering::Release);
+        failures
+    }
+}
+
+/// Tells moka to drop an entry once it can no longer be served, so expired tokens do not
+/// occupy the bounded cache. The broker checks freshness itself against its own clock;
+/// this is only the backstop for memory.
+pub struct ExpireWhenUnservable {
+    /// Seconds of validity below which a token is never served.
+    pub margin_secs: u64,
+    /// The wall clock the expiry is measured against (the broker's).
+    pub clock: std::sync::Arc<dyn Clock>,
+}
+
+impl Expiry<String, std::sync::Arc<CachedToken>> for ExpireWhenUnservable {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &std::sync::Arc<CachedToken>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        let remaining = value
+            .token
+            .expires_on
+            .saturating_sub(self.clock.now())
+            .saturating_sub(self.margin_secs);
+        Some(Duration::from_secs(remaining))
+    }
+
+    fn expire_after_update(
+        &self,
+        key: &String,
+        value: &std::sync::Arc<CachedToken>,
+        updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(key, value, updated_at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    fn entry() -> CachedToken {
+        let token = AccessToken {
+            token: Secret::new("t"),
+            expires_on: 5000,
+            not_before: 0,
+            ext_expires_on: 5000,
+            refresh_on: None,
+        };
+        CachedToken::new(token, 4000, "test")
+    }
+
+    #[test]
+    fn one_refresh_at_a_time_and_backoff_after_failure() {
+        let e = entry();
+        assert!(e.try_begin_refresh(4000));
+        assert!(
+            !e.try_begin_refresh(4000),
+            "a second caller must not start another refresh"
+        );
+        assert_eq!(e.refresh_failed(4000, |f| 30 * u64::from(f)), 1);
+        assert!(!e.try_begin_refresh(4029), "backing off");
+        assert!(e.try_begin_refresh(4030));
+        assert_eq!(e.refresh_failed(4030, |f| 30 * u64::from(f)), 2);
+        assert!(!e.try_begin_refresh(4089));
+        assert!(e.try_begin_refresh(4090));
+    }
+}

@@ -1,0 +1,400 @@
+//! The broker: identities, the token cache, background refresh and prefetch.
+//!
+//! It knows nothing of HTTP. The server asks it for a token for (identity, resource); it
+//! answers from memory when it can, and otherwise makes exactly one upstream call per key
+//! however many callers are waiting (design.md section 4).
+
+mod cache;
+mod policy;
+mod readiness;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use moka::future::Cache;
+
+pub use cache::CachedToken;
+pub use policy::Policy;
+pub use readiness::Readiness;
+
+use crate::clock::Clock;
+use crate::credential::{Credential, CredentialError};
+
+/// How a configured identity is described to the broker.
+pub struct IdentitySpec {
+    /// The configuration's name for it (`app`); used in logs.
+    pub name: String,
+    /// The application (client) id; what `client_id` selects and what responses echo.
+    pub client_id: String,
+    /// The object (principal) id, if known; what `object_id` / `principal_id` select.
+    pub object_id: Option<String>,
+    /// The Azure resource id of a user-assigned identity; what `msi_res_id` selects.
+    pub resource_id: Option<String>,
+    /// Whether requests without a selector get this identity.
+    pub is_default: bool,
+    /// Resources fetched at start; readiness waits for them.
+    pub prefetch: Vec<String>,
+    /// Where its tokens come from.
+    pub credential: Box<dyn Credential>,
+}
+
+/// Sizing of the cache.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheSettings {
+    /// Most tokens kept per identity.
+    pub max_entries: u64,
+    /// How long a permanent upstream refusal is remembered.
+    pub negative_ttl: Duration,
+    /// Refresh and serving policy.
+    pub policy: Policy,
+}
+
+/// One identity with its own cache.
+pub struct Identity {
+    /// Configuration name.
+    pub name: String,
+    /// Application (client) id.
+    pub client_id: String,
+    object_id: Option<String>,
+    resource_id: Option<String>,
+    prefetch: Vec<String>,
+    credential: Box<dyn Credential>,
+    tokens: Cache<String, Arc<CachedToken>>,
+    refusals: Cache<String, BrokerError>,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("name", &self.name)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a request names the identity it wants (protocols.md section 0, item 2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selector {
+    /// No selector: the default identity.
+    Default,
+    /// `client_id` (also `clientid`).
+    ClientId(String),
+    /// `object_id` or `principal_id`.
+    ObjectId(String),
+    /// `msi_res_id`, `mi_res_id` or `msi-res-id`.
+    ResourceId(String),
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Default => f.write_str("the default identity"),
+            Self::ClientId(id) => write!(f, "client_id {id:?}"),
+            Self::ObjectId(id) => write!(f, "object_id {id:?}"),
+            Self::ResourceId(id) => write!(f, "msi_res_id {id:?}"),
+        }
+    }
+}
+
+/// Why the broker has no token for a request.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The selector names no configured identity. Only configured identities are served.
+    #[error("no identity with {0} is configured here")]
+    UnknownIdentity(Selector),
+    /// No selector was given and no identity is marked `default`.
+    #[error(
+        "no default identity is configured; select one with client_id, object_id or msi_res_id"
+    )]
+    NoDefaultIdentity,
+    /// The upstream credential failed; see the inner error.
+    #[error("identity {identity:?}: {source}")]
+    Upstream {
+        identity: String,
+        source: Arc<CredentialError>,
+    },
+}
+
+/// Where a served token came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Fresh from memory.
+    Hit,
+    /// From memory, past its refresh point; a background refresh was started or is running.
+    Stale,
+    /// Fetched upstream for this request.
+    Miss,
+    /// Fetched upstream by a concurrent request this one waited for.
+    Coalesced,
+}
+
+impl CacheOutcome {
+    /// Lower-case name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Stale => "stale",
+            Self::Miss => "miss",
+            Self::Coalesced => "coalesced",
+        }
+    }
+}
+
+/// A token handed to a caller.
+#[derive(Clone, Debug)]
+pub struct Served {
+    /// The cache entry (shared; cloning it is a reference-count increment).
+    pub entry: Arc<CachedToken>,
+    /// How it was obtained.
+    pub outcome: CacheOutcome,
+}
+
+/// Identities, their caches and readiness.
+pub struct Broker {
+    identities: Vec<Arc<Identity>>,
+    default: Option<usize>,
+    settings: CacheSettings,
+    clock: Arc<dyn Clock>,
+    readiness: Readiness,
+}
+
+impl Broker {
+    /// Builds the broker. Configuration validation guarantees at most one default.
+    pub fn new(specs: Vec<IdentitySpec>, settings: CacheSettings, clock: Arc<dyn Clock>) -> Self {
+        let default = specs.iter().position(|s| s.is_default);
+        let prefetches = specs.iter().map(|s| s.prefetch.len()).sum();
+        let identities = specs
+            .into_iter()
+            .map(|spec| {
+                let tokens = Cache::builder()
+                    .max_capacity(settings.max_entries)
+                    .expire_after(cache::ExpireWhenUnservable {
+                        margin_secs: settings.policy.serve_margin_secs,
+                        clock: clock.clone(),
+                    })
+                    .build();
+                let refusals = Cache::builder()
+                    .max_capacity(settings.max_entries)
+                    .time_to_live(settings.negative_ttl)
+                    .build();
+                Arc::new(Identity {
+                    name: spec.name,
+                    client_id: spec.client_id,
+                    object_id: spec.object_id,
+                    resource_id: spec.resource_id,
+                    prefetch: spec.prefetch,
+                    credential: spec.credential,
+                    tokens,
+                    refusals,
+                })
+            })
+            .collect();
+        Self {
+            identities,
+            default,
+            settings,
+            clock,
+            readiness: Readiness::new(prefetches),
+        }
+    }
+
+    /// The identity a selector names. Ids compare case-insensitively, as Azure's do.
+    pub fn resolve(&self, selector: &Selector) -> Result<&Arc<Identity>, BrokerError> {
+        let found = match selector {
+            Selector::Default => {
+                return self
+                    .default
+                    .map(|i| &self.identities[i])
+                    .ok_or(BrokerError::NoDefaultIdentity);
+            }
+            Selector::ClientId(id) => self
+                .identities
+                .iter()
+                .find(|i| i.client_id.eq_ignore_ascii_case(id)),
+            Selector::ObjectId(id) => self.identities.iter().find(|i| {
+                i.object_id
+                    .as_deref()
+                    .is_some_and(|o| o.eq_ignore_ascii_case(id))
+            }),
+            Selector::ResourceId(id) => self.identities.iter().find(|i| {
+                i.resource_id
+                    .as_deref()
+                    .is_some_and(|r| r.eq_ignore_ascii_case(id))
+            }),
+        };
+        found.ok_or_else(|| BrokerError::UnknownIdentity(selector.clone()))
+    }
+
+    /// Every configured identity.
+    pub fn identities(&self) -> &[Arc<Identity>] {
+        &self.identities
+    }
+
+    /// Readiness of the prefetches.
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
+    }
+
+    /// The broker's clock (the server computes `expires_in` against it).
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    /// A token for `resource` (already normalised: no `/.default`) as `identity`.
+    pub async fn token(
+        self: &Arc<Self>,
+        identity: &Arc<Identity>,
+        resource: &str,
+    ) -> Result<Served, BrokerError> {
+        let now = self.clock.now();
+        let policy = &self.settings.policy;
+        if let Some(entry) = identity.tokens.get(resource).await {
+            if policy.servable(entry.token.expires_on, now) {
+                let outcome = if now >= entry.refresh_on {
+                    self.refresh_in_background(identity, resource, &entry, now);
+                    CacheOutcome::Stale
+                } else {
+                    CacheOutcome::Hit
+                };
+                return Ok(Served { entry, outcome });
+            }
+            // Too close to expiry to hand out: drop it and wait for a new one below.
+            identity.tokens.invalidate(resource).await;
+        }
+        if let Some(refusal) = identity.refusals.get(resource).await {
+            return Err(refusal);
+        }
+
+        let fetched_here = AtomicBool::new(false);
+        let entry = identity
+            .tokens
+            .try_get_with(resource.to_owned(), async {
+                fetched_here.store(true, Ordering::Relaxed);
+                self.fetch(identity, resource).await
+            })
+            .await
+            .map_err(|shared: Arc<BrokerError>| (*shared).clone())?;
+        let outcome = if fetched_here.load(Ordering::Relaxed) {
+            CacheOutcome::Miss
+        } else {
+            CacheOutcome::Coalesced
+        };
+        Ok(Served { entry, outcome })
+    }
+
+    /// Calls the identity's credential once and wraps the result for the cache.
+    async fn fetch(
+        &self,
+        identity: &Identity,
+        resource: &str,
+    ) -> Result<Arc<CachedToken>, BrokerError> {
+        match identity.credential.get_token(resource).await {
+            Ok(token) => {
+                let now = self.clock.now();
+                let refresh_on = self
+                    .settings
+                    .policy
+                    .refresh_on(&token, now, fastrand::f64());
+                tracing::info!(
+                    identity = %identity.name,
+                    resource,
+                    credential = identity.credential.kind(),
+                    expires_in = token.expires_on.saturating_sub(now),
+                    fingerprint = %token.token.fingerprint(),
+                    "fetched a token upstream"
+                );
+                Ok(Arc::new(CachedToken::new(
+                    token,
+                    refresh_on,
+                    identity.credential.kind(),
+                )))
+            }
+            Err(error) => {
+                let permanent = error.is_permanent();
+                let error = BrokerError::Upstream {
+                    identity: identity.name.clone(),
+                    source: Arc::new(error),
+                };
+                tracing::warn!(identity = %identity.name, resource, %error, "upstream token request failed");
+                if permanent {
+                    identity
+                        .refusals
+                        .insert(resource.to_owned(), error.clone())
+                        .await;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Starts one background refresh of `entry` unless one is running or backing off.
+    fn refresh_in_background(
+        self: &Arc<Self>,
+        identity: &Arc<Identity>,
+        resource: &str,
+        entry: &Arc<CachedToken>,
+        now: u64,
+    ) {
+        if !entry.try_begin_refresh(now) {
+            return;
+        }
+        let broker = Arc::clone(self);
+        let identity = Arc::clone(identity);
+        let entry = Arc::clone(entry);
+        let resource = resource.to_owned();
+        tokio::spawn(async move {
+            match broker.fetch(&identity, &resource).await {
+                Ok(fresh) => identity.tokens.insert(resource, fresh).await,
+                Err(error) => {
+                    let policy = broker.settings.policy;
+                    let failures =
+                        entry.refresh_failed(broker.clock.now(), |f| policy.refresh_backoff(f));
+                    tracing::warn!(
+                        identity = %identity.name,
+                        resource,
+                        failures,
+                        retry_in_secs = policy.refresh_backoff(failures),
+                        expires_in = entry.token.expires_on.saturating_sub(broker.clock.now()),
+                        %error,
+                        "background refresh failed; still serving the cached token"
+                    );
+                }
+            }
+        });
+    }
+
+    /// Fetches every identity's prefetch resources, retrying each until it succeeds, and
+    /// opens the readiness latch as they land.
+    pub fn start_prefetch(self: &Arc<Self>) {
+        for identity in &self.identities {
+            for resource in &identity.prefetch {
+                let broker = Arc::clone(self);
+                let identity = Arc::clone(identity);
+                let resource = resource.clone();
+                tokio::spawn(async move {
+                    let mut failures = 0u32;
+                    loop {
+                        match broker.token(&identity, &resource).await {
+                            Ok(_) => {
+                                broker.readiness.complete_one();
+                                tracing::info!(identity = %identity.name, resource, "prefetched");
+                                return;
+                            }
+                            Err(error) => {
+                                failures += 1;
+                                let wait = Duration::from_secs(1u64 << failures.min(5));
+                                tracing::warn!(identity = %identity.name, resource, %error, retry_in_secs = wait.as_secs(), "prefetch failed");
+                                tokio::time::sleep(wait).await;
+                            }
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,290 @@
+//! Broker behaviour against a scripted credential and a hand-moved clock.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicUsize;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::credential::AccessToken;
+use crate::secret::Secret;
+
+const START: u64 = 1_700_000_000;
+
+/// A credential that answers from a script, counts its calls and can be held at a gate.
+#[derive(Default)]
+struct Scripted {
+    calls: AtomicUsize,
+    script: Mutex<VecDeque<Result<u64, CredentialError>>>,
+    gate: Option<Arc<Notify>>,
+    clock: Option<ManualClock>,
+    finished: Arc<Notify>,
+}
+
+impl Scripted {
+    fn lifetimes(clock: &ManualClock, script: Vec<Result<u64, CredentialError>>) -> Self {
+        Self {
+            script: Mutex::new(script.into()),
+            clock: Some(clock.clone()),
+            ..Self::default()
+        }
+    }
+}
+
+#[async_trait]
+impl Credential for Arc<Scripted> {
+    fn kind(&self) -> &'static str {
+        "scripted"
+    }
+
+    async fn get_token(&self, _resource: &str) -> Result<AccessToken, CredentialError> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        if let Some(gate) = &self.gate {
+            gate.notified().await;
+        }
+        let next = self.script.lock().unwrap().pop_front().unwrap_or(Ok(3600));
+        let now = self.clock.as_ref().map_or(START, Clock::now);
+        let result = next.map(|lifetime| AccessToken {
+            token: Secret::new(format!("token-{n}")),
+            expires_on: now + lifetime,
+            not_before: now,
+            ext_expires_on: now + lifetime,
+            refresh_on: None,
+        });
+        self.finished.notify_waiters();
+        result
+    }
+}
+
+fn transient() -> CredentialError {
+    CredentialError::Transient {
+        credential: "scripted",
+        reason: "authority down".into(),
+    }
+}
+
+fn broker(clock: &ManualClock, credential: Arc<Scripted>) -> Arc<Broker> {
+    let spec = IdentitySpec {
+        name: "app".into(),
+        client_id: "Client-A".into(),
+        object_id: Some("obj-a".into()),
+        resource_id: Some("/subscriptions/s/rg/identity-a".into()),
+        is_default: true,
+        prefetch: vec![],
+        credential: Box::new(credential),
+    };
+    let settings = CacheSettings {
+        max_entries: 100,
+        negative_ttl: Duration::from_secs(10),
+        policy: Policy {
+            serve_margin_secs: 60,
+            refresh_backoff_secs: 30,
+            refresh_backoff_max_secs: 300,
+        },
+    };
+    Arc::new(Broker::new(vec![spec], settings, Arc::new(clock.clone())))
+}
+
+fn token_text(served: &Served) -> &str {
+    served.entry.token.token.expose()
+}
+
+#[tokio::test]
+async fn resolves_every_selector_case_insensitively_and_refuses_others() {
+    let clock = ManualClock::new(START);
+    let b = broker(&clock, Arc::new(Scripted::default()));
+    assert_eq!(b.resolve(&Selector::Default).unwrap().name, "app");
+    assert_eq!(
+        b.resolve(&Selector::ClientId("client-a".into()))
+            .unwrap()
+            .name,
+        "app"
+    );
+    assert_eq!(
+        b.resolve(&Selector::ObjectId("OBJ-A".into())).unwrap().name,
+        "app"
+    );
+    assert_eq!(
+        b.resolve(&Selector::ResourceId(
+            "/subscriptions/s/rg/identity-a".into()
+        ))
+        .unwrap()
+        .name,
+        "app"
+    );
+    let err = b.resolve(&Selector::ClientId("other".into())).unwrap_err();
+    assert!(matches!(err, BrokerError::UnknownIdentity(_)));
+    assert!(err.to_string().contains("client_id \"other\""), "{err}");
+}
+
+#[tokio::test]
+async fn a_fresh_hit_makes_no_upstream_call() {
+    let clock = ManualClock::new(START);
+    let cred = Arc::new(Scripted::lifetimes(&clock, vec![]));
+    let b = broker(&clock, cred.clone());
+    let id = b.resolve(&Selector::Default).unwrap().clone();
+    let first = b.token(&id, "https://vault.azure.net").await.unwrap();
+    assert_eq!(first.outcome, CacheOutcome::Miss);
+    clock.advance(60);
+    let second = b.token(&id, "https://vault.azure.net").await.unwrap();
+    assert_eq!(second.outcome, CacheOutcome::Hit);
+    assert_eq!(token_text(&second), token_text(&first));
+    assert_eq!(cred.calls.load(Ordering::SeqCst), 1);
+    // Another resource is another key.
+    b.token(&id, "https://storage.azure.com").await.unwrap();
+    assert_eq!(cred.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn concurrent_misses_share_one_upstream_call() {
+    let clock = ManualClock::new(START);
+    let gate = Arc::new(Notify::new());
+    let cred = Arc::new(Scripted {
+        gate: Some(gate.clone()),
+        clock: Some(clock.clone()),
+        ..Scripted::default()
+    });
+    let b = broker(&clock, cred.clone());
+    let id = b.resolve(&Selector::Default).unwrap().clone();
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (b, id) = (b.clone(), id.clone());
+        tasks.push(tokio::spawn(async move { b.token(&id, "r").await }));
+    }
+    while cred.calls.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    gate.notify_waiters();
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap().unwrap().outcome);
+    }
+    assert_eq!(cred.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == CacheOutcome::Miss)
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn errors_reach_every_waiter_and_are_not_cached() {
+    let clock = ManualClock::new(START);
+    let cred = Arc::new(Scripted::lifetimes(&clock, vec![Err(transient())]));
+    let b = broker(&clock, cred.clone());
+    let id = b.resolve(&Selector::Default).unwrap().clone();
+    let err = b.token(&id, "r").await.unwrap_err();
+    assert!(err.to_string().contains("authority down"), "{err}");
+    // The next request tries again and succeeds.
+    assert_eq!(b.token(&id, "r").await.unwrap().outcome, CacheOutcome::Miss);
+    assert_eq!(cred.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn permanent_refusals_are_remembered_briefly() {
+    let clock = ManualClock::new(START);
+    let refused = CredentialError::Rejected {
+        credential: "scripted",
+        aadsts: Some(7000215),
+        message: "bad secret".into(),
+        correlation_id: None,
+    };
+    let cred = Arc::new(Scripted::lifetimes(&clock, vec![Err(refused)]));
+    let b = broker(&clock, cred.clone());
+    let id = b.resolve(&Selector::Default).unwrap().clone();
+    for _ in 0..5 {
+        assert!(
+            b.token(&id, "r")
+                .await
+                .unwrap_err()
+                .to_string()
+                .contains("bad secret")
+        );
+    }
+    assert_eq!(
+        cred.calls.load(Ordering::SeqCst),
+        1,
+        "a misconfigured identity must not hammer Entra"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_token_is_served_and_refreshed_once_in_the_background() {
+    let clock = ManualClock::new(START);
+    let cred = Arc::new(Scripted::lifetimes(&clock, vec![Ok(3600), Ok(3600)]));
+    let b = broker(&clock, cred.clone());
+    let id = b.resolve(&Selector::Default).unwrap().clone();
+    let first = b.token(&id, "r").await.unwrap();
+    let refresh_on = first.entry.refresh_on;
+    assert!(
+        refresh_on <= START + 3000 && refresh_on >= START + 2940,
+        "{refresh_on}"
+    );
+
+    clock.advance(refresh_on - START);
+    let finished = cred.finished.clone();
+    let waiting = finished.notified();
+    let stale = b.token(&id, "r").await.unwrap();
+    assert_eq!(stale.outcome, CacheOutcome::Stale);
+    assert_eq!(
+        token_text(&stale),
+        "token-0",
+        "the old token is served while refreshing"
+    );
+    // More stale requests do not start more refreshes.
+    b.token(&id, "r").await.unwrap();
+    waiting.await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let fresh = b.token(&id, "r").await.unwrap();
+    assert_eq!(fresh.outcome, CacheOutcome::Hit);
+    assert_eq!(token_text(&fresh), "token-1");
+    assert_eq!(cred.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_outage_keeps_serving_until_the_margin_then_fails() {
+    let clock = ManualClock::new(START);
+    let cred = Arc::new(Scripted::lifetimes(
+        &clock,
+        vec![
+            Ok(3600),
+            Err(transient()),
+            Err(transient()),
+            Err(transient()),
+        ],
+    ));
+    let b = broker(&clock, cred.clone());
+    let id = b.resolve(&Selector::Default).unwrap().clone();
+    b.token(&id, "r").await.unwrap();
+
+    clock.advance(3000); // past refresh_on
+    let finished = cred.finished.clone();
+    let waiting = finished.notified();
+    assert_eq!(
+        b.token(&id, "r").await.unwrap().outcome,
+        CacheOutcome::Stale
+    );
+    waiting.await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    // The refresh failed: within the 30 s backoff no new attempt is made.
+    clock.advance(10);
+    assert_eq!(token_text(&b.token(&id, "r").await.unwrap()), "token-0");
+    assert_eq!(cred.calls.load(Ordering::SeqCst), 2);
+
+    // With less than the margin left, the token is no longer served.
+    clock.advance(3600 - 3010 - 59);
+    let err = b.token(&id, "r").await.unwrap_err();
+    assert!(err.to_string().contains("authority down"), "{err}");
+}

@@ -1,0 +1,785 @@
+//! Configuration: figment layering, Azure environment detection and validation into a
+//! typed [`Config`]. All environment access of the program happens here.
+//!
+//! Parse, don't validate: after `load`, addresses are `SocketAddr`s, secrets are [`Secret`]s
+//! read from their files, and every identity has a credential it can run. A bad value fails
+//! with a [`ConfigError`] naming the key, the layer that set it and what is wrong.
+
+mod raw;
+mod sources;
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use reqwest::Url;
+use serde::Serialize;
+
+pub use raw::RawConfig;
+pub use sources::{DevFlags, FlagOverrides, ServerFlags};
+
+use crate::secret::Secret;
+
+/// Tenant id of the development issuer.
+pub const DEV_TENANT_ID: &str = "00000000-0000-0000-0000-000000000000";
+/// Client id of the development issuer's default identity.
+pub const DEV_CLIENT_ID: &str = "d0000000-0000-0000-0000-000000000001";
+/// The public cloud's authority.
+pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
+/// Path of the IMDS flavour (fixed: clients hard-code it).
+pub const IMDS_PATH: &str = "/metadata/identity/oauth2/token";
+
+/// A configuration problem: which key, set where, and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {key} (from {origin}): {problem}")]
+pub struct ConfigError {
+    /// Dotted key, such as `server.listen` or `identities[0].tenant_id`.
+    pub key: String,
+    /// The layer that set it (file, variable, flag) or `configuration` when unknown.
+    pub origin: String,
+    /// What is wrong and how to fix it. Never contains a secret value.
+    pub problem: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Serialize)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub cache: CacheConfig,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev: Option<DevConfig>,
+    pub log: LogConfig,
+    /// Where the identities came from, for `check` and the start-up log.
+    pub identity_source: IdentitySource,
+    pub identities: Vec<IdentityConfig>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub imds: bool,
+    pub app_service: bool,
+    pub app_service_path: String,
+    /// `None` only when the App Service flavour is off, or under `--dev` (generated then).
+    pub identity_header: Option<Secret>,
+    pub imds_probe: ProbeMode,
+    pub shutdown_grace_secs: u64,
+    pub request_timeout_secs: u64,
+}
+
+/// How the IMDS flavour answers a request without `Metadata: true` (protocols.md 2.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeMode {
+    /// Answer 400 as real IMDS does, never touching the upstream.
+    Strict,
+    /// Serve a token when `resource` is present (what .NET's probe needs behind
+    /// `AZURE_POD_IDENTITY_AUTHORITY_HOST`); weakens the SSRF guard of the header.
+    Compatible,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UpstreamConfig {
+    pub authority_host: String,
+    pub timeout_secs: u64,
+    pub max_retries: u32,
+    pub retry_base_ms: u64,
+    pub retry_max_delay_secs: u64,
+    pub max_concurrent: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CacheConfig {
+    pub max_entries: u64,
+    pub serve_margin_secs: u64,
+    pub refresh_backoff_secs: u64,
+    pub refresh_backoff_max_secs: u64,
+    pub negative_ttl_secs: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DevConfig {
+    pub tenant_id: String,
+    pub token_lifetime_secs: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Text on a terminal, JSON otherwise.
+    Auto,
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentitySource {
+    /// `[[identities]]` in the file or environment.
+    Configuration,
+    /// Derived from `AZURE_CLIENT_ID`, `AZURE_TENANT_ID` and friends.
+    AzureEnvironment,
+    /// The development issuer's identities.
+    Dev,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IdentityConfig {
+    pub name: String,
+    pub client_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_id: Option<String>,
+    pub default: bool,
+    pub prefetch: Vec<String>,
+    pub credentials: Vec<CredentialConfig>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CredentialConfig {
+    ClientSecret {
+        secret: Secret,
+    },
+    WorkloadIdentity {
+        token_file: PathBuf,
+    },
+    /// Tokens signed by the embedded development issuer.
+    Dev,
+}
+
+impl CredentialConfig {
+    /// The `kind` name used in files and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::ClientSecret { .. } => "client_secret",
+            Self::WorkloadIdentity { .. } => "workload_identity",
+            Self::Dev => "dev",
+        }
+    }
+}
+
+/// Inputs to [`load`].
+#[derive(Debug, Default)]
+pub struct LoadOptions {
+    /// `--config` or `TOKENRELAY_CONFIG`.
+    pub file: Option<PathBuf>,
+    /// Command-line values.
+    pub flags: FlagOverrides,
+}
+
+/// Loads the configuration the program runs with: the file, `TOKENRELAY_*` and the standard
+/// `AZURE_*` variables of this process, and the flags.
+pub fn load(options: &LoadOptions) -> Result<Config, ConfigError> {
+    if let Some(path) = &options.file {
+        if !path.is_file() {
+            return Err(ConfigError {
+                key: "--config".into(),
+                origin: "command line or TOKENRELAY_CONFIG".into(),
+                problem: format!(
+                    "configuration file {} does not exist or is not a file",
+                    path.display()
+                ),
+            });
+        }
+    }
+    let figment = sources::figment(options.file.as_deref(), &options.flags);
+    let azure_env: HashMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("AZURE_"))
+        .collect();
+    Config::from_figment(&figment, &azure_env)
+}
+
+impl Config {
+    /// Extracts and validates a configuration from any figment; `azure_env` holds the
+    /// standard `AZURE_*` variables. This is the seam tests use.
+    pub fn from_figment(
+        figment: &Figment,
+        azure_env: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let raw: RawConfig = figment.extract().map_err(|error| {
+            // figment reports the first error of possibly several; that one is enough.
+            let first = error
+                .into_iter()
+                .next()
+                .expect("a figment error has at least one entry");
+            let key = if first.path.is_empty() {
+                "configuration".to_owned()
+            } else {
+                first.path.join(".")
+            };
+            ConfigError {
+                origin: sources::describe_metadata(first.metadata.as_ref(), &first.path),
+                key,
+                problem: first.kind.to_string(),
+            }
+        })?;
+        Validator { figment, azure_env }.validate(raw)
+    }
+
+    /// Whether the embedded development issuer is on.
+    pub fn is_dev(&self) -> bool {
+        self.dev.is_some()
+    }
+}
+
+/// Turns a [`RawConfig`] into a [`Config`], naming sources in its errors.
+struct Validator<'a> {
+    figment: &'a Figment,
+    azure_env: &'a HashMap<String, String>,
+}
+
+impl Validator<'_> {
+    fn error(&self, key: &str, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            key: key.to_owned(),
+            origin: sources::source_of(self.figment, key),
+            problem: problem.into(),
+        }
+    }
+
+    fn env(&self, name: &str) -> Option<&str> {
+        self.azure_env
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.trim().is_empty())
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let dev = raw.dev.enabled;
+        let (identity_source, identities) = if dev {
+            (
+                IdentitySource::Dev,
+                self.dev_identities(raw.identities, &raw.dev)?,
+            )
+        } else if raw.identities.is_empty() {
+            (
+                IdentitySource::AzureEnvironment,
+                vec![self.identity_from_azure_env()?],
+            )
+        } else {
+            let identities = raw
+                .identities
+                .into_iter()
+                .enumerate()
+                .map(|(i, identity)| self.identity(i, identity))
+                .collect::<Result<Vec<_>, _>>()?;
+            (IdentitySource::Configuration, identities)
+        };
+        let identities = self.check_identities(identities)?;
+        let server = self.server(raw.server, dev)?;
+        let upstream = self.upstream(raw.upstream)?;
+        let cache = self.cache(raw.cache)?;
+        let log = self.log(raw.log)?;
+        let dev = dev.then(|| DevConfig {
+            tenant_id: raw.dev.tenant_id,
+            token_lifetime_secs: raw.dev.token_lifetime_secs,
+        });
+        if let Some(dev) = &dev {
+            if dev.token_lifetime_secs < 300 {
+                return Err(self.error("dev.token_lifetime_secs", "must be at least 300 seconds"));
+            }
+        }
+        Ok(Config {
+            server,
+            upstream,
+            cache,
+            dev,
+            log,
+            identity_source,
+            identities,
+        })
+    }
+
+    fn server(&self, raw: raw::RawServer, dev: bool) -> Result<ServerConfig, ConfigError> {
+        let listen: SocketAddr = raw.listen.trim().parse().map_err(|_| {
+            self.error(
+                "server.listen",
+                format!(
+                    "{:?} is not an address:port such as 127.0.0.1:8080",
+                    raw.listen
+                ),
+            )
+        })?;
+        let identity_header = match (raw.identity_header, raw.identity_header_file) {
+            (Some(_), Some(_)) => {
+                return Err(self.error(
+                    "server.identity_header",
+                    "set identity_header or identity_header_file, not both",
+                ));
+            }
+            (Some(value), None) => Some(self.non_empty_secret("server.identity_header", value)?),
+            (None, Some(path)) => Some(self.secret_file("server.identity_header_file", &path)?),
+            (None, None) => None,
+        };
+        if raw.app_service && identity_header.is_none() && !dev {
+            return Err(self.error(
+                "server.identity_header",
+                "the App Service endpoint needs a secret for X-IDENTITY-HEADER: set server.identity_header_file \
+                 (or identity_header, or --identity-header), or turn the flavour off with server.app_service = false",
+            ));
+        }
+        let path = raw.app_service_path.trim().to_owned();
+        if !path.starts_with('/') || path.len() < 2 || path.contains(['?', '#', ' ']) {
+            return Err(self.error(
+                "server.app_service_path",
+                format!("{path:?} must be an absolute path such as /msi/token"),
+            ));
+        }
+        let reserved = [
+            IMDS_PATH,
+            "/healthz",
+            "/readyz",
+            "/.well-known/openid-configuration",
+            "/.well-known/jwks.json",
+        ];
+        if reserved.contains(&path.trim_end_matches('/')) {
+            return Err(self.error(
+                "server.app_service_path",
+                format!("{path} is already used by another endpoint"),
+            ));
+        }
+        if !raw.imds && !raw.app_service {
+            return Err(self.error("server.imds", "both flavours are off (server.imds and server.app_service); nothing would be served"));
+        }
+        let imds_probe = match raw.imds_probe.as_str() {
+            "strict" => ProbeMode::Strict,
+            "compatible" => ProbeMode::Compatible,
+            other => {
+                return Err(self.error(
+                    "server.imds_probe",
+                    format!("{other:?} is not one of \"strict\", \"compatible\""),
+                ));
+            }
+        };
+        if raw.request_timeout_secs == 0 {
+            return Err(self.error("server.request_timeout_secs", "must be at least 1"));
+        }
+        Ok(ServerConfig {
+            listen,
+            imds: raw.imds,
+            app_service: raw.app_service,
+            app_service_path: path,
+            identity_header,
+            imds_probe,
+            shutdown_grace_secs: raw.shutdown_grace_secs,
+            request_timeout_secs: raw.request_timeout_secs,
+        })
+    }
+
+    fn upstream(&self, raw: raw::RawUpstream) -> Result<UpstreamConfig, ConfigError> {
+        let (key, host) = match (raw.authority_host, self.env("AZURE_AUTHORITY_HOST")) {
+            (Some(host), _) => ("upstream.authority_host", host),
+            (None, Some(host)) => ("AZURE_AUTHORITY_HOST", host.to_owned()),
+            (None, None) => ("upstream.authority_host", DEFAULT_AUTHORITY_HOST.to_owned()),
+        };
+        let error = |problem: String| {
+            if key == "AZURE_AUTHORITY_HOST" {
+                ConfigError {
+                    key: key.into(),
+                    origin: "environment variable AZURE_AUTHORITY_HOST".into(),
+                    problem,
+                }
+            } else {
+                self.error(key, problem)
+            }
+        };
+        let url =
+            Url::parse(host.trim()).map_err(|e| error(format!("{host:?} is not a URL: {e}")))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if is_loopback_host(&url) => {}
+            "http" => {
+                return Err(error(format!(
+                    "{host} must use https (plain http is allowed only for loopback hosts)"
+                )));
+            }
+            other => {
+                return Err(error(format!(
+                    "{host}: unsupported scheme {other:?}; use https"
+                )));
+            }
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(error(format!("{host} must not have a query or fragment")));
+        }
+        if raw.timeout_secs == 0 {
+            return Err(self.error("upstream.timeout_secs", "must be at least 1"));
+        }
+        if raw.max_concurrent == 0 {
+            return Err(self.error("upstream.max_concurrent", "must be at least 1"));
+        }
+        Ok(UpstreamConfig {
+            authority_host: url.to_string(),
+            timeout_secs: raw.timeout_secs,
+            max_retries: raw.max_retries,
+            retry_base_ms: raw.retry_base_ms,
+            retry_max_delay_secs: raw.retry_max_delay_secs,
+            max_concurrent: raw.max_concurrent,
+        })
+    }
+
+    fn cache(&self, raw: raw::RawCache) -> Result<CacheConfig, ConfigError> {
+        if raw.max_entries == 0 {
+            return Err(self.error("cache.max_entries", "must be at least 1"));
+        }
+        if raw.refresh_backoff_secs == 0 || raw.refresh_backoff_max_secs < raw.refresh_backoff_secs
+        {
+            return Err(self.error(
+                "cache.refresh_backoff_secs",
+                "must be at least 1 and no more than cache.refresh_backoff_max_secs",
+            ));
+        }
+        Ok(CacheConfig {
+            max_entries: raw.max_entries,
+            serve_margin_secs: raw.serve_margin_secs,
+            refresh_backoff_secs: raw.refresh_backoff_secs,
+            refresh_backoff_max_secs: raw.refresh_backoff_max_secs,
+            negative_ttl_secs: raw.negative_ttl_secs,
+        })
+    }
+
+    fn log(&self, raw: raw::RawLog) -> Result<LogConfig, ConfigError> {
+        let format = match raw.format.as_str() {
+            "auto" => LogFormat::Auto,
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(self.error(
+                    "log.format",
+                    format!("{other:?} is not one of \"auto\", \"text\", \"json\""),
+                ));
+            }
+        };
+        if tracing_subscriber::EnvFilter::try_new(&raw.level).is_err() {
+            return Err(self.error(
+                "log.level",
+                format!("{:?} is not a level or filter such as \"info\"", raw.level),
+            ));
+        }
+        Ok(LogConfig {
+            format,
+            level: raw.level,
+        })
+    }
+
+    fn identity(&self, index: usize, raw: raw::RawIdentity) -> Result<IdentityConfig, ConfigError> {
+        let key = |field: &str| format!("identities.{index}.{field}");
+        let client_id = raw.client_id.trim().to_owned();
+        if client_id.is_empty() {
+            return Err(self.error(&key("client_id"), "every identity needs a client_id"));
+        }
+        let tenant_id = match raw
+            .tenant_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
+            Some(tenant) => tenant.to_owned(),
+            None => self
+                .env("AZURE_TENANT_ID")
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    self.error(
+                        &key("tenant_id"),
+                        "missing: set tenant_id on the identity or AZURE_TENANT_ID",
+                    )
+                })?,
+        };
+        validate_tenant(&tenant_id).map_err(|problem| self.error(&key("tenant_id"), problem))?;
+        let mut credentials = Vec::new();
+        for (i, credential) in raw.credentials.into_iter().enumerate() {
+            let ckey = format!("identities.{index}.credentials.{i}");
+            credentials.push(self.credential(&ckey, credential)?);
+        }
+        if credentials.is_empty() {
+            credentials = self.credentials_from_azure_env()?;
+            if credentials.is_empty() {
+                return Err(self.error(
+                    &key("credentials"),
+                    "no credentials: add credentials = [{ kind = \"workload_identity\" }] or \
+                     [{ kind = \"client_secret\", secret_file = \"...\" }], or set AZURE_FEDERATED_TOKEN_FILE or AZURE_CLIENT_SECRET",
+                ));
+            }
+        }
+        Ok(IdentityConfig {
+            name: raw.name.unwrap_or_else(|| format!("identity-{index}")),
+            client_id,
+            tenant_id: Some(tenant_id),
+            object_id: raw.object_id,
+            resource_id: raw.resource_id,
+            default: raw.default,
+            prefetch: self.prefetch(&key("prefetch"), raw.prefetch)?,
+            credentials,
+        })
+    }
+
+    fn credential(
+        &self,
+        key: &str,
+        raw: raw::RawCredential,
+    ) -> Result<CredentialConfig, ConfigError> {
+        match raw {
+            raw::RawCredential::ClientSecret {
+                secret,
+                secret_file,
+            } => {
+                let secret = match (secret, secret_file) {
+                    (Some(_), Some(_)) => {
+                        return Err(
+                            self.error(key, "client_secret: set secret or secret_file, not both")
+                        );
+                    }
+                    (Some(value), None) => {
+                        self.non_empty_secret(&format!("{key}.secret"), value)?
+                    }
+                    (None, Some(path)) => self.secret_file(&format!("{key}.secret_file"), &path)?,
+                    (None, None) => match self.env("AZURE_CLIENT_SECRET") {
+                        Some(value) => Secret::new(value),
+                        None => {
+                            return Err(self.error(key, "client_secret: set secret_file (or secret, or AZURE_CLIENT_SECRET)"));
+                        }
+                    },
+                };
+                Ok(CredentialConfig::ClientSecret { secret })
+            }
+            raw::RawCredential::WorkloadIdentity { token_file } => {
+                let token_file = match token_file {
+                    Some(path) => path,
+                    None => self
+                        .env("AZURE_FEDERATED_TOKEN_FILE")
+                        .map(PathBuf::from)
+                        .ok_or_else(|| {
+                            self.error(
+                                key,
+                                "workload_identity: set token_file or AZURE_FEDERATED_TOKEN_FILE",
+                            )
+                        })?,
+                };
+                Ok(CredentialConfig::WorkloadIdentity { token_file })
+            }
+        }
+    }
+
+    /// What the Azure SDKs' EnvironmentCredential / WorkloadIdentityCredential would use.
+    fn credentials_from_azure_env(&self) -> Result<Vec<CredentialConfig>, ConfigError> {
+        let mut credentials = Vec::new();
+        if let Some(secret) = self.env("AZURE_CLIENT_SECRET") {
+            credentials.push(CredentialConfig::ClientSecret {
+                secret: Secret::new(secret),
+            });
+        }
+        if let Some(file) = self.env("AZURE_FEDERATED_TOKEN_FILE") {
+            credentials.push(CredentialConfig::WorkloadIdentity {
+                token_file: PathBuf::from(file),
+            });
+        }
+        Ok(credentials)
+    }
+
+    fn identity_from_azure_env(&self) -> Result<IdentityConfig, ConfigError> {
+        let missing = |problem: &str| ConfigError {
+            key: "identities".into(),
+            origin: "configuration and AZURE_* environment".into(),
+            problem: problem.into(),
+        };
+        let client_id = self.env("AZURE_CLIENT_ID").ok_or_else(|| {
+            missing(
+                "no identity configured: add [[identities]] to the configuration file, set AZURE_CLIENT_ID, \
+                 AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE or AZURE_CLIENT_SECRET, or run with --dev",
+            )
+        })?;
+        let tenant_id = self
+            .env("AZURE_TENANT_ID")
+            .ok_or_else(|| missing("AZURE_CLIENT_ID is set but AZURE_TENANT_ID is not"))?;
+        validate_tenant(tenant_id).map_err(|problem| ConfigError {
+            key: "AZURE_TENANT_ID".into(),
+            origin: "environment variable AZURE_TENANT_ID".into(),
+            problem,
+        })?;
+        let credentials = self.credentials_from_azure_env()?;
+        if credentials.is_empty() {
+            return Err(missing(
+                "AZURE_CLIENT_ID is set but neither AZURE_FEDERATED_TOKEN_FILE nor AZURE_CLIENT_SECRET is",
+            ));
+        }
+        Ok(IdentityConfig {
+            name: "default".into(),
+            client_id: client_id.to_owned(),
+            tenant_id: Some(tenant_id.to_owned()),
+            object_id: None,
+            resource_id: None,
+            default: true,
+            prefetch: Vec::new(),
+            credentials,
+        })
+    }
+
+    /// Under `--dev` every configured identity, the dev default and each `--dev-identity`
+    /// is served by the development issuer; configured credentials are not used.
+    fn dev_identities(
+        &self,
+        raw: Vec<raw::RawIdentity>,
+        dev: &raw::RawDev,
+    ) -> Result<Vec<IdentityConfig>, ConfigError> {
+        let mut identities = Vec::new();
+        for (index, identity) in raw.into_iter().enumerate() {
+            if identity.client_id.trim().is_empty() {
+                return Err(self.error(
+                    &format!("identities.{index}.client_id"),
+                    "every identity needs a client_id",
+                ));
+            }
+            identities.push(IdentityConfig {
+                name: identity.name.unwrap_or_else(|| format!("identity-{index}")),
+                client_id: identity.client_id.trim().to_owned(),
+                tenant_id: None,
+                object_id: identity.object_id,
+                resource_id: identity.resource_id,
+                default: identity.default,
+                prefetch: self
+                    .prefetch(&format!("identities.{index}.prefetch"), identity.prefetch)?,
+                credentials: vec![CredentialConfig::Dev],
+            });
+        }
+        let has_default = identities.iter().any(|i| i.default) || identities.len() == 1;
+        let dev_client_id = dev.client_id.trim();
+        if !identities
+            .iter()
+            .any(|i| i.client_id.eq_ignore_ascii_case(dev_client_id))
+        {
+            identities.push(dev_identity("dev", dev_client_id, !has_default));
+        }
+        for (n, client_id) in dev.identities.iter().enumerate() {
+            let client_id = client_id.trim();
+            if client_id.is_empty() {
+                return Err(self.error("dev.identities", "a --dev-identity client id is empty"));
+            }
+            if !identities
+                .iter()
+                .any(|i| i.client_id.eq_ignore_ascii_case(client_id))
+            {
+                identities.push(dev_identity(&format!("dev-{}", n + 1), client_id, false));
+            }
+        }
+        Ok(identities)
+    }
+
+    fn prefetch(&self, key: &str, resources: Vec<String>) -> Result<Vec<String>, ConfigError> {
+        resources
+            .into_iter()
+            .map(|r| {
+                let resource = normalize_resource(r.trim()).to_owned();
+                if resource.is_empty() {
+                    Err(self.error(key, "a prefetch resource is empty"))
+                } else {
+                    Ok(resource)
+                }
+            })
+            .collect()
+    }
+
+    /// Unique names and client ids, at most one default; a lone identity is the default.
+    fn check_identities(
+        &self,
+        mut identities: Vec<IdentityConfig>,
+    ) -> Result<Vec<IdentityConfig>, ConfigError> {
+        let mut names = HashSet::new();
+        let mut client_ids = HashSet::new();
+        for identity in &identities {
+            if !names.insert(identity.name.clone()) {
+                return Err(self.error(
+                    "identities",
+                    format!("two identities are named {:?}", identity.name),
+                ));
+            }
+            if !client_ids.insert(identity.client_id.to_ascii_lowercase()) {
+                return Err(self.error(
+                    "identities",
+                    format!("two identities have client_id {}", identity.client_id),
+                ));
+            }
+        }
+        match identities.iter().filter(|i| i.default).count() {
+            0 if identities.len() == 1 => identities[0].default = true,
+            0 | 1 => {}
+            _ => return Err(self.error("identities", "more than one identity has default = true")),
+        }
+        Ok(identities)
+    }
+
+    fn non_empty_secret(&self, key: &str, value: String) -> Result<Secret, ConfigError> {
+        let secret = Secret::new(value.trim());
+        if secret.is_empty() {
+            return Err(self.error(key, "is empty"));
+        }
+        Ok(secret)
+    }
+
+    /// Reads a secret from a file (how Kubernetes Secrets arrive); trailing newlines dropped.
+    fn secret_file(&self, key: &str, path: &Path) -> Result<Secret, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| self.error(key, format!("cannot read {}: {e}", path.display())))?;
+        let secret = Secret::new(text.trim());
+        if secret.is_empty() {
+            return Err(self.error(key, format!("{} is empty", path.display())));
+        }
+        Ok(secret)
+    }
+}
+
+fn dev_identity(name: &str, client_id: &str, default: bool) -> IdentityConfig {
+    IdentityConfig {
+        name: name.to_owned(),
+        client_id: client_id.to_owned(),
+        tenant_id: None,
+        object_id: None,
+        resource_id: None,
+        default,
+        prefetch: Vec::new(),
+        credentials: vec![CredentialConfig::Dev],
+    }
+}
+
+/// A resource as the cache keys it: a scope's trailing `/.default` removed.
+pub fn normalize_resource(resource: &str) -> &str {
+    resource.strip_suffix("/.default").unwrap_or(resource)
+}
+
+/// Tenants are GUIDs or domain names: alphanumerics, `.` and `-` (as the Azure SDKs check).
+fn validate_tenant(tenant: &str) -> Result<(), String> {
+    if !tenant.is_empty()
+        && tenant
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "{tenant:?} is not a tenant id (a GUID or a domain such as contoso.onmicrosoft.com)"
+        ))
+    }
+}
+
+fn is_loopback_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;

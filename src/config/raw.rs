@@ -1,0 +1,170 @@
+//! The serde mirror of the configuration file, with the built-in defaults.
+//!
+//! figment merges every layer into these structs; `super::Config::from_raw` turns them into
+//! typed values. Unknown keys are errors, so a typo cannot silently fall back to a default.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything the file, `TOKENRELAY_*` variables and flags can say.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub upstream: RawUpstream,
+    pub cache: RawCache,
+    pub dev: RawDev,
+    pub log: RawLog,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<RawIdentity>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity_header: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity_header_file: Option<PathBuf>,
+    pub app_service_path: String,
+    pub imds: bool,
+    pub app_service: bool,
+    pub imds_probe: String,
+    pub shutdown_grace_secs: u64,
+    pub request_timeout_secs: u64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            identity_header: None,
+            identity_header_file: None,
+            app_service_path: "/msi/token".into(),
+            imds: true,
+            app_service: true,
+            imds_probe: "strict".into(),
+            shutdown_grace_secs: 10,
+            request_timeout_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawUpstream {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authority_host: Option<String>,
+    pub timeout_secs: u64,
+    pub max_retries: u32,
+    pub retry_base_ms: u64,
+    pub retry_max_delay_secs: u64,
+    pub max_concurrent: usize,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        Self {
+            authority_host: None,
+            timeout_secs: 10,
+            max_retries: 3,
+            retry_base_ms: 500,
+            retry_max_delay_secs: 5,
+            max_concurrent: 16,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawCache {
+    pub max_entries: u64,
+    pub serve_margin_secs: u64,
+    pub refresh_backoff_secs: u64,
+    pub refresh_backoff_max_secs: u64,
+    pub negative_ttl_secs: u64,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        Self {
+            max_entries: 1000,
+            serve_margin_secs: 60,
+            refresh_backoff_secs: 30,
+            refresh_backoff_max_secs: 300,
+            negative_ttl_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawDev {
+    pub enabled: bool,
+    pub client_id: String,
+    pub tenant_id: String,
+    pub identities: Vec<String>,
+    pub token_lifetime_secs: u64,
+}
+
+impl Default for RawDev {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            client_id: super::DEV_CLIENT_ID.into(),
+            tenant_id: super::DEV_TENANT_ID.into(),
+            identities: Vec::new(),
+            token_lifetime_secs: 3600,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLog {
+    pub format: String,
+    pub level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: "auto".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawIdentity {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub client_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_id: Option<String>,
+    pub default: bool,
+    pub prefetch: Vec<String>,
+    pub credentials: Vec<RawCredential>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RawCredential {
+    ClientSecret {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret_file: Option<PathBuf>,
+    },
+    WorkloadIdentity {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token_file: Option<PathBuf>,
+    },
+}

@@ -1,0 +1,93 @@
+//! Upstream credentials: how tokenrelay itself obtains tokens.
+//!
+//! Each kind lives in its own file behind the [`Credential`] trait; [`Chain`] tries an
+//! identity's credentials in order; [`entra`] is the only code that speaks OAuth2 to the
+//! authority. Nothing here caches: the broker decides when to call a credential.
+
+mod chain;
+pub mod client_secret;
+pub mod dev_issuer;
+pub mod entra;
+pub mod workload_identity;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use chain::Chain;
+
+use crate::secret::Secret;
+
+/// A token as the upstream handed it over, with its timing in epoch seconds.
+#[derive(Clone, Debug)]
+pub struct AccessToken {
+    /// The bearer token itself.
+    pub token: Secret,
+    /// When the token stops being valid.
+    pub expires_on: u64,
+    /// When the token started being valid (the issue time when the upstream does not say).
+    pub not_before: u64,
+    /// The extended lifetime Entra grants for outages, as an absolute time.
+    pub ext_expires_on: u64,
+    /// When the upstream suggests refreshing (`refresh_in`), as an absolute time.
+    pub refresh_on: Option<u64>,
+}
+
+/// Why a credential produced no token. Every variant names the credential and carries a
+/// message an operator can act on; none ever contains a secret.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum CredentialError {
+    /// The credential cannot run here (not configured, a file is missing); a chain moves
+    /// on to its next credential.
+    #[error("{credential}: unavailable: {reason}")]
+    Unavailable {
+        credential: &'static str,
+        reason: String,
+    },
+
+    /// The authority refused the request for a reason that retrying will not fix (a bad
+    /// secret, an unknown application, a federation mismatch). Fix the configuration.
+    #[error("{credential}: {message}")]
+    Rejected {
+        credential: &'static str,
+        /// The AADSTS error number, when the authority sent one.
+        aadsts: Option<u32>,
+        /// What went wrong and what to check.
+        message: String,
+        /// The authority's correlation id, for a support request.
+        correlation_id: Option<String>,
+    },
+
+    /// The authority is throttling us; try again after `retry_after`.
+    #[error("{credential}: the authority is throttling requests (retry after {}s)", retry_after.as_secs())]
+    Throttled {
+        credential: &'static str,
+        retry_after: Duration,
+    },
+
+    /// A failure that may pass: timeout, connection refused, a 5xx from the authority.
+    #[error("{credential}: {reason}")]
+    Transient {
+        credential: &'static str,
+        reason: String,
+    },
+}
+
+impl CredentialError {
+    /// Whether the same request can never succeed without a configuration change. The
+    /// broker briefly remembers such errors so a misconfigured pod cannot hammer Entra.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Rejected { .. })
+    }
+}
+
+/// Something that can obtain an access token for a resource.
+#[async_trait]
+pub trait Credential: Send + Sync {
+    /// A short name for logs and errors, such as `client_secret`.
+    fn kind(&self) -> &'static str;
+
+    /// Obtains a new token for `resource` (an App ID URI such as `https://vault.azure.net`,
+    /// never a scope). Implementations do not cache.
+    async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError>;
+}

@@ -1,0 +1,21 @@
+//! tokenrelay: a sidecar that serves Azure managed-identity token endpoints to the other
+//! containers of a pod (or to a laptop), backed by a cached upstream credential chain.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the command line (clap); [`app`] runs its subcommands.
+//! - [`config`]: figment layering and validation into a typed [`config::Config`].
+//! - [`server`]: the HTTP surface (both managed-identity flavours, health, dev discovery).
+//! - [`broker`]: identities, the token cache, refresh and prefetch. Knows nothing of HTTP.
+//! - [`credential`]: how tokens are obtained upstream. Knows nothing of caching.
+//! - [`secret`], [`clock`], [`telemetry`]: small shared pieces.
+
+pub mod app;
+pub mod broker;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod credential;
+pub mod secret;
+pub mod server;
+pub mod telemetry;

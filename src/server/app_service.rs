@@ -1,0 +1,73 @@
+//! The App Service flavour: `GET $IDENTITY_ENDPOINT` with `X-IDENTITY-HEADER` (protocols.md 1b).
+//! `Metadata` is not required: msal-node and MSAL Go do not send it.
+
+use std::time::Instant;
+
+use aws_lc_rs::digest;
+use axum::extract::State;
+use axum::http::{HeaderMap, Uri};
+use axum::response::Response;
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+use super::state::AppState;
+use super::token::{self, Flavour};
+use super::wire::{TokenQuery, api_version_supported};
+use crate::secret::Secret;
+
+/// Handles one App Service style request.
+pub async fn handle(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
+    let started = Instant::now();
+    let reject = |error| token::reject(Flavour::AppService, error, started);
+
+    let presented = headers.get("x-identity-header").map(|v| v.as_bytes());
+    let Some(expected) = state.identity_header.as_deref() else {
+        // The router only mounts this flavour with a secret configured.
+        return reject(ApiError::unauthorized(
+            "the App Service endpoint is not configured",
+        ));
+    };
+    match presented {
+        None => return reject(ApiError::unauthorized("X-IDENTITY-HEADER is required")),
+        Some(value) if !secret_matches(expected, value) => {
+            return reject(ApiError::unauthorized(
+                "X-IDENTITY-HEADER does not match IDENTITY_HEADER",
+            ));
+        }
+        Some(_) => {}
+    }
+    let query = match TokenQuery::parse(uri.query()) {
+        Ok(query) => query,
+        Err(error) => return reject(ApiError::bad_request(error.to_string())),
+    };
+    if let Some(version) = query.api_version.as_deref() {
+        if !api_version_supported(version) {
+            return reject(ApiError::bad_request(format!(
+                "api-version {version:?} is not supported; use 2019-08-01"
+            )));
+        }
+    }
+    token::serve(&state, Flavour::AppService, query, started).await
+}
+
+/// Compares in constant time. Hashing first makes the comparison independent of the
+/// secret's length as well as its content.
+fn secret_matches(expected: &Secret, presented: &[u8]) -> bool {
+    let a = digest::digest(&digest::SHA256, expected.expose().as_bytes());
+    let b = digest::digest(&digest::SHA256, presented);
+    a.as_ref().ct_eq(b.as_ref()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compares_whole_values() {
+        let secret = Secret::new("s3cret");
+        assert!(secret_matches(&secret, b"s3cret"));
+        assert!(!secret_matches(&secret, b"s3cre"));
+        assert!(!secret_matches(&secret, b"s3cret "));
+        assert!(!secret_matches(&secret, b""));
+    }
+}

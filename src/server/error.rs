@@ -1,0 +1,202 @@
+//! `ApiError`: the one mapping from failures to HTTP responses.
+//!
+//! Status codes follow protocols.md section 0, item 4: 400 for anything retrying will not fix
+//! (clients stop; most treat it as "unavailable"), 401 for a bad App Service secret, 429 and
+//! 503 with a `Retry-After` of a few seconds for transient trouble, never 404 or 403 for an
+//! identity problem.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::wire::ErrorBody;
+use crate::broker::BrokerError;
+use crate::credential::CredentialError;
+
+/// The longest `Retry-After` we send: MSAL Python replays an error for that long.
+const MAX_RETRY_AFTER_SECS: u64 = 5;
+/// `Retry-After` for transient upstream trouble.
+const TRANSIENT_RETRY_AFTER_SECS: u64 = 2;
+
+/// An HTTP error with the IMDS-style JSON body.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub error: &'static str,
+    pub description: String,
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// A 400 `invalid_request`.
+    pub fn bad_request(description: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            error: "invalid_request",
+            description: description.into(),
+            retry_after: None,
+        }
+    }
+
+    /// The answer to a request without `Metadata: true`, worded as real IMDS words it.
+    pub fn missing_metadata_header() -> Self {
+        Self::bad_request("Required metadata header not specified")
+    }
+
+    /// A 401 for a missing or wrong `X-IDENTITY-HEADER`.
+    pub fn unauthorized(description: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            error: "unauthorized_client",
+            description: description.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A 404 for paths that serve nothing (never used for identities).
+    pub fn not_found() -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            error: "not_found",
+            description: "no such endpoint".into(),
+            retry_after: None,
+        }
+    }
+
+    /// The body text, for the request log.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(error: BrokerError) -> Self {
+        let description = error.to_string();
+        match &error {
+            // "Identity not found" is the phrase .NET's probe looks for (protocols.md 2.4).
+            BrokerError::UnknownIdentity(_) => {
+                Self::bad_request(format!("Identity not found: {description}"))
+            }
+            BrokerError::NoDefaultIdentity => Self::bad_request(description),
+            BrokerError::Upstream { source, .. } => match source.as_ref() {
+                CredentialError::Rejected {
+                    aadsts,
+                    correlation_id,
+                    ..
+                } => {
+                    let error = if *aadsts == Some(500011) {
+                        "invalid_resource"
+                    } else {
+                        "unauthorized_client"
+                    };
+                    let description = match correlation_id {
+                        Some(id) => format!("{description} (correlation id {id})"),
+                        None => description,
+                    };
+                    Self {
+                        status: StatusCode::BAD_REQUEST,
+                        error,
+                        description,
+                        retry_after: None,
+                    }
+                }
+                CredentialError::Throttled { retry_after, .. } => Self {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    error: "throttled",
+                    description,
+                    retry_after: Some(retry_after.as_secs().clamp(1, MAX_RETRY_AFTER_SECS)),
+                },
+                CredentialError::Transient { .. } | CredentialError::Unavailable { .. } => Self {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    error: "temporarily_unavailable",
+                    description,
+                    retry_after: Some(TRANSIENT_RETRY_AFTER_SECS),
+                },
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.error,
+            error_description: &self.description,
+        };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::broker::Selector;
+
+    fn upstream(error: CredentialError) -> ApiError {
+        ApiError::from(BrokerError::Upstream {
+            identity: "app".into(),
+            source: Arc::new(error),
+        })
+    }
+
+    #[test]
+    fn maps_each_failure_to_the_status_clients_expect() {
+        let unknown = ApiError::from(BrokerError::UnknownIdentity(Selector::ClientId("x".into())));
+        assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
+        assert!(
+            unknown.description.contains("Identity not found")
+                && unknown.description.contains("client_id \"x\"")
+        );
+
+        let rejected = upstream(CredentialError::Rejected {
+            credential: "client_secret",
+            aadsts: Some(7000215),
+            message: "AADSTS7000215: bad secret".into(),
+            correlation_id: Some("c0rr".into()),
+        });
+        assert_eq!(rejected.status, StatusCode::BAD_REQUEST);
+        assert!(
+            rejected.description.contains("AADSTS7000215") && rejected.description.contains("c0rr")
+        );
+
+        let throttled = upstream(CredentialError::Throttled {
+            credential: "x",
+            retry_after: Duration::from_secs(120),
+        });
+        assert_eq!(
+            (throttled.status, throttled.retry_after),
+            (StatusCode::TOO_MANY_REQUESTS, Some(5))
+        );
+
+        let down = upstream(CredentialError::Transient {
+            credential: "x",
+            reason: "refused".into(),
+        });
+        assert_eq!(
+            (down.status, down.retry_after),
+            (StatusCode::SERVICE_UNAVAILABLE, Some(2))
+        );
+    }
+
+    #[test]
+    fn never_answers_403_unreachable() {
+        for error in [
+            ApiError::missing_metadata_header(),
+            ApiError::unauthorized("x"),
+            upstream(CredentialError::Unavailable {
+                credential: "x",
+                reason: "network unreachable".into(),
+            }),
+        ] {
+            assert_ne!(error.status, StatusCode::FORBIDDEN);
+        }
+    }
+}

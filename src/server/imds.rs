@@ -1,0 +1,56 @@
+//! The IMDS flavour: `GET /metadata/identity/oauth2/token` (protocols.md 1a and 2.5).
+
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, Uri};
+use axum::response::Response;
+
+use super::error::ApiError;
+use super::state::AppState;
+use super::token::{self, Flavour};
+use super::wire::{TokenQuery, api_version_supported};
+use crate::config::ProbeMode;
+
+/// Handles one IMDS-style request. Caller checks come first and never cause upstream I/O.
+pub async fn handle(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
+    let started = Instant::now();
+    let reject = |error| token::reject(Flavour::Imds, error, started);
+
+    // IMDS refuses anything that came through a proxy; so do we.
+    if headers.contains_key("x-forwarded-for") {
+        return reject(ApiError::bad_request(
+            "Requests with an X-Forwarded-For header are not accepted",
+        ));
+    }
+    let query = match TokenQuery::parse(uri.query()) {
+        Ok(query) => query,
+        Err(error) => return reject(ApiError::bad_request(error.to_string())),
+    };
+    let has_metadata = headers
+        .get("metadata")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    if !has_metadata {
+        // SDK probes (JS and Go send no query at all) get real IMDS's answer at once.
+        // `compatible` serves .NET's probe, which carries a resource (protocols.md 2.5).
+        let serve_probe = state.probe_mode == ProbeMode::Compatible && query.resource.is_some();
+        if !serve_probe {
+            return reject(ApiError::missing_metadata_header());
+        }
+    }
+    match query.api_version.as_deref() {
+        Some(version) if api_version_supported(version) => {}
+        Some(version) => {
+            return reject(ApiError::bad_request(format!(
+                "api-version {version:?} is not supported; use 2018-02-01 or later"
+            )));
+        }
+        None => {
+            return reject(ApiError::bad_request(
+                "Required query variable 'api-version' is missing; use 2018-02-01",
+            ));
+        }
+    }
+    token::serve(&state, Flavour::Imds, query, started).await
+}

@@ -1,0 +1,19 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+
+use crate::broker::Broker;
+use crate::config::ProbeMode;
+use crate::credential::dev_issuer::DevIssuer;
+use crate::secret::Secret;
+
+/// Cheap to clone: every field is shared.
+#[derive(Clone)]
+pub struct AppState {
+    pub broker: Arc<Broker>,
+    /// The App Service flavour's `X-IDENTITY-HEADER` secret.
+    pub identity_header: Option<Arc<Secret>>,
+    pub probe_mode: ProbeMode,
+    /// Present under `--dev`: serves discovery documents.
+    pub dev_issuer: Option<Arc<DevIssuer>>,
+}
