@@ -653,7 +653,10 @@ impl Validator<'_> {
                 credentials: vec![CredentialConfig::Dev],
             });
         }
-        let has_default = identities.iter().any(|i| i.default) || identities.len() == 1;
+        if let [only] = identities.as_mut_slice() {
+            only.default = true;
+        }
+        let has_default = identities.iter().any(|i| i.default);
         let dev_client_id = dev.client_id.trim();
         if !identities
             .iter()
