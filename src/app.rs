@@ -35,10 +35,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }
     };
     crate::telemetry::init(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("tokenrelay: cannot start the async runtime: {error}");
@@ -62,8 +59,7 @@ pub struct Built {
 /// is reachable (the development issuer's `iss`).
 pub fn build(config: &Config, base_url: &str) -> Result<Built, String> {
     let upstream = &config.upstream;
-    let authority_host =
-        Url::parse(&upstream.authority_host).map_err(|e| format!("authority host: {e}"))?;
+    let authority_host = Url::parse(&upstream.authority_host).map_err(|e| format!("authority host: {e}"))?;
     let entra = Arc::new(EntraClient::new(EntraSettings {
         authority_host,
         timeout: Duration::from_secs(upstream.timeout_secs),
@@ -73,11 +69,9 @@ pub fn build(config: &Config, base_url: &str) -> Result<Built, String> {
         max_concurrent: upstream.max_concurrent,
     })?);
     let dev_issuer = match &config.dev {
-        Some(dev) => Some(Arc::new(DevIssuer::generate(
-            base_url.to_owned(),
-            dev.tenant_id.clone(),
-            dev.token_lifetime_secs,
-        )?)),
+        Some(dev) => {
+            Some(Arc::new(DevIssuer::generate(base_url.to_owned(), dev.tenant_id.clone(), dev.token_lifetime_secs)?))
+        }
         None => None,
     };
 
@@ -89,31 +83,22 @@ pub fn build(config: &Config, base_url: &str) -> Result<Built, String> {
             .iter()
             .map(|credential| -> Box<dyn Credential> {
                 match credential {
-                    CredentialConfig::ClientSecret { secret } => {
-                        Box::new(ClientSecretCredential::new(
-                            entra.clone(),
-                            tenant.clone(),
-                            identity.client_id.clone(),
-                            secret.clone(),
-                        ))
-                    }
-                    CredentialConfig::WorkloadIdentity { token_file } => {
-                        Box::new(WorkloadIdentityCredential::new(
-                            entra.clone(),
-                            tenant.clone(),
-                            identity.client_id.clone(),
-                            token_file.clone(),
-                        ))
-                    }
-                    CredentialConfig::Dev => Box::new(DevCredential::new(
-                        dev_issuer
-                            .clone()
-                            .expect("dev credentials exist only when the dev issuer does"),
+                    CredentialConfig::ClientSecret { secret } => Box::new(ClientSecretCredential::new(
+                        entra.clone(),
+                        tenant.clone(),
                         identity.client_id.clone(),
-                        identity
-                            .object_id
-                            .clone()
-                            .unwrap_or_else(|| identity.client_id.clone()),
+                        secret.clone(),
+                    )),
+                    CredentialConfig::WorkloadIdentity { token_file } => Box::new(WorkloadIdentityCredential::new(
+                        entra.clone(),
+                        tenant.clone(),
+                        identity.client_id.clone(),
+                        token_file.clone(),
+                    )),
+                    CredentialConfig::Dev => Box::new(DevCredential::new(
+                        dev_issuer.clone().expect("dev credentials exist only when the dev issuer does"),
+                        identity.client_id.clone(),
+                        identity.object_id.clone().unwrap_or_else(|| identity.client_id.clone()),
                     )),
                 }
             })
@@ -151,18 +136,11 @@ pub fn build(config: &Config, base_url: &str) -> Result<Built, String> {
 }
 
 async fn serve(config: Config) -> ExitCode {
-    let server = match Server::bind(
-        config.server.listen,
-        Duration::from_secs(config.server.shutdown_grace_secs),
-    )
-    .await
+    let server = match Server::bind(config.server.listen, Duration::from_secs(config.server.shutdown_grace_secs)).await
     {
         Ok(server) => server,
         Err(error) => {
-            eprintln!(
-                "tokenrelay: cannot listen on {}: {error}",
-                config.server.listen
-            );
+            eprintln!("tokenrelay: cannot listen on {}: {error}", config.server.listen);
             return ExitCode::FAILURE;
         }
     };
@@ -196,10 +174,7 @@ async fn serve(config: Config) -> ExitCode {
         (None, _) => None,
     };
 
-    println!(
-        "tokenrelay {} listening on {base_url}",
-        env!("CARGO_PKG_VERSION")
-    );
+    println!("tokenrelay {} listening on {base_url}", env!("CARGO_PKG_VERSION"));
     if config.is_dev() {
         tracing::warn!(
             "development mode: tokens are signed by an ephemeral local key and no Azure service accepts them"
@@ -253,22 +228,13 @@ async fn token(config: Config, resource: &str, client_id: Option<String>) -> Exi
     let selector = client_id.map_or(Selector::Default, Selector::ClientId);
     let broker = &built.broker;
     let result = match broker.resolve(&selector) {
-        Ok(identity) => broker
-            .token(identity, resource)
-            .await
-            .map(|served| (identity.clone(), served)),
+        Ok(identity) => broker.token(identity, resource).await.map(|served| (identity.clone(), served)),
         Err(error) => Err(error),
     };
     match result {
         Ok((identity, served)) => {
             let echo = None;
-            let body = TokenBody::new(
-                &served.entry,
-                &identity.client_id,
-                resource,
-                broker.now(),
-                echo,
-            );
+            let body = TokenBody::new(&served.entry, &identity.client_id, resource, broker.now(), echo);
             match serde_json::to_string_pretty(&body) {
                 Ok(text) => {
                     println!("{text}");
@@ -293,14 +259,14 @@ fn check(config: &Config) -> ExitCode {
             println!("# effective configuration (secrets redacted)\n{text}");
             for identity in &config.identities {
                 for credential in &identity.credentials {
-                    if let CredentialConfig::WorkloadIdentity { token_file } = credential {
-                        if !token_file.is_file() {
-                            println!(
-                                "# warning: identity {:?}: federated token file {} does not exist (yet)",
-                                identity.name,
-                                token_file.display()
-                            );
-                        }
+                    if let CredentialConfig::WorkloadIdentity { token_file } = credential
+                        && !token_file.is_file()
+                    {
+                        println!(
+                            "# warning: identity {:?}: federated token file {} does not exist (yet)",
+                            identity.name,
+                            token_file.display()
+                        );
                     }
                 }
             }
@@ -317,12 +283,8 @@ fn check(config: &Config) -> ExitCode {
 /// A random 32-byte hex secret for the App Service flavour under `--dev`.
 fn generate_secret() -> Result<Secret, String> {
     let mut bytes = [0u8; 32];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| "no randomness for the identity header secret")?;
-    Ok(Secret::new(
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>(),
-    ))
+    SystemRandom::new().fill(&mut bytes).map_err(|_| "no randomness for the identity header secret")?;
+    Ok(Secret::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
 }
 
 /// `127.0.0.1:8080`, or `localhost`-free `[::1]:8080` for IPv6; unspecified addresses are
@@ -330,11 +292,7 @@ fn generate_secret() -> Result<Secret, String> {
 fn display_addr(addr: SocketAddr) -> String {
     let mut addr = addr;
     if addr.ip().is_unspecified() {
-        addr.set_ip(if addr.is_ipv4() {
-            [127, 0, 0, 1].into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        });
+        addr.set_ip(if addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
     }
     addr.to_string()
 }

@@ -99,13 +99,15 @@ impl Cli {
                 ServerFlags {
                     listen: args.listen.map(|a| a.to_string()),
                     identity_header: args.identity_header.clone(),
+                    app_service: None,
                 },
                 &args.dev,
             ),
-            Command::Token(args) => (ServerFlags::default(), &args.dev),
+            // `token` serves nothing, so the App Service flavour's secret is not required.
+            Command::Token(args) => (ServerFlags { app_service: Some(false), ..ServerFlags::default() }, &args.dev),
             Command::Check(args) => (ServerFlags::default(), &args.dev),
         };
-        let has_server = server.listen.is_some() || server.identity_header.is_some();
+        let has_server = server.listen.is_some() || server.identity_header.is_some() || server.app_service.is_some();
         let dev = DevFlags {
             enabled: dev.dev.then_some(true),
             identities: (!dev.dev_identities.is_empty()).then(|| dev.dev_identities.clone()),
@@ -113,10 +115,7 @@ impl Cli {
         let has_dev = dev.enabled.is_some() || dev.identities.is_some();
         LoadOptions {
             file: self.config.clone(),
-            flags: FlagOverrides {
-                server: has_server.then_some(server),
-                dev: has_dev.then_some(dev),
-            },
+            flags: FlagOverrides { server: has_server.then_some(server), dev: has_dev.then_some(dev) },
         }
     }
 }
@@ -133,15 +132,7 @@ mod tests {
 
     #[test]
     fn flags_become_overrides() {
-        let cli = Cli::parse_from([
-            "tokenrelay",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--dev",
-            "--dev-identity",
-            "abc",
-        ]);
+        let cli = Cli::parse_from(["tokenrelay", "serve", "--listen", "127.0.0.1:0", "--dev", "--dev-identity", "abc"]);
         let options = cli.load_options();
         let flags = serde_json::to_value(&options.flags).unwrap();
         assert_eq!(flags["server"]["listen"], "127.0.0.1:0");

@@ -29,10 +29,7 @@ impl Secret {
     /// operator correlate log lines about the same token without seeing it.
     pub fn fingerprint(&self) -> String {
         let digest = digest::digest(&digest::SHA256, self.0.as_bytes());
-        digest.as_ref()[..4]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        digest.as_ref()[..4].iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// Whether the value is empty (an empty secret file is a configuration error).

@@ -41,17 +41,14 @@ impl CachedToken {
         if now < self.next_attempt.load(Ordering::Acquire) {
             return false;
         }
-        self.refreshing
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        self.refreshing.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 
     /// Records a failed refresh: no new attempt before `now + backoff(failures)`.
     /// Returns the number of consecutive failures.
     pub fn refresh_failed(&self, now: u64, backoff: impl Fn(u32) -> u64) -> u32 {
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-        self.next_attempt
-            .store(now + backoff(failures), Ordering::Release);
+        self.next_attempt.store(now + backoff(failures), Ordering::Release);
         self.refreshing.store(false, Ordering::Release);
         failures
     }
@@ -74,11 +71,7 @@ impl Expiry<String, std::sync::Arc<CachedToken>> for ExpireWhenUnservable {
         value: &std::sync::Arc<CachedToken>,
         _created_at: Instant,
     ) -> Option<Duration> {
-        let remaining = value
-            .token
-            .expires_on
-            .saturating_sub(self.clock.now())
-            .saturating_sub(self.margin_secs);
+        let remaining = value.token.expires_on.saturating_sub(self.clock.now()).saturating_sub(self.margin_secs);
         Some(Duration::from_secs(remaining))
     }
 
@@ -113,10 +106,7 @@ mod tests {
     fn one_refresh_at_a_time_and_backoff_after_failure() {
         let e = entry();
         assert!(e.try_begin_refresh(4000));
-        assert!(
-            !e.try_begin_refresh(4000),
-            "a second caller must not start another refresh"
-        );
+        assert!(!e.try_begin_refresh(4000), "a second caller must not start another refresh");
         assert_eq!(e.refresh_failed(4000, |f| 30 * u64::from(f)), 1);
         assert!(!e.try_begin_refresh(4029), "backing off");
         assert!(e.try_begin_refresh(4030));

@@ -67,10 +67,7 @@ pub struct Identity {
 
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity")
-            .field("name", &self.name)
-            .field("client_id", &self.client_id)
-            .finish_non_exhaustive()
+        f.debug_struct("Identity").field("name", &self.name).field("client_id", &self.client_id).finish_non_exhaustive()
     }
 }
 
@@ -105,16 +102,11 @@ pub enum BrokerError {
     #[error("no identity with {0} is configured here")]
     UnknownIdentity(Selector),
     /// No selector was given and no identity is marked `default`.
-    #[error(
-        "no default identity is configured; select one with client_id, object_id or msi_res_id"
-    )]
+    #[error("no default identity is configured; select one with client_id, object_id or msi_res_id")]
     NoDefaultIdentity,
     /// The upstream credential failed; see the inner error.
     #[error("identity {identity:?}: {source}")]
-    Upstream {
-        identity: String,
-        source: Arc<CredentialError>,
-    },
+    Upstream { identity: String, source: Arc<CredentialError> },
 }
 
 /// Where a served token came from.
@@ -175,10 +167,8 @@ impl Broker {
                         clock: clock.clone(),
                     })
                     .build();
-                let refusals = Cache::builder()
-                    .max_capacity(settings.max_entries)
-                    .time_to_live(settings.negative_ttl)
-                    .build();
+                let refusals =
+                    Cache::builder().max_capacity(settings.max_entries).time_to_live(settings.negative_ttl).build();
                 Arc::new(Identity {
                     name: spec.name,
                     client_id: spec.client_id,
@@ -191,38 +181,22 @@ impl Broker {
                 })
             })
             .collect();
-        Self {
-            identities,
-            default,
-            settings,
-            clock,
-            readiness: Readiness::new(prefetches),
-        }
+        Self { identities, default, settings, clock, readiness: Readiness::new(prefetches) }
     }
 
     /// The identity a selector names. Ids compare case-insensitively, as Azure's do.
     pub fn resolve(&self, selector: &Selector) -> Result<&Arc<Identity>, BrokerError> {
         let found = match selector {
             Selector::Default => {
-                return self
-                    .default
-                    .map(|i| &self.identities[i])
-                    .ok_or(BrokerError::NoDefaultIdentity);
+                return self.default.map(|i| &self.identities[i]).ok_or(BrokerError::NoDefaultIdentity);
             }
-            Selector::ClientId(id) => self
-                .identities
-                .iter()
-                .find(|i| i.client_id.eq_ignore_ascii_case(id)),
-            Selector::ObjectId(id) => self.identities.iter().find(|i| {
-                i.object_id
-                    .as_deref()
-                    .is_some_and(|o| o.eq_ignore_ascii_case(id))
-            }),
-            Selector::ResourceId(id) => self.identities.iter().find(|i| {
-                i.resource_id
-                    .as_deref()
-                    .is_some_and(|r| r.eq_ignore_ascii_case(id))
-            }),
+            Selector::ClientId(id) => self.identities.iter().find(|i| i.client_id.eq_ignore_ascii_case(id)),
+            Selector::ObjectId(id) => {
+                self.identities.iter().find(|i| i.object_id.as_deref().is_some_and(|o| o.eq_ignore_ascii_case(id)))
+            }
+            Selector::ResourceId(id) => {
+                self.identities.iter().find(|i| i.resource_id.as_deref().is_some_and(|r| r.eq_ignore_ascii_case(id)))
+            }
         };
         found.ok_or_else(|| BrokerError::UnknownIdentity(selector.clone()))
     }
@@ -243,11 +217,7 @@ impl Broker {
     }
 
     /// A token for `resource` (already normalised: no `/.default`) as `identity`.
-    pub async fn token(
-        self: &Arc<Self>,
-        identity: &Arc<Identity>,
-        resource: &str,
-    ) -> Result<Served, BrokerError> {
+    pub async fn token(self: &Arc<Self>, identity: &Arc<Identity>, resource: &str) -> Result<Served, BrokerError> {
         let now = self.clock.now();
         let policy = &self.settings.policy;
         if let Some(entry) = identity.tokens.get(resource).await {
@@ -276,27 +246,16 @@ impl Broker {
             })
             .await
             .map_err(|shared: Arc<BrokerError>| (*shared).clone())?;
-        let outcome = if fetched_here.load(Ordering::Relaxed) {
-            CacheOutcome::Miss
-        } else {
-            CacheOutcome::Coalesced
-        };
+        let outcome = if fetched_here.load(Ordering::Relaxed) { CacheOutcome::Miss } else { CacheOutcome::Coalesced };
         Ok(Served { entry, outcome })
     }
 
     /// Calls the identity's credential once and wraps the result for the cache.
-    async fn fetch(
-        &self,
-        identity: &Identity,
-        resource: &str,
-    ) -> Result<Arc<CachedToken>, BrokerError> {
+    async fn fetch(&self, identity: &Identity, resource: &str) -> Result<Arc<CachedToken>, BrokerError> {
         match identity.credential.get_token(resource).await {
             Ok(token) => {
                 let now = self.clock.now();
-                let refresh_on = self
-                    .settings
-                    .policy
-                    .refresh_on(&token, now, fastrand::f64());
+                let refresh_on = self.settings.policy.refresh_on(&token, now, fastrand::f64());
                 tracing::info!(
                     identity = %identity.name,
                     resource,
@@ -305,24 +264,14 @@ impl Broker {
                     fingerprint = %token.token.fingerprint(),
                     "fetched a token upstream"
                 );
-                Ok(Arc::new(CachedToken::new(
-                    token,
-                    refresh_on,
-                    identity.credential.kind(),
-                )))
+                Ok(Arc::new(CachedToken::new(token, refresh_on, identity.credential.kind())))
             }
             Err(error) => {
                 let permanent = error.is_permanent();
-                let error = BrokerError::Upstream {
-                    identity: identity.name.clone(),
-                    source: Arc::new(error),
-                };
+                let error = BrokerError::Upstream { identity: identity.name.clone(), source: Arc::new(error) };
                 tracing::warn!(identity = %identity.name, resource, %error, "upstream token request failed");
                 if permanent {
-                    identity
-                        .refusals
-                        .insert(resource.to_owned(), error.clone())
-                        .await;
+                    identity.refusals.insert(resource.to_owned(), error.clone()).await;
                 }
                 Err(error)
             }
@@ -349,8 +298,7 @@ impl Broker {
                 Ok(fresh) => identity.tokens.insert(resource, fresh).await,
                 Err(error) => {
                     let policy = broker.settings.policy;
-                    let failures =
-                        entry.refresh_failed(broker.clock.now(), |f| policy.refresh_backoff(f));
+                    let failures = entry.refresh_failed(broker.clock.now(), |f| policy.refresh_backoff(f));
                     tracing::warn!(
                         identity = %identity.name,
                         resource,

@@ -46,9 +46,7 @@ impl Policy {
     /// The wait after the `failures`-th consecutive failed refresh (1-based).
     pub fn refresh_backoff(&self, failures: u32) -> u64 {
         let factor = 1u64 << failures.saturating_sub(1).min(16);
-        self.refresh_backoff_secs
-            .saturating_mul(factor)
-            .min(self.refresh_backoff_max_secs)
+        self.refresh_backoff_secs.saturating_mul(factor).min(self.refresh_backoff_max_secs)
     }
 }
 
@@ -60,11 +58,7 @@ mod tests {
     const NOW: u64 = 1_000_000;
 
     fn policy() -> Policy {
-        Policy {
-            serve_margin_secs: 60,
-            refresh_backoff_secs: 30,
-            refresh_backoff_max_secs: 300,
-        }
+        Policy { serve_margin_secs: 60, refresh_backoff_secs: 30, refresh_backoff_max_secs: 300 }
     }
 
     fn token(lifetime: u64, refresh_in: Option<u64>) -> AccessToken {
@@ -91,11 +85,7 @@ mod tests {
         ];
         for (lifetime, refresh_in, expected) in cases {
             let got = p.refresh_on(&token(lifetime, refresh_in), NOW, 0.0);
-            assert_eq!(
-                got,
-                NOW + expected,
-                "lifetime {lifetime}, refresh_in {refresh_in:?}"
-            );
+            assert_eq!(got, NOW + expected, "lifetime {lifetime}, refresh_in {refresh_in:?}");
         }
     }
 

@@ -14,16 +14,12 @@ pub struct Readiness {
 impl Readiness {
     /// A latch waiting for `pending` prefetches.
     pub fn new(pending: usize) -> Self {
-        Self {
-            pending: AtomicUsize::new(pending),
-        }
+        Self { pending: AtomicUsize::new(pending) }
     }
 
     /// Marks one prefetch as done.
     pub fn complete_one(&self) {
-        let _ = self
-            .pending
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        let _ = self.pending.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
     }
 
     /// Whether every prefetch is done.

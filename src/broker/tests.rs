@@ -26,11 +26,7 @@ struct Scripted {
 
 impl Scripted {
     fn lifetimes(clock: &ManualClock, script: Vec<Result<u64, CredentialError>>) -> Self {
-        Self {
-            script: Mutex::new(script.into()),
-            clock: Some(clock.clone()),
-            ..Self::default()
-        }
+        Self { script: Mutex::new(script.into()), clock: Some(clock.clone()), ..Self::default() }
     }
 }
 
@@ -60,10 +56,7 @@ impl Credential for Arc<Scripted> {
 }
 
 fn transient() -> CredentialError {
-    CredentialError::Transient {
-        credential: "scripted",
-        reason: "authority down".into(),
-    }
+    CredentialError::Transient { credential: "scripted", reason: "authority down".into() }
 }
 
 fn broker(clock: &ManualClock, credential: Arc<Scripted>) -> Arc<Broker> {
@@ -79,11 +72,7 @@ fn broker(clock: &ManualClock, credential: Arc<Scripted>) -> Arc<Broker> {
     let settings = CacheSettings {
         max_entries: 100,
         negative_ttl: Duration::from_secs(10),
-        policy: Policy {
-            serve_margin_secs: 60,
-            refresh_backoff_secs: 30,
-            refresh_backoff_max_secs: 300,
-        },
+        policy: Policy { serve_margin_secs: 60, refresh_backoff_secs: 30, refresh_backoff_max_secs: 300 },
     };
     Arc::new(Broker::new(vec![spec], settings, Arc::new(clock.clone())))
 }
@@ -97,24 +86,9 @@ async fn resolves_every_selector_case_insensitively_and_refuses_others() {
     let clock = ManualClock::new(START);
     let b = broker(&clock, Arc::new(Scripted::default()));
     assert_eq!(b.resolve(&Selector::Default).unwrap().name, "app");
-    assert_eq!(
-        b.resolve(&Selector::ClientId("client-a".into()))
-            .unwrap()
-            .name,
-        "app"
-    );
-    assert_eq!(
-        b.resolve(&Selector::ObjectId("OBJ-A".into())).unwrap().name,
-        "app"
-    );
-    assert_eq!(
-        b.resolve(&Selector::ResourceId(
-            "/subscriptions/s/rg/identity-a".into()
-        ))
-        .unwrap()
-        .name,
-        "app"
-    );
+    assert_eq!(b.resolve(&Selector::ClientId("client-a".into())).unwrap().name, "app");
+    assert_eq!(b.resolve(&Selector::ObjectId("OBJ-A".into())).unwrap().name, "app");
+    assert_eq!(b.resolve(&Selector::ResourceId("/subscriptions/s/rg/identity-a".into())).unwrap().name, "app");
     let err = b.resolve(&Selector::ClientId("other".into())).unwrap_err();
     assert!(matches!(err, BrokerError::UnknownIdentity(_)));
     assert!(err.to_string().contains("client_id \"other\""), "{err}");
@@ -142,11 +116,7 @@ async fn a_fresh_hit_makes_no_upstream_call() {
 async fn concurrent_misses_share_one_upstream_call() {
     let clock = ManualClock::new(START);
     let gate = Arc::new(Notify::new());
-    let cred = Arc::new(Scripted {
-        gate: Some(gate.clone()),
-        clock: Some(clock.clone()),
-        ..Scripted::default()
-    });
+    let cred = Arc::new(Scripted { gate: Some(gate.clone()), clock: Some(clock.clone()), ..Scripted::default() });
     let b = broker(&clock, cred.clone());
     let id = b.resolve(&Selector::Default).unwrap().clone();
     let mut tasks = Vec::new();
@@ -166,13 +136,7 @@ async fn concurrent_misses_share_one_upstream_call() {
         outcomes.push(t.await.unwrap().unwrap().outcome);
     }
     assert_eq!(cred.calls.load(Ordering::SeqCst), 1);
-    assert_eq!(
-        outcomes
-            .iter()
-            .filter(|o| **o == CacheOutcome::Miss)
-            .count(),
-        1
-    );
+    assert_eq!(outcomes.iter().filter(|o| **o == CacheOutcome::Miss).count(), 1);
 }
 
 #[tokio::test]
@@ -201,19 +165,9 @@ async fn permanent_refusals_are_remembered_briefly() {
     let b = broker(&clock, cred.clone());
     let id = b.resolve(&Selector::Default).unwrap().clone();
     for _ in 0..5 {
-        assert!(
-            b.token(&id, "r")
-                .await
-                .unwrap_err()
-                .to_string()
-                .contains("bad secret")
-        );
+        assert!(b.token(&id, "r").await.unwrap_err().to_string().contains("bad secret"));
     }
-    assert_eq!(
-        cred.calls.load(Ordering::SeqCst),
-        1,
-        "a misconfigured identity must not hammer Entra"
-    );
+    assert_eq!(cred.calls.load(Ordering::SeqCst), 1, "a misconfigured identity must not hammer Entra");
 }
 
 #[tokio::test]
@@ -224,21 +178,14 @@ async fn a_stale_token_is_served_and_refreshed_once_in_the_background() {
     let id = b.resolve(&Selector::Default).unwrap().clone();
     let first = b.token(&id, "r").await.unwrap();
     let refresh_on = first.entry.refresh_on;
-    assert!(
-        refresh_on <= START + 3000 && refresh_on >= START + 2940,
-        "{refresh_on}"
-    );
+    assert!((START + 2940..=START + 3000).contains(&refresh_on), "{refresh_on}");
 
     clock.advance(refresh_on - START);
     let finished = cred.finished.clone();
     let waiting = finished.notified();
     let stale = b.token(&id, "r").await.unwrap();
     assert_eq!(stale.outcome, CacheOutcome::Stale);
-    assert_eq!(
-        token_text(&stale),
-        "token-0",
-        "the old token is served while refreshing"
-    );
+    assert_eq!(token_text(&stale), "token-0", "the old token is served while refreshing");
     // More stale requests do not start more refreshes.
     b.token(&id, "r").await.unwrap();
     waiting.await;
@@ -254,15 +201,8 @@ async fn a_stale_token_is_served_and_refreshed_once_in_the_background() {
 #[tokio::test]
 async fn an_outage_keeps_serving_until_the_margin_then_fails() {
     let clock = ManualClock::new(START);
-    let cred = Arc::new(Scripted::lifetimes(
-        &clock,
-        vec![
-            Ok(3600),
-            Err(transient()),
-            Err(transient()),
-            Err(transient()),
-        ],
-    ));
+    let cred =
+        Arc::new(Scripted::lifetimes(&clock, vec![Ok(3600), Err(transient()), Err(transient()), Err(transient())]));
     let b = broker(&clock, cred.clone());
     let id = b.resolve(&Selector::Default).unwrap().clone();
     b.token(&id, "r").await.unwrap();
@@ -270,10 +210,7 @@ async fn an_outage_keeps_serving_until_the_margin_then_fails() {
     clock.advance(3000); // past refresh_on
     let finished = cred.finished.clone();
     let waiting = finished.notified();
-    assert_eq!(
-        b.token(&id, "r").await.unwrap().outcome,
-        CacheOutcome::Stale
-    );
+    assert_eq!(b.token(&id, "r").await.unwrap().outcome, CacheOutcome::Stale);
     waiting.await;
     for _ in 0..10 {
         tokio::task::yield_now().await;

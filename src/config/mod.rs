@@ -182,43 +182,28 @@ pub struct LoadOptions {
 /// Loads the configuration the program runs with: the file, `TOKENRELAY_*` and the standard
 /// `AZURE_*` variables of this process, and the flags.
 pub fn load(options: &LoadOptions) -> Result<Config, ConfigError> {
-    if let Some(path) = &options.file {
-        if !path.is_file() {
-            return Err(ConfigError {
-                key: "--config".into(),
-                origin: "command line or TOKENRELAY_CONFIG".into(),
-                problem: format!(
-                    "configuration file {} does not exist or is not a file",
-                    path.display()
-                ),
-            });
-        }
+    if let Some(path) = &options.file
+        && !path.is_file()
+    {
+        return Err(ConfigError {
+            key: "--config".into(),
+            origin: "command line or TOKENRELAY_CONFIG".into(),
+            problem: format!("configuration file {} does not exist or is not a file", path.display()),
+        });
     }
     let figment = sources::figment(options.file.as_deref(), &options.flags);
-    let azure_env: HashMap<String, String> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("AZURE_"))
-        .collect();
+    let azure_env: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("AZURE_")).collect();
     Config::from_figment(&figment, &azure_env)
 }
 
 impl Config {
     /// Extracts and validates a configuration from any figment; `azure_env` holds the
     /// standard `AZURE_*` variables. This is the seam tests use.
-    pub fn from_figment(
-        figment: &Figment,
-        azure_env: &HashMap<String, String>,
-    ) -> Result<Self, ConfigError> {
+    pub fn from_figment(figment: &Figment, azure_env: &HashMap<String, String>) -> Result<Self, ConfigError> {
         let raw: RawConfig = figment.extract().map_err(|error| {
             // figment reports the first error of possibly several; that one is enough.
-            let first = error
-                .into_iter()
-                .next()
-                .expect("a figment error has at least one entry");
-            let key = if first.path.is_empty() {
-                "configuration".to_owned()
-            } else {
-                first.path.join(".")
-            };
+            let first = error.into_iter().next().expect("a figment error has at least one entry");
+            let key = if first.path.is_empty() { "configuration".to_owned() } else { first.path.join(".") };
             ConfigError {
                 origin: sources::describe_metadata(first.metadata.as_ref(), &first.path),
                 key,
@@ -242,32 +227,19 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn error(&self, key: &str, problem: impl Into<String>) -> ConfigError {
-        ConfigError {
-            key: key.to_owned(),
-            origin: sources::source_of(self.figment, key),
-            problem: problem.into(),
-        }
+        ConfigError { key: key.to_owned(), origin: sources::source_of(self.figment, key), problem: problem.into() }
     }
 
     fn env(&self, name: &str) -> Option<&str> {
-        self.azure_env
-            .get(name)
-            .map(String::as_str)
-            .filter(|v| !v.trim().is_empty())
+        self.azure_env.get(name).map(String::as_str).filter(|v| !v.trim().is_empty())
     }
 
     fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let dev = raw.dev.enabled;
         let (identity_source, identities) = if dev {
-            (
-                IdentitySource::Dev,
-                self.dev_identities(raw.identities, &raw.dev)?,
-            )
+            (IdentitySource::Dev, self.dev_identities(raw.identities, &raw.dev)?)
         } else if raw.identities.is_empty() {
-            (
-                IdentitySource::AzureEnvironment,
-                vec![self.identity_from_azure_env()?],
-            )
+            (IdentitySource::AzureEnvironment, vec![self.identity_from_azure_env()?])
         } else {
             let identities = raw
                 .identities
@@ -282,42 +254,23 @@ impl Validator<'_> {
         let upstream = self.upstream(raw.upstream)?;
         let cache = self.cache(raw.cache)?;
         let log = self.log(raw.log)?;
-        let dev = dev.then(|| DevConfig {
-            tenant_id: raw.dev.tenant_id,
-            token_lifetime_secs: raw.dev.token_lifetime_secs,
-        });
-        if let Some(dev) = &dev {
-            if dev.token_lifetime_secs < 300 {
-                return Err(self.error("dev.token_lifetime_secs", "must be at least 300 seconds"));
-            }
+        let dev =
+            dev.then_some(DevConfig { tenant_id: raw.dev.tenant_id, token_lifetime_secs: raw.dev.token_lifetime_secs });
+        if dev.as_ref().is_some_and(|dev| dev.token_lifetime_secs < 300) {
+            return Err(self.error("dev.token_lifetime_secs", "must be at least 300 seconds"));
         }
-        Ok(Config {
-            server,
-            upstream,
-            cache,
-            dev,
-            log,
-            identity_source,
-            identities,
-        })
+        Ok(Config { server, upstream, cache, dev, log, identity_source, identities })
     }
 
     fn server(&self, raw: raw::RawServer, dev: bool) -> Result<ServerConfig, ConfigError> {
         let listen: SocketAddr = raw.listen.trim().parse().map_err(|_| {
-            self.error(
-                "server.listen",
-                format!(
-                    "{:?} is not an address:port such as 127.0.0.1:8080",
-                    raw.listen
-                ),
-            )
+            self.error("server.listen", format!("{:?} is not an address:port such as 127.0.0.1:8080", raw.listen))
         })?;
         let identity_header = match (raw.identity_header, raw.identity_header_file) {
             (Some(_), Some(_)) => {
-                return Err(self.error(
-                    "server.identity_header",
-                    "set identity_header or identity_header_file, not both",
-                ));
+                return Err(
+                    self.error("server.identity_header", "set identity_header or identity_header_file, not both")
+                );
             }
             (Some(value), None) => Some(self.non_empty_secret("server.identity_header", value)?),
             (None, Some(path)) => Some(self.secret_file("server.identity_header_file", &path)?),
@@ -332,35 +285,28 @@ impl Validator<'_> {
         }
         let path = raw.app_service_path.trim().to_owned();
         if !path.starts_with('/') || path.len() < 2 || path.contains(['?', '#', ' ']) {
-            return Err(self.error(
-                "server.app_service_path",
-                format!("{path:?} must be an absolute path such as /msi/token"),
-            ));
+            return Err(
+                self.error("server.app_service_path", format!("{path:?} must be an absolute path such as /msi/token"))
+            );
         }
-        let reserved = [
-            IMDS_PATH,
-            "/healthz",
-            "/readyz",
-            "/.well-known/openid-configuration",
-            "/.well-known/jwks.json",
-        ];
+        let reserved =
+            [IMDS_PATH, "/healthz", "/readyz", "/.well-known/openid-configuration", "/.well-known/jwks.json"];
         if reserved.contains(&path.trim_end_matches('/')) {
-            return Err(self.error(
-                "server.app_service_path",
-                format!("{path} is already used by another endpoint"),
-            ));
+            return Err(self.error("server.app_service_path", format!("{path} is already used by another endpoint")));
         }
         if !raw.imds && !raw.app_service {
-            return Err(self.error("server.imds", "both flavours are off (server.imds and server.app_service); nothing would be served"));
+            return Err(self.error(
+                "server.imds",
+                "both flavours are off (server.imds and server.app_service); nothing would be served",
+            ));
         }
         let imds_probe = match raw.imds_probe.as_str() {
             "strict" => ProbeMode::Strict,
             "compatible" => ProbeMode::Compatible,
             other => {
-                return Err(self.error(
-                    "server.imds_probe",
-                    format!("{other:?} is not one of \"strict\", \"compatible\""),
-                ));
+                return Err(
+                    self.error("server.imds_probe", format!("{other:?} is not one of \"strict\", \"compatible\""))
+                );
             }
         };
         if raw.request_timeout_secs == 0 {
@@ -386,29 +332,20 @@ impl Validator<'_> {
         };
         let error = |problem: String| {
             if key == "AZURE_AUTHORITY_HOST" {
-                ConfigError {
-                    key: key.into(),
-                    origin: "environment variable AZURE_AUTHORITY_HOST".into(),
-                    problem,
-                }
+                ConfigError { key: key.into(), origin: "environment variable AZURE_AUTHORITY_HOST".into(), problem }
             } else {
                 self.error(key, problem)
             }
         };
-        let url =
-            Url::parse(host.trim()).map_err(|e| error(format!("{host:?} is not a URL: {e}")))?;
+        let url = Url::parse(host.trim()).map_err(|e| error(format!("{host:?} is not a URL: {e}")))?;
         match url.scheme() {
             "https" => {}
             "http" if is_loopback_host(&url) => {}
             "http" => {
-                return Err(error(format!(
-                    "{host} must use https (plain http is allowed only for loopback hosts)"
-                )));
+                return Err(error(format!("{host} must use https (plain http is allowed only for loopback hosts)")));
             }
             other => {
-                return Err(error(format!(
-                    "{host}: unsupported scheme {other:?}; use https"
-                )));
+                return Err(error(format!("{host}: unsupported scheme {other:?}; use https")));
             }
         }
         if url.query().is_some() || url.fragment().is_some() {
@@ -434,8 +371,7 @@ impl Validator<'_> {
         if raw.max_entries == 0 {
             return Err(self.error("cache.max_entries", "must be at least 1"));
         }
-        if raw.refresh_backoff_secs == 0 || raw.refresh_backoff_max_secs < raw.refresh_backoff_secs
-        {
+        if raw.refresh_backoff_secs == 0 || raw.refresh_backoff_max_secs < raw.refresh_backoff_secs {
             return Err(self.error(
                 "cache.refresh_backoff_secs",
                 "must be at least 1 and no more than cache.refresh_backoff_max_secs",
@@ -456,22 +392,13 @@ impl Validator<'_> {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
             other => {
-                return Err(self.error(
-                    "log.format",
-                    format!("{other:?} is not one of \"auto\", \"text\", \"json\""),
-                ));
+                return Err(self.error("log.format", format!("{other:?} is not one of \"auto\", \"text\", \"json\"")));
             }
         };
         if tracing_subscriber::EnvFilter::try_new(&raw.level).is_err() {
-            return Err(self.error(
-                "log.level",
-                format!("{:?} is not a level or filter such as \"info\"", raw.level),
-            ));
+            return Err(self.error("log.level", format!("{:?} is not a level or filter such as \"info\"", raw.level)));
         }
-        Ok(LogConfig {
-            format,
-            level: raw.level,
-        })
+        Ok(LogConfig { format, level: raw.level })
     }
 
     fn identity(&self, index: usize, raw: raw::RawIdentity) -> Result<IdentityConfig, ConfigError> {
@@ -480,22 +407,11 @@ impl Validator<'_> {
         if client_id.is_empty() {
             return Err(self.error(&key("client_id"), "every identity needs a client_id"));
         }
-        let tenant_id = match raw
-            .tenant_id
-            .as_deref()
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-        {
+        let tenant_id = match raw.tenant_id.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
             Some(tenant) => tenant.to_owned(),
-            None => self
-                .env("AZURE_TENANT_ID")
-                .map(str::to_owned)
-                .ok_or_else(|| {
-                    self.error(
-                        &key("tenant_id"),
-                        "missing: set tenant_id on the identity or AZURE_TENANT_ID",
-                    )
-                })?,
+            None => self.env("AZURE_TENANT_ID").map(str::to_owned).ok_or_else(|| {
+                self.error(&key("tenant_id"), "missing: set tenant_id on the identity or AZURE_TENANT_ID")
+            })?,
         };
         validate_tenant(&tenant_id).map_err(|problem| self.error(&key("tenant_id"), problem))?;
         let mut credentials = Vec::new();
@@ -525,30 +441,21 @@ impl Validator<'_> {
         })
     }
 
-    fn credential(
-        &self,
-        key: &str,
-        raw: raw::RawCredential,
-    ) -> Result<CredentialConfig, ConfigError> {
+    fn credential(&self, key: &str, raw: raw::RawCredential) -> Result<CredentialConfig, ConfigError> {
         match raw {
-            raw::RawCredential::ClientSecret {
-                secret,
-                secret_file,
-            } => {
+            raw::RawCredential::ClientSecret { secret, secret_file } => {
                 let secret = match (secret, secret_file) {
                     (Some(_), Some(_)) => {
-                        return Err(
-                            self.error(key, "client_secret: set secret or secret_file, not both")
-                        );
+                        return Err(self.error(key, "client_secret: set secret or secret_file, not both"));
                     }
-                    (Some(value), None) => {
-                        self.non_empty_secret(&format!("{key}.secret"), value)?
-                    }
+                    (Some(value), None) => self.non_empty_secret(&format!("{key}.secret"), value)?,
                     (None, Some(path)) => self.secret_file(&format!("{key}.secret_file"), &path)?,
                     (None, None) => match self.env("AZURE_CLIENT_SECRET") {
                         Some(value) => Secret::new(value),
                         None => {
-                            return Err(self.error(key, "client_secret: set secret_file (or secret, or AZURE_CLIENT_SECRET)"));
+                            return Err(
+                                self.error(key, "client_secret: set secret_file (or secret, or AZURE_CLIENT_SECRET)")
+                            );
                         }
                     },
                 };
@@ -557,15 +464,9 @@ impl Validator<'_> {
             raw::RawCredential::WorkloadIdentity { token_file } => {
                 let token_file = match token_file {
                     Some(path) => path,
-                    None => self
-                        .env("AZURE_FEDERATED_TOKEN_FILE")
-                        .map(PathBuf::from)
-                        .ok_or_else(|| {
-                            self.error(
-                                key,
-                                "workload_identity: set token_file or AZURE_FEDERATED_TOKEN_FILE",
-                            )
-                        })?,
+                    None => self.env("AZURE_FEDERATED_TOKEN_FILE").map(PathBuf::from).ok_or_else(|| {
+                        self.error(key, "workload_identity: set token_file or AZURE_FEDERATED_TOKEN_FILE")
+                    })?,
                 };
                 Ok(CredentialConfig::WorkloadIdentity { token_file })
             }
@@ -576,14 +477,10 @@ impl Validator<'_> {
     fn credentials_from_azure_env(&self) -> Result<Vec<CredentialConfig>, ConfigError> {
         let mut credentials = Vec::new();
         if let Some(secret) = self.env("AZURE_CLIENT_SECRET") {
-            credentials.push(CredentialConfig::ClientSecret {
-                secret: Secret::new(secret),
-            });
+            credentials.push(CredentialConfig::ClientSecret { secret: Secret::new(secret) });
         }
         if let Some(file) = self.env("AZURE_FEDERATED_TOKEN_FILE") {
-            credentials.push(CredentialConfig::WorkloadIdentity {
-                token_file: PathBuf::from(file),
-            });
+            credentials.push(CredentialConfig::WorkloadIdentity { token_file: PathBuf::from(file) });
         }
         Ok(credentials)
     }
@@ -600,9 +497,8 @@ impl Validator<'_> {
                  AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE or AZURE_CLIENT_SECRET, or run with --dev",
             )
         })?;
-        let tenant_id = self
-            .env("AZURE_TENANT_ID")
-            .ok_or_else(|| missing("AZURE_CLIENT_ID is set but AZURE_TENANT_ID is not"))?;
+        let tenant_id =
+            self.env("AZURE_TENANT_ID").ok_or_else(|| missing("AZURE_CLIENT_ID is set but AZURE_TENANT_ID is not"))?;
         validate_tenant(tenant_id).map_err(|problem| ConfigError {
             key: "AZURE_TENANT_ID".into(),
             origin: "environment variable AZURE_TENANT_ID".into(),
@@ -636,10 +532,7 @@ impl Validator<'_> {
         let mut identities = Vec::new();
         for (index, identity) in raw.into_iter().enumerate() {
             if identity.client_id.trim().is_empty() {
-                return Err(self.error(
-                    &format!("identities.{index}.client_id"),
-                    "every identity needs a client_id",
-                ));
+                return Err(self.error(&format!("identities.{index}.client_id"), "every identity needs a client_id"));
             }
             identities.push(IdentityConfig {
                 name: identity.name.unwrap_or_else(|| format!("identity-{index}")),
@@ -648,8 +541,7 @@ impl Validator<'_> {
                 object_id: identity.object_id,
                 resource_id: identity.resource_id,
                 default: identity.default,
-                prefetch: self
-                    .prefetch(&format!("identities.{index}.prefetch"), identity.prefetch)?,
+                prefetch: self.prefetch(&format!("identities.{index}.prefetch"), identity.prefetch)?,
                 credentials: vec![CredentialConfig::Dev],
             });
         }
@@ -658,10 +550,7 @@ impl Validator<'_> {
         }
         let has_default = identities.iter().any(|i| i.default);
         let dev_client_id = dev.client_id.trim();
-        if !identities
-            .iter()
-            .any(|i| i.client_id.eq_ignore_ascii_case(dev_client_id))
-        {
+        if !identities.iter().any(|i| i.client_id.eq_ignore_ascii_case(dev_client_id)) {
             identities.push(dev_identity("dev", dev_client_id, !has_default));
         }
         for (n, client_id) in dev.identities.iter().enumerate() {
@@ -669,10 +558,7 @@ impl Validator<'_> {
             if client_id.is_empty() {
                 return Err(self.error("dev.identities", "a --dev-identity client id is empty"));
             }
-            if !identities
-                .iter()
-                .any(|i| i.client_id.eq_ignore_ascii_case(client_id))
-            {
+            if !identities.iter().any(|i| i.client_id.eq_ignore_ascii_case(client_id)) {
                 identities.push(dev_identity(&format!("dev-{}", n + 1), client_id, false));
             }
         }
@@ -684,34 +570,21 @@ impl Validator<'_> {
             .into_iter()
             .map(|r| {
                 let resource = normalize_resource(r.trim()).to_owned();
-                if resource.is_empty() {
-                    Err(self.error(key, "a prefetch resource is empty"))
-                } else {
-                    Ok(resource)
-                }
+                if resource.is_empty() { Err(self.error(key, "a prefetch resource is empty")) } else { Ok(resource) }
             })
             .collect()
     }
 
     /// Unique names and client ids, at most one default; a lone identity is the default.
-    fn check_identities(
-        &self,
-        mut identities: Vec<IdentityConfig>,
-    ) -> Result<Vec<IdentityConfig>, ConfigError> {
+    fn check_identities(&self, mut identities: Vec<IdentityConfig>) -> Result<Vec<IdentityConfig>, ConfigError> {
         let mut names = HashSet::new();
         let mut client_ids = HashSet::new();
         for identity in &identities {
             if !names.insert(identity.name.clone()) {
-                return Err(self.error(
-                    "identities",
-                    format!("two identities are named {:?}", identity.name),
-                ));
+                return Err(self.error("identities", format!("two identities are named {:?}", identity.name)));
             }
             if !client_ids.insert(identity.client_id.to_ascii_lowercase()) {
-                return Err(self.error(
-                    "identities",
-                    format!("two identities have client_id {}", identity.client_id),
-                ));
+                return Err(self.error("identities", format!("two identities have client_id {}", identity.client_id)));
             }
         }
         match identities.iter().filter(|i| i.default).count() {
@@ -762,16 +635,10 @@ pub fn normalize_resource(resource: &str) -> &str {
 
 /// Tenants are GUIDs or domain names: alphanumerics, `.` and `-` (as the Azure SDKs check).
 fn validate_tenant(tenant: &str) -> Result<(), String> {
-    if !tenant.is_empty()
-        && tenant
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
-    {
+    if !tenant.is_empty() && tenant.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') {
         Ok(())
     } else {
-        Err(format!(
-            "{tenant:?} is not a tenant id (a GUID or a domain such as contoso.onmicrosoft.com)"
-        ))
+        Err(format!("{tenant:?} is not a tenant id (a GUID or a domain such as contoso.onmicrosoft.com)"))
     }
 }
 

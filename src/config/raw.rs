@@ -130,10 +130,7 @@ pub struct RawLog {
 
 impl Default for RawLog {
     fn default() -> Self {
-        Self {
-            format: "auto".into(),
-            level: "info".into(),
-        }
+        Self { format: "auto".into(), level: "info".into() }
     }
 }
 

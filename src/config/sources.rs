@@ -5,11 +5,16 @@
 
 use std::path::Path;
 
+use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use figment::{Figment, Profile};
 use serde::Serialize;
 
 use super::raw::RawConfig;
+
+/// Prefix of the configuration's environment variables.
+const ENV_PREFIX: &str = "TOKENRELAY_";
+/// Separator of nested keys in variable names: `TOKENRELAY_SERVER__LISTEN`.
+const ENV_SPLIT: &str = "__";
 
 /// Values given on the command line; `None` leaves the lower layers alone.
 #[derive(Debug, Default, Serialize)]
@@ -26,6 +31,8 @@ pub struct ServerFlags {
     pub listen: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity_header: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_service: Option<bool>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -46,7 +53,7 @@ pub fn figment(file: Option<&Path>, flags: &FlagOverrides) -> Figment {
     }
     figment
         // TOKENRELAY_CONFIG names the file (read by clap), it is not a key.
-        .merge(Env::prefixed("TOKENRELAY_").ignore(&["CONFIG"]).split("__"))
+        .merge(Env::prefixed(ENV_PREFIX).ignore(&["CONFIG"]).split(ENV_SPLIT))
         .merge(Serialized::defaults(flags))
 }
 
@@ -74,8 +81,8 @@ fn describe(metadata: &figment::Metadata, keys: &[&str]) -> String {
     match &metadata.source {
         Some(figment::Source::File(path)) => format!("TOML file {}", path.display()),
         _ if metadata.name.contains("environment") => {
-            let variable = metadata.interpolate(&Profile::Default, keys);
-            format!("environment variable {variable}")
+            let variable: Vec<String> = keys.iter().map(|k| k.to_ascii_uppercase()).collect();
+            format!("environment variable {ENV_PREFIX}{}", variable.join(ENV_SPLIT))
         }
         _ if metadata.name.contains("FlagOverrides") => "command-line flags".to_owned(),
         _ if metadata.name.contains("RawConfig") => "built-in defaults".to_owned(),

@@ -13,10 +13,7 @@ fn figment(toml: &str) -> Figment {
 }
 
 fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-    let env: HashMap<String, String> = env
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
+    let env: HashMap<String, String> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     Config::from_figment(&figment(toml), &env)
 }
 
@@ -37,10 +34,7 @@ fn a_complete_file_loads_with_defaults_filled_in() {
     let config = load(SECRET_IDENTITY, &[]).unwrap();
     assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
     assert_eq!(config.server.app_service_path, "/msi/token");
-    assert_eq!(
-        config.upstream.authority_host,
-        "https://login.microsoftonline.com/"
-    );
+    assert_eq!(config.upstream.authority_host, "https://login.microsoftonline.com/");
     assert_eq!(config.identity_source, IdentitySource::Configuration);
     let identity = &config.identities[0];
     assert!(identity.default, "a lone identity is the default");
@@ -54,10 +48,7 @@ fn a_complete_file_loads_with_defaults_filled_in() {
 fn check_output_redacts_every_secret() {
     let config = load(SECRET_IDENTITY, &[]).unwrap();
     let printed = toml::to_string_pretty(&config).unwrap();
-    assert!(
-        !printed.contains("s3cret") && !printed.contains("\"hdr\""),
-        "{printed}"
-    );
+    assert!(!printed.contains("s3cret") && !printed.contains("\"hdr\""), "{printed}");
     assert!(printed.contains("<redacted>"));
     assert!(!format!("{config:?}").contains("s3cret"));
 }
@@ -67,33 +58,22 @@ fn the_identity_comes_from_the_azure_environment_when_none_is_configured() {
     let env = [
         ("AZURE_CLIENT_ID", "22222222-2222-2222-2222-222222222222"),
         ("AZURE_TENANT_ID", "33333333-3333-3333-3333-333333333333"),
-        (
-            "AZURE_FEDERATED_TOKEN_FILE",
-            "/var/run/secrets/azure/tokens/azure-identity-token",
-        ),
+        ("AZURE_FEDERATED_TOKEN_FILE", "/var/run/secrets/azure/tokens/azure-identity-token"),
         ("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.us/"),
     ];
     let config = load("[server]\nidentity_header = \"h\"", &env).unwrap();
     assert_eq!(config.identity_source, IdentitySource::AzureEnvironment);
-    assert_eq!(
-        config.upstream.authority_host,
-        "https://login.microsoftonline.us/"
-    );
+    assert_eq!(config.upstream.authority_host, "https://login.microsoftonline.us/");
     let identity = &config.identities[0];
     assert_eq!(identity.client_id, "22222222-2222-2222-2222-222222222222");
-    assert!(
-        matches!(&identity.credentials[0], CredentialConfig::WorkloadIdentity { token_file }
-        if token_file.ends_with("azure-identity-token"))
-    );
+    assert!(matches!(&identity.credentials[0], CredentialConfig::WorkloadIdentity { token_file }
+        if token_file.ends_with("azure-identity-token")));
 }
 
 #[test]
 fn nothing_configured_says_what_to_do() {
     let error = load("", &[]).unwrap_err().to_string();
-    assert!(
-        error.contains("no identity configured") && error.contains("--dev"),
-        "{error}"
-    );
+    assert!(error.contains("no identity configured") && error.contains("--dev"), "{error}");
 }
 
 #[test]
@@ -101,8 +81,7 @@ fn errors_name_the_key_and_the_file() {
     let mut file = tempfile("[server]\nlisten = \"not an address\"\nidentity_header = \"h\"\n");
     file.flush().unwrap();
     let path = file.path.clone();
-    let figment =
-        Figment::from(Serialized::defaults(RawConfig::default())).merge(Toml::file(&path));
+    let figment = Figment::from(Serialized::defaults(RawConfig::default())).merge(Toml::file(&path));
     let env = HashMap::from([
         ("AZURE_CLIENT_ID".to_owned(), "c".to_owned()),
         ("AZURE_TENANT_ID".to_owned(), "t".to_owned()),
@@ -110,16 +89,8 @@ fn errors_name_the_key_and_the_file() {
     ]);
     let error = Config::from_figment(&figment, &env).unwrap_err();
     assert_eq!(error.key, "server.listen");
-    assert!(
-        error.origin.contains(&path.display().to_string()),
-        "{}",
-        error.origin
-    );
-    assert!(
-        error.problem.contains("not an address"),
-        "{}",
-        error.problem
-    );
+    assert!(error.origin.contains(&path.display().to_string()), "{}", error.origin);
+    assert!(error.problem.contains("not an address"), "{}", error.problem);
 }
 
 #[test]
@@ -134,32 +105,17 @@ fn type_errors_and_unknown_keys_are_reported_without_a_serde_dump() {
 fn invalid_values_are_refused() {
     let base = SECRET_IDENTITY;
     let cases: &[(&str, &str)] = &[
-        (
-            "[upstream]\nauthority_host = \"http://login.example.com\"",
-            "upstream.authority_host",
-        ),
-        (
-            "[upstream]\nauthority_host = \"ftp://x\"",
-            "upstream.authority_host",
-        ),
+        ("[upstream]\nauthority_host = \"http://login.example.com\"", "upstream.authority_host"),
+        ("[upstream]\nauthority_host = \"ftp://x\"", "upstream.authority_host"),
         ("[server]\nimds_probe = \"lenient\"", "server.imds_probe"),
-        (
-            "[server]\napp_service_path = \"msi\"",
-            "server.app_service_path",
-        ),
-        (
-            "[server]\napp_service_path = \"/healthz\"",
-            "server.app_service_path",
-        ),
+        ("[server]\napp_service_path = \"msi\"", "server.app_service_path"),
+        ("[server]\napp_service_path = \"/healthz\"", "server.app_service_path"),
         ("[log]\nformat = \"xml\"", "log.format"),
         ("[cache]\nmax_entries = 0", "cache.max_entries"),
     ];
     for (extra, key) in cases {
         // Later tables of the same name are not valid TOML, so build each case on its own.
-        let toml = format!(
-            "{extra}\n{}",
-            base.replace("[server]\nidentity_header = \"hdr\"\n", "")
-        );
+        let toml = format!("{extra}\n{}", base.replace("[server]\nidentity_header = \"hdr\"\n", ""));
         let toml = if extra.starts_with("[server]") {
             toml.replacen("[server]\n", "[server]\nidentity_header = \"hdr\"\n", 1)
         } else {
@@ -172,11 +128,7 @@ fn invalid_values_are_refused() {
 
 #[test]
 fn loopback_http_authorities_are_allowed_for_tests() {
-    for host in [
-        "http://127.0.0.1:9999",
-        "http://localhost:1",
-        "http://[::1]:2",
-    ] {
+    for host in ["http://127.0.0.1:9999", "http://localhost:1", "http://[::1]:2"] {
         let toml = format!("[upstream]\nauthority_host = \"{host}\"\n{SECRET_IDENTITY}");
         assert!(load(&toml, &[]).is_ok(), "{host}");
     }
@@ -187,13 +139,7 @@ fn the_app_service_flavour_needs_a_secret_except_in_dev() {
     let without_header = SECRET_IDENTITY.replace("[server]\nidentity_header = \"hdr\"\n", "");
     let error = load(&without_header, &[]).unwrap_err();
     assert_eq!(error.key, "server.identity_header");
-    assert!(
-        load(
-            &format!("[server]\napp_service = false\n{without_header}"),
-            &[]
-        )
-        .is_ok()
-    );
+    assert!(load(&format!("[server]\napp_service = false\n{without_header}"), &[]).is_ok());
     assert!(load("[dev]\nenabled = true", &[]).is_ok());
 }
 
@@ -206,23 +152,15 @@ fn secrets_come_from_files_and_empty_files_are_refused() {
         file.path.display()
     );
     let config = load(&toml, &[]).unwrap();
-    assert_eq!(
-        config.server.identity_header.as_ref().unwrap().expose(),
-        "from-file"
-    );
+    assert_eq!(config.server.identity_header.as_ref().unwrap().expose(), "from-file");
 
     let empty = tempfile("\n");
-    let toml = toml.replacen(
-        &file.path.display().to_string(),
-        &empty.path.display().to_string(),
-        1,
-    );
+    let toml = toml.replacen(&file.path.display().to_string(), &empty.path.display().to_string(), 1);
     let error = load(&toml, &[]).unwrap_err();
     assert_eq!(error.key, "server.identity_header_file");
     assert!(error.problem.contains("is empty"));
 
-    let toml =
-        "[server]\nidentity_header_file = \"/nonexistent/tokenrelay\"\n[dev]\nenabled = true";
+    let toml = "[server]\nidentity_header_file = \"/nonexistent/tokenrelay\"\n[dev]\nenabled = true";
     let error = load(toml, &[]).unwrap_err();
     assert!(error.problem.contains("/nonexistent/tokenrelay"), "{error}");
 }
@@ -237,22 +175,9 @@ fn identities_must_be_unambiguous() {
         )
     };
     assert!(load(&two(true, false, "B"), &[]).is_ok());
-    assert!(
-        load(&two(false, false, "B"), &[]).is_ok(),
-        "no default is allowed; selectors are then required"
-    );
-    assert!(
-        load(&two(true, true, "B"), &[])
-            .unwrap_err()
-            .problem
-            .contains("more than one")
-    );
-    assert!(
-        load(&two(true, false, "a"), &[])
-            .unwrap_err()
-            .problem
-            .contains("client_id")
-    );
+    assert!(load(&two(false, false, "B"), &[]).is_ok(), "no default is allowed; selectors are then required");
+    assert!(load(&two(true, true, "B"), &[]).unwrap_err().problem.contains("more than one"));
+    assert!(load(&two(true, false, "a"), &[]).unwrap_err().problem.contains("client_id"));
 }
 
 #[test]
@@ -266,22 +191,10 @@ fn dev_mode_serves_configured_identities_the_default_and_extra_ids() {
     let toml = "[dev]\nenabled = true\nidentities = [\"user-assigned-1\"]\n\
                 [[identities]]\nname = \"app\"\nclient_id = \"app-id\"\ncredentials = [{ kind = \"client_secret\", secret_file = \"/missing\" }]";
     let config = load(toml, &[]).unwrap();
-    let ids: Vec<&str> = config
-        .identities
-        .iter()
-        .map(|i| i.client_id.as_str())
-        .collect();
+    let ids: Vec<&str> = config.identities.iter().map(|i| i.client_id.as_str()).collect();
     assert_eq!(ids, ["app-id", DEV_CLIENT_ID, "user-assigned-1"]);
-    assert!(
-        config.identities[0].default,
-        "the lone configured identity stays the default"
-    );
-    assert!(
-        config
-            .identities
-            .iter()
-            .all(|i| matches!(i.credentials[..], [CredentialConfig::Dev]))
-    );
+    assert!(config.identities[0].default, "the lone configured identity stays the default");
+    assert!(config.identities.iter().all(|i| matches!(i.credentials[..], [CredentialConfig::Dev])));
 }
 
 /// A file that is removed when dropped.
@@ -306,8 +219,7 @@ fn tempfile(contents: &str) -> TempFile {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let path =
-        std::env::temp_dir().join(format!("tokenrelay-config-test-{}-{n}", std::process::id()));
+    let path = std::env::temp_dir().join(format!("tokenrelay-config-test-{}-{n}", std::process::id()));
     let mut file = std::fs::File::create(&path).unwrap();
     file.write_all(contents.as_bytes()).unwrap();
     TempFile { path, file }

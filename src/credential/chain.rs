@@ -13,10 +13,7 @@ pub struct Chain {
 impl Chain {
     /// A chain of at least one credential.
     pub fn new(links: Vec<Box<dyn Credential>>) -> Self {
-        debug_assert!(
-            !links.is_empty(),
-            "configuration validation guarantees a credential"
-        );
+        debug_assert!(!links.is_empty(), "configuration validation guarantees a credential");
         Self { links }
     }
 
@@ -47,10 +44,7 @@ impl Credential for Chain {
                 Err(other) => return Err(other),
             }
         }
-        Err(CredentialError::Unavailable {
-            credential: self.kind(),
-            reason: unavailable.join("; "),
-        })
+        Err(CredentialError::Unavailable { credential: self.kind(), reason: unavailable.join("; ") })
     }
 }
 
@@ -72,35 +66,21 @@ mod tests {
     }
 
     fn token() -> AccessToken {
-        AccessToken {
-            token: Secret::new("t"),
-            expires_on: 100,
-            not_before: 0,
-            ext_expires_on: 100,
-            refresh_on: None,
-        }
+        AccessToken { token: Secret::new("t"), expires_on: 100, not_before: 0, ext_expires_on: 100, refresh_on: None }
     }
 
     fn unavailable(reason: &str) -> CredentialError {
-        CredentialError::Unavailable {
-            credential: "fixed",
-            reason: reason.into(),
-        }
+        CredentialError::Unavailable { credential: "fixed", reason: reason.into() }
     }
 
     #[tokio::test]
     async fn skips_unavailable_links_and_reports_all_of_them() {
-        let chain = Chain::new(vec![
-            Box::new(Fixed(Err(unavailable("no file")))),
-            Box::new(Fixed(Err(unavailable("no env")))),
-        ]);
+        let chain =
+            Chain::new(vec![Box::new(Fixed(Err(unavailable("no file")))), Box::new(Fixed(Err(unavailable("no env"))))]);
         let err = chain.get_token("r").await.unwrap_err().to_string();
         assert!(err.contains("no file") && err.contains("no env"), "{err}");
 
-        let chain = Chain::new(vec![
-            Box::new(Fixed(Err(unavailable("no file")))),
-            Box::new(Fixed(Ok(token()))),
-        ]);
+        let chain = Chain::new(vec![Box::new(Fixed(Err(unavailable("no file")))), Box::new(Fixed(Ok(token())))]);
         assert_eq!(chain.get_token("r").await.unwrap().expires_on, 100);
     }
 
@@ -112,10 +92,7 @@ mod tests {
             message: "bad secret".into(),
             correlation_id: None,
         };
-        let chain = Chain::new(vec![
-            Box::new(Fixed(Err(rejected))),
-            Box::new(Fixed(Ok(token()))),
-        ]);
+        let chain = Chain::new(vec![Box::new(Fixed(Err(rejected))), Box::new(Fixed(Ok(token())))]);
         assert!(chain.get_token("r").await.unwrap_err().is_permanent());
     }
 }

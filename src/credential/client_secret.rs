@@ -18,18 +18,8 @@ pub struct ClientSecretCredential {
 
 impl ClientSecretCredential {
     /// A credential for `client_id` in `tenant_id`.
-    pub fn new(
-        entra: Arc<EntraClient>,
-        tenant_id: String,
-        client_id: String,
-        secret: Secret,
-    ) -> Self {
-        Self {
-            entra,
-            tenant_id,
-            client_id,
-            secret,
-        }
+    pub fn new(entra: Arc<EntraClient>, tenant_id: String, client_id: String, secret: Secret) -> Self {
+        Self { entra, tenant_id, client_id, secret }
     }
 }
 

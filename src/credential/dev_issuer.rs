@@ -32,8 +32,8 @@ impl DevIssuer {
     /// Generates a fresh 2048-bit key. `issuer` is the base URL the listener serves
     /// (`http://127.0.0.1:8080`); discovery lives under it.
     pub fn generate(issuer: String, tenant_id: String, lifetime_secs: u64) -> Result<Self, String> {
-        let key = RsaKeyPair::generate(KeySize::Rsa2048)
-            .map_err(|_| "generating the development signing key failed")?;
+        let key =
+            RsaKeyPair::generate(KeySize::Rsa2048).map_err(|_| "generating the development signing key failed")?;
         let public = key.public_key();
         let n = URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero());
         let e = URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero());
@@ -41,14 +41,7 @@ impl DevIssuer {
         let kid = URL_SAFE_NO_PAD.encode(&digest.as_ref()[..12]);
         let jwk = json!({ "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid, "n": n, "e": e });
         let issuer = issuer.trim_end_matches('/').to_owned();
-        Ok(Self {
-            key,
-            kid,
-            jwk,
-            issuer,
-            tenant_id,
-            lifetime_secs,
-        })
+        Ok(Self { key, kid, jwk, issuer, tenant_id, lifetime_secs })
     }
 
     /// The `iss` claim of every token.
@@ -74,18 +67,11 @@ impl DevIssuer {
     }
 
     /// Signs a token for `client_id` (whose object id is `object_id`) and `resource`.
-    pub fn issue(
-        &self,
-        client_id: &str,
-        object_id: &str,
-        resource: &str,
-    ) -> Result<AccessToken, String> {
+    pub fn issue(&self, client_id: &str, object_id: &str, resource: &str) -> Result<AccessToken, String> {
         let now = SystemClock.now();
         let expires_on = now + self.lifetime_secs;
         let mut nonce = [0u8; 16];
-        SystemRandom::new()
-            .fill(&mut nonce)
-            .map_err(|_| "no randomness for a token id")?;
+        SystemRandom::new().fill(&mut nonce).map_err(|_| "no randomness for a token id")?;
         let header = json!({ "alg": "RS256", "typ": "JWT", "kid": self.kid });
         let claims = json!({
             "aud": resource,
@@ -102,24 +88,13 @@ impl DevIssuer {
             "uti": URL_SAFE_NO_PAD.encode(nonce),
             "ver": "2.0",
         });
-        let signing_input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
+        let signing_input =
+            format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
         let mut signature_bytes = vec![0u8; self.key.public_modulus_len()];
         self.key
-            .sign(
-                &signature::RSA_PKCS1_SHA256,
-                &SystemRandom::new(),
-                signing_input.as_bytes(),
-                &mut signature_bytes,
-            )
+            .sign(&signature::RSA_PKCS1_SHA256, &SystemRandom::new(), signing_input.as_bytes(), &mut signature_bytes)
             .map_err(|_| "signing a development token failed")?;
-        let jwt = format!(
-            "{signing_input}.{}",
-            URL_SAFE_NO_PAD.encode(signature_bytes)
-        );
+        let jwt = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature_bytes));
         Ok(AccessToken {
             token: Secret::new(jwt),
             expires_on,
@@ -140,11 +115,7 @@ pub struct DevCredential {
 impl DevCredential {
     /// Tokens for `client_id`; `object_id` becomes `oid` and `sub`.
     pub fn new(issuer: Arc<DevIssuer>, client_id: String, object_id: String) -> Self {
-        Self {
-            issuer,
-            client_id,
-            object_id,
-        }
+        Self { issuer, client_id, object_id }
     }
 }
 
@@ -157,10 +128,7 @@ impl Credential for DevCredential {
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {
         self.issuer
             .issue(&self.client_id, &self.object_id, resource)
-            .map_err(|reason| CredentialError::Transient {
-                credential: self.kind(),
-                reason,
-            })
+            .map_err(|reason| CredentialError::Transient { credential: self.kind(), reason })
     }
 }
 
@@ -171,11 +139,8 @@ mod tests {
 
     #[test]
     fn tokens_verify_against_the_published_key() {
-        let issuer =
-            DevIssuer::generate("http://127.0.0.1:9/".into(), "tenant".into(), 3600).unwrap();
-        let token = issuer
-            .issue("client", "object", "https://vault.azure.net")
-            .unwrap();
+        let issuer = DevIssuer::generate("http://127.0.0.1:9/".into(), "tenant".into(), 3600).unwrap();
+        let token = issuer.issue("client", "object", "https://vault.azure.net").unwrap();
         let jwt = token.token.expose();
         let (signing_input, signature_b64) = jwt.rsplit_once('.').unwrap();
 
@@ -184,24 +149,16 @@ mod tests {
         let e = URL_SAFE_NO_PAD.decode(jwk["e"].as_str().unwrap()).unwrap();
         let signature_bytes = URL_SAFE_NO_PAD.decode(signature_b64).unwrap();
         RsaPublicKeyComponents { n: &n, e: &e }
-            .verify(
-                &signature::RSA_PKCS1_2048_8192_SHA256,
-                signing_input.as_bytes(),
-                &signature_bytes,
-            )
+            .verify(&signature::RSA_PKCS1_2048_8192_SHA256, signing_input.as_bytes(), &signature_bytes)
             .expect("signature verifies with the JWKS key");
 
         let payload = signing_input.split('.').nth(1).unwrap();
-        let claims: Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
         assert_eq!(claims["aud"], "https://vault.azure.net");
         assert_eq!(claims["iss"], "http://127.0.0.1:9");
         assert_eq!(claims["oid"], "object");
         assert_eq!(claims["appid"], "client");
         assert_eq!(claims["exp"].as_u64().unwrap(), token.expires_on);
-        assert_eq!(
-            issuer.openid_configuration()["jwks_uri"],
-            "http://127.0.0.1:9/.well-known/jwks.json"
-        );
+        assert_eq!(issuer.openid_configuration()["jwks_uri"], "http://127.0.0.1:9/.well-known/jwks.json");
     }
 }

@@ -60,11 +60,7 @@ impl EntraClient {
             .build()
             .map_err(|e| format!("building the HTTP client: {e}"))?;
         let permits = Semaphore::new(settings.max_concurrent.max(1));
-        Ok(Self {
-            http,
-            settings,
-            permits,
-        })
+        Ok(Self { http, settings, permits })
     }
 
     /// The token endpoint of `tenant`: also the `aud` of certificate assertions.
@@ -87,11 +83,8 @@ impl EntraClient {
         // Entra scopes are `<resource>/.default`; a resource ending in `/` keeps it, giving the
         // documented `https://management.core.windows.net//.default` form.
         let scope = format!("{resource}/.default");
-        let mut form: Vec<(&str, &str)> = vec![
-            ("grant_type", "client_credentials"),
-            ("client_id", client_id),
-            ("scope", &scope),
-        ];
+        let mut form: Vec<(&str, &str)> =
+            vec![("grant_type", "client_credentials"), ("client_id", client_id), ("scope", &scope)];
         match &auth {
             ClientAuth::Secret(secret) => form.push(("client_secret", secret.expose())),
             ClientAuth::Assertion(assertion) => {
@@ -100,11 +93,7 @@ impl EntraClient {
             }
         }
         let url = self.token_endpoint(tenant);
-        let context = ErrorContext {
-            credential,
-            tenant,
-            client_id,
-        };
+        let context = ErrorContext { credential, tenant, client_id };
 
         let mut attempt = 0;
         loop {
@@ -137,10 +126,7 @@ impl EntraClient {
         if let Some(asked) = retry_after {
             return (asked <= max).then_some(asked);
         }
-        let exponential = self
-            .settings
-            .retry_base
-            .saturating_mul(1 << attempt.min(16));
+        let exponential = self.settings.retry_base.saturating_mul(1 << attempt.min(16));
         // Full jitter on the upper half keeps a fleet of sidecars from retrying in lockstep.
         let jittered = exponential / 2 + exponential.mul_f64(fastrand::f64() / 2.0);
         Some(jittered.min(max))
@@ -152,21 +138,16 @@ impl EntraClient {
         form: &[(&str, &str)],
         context: &ErrorContext<'_>,
     ) -> Result<AccessToken, Attempt> {
-        let _permit = self.permits.acquire().await.map_err(|_| {
-            Attempt::Fail(context.transient("the upstream client is shutting down".into()))
-        })?;
-        let issued_at = SystemClock.now();
-        let response = self
-            .http
-            .post(url.clone())
-            .header(header::ACCEPT, "application/json")
-            .form(form)
-            .send()
+        let _permit = self
+            .permits
+            .acquire()
             .await
-            .map_err(|e| Attempt::Retry {
-                error: context.transient(describe_reqwest_error(&e, url)),
-                retry_after: None,
-            })?;
+            .map_err(|_| Attempt::Fail(context.transient("the upstream client is shutting down".into())))?;
+        let issued_at = SystemClock.now();
+        let response =
+            self.http.post(url.clone()).header(header::ACCEPT, "application/json").form(form).send().await.map_err(
+                |e| Attempt::Retry { error: context.transient(describe_reqwest_error(&e, url)), retry_after: None },
+            )?;
         let status = response.status();
         let retry_after = parse_retry_after(response.headers());
         let body = response.bytes().await.map_err(|e| Attempt::Retry {
@@ -176,9 +157,7 @@ impl EntraClient {
 
         if status.is_success() {
             let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
-                Attempt::Fail(context.transient(format!(
-                    "the authority sent an unreadable token response: {e}"
-                )))
+                Attempt::Fail(context.transient(format!("the authority sent an unreadable token response: {e}")))
             })?;
             return Ok(parsed.into_access_token(issued_at));
         }
@@ -192,14 +171,8 @@ impl EntraClient {
             return Err(Attempt::Retry { error, retry_after });
         }
         if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
-            let reason = format!(
-                "the authority answered {status}{}",
-                error_body.summary_suffix()
-            );
-            return Err(Attempt::Retry {
-                error: context.transient(reason),
-                retry_after,
-            });
+            let reason = format!("the authority answered {status}{}", error_body.summary_suffix());
+            return Err(Attempt::Retry { error: context.transient(reason), retry_after });
         }
         Err(Attempt::Fail(context.rejected(status, error_body)))
     }
@@ -208,10 +181,7 @@ impl EntraClient {
 /// The result of one attempt that did not yield a token.
 enum Attempt {
     /// Worth another try (throttling, 5xx, network).
-    Retry {
-        error: CredentialError,
-        retry_after: Option<Duration>,
-    },
+    Retry { error: CredentialError, retry_after: Option<Duration> },
     /// Not worth another try.
     Fail(CredentialError),
 }
@@ -225,10 +195,7 @@ struct ErrorContext<'a> {
 
 impl ErrorContext<'_> {
     fn transient(&self, reason: String) -> CredentialError {
-        CredentialError::Transient {
-            credential: self.credential,
-            reason,
-        }
+        CredentialError::Transient { credential: self.credential, reason }
     }
 
     fn rejected(&self, status: StatusCode, body: ErrorResponse) -> CredentialError {
@@ -241,12 +208,7 @@ impl ErrorContext<'_> {
             (None, false) => format!("the authority refused the request ({status}): {detail}"),
             (None, true) => format!("the authority refused the request ({status})"),
         };
-        CredentialError::Rejected {
-            credential: self.credential,
-            aadsts,
-            message,
-            correlation_id: body.correlation_id,
-        }
+        CredentialError::Rejected { credential: self.credential, aadsts, message, correlation_id: body.correlation_id }
     }
 }
 
@@ -265,9 +227,7 @@ fn advice(code: u32, client_id: &str, tenant: &str) -> Option<String> {
             "AADSTS700016: application {client_id} was not found in tenant {tenant}; \
              check client_id and tenant_id"
         ),
-        90002 => format!(
-            "AADSTS90002: tenant {tenant} was not found; check tenant_id and the authority host (cloud)"
-        ),
+        90002 => format!("AADSTS90002: tenant {tenant} was not found; check tenant_id and the authority host (cloud)"),
         70021 => format!(
             "AADSTS70021: no federated identity credential of application {client_id} matches the \
              presented token; check the issuer, subject and audience configured on the application"
@@ -279,8 +239,7 @@ fn advice(code: u32, client_id: &str, tenant: &str) -> Option<String> {
             "AADSTS700027: the client assertion signature is not valid for application {client_id}; \
              check that the certificate is registered on the application"
         ),
-        500011 => "AADSTS500011: the resource was not found in the tenant; check the resource URI"
-            .to_owned(),
+        500011 => "AADSTS500011: the resource was not found in the tenant; check the resource URI".to_owned(),
         70011 => "AADSTS70011: the requested scope is not valid; check the resource URI".to_owned(),
         _ => return None,
     };
@@ -394,11 +353,7 @@ impl ErrorResponse {
 
     fn summary_suffix(&self) -> String {
         let line = self.first_line();
-        if line.is_empty() {
-            line
-        } else {
-            format!(": {line}")
-        }
+        if line.is_empty() { line } else { format!(": {line}") }
     }
 }
 
@@ -421,10 +376,7 @@ mod tests {
     #[test]
     fn token_endpoint_keeps_a_base_path() {
         let url = client(5).token_endpoint("contoso.onmicrosoft.com");
-        assert_eq!(
-            url.as_str(),
-            "http://127.0.0.1:1/base/contoso.onmicrosoft.com/oauth2/v2.0/token"
-        );
+        assert_eq!(url.as_str(), "http://127.0.0.1:1/base/contoso.onmicrosoft.com/oauth2/v2.0/token");
     }
 
     #[test]
@@ -433,19 +385,10 @@ mod tests {
         for attempt in 0..6 {
             let wait = c.backoff(attempt, None).unwrap();
             let nominal = Duration::from_millis(400) * (1 << attempt);
-            assert!(
-                wait >= (nominal / 2).min(Duration::from_secs(5)),
-                "{attempt}: {wait:?}"
-            );
-            assert!(
-                wait <= nominal.min(Duration::from_secs(5)),
-                "{attempt}: {wait:?}"
-            );
+            assert!(wait >= (nominal / 2).min(Duration::from_secs(5)), "{attempt}: {wait:?}");
+            assert!(wait <= nominal.min(Duration::from_secs(5)), "{attempt}: {wait:?}");
         }
-        assert_eq!(
-            c.backoff(0, Some(Duration::from_secs(3))),
-            Some(Duration::from_secs(3))
-        );
+        assert_eq!(c.backoff(0, Some(Duration::from_secs(3))), Some(Duration::from_secs(3)));
         assert_eq!(c.backoff(0, Some(Duration::from_secs(30))), None);
     }
 
@@ -456,10 +399,7 @@ mod tests {
         )
         .unwrap();
         let t = r.into_access_token(1000);
-        assert_eq!(
-            (t.expires_on, t.ext_expires_on, t.refresh_on),
-            (4599, 8199, Some(2800))
-        );
+        assert_eq!((t.expires_on, t.ext_expires_on, t.refresh_on), (4599, 8199, Some(2800)));
     }
 
     #[test]
@@ -469,33 +409,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(body.aadsts(), Some(7000215));
-        assert_eq!(
-            body.first_line(),
-            "invalid_client: AADSTS7000215: Invalid client secret provided."
-        );
-        let body: ErrorResponse =
-            serde_json::from_str(r#"{"error":"invalid_request","error_description":"AADSTS90002: Tenant 'x' not found."}"#)
-                .unwrap();
+        assert_eq!(body.first_line(), "invalid_client: AADSTS7000215: Invalid client secret provided.");
+        let body: ErrorResponse = serde_json::from_str(
+            r#"{"error":"invalid_request","error_description":"AADSTS90002: Tenant 'x' not found."}"#,
+        )
+        .unwrap();
         assert_eq!(body.aadsts(), Some(90002));
     }
 
     #[test]
     fn rejection_names_what_to_check() {
-        let context = ErrorContext {
-            credential: "client_secret",
-            tenant: "t1",
-            client_id: "c1",
-        };
-        let body: ErrorResponse = serde_json::from_str(
-            r#"{"error":"unauthorized_client","error_codes":[700016],"correlation_id":"corr"}"#,
-        )
-        .unwrap();
+        let context = ErrorContext { credential: "client_secret", tenant: "t1", client_id: "c1" };
+        let body: ErrorResponse =
+            serde_json::from_str(r#"{"error":"unauthorized_client","error_codes":[700016],"correlation_id":"corr"}"#)
+                .unwrap();
         let error = context.rejected(StatusCode::BAD_REQUEST, body);
         let text = error.to_string();
-        assert!(
-            text.contains("c1") && text.contains("t1") && text.contains("AADSTS700016"),
-            "{text}"
-        );
+        assert!(text.contains("c1") && text.contains("t1") && text.contains("AADSTS700016"), "{text}");
         assert!(error.is_permanent());
     }
 }

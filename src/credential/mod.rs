@@ -40,10 +40,7 @@ pub enum CredentialError {
     /// The credential cannot run here (not configured, a file is missing); a chain moves
     /// on to its next credential.
     #[error("{credential}: unavailable: {reason}")]
-    Unavailable {
-        credential: &'static str,
-        reason: String,
-    },
+    Unavailable { credential: &'static str, reason: String },
 
     /// The authority refused the request for a reason that retrying will not fix (a bad
     /// secret, an unknown application, a federation mismatch). Fix the configuration.
@@ -60,17 +57,11 @@ pub enum CredentialError {
 
     /// The authority is throttling us; try again after `retry_after`.
     #[error("{credential}: the authority is throttling requests (retry after {}s)", retry_after.as_secs())]
-    Throttled {
-        credential: &'static str,
-        retry_after: Duration,
-    },
+    Throttled { credential: &'static str, retry_after: Duration },
 
     /// A failure that may pass: timeout, connection refused, a 5xx from the authority.
     #[error("{credential}: {reason}")]
-    Transient {
-        credential: &'static str,
-        reason: String,
-    },
+    Transient { credential: &'static str, reason: String },
 }
 
 impl CredentialError {

@@ -41,32 +41,15 @@ struct CachedAssertion {
 
 impl WorkloadIdentityCredential {
     /// A credential that presents the token in `token_file`.
-    pub fn new(
-        entra: Arc<EntraClient>,
-        tenant_id: String,
-        client_id: String,
-        token_file: PathBuf,
-    ) -> Self {
-        Self {
-            entra,
-            tenant_id,
-            client_id,
-            token_file,
-            cached: Mutex::new(None),
-        }
+    pub fn new(entra: Arc<EntraClient>, tenant_id: String, client_id: String, token_file: PathBuf) -> Self {
+        Self { entra, tenant_id, client_id, token_file, cached: Mutex::new(None) }
     }
 
     /// The current assertion, read from disk when it may have changed (or when `force`).
     async fn assertion(&self, force: bool) -> Result<Secret, CredentialError> {
-        let modified = tokio::fs::metadata(&self.token_file)
-            .await
-            .and_then(|m| m.modified())
-            .map_err(|e| {
-                self.unavailable(format!(
-                    "cannot read federated token file {}: {e}",
-                    self.token_file.display()
-                ))
-            })?;
+        let modified = tokio::fs::metadata(&self.token_file).await.and_then(|m| m.modified()).map_err(|e| {
+            self.unavailable(format!("cannot read federated token file {}: {e}", self.token_file.display()))
+        })?;
         let mut cached = self.cached.lock().await;
         if let Some(current) = cached.as_ref() {
             let unchanged = current.modified == Some(modified);
@@ -74,20 +57,12 @@ impl WorkloadIdentityCredential {
                 return Ok(current.assertion.clone());
             }
         }
-        let text = tokio::fs::read_to_string(&self.token_file)
-            .await
-            .map_err(|e| {
-                self.unavailable(format!(
-                    "cannot read federated token file {}: {e}",
-                    self.token_file.display()
-                ))
-            })?;
+        let text = tokio::fs::read_to_string(&self.token_file).await.map_err(|e| {
+            self.unavailable(format!("cannot read federated token file {}: {e}", self.token_file.display()))
+        })?;
         let assertion = Secret::new(text.trim());
         if assertion.is_empty() {
-            return Err(self.unavailable(format!(
-                "federated token file {} is empty",
-                self.token_file.display()
-            )));
+            return Err(self.unavailable(format!("federated token file {} is empty", self.token_file.display())));
         }
         *cached = Some(CachedAssertion {
             assertion: assertion.clone(),
@@ -97,11 +72,7 @@ impl WorkloadIdentityCredential {
         Ok(assertion)
     }
 
-    async fn exchange(
-        &self,
-        resource: &str,
-        assertion: &Secret,
-    ) -> Result<AccessToken, CredentialError> {
+    async fn exchange(&self, resource: &str, assertion: &Secret) -> Result<AccessToken, CredentialError> {
         self.entra
             .client_credentials(
                 self.kind(),
@@ -114,10 +85,7 @@ impl WorkloadIdentityCredential {
     }
 
     fn unavailable(&self, reason: String) -> CredentialError {
-        CredentialError::Unavailable {
-            credential: self.kind(),
-            reason,
-        }
+        CredentialError::Unavailable { credential: self.kind(), reason }
     }
 }
 
@@ -130,10 +98,7 @@ impl Credential for WorkloadIdentityCredential {
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {
         let assertion = self.assertion(false).await?;
         let result = match self.exchange(resource, &assertion).await {
-            Err(CredentialError::Rejected {
-                aadsts: Some(ASSERTION_EXPIRED),
-                ..
-            }) => {
+            Err(CredentialError::Rejected { aadsts: Some(ASSERTION_EXPIRED), .. }) => {
                 tracing::info!(file = %self.token_file.display(), "federated token expired; re-reading the file and retrying once");
                 let fresh = self.assertion(true).await?;
                 self.exchange(resource, &fresh).await
@@ -143,17 +108,14 @@ impl Credential for WorkloadIdentityCredential {
         result.map_err(|error| match error {
             // Name what was presented: the three values Entra matched against the federated
             // identity credential. They are claims, not secrets; the token itself is never shown.
-            CredentialError::Rejected {
-                credential,
-                aadsts: Some(NO_MATCHING_FEDERATION),
-                message,
-                correlation_id,
-            } => CredentialError::Rejected {
-                credential,
-                aadsts: Some(NO_MATCHING_FEDERATION),
-                message: format!("{message}; presented {}", describe_assertion(&assertion)),
-                correlation_id,
-            },
+            CredentialError::Rejected { credential, aadsts: Some(NO_MATCHING_FEDERATION), message, correlation_id } => {
+                CredentialError::Rejected {
+                    credential,
+                    aadsts: Some(NO_MATCHING_FEDERATION),
+                    message: format!("{message}; presented {}", describe_assertion(&assertion)),
+                    correlation_id,
+                }
+            }
             other => other,
         })
     }
@@ -165,30 +127,17 @@ fn describe_assertion(assertion: &Secret) -> String {
         .expose()
         .split('.')
         .nth(1)
-        .and_then(|payload| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(payload.trim_end_matches('='))
-                .ok()
-        })
+        .and_then(|payload| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok())
         .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
     let Some(claims) = claims else {
         return "a token that is not a readable JWT".to_owned();
     };
     let claim = |name: &str| match &claims[name] {
         serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Array(items) => items
-            .iter()
-            .filter_map(|v| v.as_str())
-            .collect::<Vec<_>>()
-            .join(","),
+        serde_json::Value::Array(items) => items.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(","),
         _ => "(none)".to_owned(),
     };
-    format!(
-        "issuer \"{}\", subject \"{}\", audience \"{}\"",
-        claim("iss"),
-        claim("sub"),
-        claim("aud")
-    )
+    format!("issuer \"{}\", subject \"{}\", audience \"{}\"", claim("iss"), claim("sub"), claim("aud"))
 }
 
 #[cfg(test)]
@@ -206,9 +155,6 @@ mod tests {
             "issuer \"https://oidc.example\", subject \"system:serviceaccount:ns:sa\", audience \"api://AzureADTokenExchange\""
         );
         assert!(!text.contains("c2lnbmF0dXJl"));
-        assert_eq!(
-            describe_assertion(&Secret::new("garbage")),
-            "a token that is not a readable JWT"
-        );
+        assert_eq!(describe_assertion(&Secret::new("garbage")), "a token that is not a readable JWT");
     }
 }

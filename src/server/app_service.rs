@@ -23,16 +23,12 @@ pub async fn handle(State(state): State<AppState>, headers: HeaderMap, uri: Uri)
     let presented = headers.get("x-identity-header").map(|v| v.as_bytes());
     let Some(expected) = state.identity_header.as_deref() else {
         // The router only mounts this flavour with a secret configured.
-        return reject(ApiError::unauthorized(
-            "the App Service endpoint is not configured",
-        ));
+        return reject(ApiError::unauthorized("the App Service endpoint is not configured"));
     };
     match presented {
         None => return reject(ApiError::unauthorized("X-IDENTITY-HEADER is required")),
         Some(value) if !secret_matches(expected, value) => {
-            return reject(ApiError::unauthorized(
-                "X-IDENTITY-HEADER does not match IDENTITY_HEADER",
-            ));
+            return reject(ApiError::unauthorized("X-IDENTITY-HEADER does not match IDENTITY_HEADER"));
         }
         Some(_) => {}
     }
@@ -40,12 +36,10 @@ pub async fn handle(State(state): State<AppState>, headers: HeaderMap, uri: Uri)
         Ok(query) => query,
         Err(error) => return reject(ApiError::bad_request(error.to_string())),
     };
-    if let Some(version) = query.api_version.as_deref() {
-        if !api_version_supported(version) {
-            return reject(ApiError::bad_request(format!(
-                "api-version {version:?} is not supported; use 2019-08-01"
-            )));
-        }
+    if let Some(version) = query.api_version.as_deref()
+        && !api_version_supported(version)
+    {
+        return reject(ApiError::bad_request(format!("api-version {version:?} is not supported; use 2019-08-01")));
     }
     token::serve(&state, Flavour::AppService, query, started).await
 }

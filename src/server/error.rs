@@ -73,31 +73,16 @@ impl From<BrokerError> for ApiError {
         let description = error.to_string();
         match &error {
             // "Identity not found" is the phrase .NET's probe looks for (protocols.md 2.4).
-            BrokerError::UnknownIdentity(_) => {
-                Self::bad_request(format!("Identity not found: {description}"))
-            }
+            BrokerError::UnknownIdentity(_) => Self::bad_request(format!("Identity not found: {description}")),
             BrokerError::NoDefaultIdentity => Self::bad_request(description),
             BrokerError::Upstream { source, .. } => match source.as_ref() {
-                CredentialError::Rejected {
-                    aadsts,
-                    correlation_id,
-                    ..
-                } => {
-                    let error = if *aadsts == Some(500011) {
-                        "invalid_resource"
-                    } else {
-                        "unauthorized_client"
-                    };
+                CredentialError::Rejected { aadsts, correlation_id, .. } => {
+                    let error = if *aadsts == Some(500011) { "invalid_resource" } else { "unauthorized_client" };
                     let description = match correlation_id {
                         Some(id) => format!("{description} (correlation id {id})"),
                         None => description,
                     };
-                    Self {
-                        status: StatusCode::BAD_REQUEST,
-                        error,
-                        description,
-                        retry_after: None,
-                    }
+                    Self { status: StatusCode::BAD_REQUEST, error, description, retry_after: None }
                 }
                 CredentialError::Throttled { retry_after, .. } => Self {
                     status: StatusCode::TOO_MANY_REQUESTS,
@@ -118,15 +103,10 @@ impl From<BrokerError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: self.error,
-            error_description: &self.description,
-        };
+        let body = ErrorBody { error: self.error, error_description: &self.description };
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
@@ -141,20 +121,14 @@ mod tests {
     use crate::broker::Selector;
 
     fn upstream(error: CredentialError) -> ApiError {
-        ApiError::from(BrokerError::Upstream {
-            identity: "app".into(),
-            source: Arc::new(error),
-        })
+        ApiError::from(BrokerError::Upstream { identity: "app".into(), source: Arc::new(error) })
     }
 
     #[test]
     fn maps_each_failure_to_the_status_clients_expect() {
         let unknown = ApiError::from(BrokerError::UnknownIdentity(Selector::ClientId("x".into())));
         assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
-        assert!(
-            unknown.description.contains("Identity not found")
-                && unknown.description.contains("client_id \"x\"")
-        );
+        assert!(unknown.description.contains("Identity not found") && unknown.description.contains("client_id \"x\""));
 
         let rejected = upstream(CredentialError::Rejected {
             credential: "client_secret",
@@ -163,27 +137,13 @@ mod tests {
             correlation_id: Some("c0rr".into()),
         });
         assert_eq!(rejected.status, StatusCode::BAD_REQUEST);
-        assert!(
-            rejected.description.contains("AADSTS7000215") && rejected.description.contains("c0rr")
-        );
+        assert!(rejected.description.contains("AADSTS7000215") && rejected.description.contains("c0rr"));
 
-        let throttled = upstream(CredentialError::Throttled {
-            credential: "x",
-            retry_after: Duration::from_secs(120),
-        });
-        assert_eq!(
-            (throttled.status, throttled.retry_after),
-            (StatusCode::TOO_MANY_REQUESTS, Some(5))
-        );
+        let throttled = upstream(CredentialError::Throttled { credential: "x", retry_after: Duration::from_secs(120) });
+        assert_eq!((throttled.status, throttled.retry_after), (StatusCode::TOO_MANY_REQUESTS, Some(5)));
 
-        let down = upstream(CredentialError::Transient {
-            credential: "x",
-            reason: "refused".into(),
-        });
-        assert_eq!(
-            (down.status, down.retry_after),
-            (StatusCode::SERVICE_UNAVAILABLE, Some(2))
-        );
+        let down = upstream(CredentialError::Transient { credential: "x", reason: "refused".into() });
+        assert_eq!((down.status, down.retry_after), (StatusCode::SERVICE_UNAVAILABLE, Some(2)));
     }
 
     #[test]
@@ -191,10 +151,7 @@ mod tests {
         for error in [
             ApiError::missing_metadata_header(),
             ApiError::unauthorized("x"),
-            upstream(CredentialError::Unavailable {
-                credential: "x",
-                reason: "network unreachable".into(),
-            }),
+            upstream(CredentialError::Unavailable { credential: "x", reason: "network unreachable".into() }),
         ] {
             assert_ne!(error.status, StatusCode::FORBIDDEN);
         }

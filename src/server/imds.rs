@@ -19,18 +19,14 @@ pub async fn handle(State(state): State<AppState>, headers: HeaderMap, uri: Uri)
 
     // IMDS refuses anything that came through a proxy; so do we.
     if headers.contains_key("x-forwarded-for") {
-        return reject(ApiError::bad_request(
-            "Requests with an X-Forwarded-For header are not accepted",
-        ));
+        return reject(ApiError::bad_request("Requests with an X-Forwarded-For header are not accepted"));
     }
     let query = match TokenQuery::parse(uri.query()) {
         Ok(query) => query,
         Err(error) => return reject(ApiError::bad_request(error.to_string())),
     };
-    let has_metadata = headers
-        .get("metadata")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    let has_metadata =
+        headers.get("metadata").and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
     if !has_metadata {
         // SDK probes (JS and Go send no query at all) get real IMDS's answer at once.
         // `compatible` serves .NET's probe, which carries a resource (protocols.md 2.5).
@@ -47,9 +43,7 @@ pub async fn handle(State(state): State<AppState>, headers: HeaderMap, uri: Uri)
             )));
         }
         None => {
-            return reject(ApiError::bad_request(
-                "Required query variable 'api-version' is missing; use 2018-02-01",
-            ));
+            return reject(ApiError::bad_request("Required query variable 'api-version' is missing; use 2018-02-01"));
         }
     }
     token::serve(&state, Flavour::Imds, query, started).await

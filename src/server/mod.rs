@@ -30,9 +30,7 @@ use crate::config::{IMDS_PATH, ServerConfig};
 /// Builds the router for `state`. Paths are normalised before routing, so
 /// `//metadata/identity/oauth2/token/` reaches the IMDS handler as clients expect.
 pub fn router(state: AppState, server: &ServerConfig) -> Router {
-    let mut router = Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz));
+    let mut router = Router::new().route("/healthz", get(health::healthz)).route("/readyz", get(health::readyz));
     if server.imds {
         router = router.route(IMDS_PATH, get(imds::handle));
     }
@@ -42,10 +40,7 @@ pub fn router(state: AppState, server: &ServerConfig) -> Router {
     }
     if state.dev_issuer.is_some() {
         router = router
-            .route(
-                "/.well-known/openid-configuration",
-                get(health::openid_configuration),
-            )
+            .route("/.well-known/openid-configuration", get(health::openid_configuration))
             .route("/.well-known/jwks.json", get(health::jwks));
     }
     router
@@ -77,22 +72,15 @@ impl Server {
 
     /// Serves `router` until `shutdown` completes, then stops accepting and gives in-flight
     /// requests up to the grace period to finish.
-    pub async fn run(
-        self,
-        router: Router,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> io::Result<()> {
+    pub async fn run(self, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
         let service = NormalizePathLayer::trim_trailing_slash().layer(router);
         let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
-        let serve = axum::serve(
-            self.listener,
-            axum::ServiceExt::<Request>::into_make_service(service),
-        )
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections; finishing requests in flight");
-            let _ = stopping_tx.send(true);
-        });
+        let serve = axum::serve(self.listener, axum::ServiceExt::<Request>::into_make_service(service))
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                tracing::info!("shutting down: no new connections; finishing requests in flight");
+                let _ = stopping_tx.send(true);
+            });
         let grace = self.grace;
         let deadline = async move {
             let _ = stopping_rx.wait_for(|stopping| *stopping).await;

@@ -27,18 +27,9 @@ impl Flavour {
 
 /// Resolves the identity, gets the token from the broker and writes the wire body.
 /// Logs one line per request: never the token, only its fingerprint.
-pub async fn serve(
-    state: &AppState,
-    flavour: Flavour,
-    query: TokenQuery,
-    started: Instant,
-) -> Response {
+pub async fn serve(state: &AppState, flavour: Flavour, query: TokenQuery, started: Instant) -> Response {
     let Some(resource) = query.resource.as_deref() else {
-        return reject(
-            flavour,
-            ApiError::bad_request("Required query variable 'resource' is missing"),
-            started,
-        );
+        return reject(flavour, ApiError::bad_request("Required query variable 'resource' is missing"), started);
     };
     let identity = match state.broker.resolve(&query.selector) {
         Ok(identity) => identity,
@@ -47,13 +38,8 @@ pub async fn serve(
     match state.broker.token(identity, resource).await {
         Ok(served) => {
             let token = &served.entry.token;
-            let body = TokenBody::new(
-                &served.entry,
-                &identity.client_id,
-                resource,
-                state.broker.now(),
-                query.echo.as_ref(),
-            );
+            let body =
+                TokenBody::new(&served.entry, &identity.client_id, resource, state.broker.now(), query.echo.as_ref());
             tracing::info!(
                 flavour = flavour.as_str(),
                 identity = %identity.name,
@@ -66,9 +52,7 @@ pub async fn serve(
             );
             let mut response = axum::Json(body).into_response();
             // A token must not be stored by any intermediary.
-            response
-                .headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             response
         }
         Err(error) => reject(flavour, error.into(), started),

@@ -31,9 +31,7 @@ pub struct TokenQuery {
 pub enum QueryError {
     #[error("query parameter {0:?} is given more than once")]
     Duplicate(String),
-    #[error(
-        "give at most one of client_id, object_id, principal_id, msi_res_id, mi_res_id (got {0} and {1})"
-    )]
+    #[error("give at most one of client_id, object_id, principal_id, msi_res_id, mi_res_id (got {0} and {1})")]
     ConflictingSelectors(&'static str, &'static str),
     #[error("query parameter {0:?} is empty")]
     Empty(&'static str),
@@ -47,7 +45,7 @@ impl TokenQuery {
         let mut selector: Option<(&'static str, Selector, String)> = None;
         let mut seen: Vec<Cow<'_, str>> = Vec::new();
         for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-            if seen.iter().any(|k| *k == key) {
+            if seen.contains(&key) {
                 return Err(QueryError::Duplicate(key.into_owned()));
             }
             let name: &'static str = match key.as_ref() {
@@ -97,12 +95,7 @@ impl TokenQuery {
             Some((name, selector, value)) => (selector, Some((name, value))),
             None => (Selector::Default, None),
         };
-        Ok(Self {
-            resource,
-            selector,
-            echo,
-            api_version,
-        })
+        Ok(Self { resource, selector, echo, api_version })
     }
 }
 
@@ -111,16 +104,8 @@ impl TokenQuery {
 pub fn api_version_supported(version: &str) -> bool {
     let date = version.get(..10).unwrap_or("");
     let well_formed = date.len() == 10
-        && date.bytes().enumerate().all(|(i, b)| {
-            if i == 4 || i == 7 {
-                b == b'-'
-            } else {
-                b.is_ascii_digit()
-            }
-        });
-    well_formed
-        && date >= OLDEST_API_VERSION
-        && (version.len() == 10 || version.as_bytes()[10] == b'-')
+        && date.bytes().enumerate().all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() });
+    well_formed && date >= OLDEST_API_VERSION && (version.len() == 10 || version.as_bytes()[10] == b'-')
 }
 
 /// The success body. Every number is a JSON string holding a decimal integer, because
@@ -155,10 +140,7 @@ impl<'a> TokenBody<'a> {
         echo: Option<&'a (&'static str, String)>,
     ) -> Self {
         let token = &entry.token;
-        let echo = |names: &[&str]| {
-            echo.filter(|(n, _)| names.contains(n))
-                .map(|(_, v)| v.as_str())
-        };
+        let echo = |names: &[&str]| echo.filter(|(n, _)| names.contains(n)).map(|(_, v)| v.as_str());
         Self {
             access_token: token.token.expose(),
             client_id,
@@ -206,64 +188,37 @@ mod tests {
             ("clientid=x", Selector::ClientId("x".into())),
             ("object_id=x", Selector::ObjectId("x".into())),
             ("principal_id=x", Selector::ObjectId("x".into())),
-            (
-                "msi_res_id=%2Fsubscriptions%2Fs",
-                Selector::ResourceId("/subscriptions/s".into()),
-            ),
+            ("msi_res_id=%2Fsubscriptions%2Fs", Selector::ResourceId("/subscriptions/s".into())),
             ("mi_res_id=x", Selector::ResourceId("x".into())),
             ("msi-res-id=x", Selector::ResourceId("x".into())),
             ("", Selector::Default),
         ];
         for (query, expected) in cases {
-            assert_eq!(
-                TokenQuery::parse(Some(query)).unwrap().selector,
-                expected,
-                "{query}"
-            );
+            assert_eq!(TokenQuery::parse(Some(query)).unwrap().selector, expected, "{query}");
         }
         assert_eq!(TokenQuery::parse(None).unwrap().selector, Selector::Default);
     }
 
     #[test]
     fn rejects_duplicates_conflicts_and_empty_values() {
-        assert_eq!(
-            TokenQuery::parse(Some("resource=a&resource=b")),
-            Err(QueryError::Duplicate("resource".into()))
-        );
+        assert_eq!(TokenQuery::parse(Some("resource=a&resource=b")), Err(QueryError::Duplicate("resource".into())));
         assert_eq!(
             TokenQuery::parse(Some("client_id=a&object_id=b")),
             Err(QueryError::ConflictingSelectors("client_id", "object_id"))
         );
-        assert_eq!(
-            TokenQuery::parse(Some("resource=")),
-            Err(QueryError::Empty("resource"))
-        );
+        assert_eq!(TokenQuery::parse(Some("resource=")), Err(QueryError::Empty("resource")));
         // Unknown parameters are ignored.
         assert!(TokenQuery::parse(Some("resource=a&bypass_cache=true")).is_ok());
     }
 
     #[test]
     fn api_versions_from_2017_09_01_on() {
-        for ok in [
-            "2017-09-01",
-            "2018-02-01",
-            "2019-08-01",
-            "2021-02-01",
-            "2025-04-07",
-            "2030-01-01",
-            "2019-07-01-preview",
-        ] {
+        for ok in
+            ["2017-09-01", "2018-02-01", "2019-08-01", "2021-02-01", "2025-04-07", "2030-01-01", "2019-07-01-preview"]
+        {
             assert!(api_version_supported(ok), "{ok}");
         }
-        for bad in [
-            "2017-08-01",
-            "2017-03-01",
-            "",
-            "latest",
-            "2018-2-1",
-            "2018-02-01x",
-            "abcd-ef-gh",
-        ] {
+        for bad in ["2017-08-01", "2017-03-01", "", "latest", "2018-2-1", "2018-02-01x", "abcd-ef-gh"] {
             assert!(!api_version_supported(bad), "{bad}");
         }
     }

@@ -1,1 +1,11 @@
+//! End-to-end tests: the real `tokenrelay` binary against a fake Entra authority, driven
+//! over HTTP on loopback. One test binary (linked once) with a module per area.
 
+mod support;
+
+mod app_service;
+mod cache;
+mod cli;
+mod dev;
+mod imds;
+mod upstream;

@@ -1,0 +1,189 @@
+//! Shared test support: the fake authority and a handle on a running `tokenrelay` binary.
+
+pub mod fake_entra;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub use fake_entra::{FakeEntra, Scripted};
+
+/// The App Service secret every test relay uses.
+pub const HEADER_SECRET: &str = "test-identity-header-secret";
+
+/// Configuration for a client-secret identity against `entra`, tuned so retries are quick.
+pub fn secret_config(entra: &FakeEntra, extra_identity: &str) -> String {
+    format!(
+        r#"
+[server]
+identity_header = "{HEADER_SECRET}"
+shutdown_grace_secs = 5
+
+[upstream]
+authority_host = "{}"
+max_retries = 2
+retry_base_ms = 10
+retry_max_delay_secs = 5
+timeout_secs = 5
+
+[log]
+format = "text"
+level = "info,tokenrelay=debug"
+
+[[identities]]
+name = "app"
+client_id = "{}"
+tenant_id = "{}"
+credentials = [{{ kind = "client_secret", secret = "{}" }}]
+{extra_identity}
+"#,
+        entra.url(),
+        fake_entra::CLIENT_ID,
+        fake_entra::TENANT,
+        fake_entra::CLIENT_SECRET,
+    )
+}
+
+/// A `tokenrelay` process started for one test; killed when dropped.
+pub struct TestRelay {
+    child: Option<Child>,
+    pub base_url: String,
+    pub stdout_lines: Vec<String>,
+    dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl TestRelay {
+    /// `tokenrelay serve --config <file with toml> --listen 127.0.0.1:0 <args>`.
+    pub async fn serve(toml: &str, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("tokenrelay.toml");
+        std::fs::write(&config, toml).unwrap();
+        let mut full = vec!["serve", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"];
+        full.extend_from_slice(args);
+        Self::spawn(dir, &full, 1).await
+    }
+
+    /// `tokenrelay serve --dev --listen 127.0.0.1:0 <args>` with no configuration file.
+    pub async fn serve_dev(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut full = vec!["serve", "--dev", "--listen", "127.0.0.1:0"];
+        full.extend_from_slice(args);
+        Self::spawn(dir, &full, 4).await
+    }
+
+    async fn spawn(dir: tempfile::TempDir, args: &[&str], header_lines: usize) -> Self {
+        let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+        let mut child = command()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the tokenrelay binary starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut stdout_lines = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while stdout_lines.len() < header_lines {
+            match tokio::time::timeout_at(deadline, lines.next_line()).await {
+                Ok(Ok(Some(line))) => stdout_lines.push(line),
+                other => panic!(
+                    "tokenrelay did not start ({other:?}); stderr:\n{}",
+                    std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
+                ),
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let base_url = stdout_lines[0]
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .expect("the first line names the address")
+            .to_owned();
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        Self { child: Some(child), base_url, stdout_lines, dir, http }
+    }
+
+    /// A path inside the test's private directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Everything the process logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.path("stderr.log")).unwrap_or_default()
+    }
+
+    /// An IMDS-style request with `Metadata: true`.
+    pub async fn imds(&self, query: &str) -> reqwest::Response {
+        self.get(&format!("/metadata/identity/oauth2/token?{query}"), &[("Metadata", "true")]).await
+    }
+
+    /// An App Service style request with the right secret.
+    pub async fn app_service(&self, query: &str) -> reqwest::Response {
+        self.get(&format!("/msi/token?{query}"), &[("X-IDENTITY-HEADER", HEADER_SECRET)]).await
+    }
+
+    /// Any GET with the given headers.
+    pub async fn get(&self, path_and_query: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut request = self.http.get(format!("{}{path_and_query}", self.base_url));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("tokenrelay answers")
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("still running");
+        let pid = child.id().expect("has a pid").to_string();
+        let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success());
+        tokio::time::timeout(Duration::from_secs(20), child.wait())
+            .await
+            .expect("tokenrelay exits after SIGTERM")
+            .unwrap()
+    }
+}
+
+/// The binary under test, with an environment free of the caller's Azure variables.
+pub fn command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tokenrelay"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("AZURE_")
+            || key.starts_with("TOKENRELAY_")
+            || key.starts_with("IDENTITY_")
+            || key == "RUST_LOG"
+        {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+/// Reads a JSON body, failing with the raw text if it is not JSON.
+pub async fn json(response: reqwest::Response) -> serde_json::Value {
+    let text = response.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Polls `condition` every 20 ms for up to 20 s. Waiting on an observable effect rather than
+/// a fixed sleep keeps the tests deterministic on a loaded machine.
+pub async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// Writes a file (used for token files and secrets).
+pub fn write(path: &Path, contents: &str) {
+    std::fs::write(path, contents).unwrap();
+}

@@ -1,0 +1,186 @@
+//! Talking to the authority: credentials, retries, throttling and errors users can act on.
+
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+
+use crate::support::{FakeEntra, Scripted, TestRelay, fake_entra, json, secret_config, write};
+
+const VAULT: &str = "api-version=2018-02-01&resource=https://vault.azure.net";
+
+fn workload_identity_config(entra: &FakeEntra, token_file: &std::path::Path) -> String {
+    secret_config(entra, "").replace(
+        &format!("credentials = [{{ kind = \"client_secret\", secret = \"{}\" }}]", fake_entra::CLIENT_SECRET),
+        &format!("credentials = [{{ kind = \"workload_identity\", token_file = \"{}\" }}]", token_file.display()),
+    )
+}
+
+/// A JWT-shaped service-account token with the given subject (unsigned; Entra's fake does
+/// not verify it, it compares it).
+fn service_account_token(subject: &str) -> String {
+    let encode = |value: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string());
+    format!(
+        "{}.{}.c2lnbmF0dXJl",
+        encode(serde_json::json!({"alg": "RS256"})),
+        encode(serde_json::json!({
+            "iss": "https://oidc.prod-aks.azure.com/tenant/issuer/",
+            "sub": subject,
+            "aud": ["api://AzureADTokenExchange"],
+        }))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workload_identity_presents_the_projected_token_and_follows_rotation() {
+    let entra = FakeEntra::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("azure-identity-token");
+    let first = service_account_token("system:serviceaccount:default:app");
+    write(&token_file, &first);
+    entra.accept_assertion(&first, 70021);
+    let relay = TestRelay::serve(&workload_identity_config(&entra, &token_file), &[]).await;
+    assert_eq!(relay.imds(VAULT).await.status(), 200);
+    let seen = &entra.seen()[0];
+    assert_eq!(seen.form["client_assertion"], first);
+    assert_eq!(seen.form["client_assertion_type"], "urn:ietf:params:oauth:client-assertion-type:jwt-bearer");
+    assert!(!seen.form.contains_key("client_secret"));
+
+    // The kubelet rotates the file; the next exchange presents the new token.
+    let second = service_account_token("system:serviceaccount:default:app-rotated");
+    entra.accept_assertion(&second, 70021);
+    write(&token_file, &second);
+    let bumped = SystemTime::now() + Duration::from_secs(5);
+    std::fs::File::options().write(true).open(&token_file).unwrap().set_modified(bumped).unwrap();
+    assert_eq!(relay.imds("api-version=2018-02-01&resource=https://storage.azure.com").await.status(), 200);
+    assert_eq!(entra.seen().last().unwrap().form["client_assertion"], second);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_assertion_is_re_read_and_retried_once() {
+    let entra = FakeEntra::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    let old = service_account_token("old");
+    write(&token_file, &old);
+    entra.accept_assertion(&old, 700024);
+    let relay = TestRelay::serve(&workload_identity_config(&entra, &token_file), &[]).await;
+    assert_eq!(relay.imds(VAULT).await.status(), 200);
+
+    // The file changes but its modification time does not (as on some volume types), so
+    // only the AADSTS700024 answer can make tokenrelay read it again.
+    let modified = std::fs::metadata(&token_file).unwrap().modified().unwrap();
+    let new = service_account_token("new");
+    write(&token_file, &new);
+    std::fs::File::options().write(true).open(&token_file).unwrap().set_modified(modified).unwrap();
+    entra.accept_assertion(&new, 700024);
+
+    let before = entra.requests();
+    let response = relay.imds("api-version=2018-02-01&resource=https://storage.azure.com").await;
+    assert_eq!(response.status(), 200);
+    let seen = entra.seen();
+    assert_eq!(seen.len(), before + 2);
+    assert_eq!(seen[before].form["client_assertion"], old);
+    assert_eq!(seen[before + 1].form["client_assertion"], new);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_federation_mismatch_names_issuer_subject_and_audience() {
+    let entra = FakeEntra::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    write(&token_file, &service_account_token("system:serviceaccount:wrong-ns:app"));
+    entra.accept_assertion("something-else", 70021);
+    let relay = TestRelay::serve(&workload_identity_config(&entra, &token_file), &[]).await;
+    let response = relay.imds(VAULT).await;
+    assert_eq!(response.status(), 400);
+    let body = json(response).await;
+    let description = body["error_description"].as_str().unwrap();
+    for expected in [
+        "AADSTS70021",
+        "subject \"system:serviceaccount:wrong-ns:app\"",
+        "issuer \"https://oidc.prod-aks.azure.com/tenant/issuer/\"",
+        "audience \"api://AzureADTokenExchange\"",
+    ] {
+        assert!(description.contains(expected), "missing {expected:?} in {description}");
+    }
+    assert!(!description.contains("c2lnbmF0dXJl"), "the token itself never appears");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_token_file_is_a_clear_503() {
+    let entra = FakeEntra::start().await;
+    let relay =
+        TestRelay::serve(&workload_identity_config(&entra, std::path::Path::new("/nonexistent/token")), &[]).await;
+    let response = relay.imds(VAULT).await;
+    assert_eq!(response.status(), 503);
+    let body = json(response).await;
+    assert!(body["error_description"].as_str().unwrap().contains("/nonexistent/token"), "{body}");
+    assert_eq!(entra.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_secret_is_a_400_that_says_what_to_check_and_is_not_hammered() {
+    let entra = FakeEntra::start().await;
+    let toml = secret_config(&entra, "").replace(fake_entra::CLIENT_SECRET, "wrong-secret-value");
+    let relay = TestRelay::serve(&toml, &[]).await;
+    for _ in 0..5 {
+        let response = relay.imds(VAULT).await;
+        assert_eq!(response.status(), 400);
+        let body = json(response).await;
+        let description = body["error_description"].as_str().unwrap();
+        assert!(description.contains("AADSTS7000215") && description.contains(fake_entra::CLIENT_ID), "{description}");
+        assert!(description.contains("correlation id 11111111-1111-1111-1111-111111111111"), "{description}");
+    }
+    assert_eq!(entra.requests(), 1, "a permanent refusal is remembered briefly");
+    let logs = relay.logs();
+    assert!(!logs.contains("wrong-secret-value"), "the secret never reaches the logs");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_tenant_or_application_is_explained() {
+    let entra = FakeEntra::start().await;
+    let toml = secret_config(&entra, "").replace(fake_entra::TENANT, "contoso.onmicrosoft.com");
+    let relay = TestRelay::serve(&toml, &[]).await;
+    let body = json(relay.imds(VAULT).await).await;
+    let description = body["error_description"].as_str().unwrap();
+    assert!(description.contains("AADSTS90002") && description.contains("contoso.onmicrosoft.com"), "{description}");
+
+    let toml = secret_config(&entra, "").replace(fake_entra::CLIENT_ID, "00000000-0000-0000-0000-00000000beef");
+    let relay = TestRelay::serve(&toml, &[]).await;
+    let body = json(relay.imds(VAULT).await).await;
+    let description = body["error_description"].as_str().unwrap();
+    assert!(
+        description.contains("AADSTS700016") && description.contains("00000000-0000-0000-0000-00000000beef"),
+        "{description}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transient_failures_and_short_throttling_are_retried() {
+    let entra = FakeEntra::start().await;
+    entra.script([Scripted::ServerError(500), Scripted::Throttle { retry_after_secs: 0 }]);
+    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    assert_eq!(relay.imds(VAULT).await.status(), 200);
+    assert_eq!(entra.requests(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn long_throttling_is_passed_on_with_a_short_retry_after() {
+    let entra = FakeEntra::start().await;
+    entra.script([Scripted::Throttle { retry_after_secs: 120 }]);
+    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let response = relay.imds(VAULT).await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "5", "never more than 5 s: MSAL replays it");
+    assert_eq!(entra.requests(), 1, "a Retry-After beyond the limit ends the retries at once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scripted_permanent_errors_are_not_retried() {
+    let entra = FakeEntra::start().await;
+    entra.script([Scripted::Error { status: 400, aadsts: 7000222, error: "invalid_client" }]);
+    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let body = json(relay.imds(VAULT).await).await;
+    assert!(body["error_description"].as_str().unwrap().contains("expired"), "{body}");
+    assert_eq!(entra.requests(), 1);
+}
