@@ -34,7 +34,7 @@ pub fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    crate::telemetry::init(&config.log);
+    let _telemetry = crate::telemetry::init(&config.log, config.telemetry.traces.as_ref());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -194,11 +194,23 @@ async fn serve(config: Config) -> ExitCode {
         }
     }
 
+    let metrics = if config.telemetry.metrics {
+        match crate::telemetry::metrics::install() {
+            Ok(handle) => Some(handle),
+            Err(error) => {
+                tracing::warn!(%error, "metrics disabled: cannot install the recorder");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let state = AppState {
         broker: built.broker.clone(),
         identity_header: identity_header.map(Arc::new),
         probe_mode: config.server.imds_probe,
         dev_issuer: built.dev_issuer,
+        metrics,
     };
     let router = server::router(state, &config.server);
     built.broker.start_prefetch();

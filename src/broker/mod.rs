@@ -19,8 +19,11 @@ pub use cache::CachedToken;
 pub use policy::Policy;
 pub use readiness::Readiness;
 
+use tracing::Instrument;
+
 use crate::clock::Clock;
 use crate::credential::{Credential, CredentialError};
+use crate::telemetry::{self, metrics};
 
 /// How a configured identity is described to the broker.
 pub struct IdentitySpec {
@@ -218,6 +221,18 @@ impl Broker {
 
     /// A token for `resource` (already normalised: no `/.default`) as `identity`.
     pub async fn token(self: &Arc<Self>, identity: &Arc<Identity>, resource: &str) -> Result<Served, BrokerError> {
+        let span = telemetry::span(
+            || tracing::info_span!("cache_lookup", identity = %identity.name, resource, outcome = tracing::field::Empty),
+        );
+        let result = self.lookup(identity, resource).instrument(span.clone()).await;
+        if let Ok(served) = &result {
+            metrics::cache_lookup(served.outcome.as_str());
+            span.record("outcome", served.outcome.as_str());
+        }
+        result
+    }
+
+    async fn lookup(self: &Arc<Self>, identity: &Arc<Identity>, resource: &str) -> Result<Served, BrokerError> {
         let now = self.clock.now();
         let policy = &self.settings.policy;
         if let Some(entry) = identity.tokens.get(resource).await {
@@ -252,7 +267,21 @@ impl Broker {
 
     /// Calls the identity's credential once and wraps the result for the cache.
     async fn fetch(&self, identity: &Identity, resource: &str) -> Result<Arc<CachedToken>, BrokerError> {
-        match identity.credential.get_token(resource).await {
+        let kind = identity.credential.kind();
+        let span = telemetry::span(
+            || tracing::info_span!("upstream_request", otel.kind = "client", identity = %identity.name, resource, credential = kind),
+        );
+        let started = std::time::Instant::now();
+        let result = identity.credential.get_token(resource).instrument(span).await;
+        let (outcome, aadsts) = match &result {
+            Ok(_) => ("success", None),
+            Err(CredentialError::Rejected { aadsts, .. }) => ("rejected", *aadsts),
+            Err(CredentialError::Throttled { .. }) => ("throttled", None),
+            Err(CredentialError::Transient { .. }) => ("transient", None),
+            Err(CredentialError::Unavailable { .. }) => ("unavailable", None),
+        };
+        metrics::upstream(kind, outcome, aadsts, started.elapsed());
+        match result {
             Ok(token) => {
                 let now = self.clock.now();
                 let refresh_on = self.settings.policy.refresh_on(&token, now, fastrand::f64());
@@ -294,7 +323,11 @@ impl Broker {
         let entry = Arc::clone(entry);
         let resource = resource.to_owned();
         tokio::spawn(async move {
-            match broker.fetch(&identity, &resource).await {
+            let span =
+                telemetry::span(|| tracing::info_span!("background_refresh", identity = %identity.name, resource));
+            let result = broker.fetch(&identity, &resource).instrument(span).await;
+            metrics::refresh(result.is_ok());
+            match result {
                 Ok(fresh) => identity.tokens.insert(resource, fresh).await,
                 Err(error) => {
                     let policy = broker.settings.policy;
@@ -311,6 +344,23 @@ impl Broker {
                 }
             }
         });
+    }
+
+    /// The cache's contents for the metrics endpoint: per identity name, each cached
+    /// resource with its seconds until expiry (never the token).
+    pub async fn snapshot(&self) -> Vec<(&str, Vec<(Arc<String>, u64)>)> {
+        let now = self.clock.now();
+        let mut snapshot = Vec::with_capacity(self.identities.len());
+        for identity in &self.identities {
+            identity.tokens.run_pending_tasks().await;
+            let tokens = identity
+                .tokens
+                .iter()
+                .map(|(resource, entry)| (resource, entry.token.expires_on.saturating_sub(now)))
+                .collect();
+            snapshot.push((identity.name.as_str(), tokens));
+        }
+        snapshot
     }
 
     /// Fetches every identity's prefetch resources, retrying each until it succeeds, and

@@ -51,6 +51,7 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dev: Option<DevConfig>,
     pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
     /// Where the identities came from, for `check` and the start-up log.
     pub identity_source: IdentitySource,
     pub identities: Vec<IdentityConfig>,
@@ -118,6 +119,26 @@ pub enum LogFormat {
     Auto,
     Text,
     Json,
+}
+
+/// Metrics and traces.
+#[derive(Debug, Serialize)]
+pub struct TelemetryConfig {
+    /// Serve `GET /metrics`.
+    pub metrics: bool,
+    /// Export traces over OTLP/HTTP; `None` exports nothing and creates no spans.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traces: Option<TraceExport>,
+}
+
+/// Where traces go.
+#[derive(Debug, Serialize)]
+pub struct TraceExport {
+    /// A base URL (`/v1/traces` is appended) from `telemetry.otlp_endpoint`; `None` leaves the
+    /// endpoint to the standard `OTEL_EXPORTER_OTLP_*` variables, which the exporter reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    pub service_name: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -192,7 +213,10 @@ pub fn load(options: &LoadOptions) -> Result<Config, ConfigError> {
         });
     }
     let figment = sources::figment(options.file.as_deref(), &options.flags);
-    let azure_env: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("AZURE_")).collect();
+    // The standard variables we interpret: the Azure SDKs' identity settings and the
+    // OpenTelemetry switches that decide whether traces are exported at all.
+    let azure_env: HashMap<String, String> =
+        std::env::vars().filter(|(k, _)| k.starts_with("AZURE_") || k.starts_with("OTEL_")).collect();
     Config::from_figment(&figment, &azure_env)
 }
 
@@ -254,12 +278,13 @@ impl Validator<'_> {
         let upstream = self.upstream(raw.upstream)?;
         let cache = self.cache(raw.cache)?;
         let log = self.log(raw.log)?;
+        let telemetry = self.telemetry(raw.telemetry)?;
         let dev =
             dev.then_some(DevConfig { tenant_id: raw.dev.tenant_id, token_lifetime_secs: raw.dev.token_lifetime_secs });
         if dev.as_ref().is_some_and(|dev| dev.token_lifetime_secs < 300) {
             return Err(self.error("dev.token_lifetime_secs", "must be at least 300 seconds"));
         }
-        Ok(Config { server, upstream, cache, dev, log, identity_source, identities })
+        Ok(Config { server, upstream, cache, dev, log, telemetry, identity_source, identities })
     }
 
     fn server(&self, raw: raw::RawServer, dev: bool) -> Result<ServerConfig, ConfigError> {
@@ -289,8 +314,14 @@ impl Validator<'_> {
                 self.error("server.app_service_path", format!("{path:?} must be an absolute path such as /msi/token"))
             );
         }
-        let reserved =
-            [IMDS_PATH, "/healthz", "/readyz", "/.well-known/openid-configuration", "/.well-known/jwks.json"];
+        let reserved = [
+            IMDS_PATH,
+            "/healthz",
+            "/readyz",
+            "/.well-known/openid-configuration",
+            "/.well-known/jwks.json",
+            "/metrics",
+        ];
         if reserved.contains(&path.trim_end_matches('/')) {
             return Err(self.error("server.app_service_path", format!("{path} is already used by another endpoint")));
         }
@@ -399,6 +430,27 @@ impl Validator<'_> {
             return Err(self.error("log.level", format!("{:?} is not a level or filter such as \"info\"", raw.level)));
         }
         Ok(LogConfig { format, level: raw.level })
+    }
+
+    fn telemetry(&self, raw: raw::RawTelemetry) -> Result<TelemetryConfig, ConfigError> {
+        let endpoint = match raw.otlp_endpoint.as_deref().map(str::trim).filter(|e| !e.is_empty()) {
+            Some(endpoint) => {
+                let url = Url::parse(endpoint)
+                    .map_err(|e| self.error("telemetry.otlp_endpoint", format!("{endpoint:?} is not a URL: {e}")))?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(self.error("telemetry.otlp_endpoint", "must be an http or https URL"));
+                }
+                Some(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+            }
+            None => None,
+        };
+        let from_env =
+            ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"].iter().any(|v| self.env(v).is_some());
+        let disabled = self.env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            || self.env("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"));
+        let service_name = self.env("OTEL_SERVICE_NAME").map_or(raw.service_name, str::to_owned);
+        let traces = ((endpoint.is_some() || from_env) && !disabled).then_some(TraceExport { endpoint, service_name });
+        Ok(TelemetryConfig { metrics: raw.metrics, traces })
     }
 
     fn identity(&self, index: usize, raw: raw::RawIdentity) -> Result<IdentityConfig, ConfigError> {

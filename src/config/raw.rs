@@ -16,6 +16,7 @@ pub struct RawConfig {
     pub cache: RawCache,
     pub dev: RawDev,
     pub log: RawLog,
+    pub telemetry: RawTelemetry,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub identities: Vec<RawIdentity>,
 }
@@ -131,6 +132,21 @@ pub struct RawLog {
 impl Default for RawLog {
     fn default() -> Self {
         Self { format: "auto".into(), level: "info".into() }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawTelemetry {
+    pub metrics: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    pub service_name: String,
+}
+
+impl Default for RawTelemetry {
+    fn default() -> Self {
+        Self { metrics: true, otlp_endpoint: None, service_name: "tokenrelay".into() }
     }
 }
 

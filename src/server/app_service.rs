@@ -11,14 +11,18 @@ use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use super::state::AppState;
-use super::token::{self, Flavour};
+use super::token::{self, Call, Flavour};
 use super::wire::{TokenQuery, api_version_supported};
 use crate::secret::Secret;
 
 /// Handles one App Service style request.
 pub async fn handle(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
+    token::traced(Flavour::AppService, &headers, &uri, checked(&state, &headers, &uri)).await
+}
+
+async fn checked(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Response {
     let started = Instant::now();
-    let reject = |error| token::reject(Flavour::AppService, error, started);
+    let reject = |error| token::reject(Call::new(Flavour::AppService, uri, started), error);
 
     let presented = headers.get("x-identity-header").map(|v| v.as_bytes());
     let Some(expected) = state.identity_header.as_deref() else {
@@ -41,7 +45,7 @@ pub async fn handle(State(state): State<AppState>, headers: HeaderMap, uri: Uri)
     {
         return reject(ApiError::bad_request(format!("api-version {version:?} is not supported; use 2019-08-01")));
     }
-    token::serve(&state, Flavour::AppService, query, started).await
+    token::serve(state, Call::new(Flavour::AppService, uri, started), query).await
 }
 
 /// Compares in constant time. Hashing first makes the comparison independent of the

@@ -101,15 +101,35 @@ impl From<BrokerError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The App Service flavour's error: the OAuth fields plus App Service's own
+    /// `statusCode` and `message`, which MSAL reads on that path (without them the caller
+    /// sees "(invalid_scope) None" instead of the reason).
+    pub fn into_app_service_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.error,
+            error_description: &self.description,
+            status_code: Some(self.status.as_u16()),
+            message: Some(&self.description),
+        };
+        finish(self.status, self.retry_after, body)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: self.error, error_description: &self.description };
-        let mut response = (self.status, axum::Json(body)).into_response();
-        if let Some(secs) = self.retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        response
+        let body =
+            ErrorBody { error: self.error, error_description: &self.description, status_code: None, message: None };
+        finish(self.status, self.retry_after, body)
     }
+}
+
+fn finish(status: StatusCode, retry_after: Option<u64>, body: ErrorBody<'_>) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Some(secs) = retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
 }
 
 #[cfg(test)]

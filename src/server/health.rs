@@ -2,12 +2,13 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::error::ApiError;
 use super::state::AppState;
+use crate::telemetry::metrics::{self as telemetry_metrics, CachedTokenSample};
 
 /// `GET /healthz`: the process is up and serving HTTP.
 pub async fn healthz() -> Response {
@@ -39,6 +40,28 @@ pub async fn jwks(State(state): State<AppState>) -> Response {
         Some(issuer) => Json(issuer.jwks()).into_response(),
         None => ApiError::not_found().into_response(),
     }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let Some(handle) = &state.metrics else {
+        return ApiError::not_found().into_response();
+    };
+    let mut text = handle.render();
+    let snapshot = state.broker.snapshot().await;
+    let entries: Vec<(&str, u64)> = snapshot.iter().map(|(name, tokens)| (*name, tokens.len() as u64)).collect();
+    let samples: Vec<CachedTokenSample<'_>> = snapshot
+        .iter()
+        .flat_map(|(name, tokens)| {
+            tokens.iter().map(|(resource, expires_in)| CachedTokenSample {
+                identity: name,
+                resource: resource.as_str(),
+                expires_in: *expires_in,
+            })
+        })
+        .collect();
+    telemetry_metrics::render_cache(&mut text, &entries, &samples);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
 /// Any other path.

@@ -8,14 +8,18 @@ use axum::response::Response;
 
 use super::error::ApiError;
 use super::state::AppState;
-use super::token::{self, Flavour};
+use super::token::{self, Call, Flavour};
 use super::wire::{TokenQuery, api_version_supported};
 use crate::config::ProbeMode;
 
 /// Handles one IMDS-style request. Caller checks come first and never cause upstream I/O.
 pub async fn handle(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
+    token::traced(Flavour::Imds, &headers, &uri, checked(&state, &headers, &uri)).await
+}
+
+async fn checked(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Response {
     let started = Instant::now();
-    let reject = |error| token::reject(Flavour::Imds, error, started);
+    let reject = |error| token::reject(Call::new(Flavour::Imds, uri, started), error);
 
     // IMDS refuses anything that came through a proxy; so do we.
     if headers.contains_key("x-forwarded-for") {
@@ -46,5 +50,5 @@ pub async fn handle(State(state): State<AppState>, headers: HeaderMap, uri: Uri)
             return reject(ApiError::bad_request("Required query variable 'api-version' is missing; use 2018-02-01"));
         }
     }
-    token::serve(&state, Flavour::Imds, query, started).await
+    token::serve(state, Call::new(Flavour::Imds, uri, started), query).await
 }

@@ -38,6 +38,9 @@ pub fn router(state: AppState, server: &ServerConfig) -> Router {
         let path = server.app_service_path.trim_end_matches('/');
         router = router.route(path, get(app_service::handle));
     }
+    if state.metrics.is_some() {
+        router = router.route("/metrics", get(health::metrics));
+    }
     if state.dev_issuer.is_some() {
         router = router
             .route("/.well-known/openid-configuration", get(health::openid_configuration))

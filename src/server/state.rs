@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use metrics_exporter_prometheus::PrometheusHandle;
+
 use crate::broker::Broker;
 use crate::config::ProbeMode;
 use crate::credential::dev_issuer::DevIssuer;
@@ -16,4 +18,6 @@ pub struct AppState {
     pub probe_mode: ProbeMode,
     /// Present under `--dev`: serves discovery documents.
     pub dev_issuer: Option<Arc<DevIssuer>>,
+    /// Present when metrics are on: renders `/metrics`.
+    pub metrics: Option<PrometheusHandle>,
 }

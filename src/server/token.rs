@@ -1,16 +1,20 @@
-//! Serving a token request once a flavour has checked its caller: shared by both flavours.
+//! Serving a token request once a flavour has checked its caller: shared by both flavours,
+//! with the one log line, the metrics and the trace span every request gets.
 
+use std::future::Future;
 use std::time::Instant;
 
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
 
 use super::error::ApiError;
 use super::state::AppState;
 use super::wire::{TokenBody, TokenQuery};
+use crate::telemetry::{self, metrics};
 
-/// Which endpoint a request came through, for logs.
-#[derive(Clone, Copy, Debug)]
+/// Which endpoint a request came through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flavour {
     Imds,
     AppService,
@@ -25,29 +29,72 @@ impl Flavour {
     }
 }
 
+/// One request in progress: what the log line and metrics need.
+pub struct Call<'a> {
+    pub flavour: Flavour,
+    pub path: &'a str,
+    pub started: Instant,
+}
+
+impl<'a> Call<'a> {
+    /// A request to `uri` that arrived at `started`.
+    pub fn new(flavour: Flavour, uri: &'a Uri, started: Instant) -> Self {
+        Self { flavour, path: uri.path(), started }
+    }
+}
+
+/// Runs a handler inside a `token_request` span that continues the caller's W3C trace.
+/// Without trace export the span is disabled and this adds nothing.
+pub async fn traced(
+    flavour: Flavour,
+    headers: &HeaderMap,
+    uri: &Uri,
+    handler: impl Future<Output = Response>,
+) -> Response {
+    let span = telemetry::span(|| {
+        tracing::info_span!(
+            "token_request",
+            otel.name = %format!("GET {}", uri.path()),
+            otel.kind = "server",
+            flavour = flavour.as_str(),
+            http.request.method = "GET",
+            url.path = %uri.path(),
+            http.response.status_code = tracing::field::Empty,
+        )
+    });
+    telemetry::adopt_remote_parent(&span, headers);
+    let response = handler.instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
+}
+
 /// Resolves the identity, gets the token from the broker and writes the wire body.
 /// Logs one line per request: never the token, only its fingerprint.
-pub async fn serve(state: &AppState, flavour: Flavour, query: TokenQuery, started: Instant) -> Response {
+pub async fn serve(state: &AppState, call: Call<'_>, query: TokenQuery) -> Response {
     let Some(resource) = query.resource.as_deref() else {
-        return reject(flavour, ApiError::bad_request("Required query variable 'resource' is missing"), started);
+        return reject(call, ApiError::bad_request("Required query variable 'resource' is missing"));
     };
     let identity = match state.broker.resolve(&query.selector) {
         Ok(identity) => identity,
-        Err(error) => return reject(flavour, error.into(), started),
+        Err(error) => return reject(call, error.into()),
     };
     match state.broker.token(identity, resource).await {
         Ok(served) => {
             let token = &served.entry.token;
             let body =
                 TokenBody::new(&served.entry, &identity.client_id, resource, state.broker.now(), query.echo.as_ref());
+            let elapsed = call.started.elapsed();
+            metrics::request(call.flavour.as_str(), 200, elapsed);
             tracing::info!(
-                flavour = flavour.as_str(),
+                method = "GET",
+                path = call.path,
+                flavour = call.flavour.as_str(),
                 identity = %identity.name,
                 resource,
                 status = 200,
                 cache = served.outcome.as_str(),
                 fingerprint = %token.token.fingerprint(),
-                latency_us = started.elapsed().as_micros() as u64,
+                latency_us = elapsed.as_micros() as u64,
                 "token request"
             );
             let mut response = axum::Json(body).into_response();
@@ -55,19 +102,27 @@ pub async fn serve(state: &AppState, flavour: Flavour, query: TokenQuery, starte
             response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             response
         }
-        Err(error) => reject(flavour, error.into(), started),
+        Err(error) => reject(call, error.into()),
     }
 }
 
 /// Logs a refused request and turns it into its response.
-pub fn reject(flavour: Flavour, error: ApiError, started: Instant) -> Response {
+pub fn reject(call: Call<'_>, error: ApiError) -> Response {
+    let elapsed = call.started.elapsed();
+    let status = error.status.as_u16();
+    metrics::request(call.flavour.as_str(), status, elapsed);
     tracing::info!(
-        flavour = flavour.as_str(),
-        status = error.status.as_u16(),
+        method = "GET",
+        path = call.path,
+        flavour = call.flavour.as_str(),
+        status,
         error = error.error,
         description = error.description(),
-        latency_us = started.elapsed().as_micros() as u64,
+        latency_us = elapsed.as_micros() as u64,
         "token request refused"
     );
-    error.into_response()
+    match call.flavour {
+        Flavour::Imds => error.into_response(),
+        Flavour::AppService => error.into_app_service_response(),
+    }
 }

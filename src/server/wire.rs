@@ -162,6 +162,11 @@ impl<'a> TokenBody<'a> {
 pub struct ErrorBody<'a> {
     pub error: &'a str,
     pub error_description: &'a str,
+    /// App Service flavour only (see `ApiError::into_app_service_response`).
+    #[serde(rename = "statusCode", skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<&'a str>,
 }
 
 #[cfg(test)]

@@ -8,4 +8,5 @@ mod cache;
 mod cli;
 mod dev;
 mod imds;
+mod telemetry;
 mod upstream;

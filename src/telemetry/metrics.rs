@@ -1,0 +1,146 @@
+//! Prometheus metrics: names, help texts and the recording helpers the other layers call.
+//!
+//! Recording goes through the `metrics` facade, which is a no-op until [`install`] runs, so
+//! unit tests and the `token` command pay nothing. Per-token gauges (seconds until expiry)
+//! are rendered at scrape time from the cache itself, so evicted tokens leave no stale series.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS: &str = "tokenrelay_requests_total";
+pub const REQUEST_DURATION: &str = "tokenrelay_request_duration_seconds";
+pub const CACHE_LOOKUPS: &str = "tokenrelay_cache_lookups_total";
+pub const CACHE_ENTRIES: &str = "tokenrelay_cache_entries";
+pub const UPSTREAM_REQUESTS: &str = "tokenrelay_upstream_requests_total";
+pub const UPSTREAM_DURATION: &str = "tokenrelay_upstream_request_duration_seconds";
+pub const UPSTREAM_ERRORS: &str = "tokenrelay_upstream_errors_total";
+pub const REFRESHES: &str = "tokenrelay_background_refreshes_total";
+pub const TOKEN_EXPIRY: &str = "tokenrelay_token_expires_in_seconds";
+pub const BUILD_INFO: &str = "tokenrelay_build_info";
+
+/// Latency buckets: cache hits take microseconds, upstream calls up to the timeout.
+const REQUEST_BUCKETS: &[f64] = &[0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Installs the global recorder and returns the handle `/metrics` renders.
+pub fn install() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".into()), REQUEST_BUCKETS)
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())?;
+    describe_counter!(REQUESTS, "Token requests answered, by flavour and HTTP status.");
+    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Time to answer a token request, by flavour.");
+    describe_counter!(
+        CACHE_LOOKUPS,
+        "Cache lookups by outcome: hit, stale (served while refreshing), miss, coalesced (waited for another request's fetch)."
+    );
+    describe_counter!(UPSTREAM_REQUESTS, "Upstream token requests by credential kind and outcome.");
+    describe_histogram!(
+        UPSTREAM_DURATION,
+        Unit::Seconds,
+        "Upstream token request latency, retries included, by credential kind."
+    );
+    describe_counter!(
+        UPSTREAM_ERRORS,
+        "Upstream refusals by credential kind and AADSTS code (\"none\" when the authority sent none)."
+    );
+    describe_counter!(REFRESHES, "Background refreshes by result.");
+    describe_gauge!(BUILD_INFO, "Always 1; the labels carry the version.");
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(handle)
+}
+
+/// A token request was answered.
+pub fn request(flavour: &'static str, status: u16, elapsed: Duration) {
+    counter!(REQUESTS, "flavour" => flavour, "status" => status_label(status)).increment(1);
+    histogram!(REQUEST_DURATION, "flavour" => flavour).record(elapsed.as_secs_f64());
+}
+
+/// A cache lookup ended with `outcome` (hit, stale, miss, coalesced).
+pub fn cache_lookup(outcome: &'static str) {
+    counter!(CACHE_LOOKUPS, "outcome" => outcome).increment(1);
+}
+
+/// An upstream fetch finished. `outcome` is success, rejected, throttled, transient or unavailable.
+pub fn upstream(credential: &'static str, outcome: &'static str, aadsts: Option<u32>, elapsed: Duration) {
+    counter!(UPSTREAM_REQUESTS, "credential" => credential, "outcome" => outcome).increment(1);
+    histogram!(UPSTREAM_DURATION, "credential" => credential).record(elapsed.as_secs_f64());
+    if outcome == "rejected" {
+        let code = aadsts.map_or_else(|| "none".to_owned(), |c| c.to_string());
+        counter!(UPSTREAM_ERRORS, "credential" => credential, "aadsts" => code).increment(1);
+    }
+}
+
+/// A background refresh finished.
+pub fn refresh(success: bool) {
+    counter!(REFRESHES, "result" => if success { "success" } else { "failure" }).increment(1);
+}
+
+/// One cached token, for the scrape-time gauges.
+pub struct CachedTokenSample<'a> {
+    pub identity: &'a str,
+    pub resource: &'a str,
+    pub expires_in: u64,
+}
+
+/// Appends the gauges computed from the cache at scrape time.
+pub fn render_cache(out: &mut String, entries_by_identity: &[(&str, u64)], tokens: &[CachedTokenSample<'_>]) {
+    let _ = writeln!(out, "# HELP {CACHE_ENTRIES} Tokens held in the cache, by identity.");
+    let _ = writeln!(out, "# TYPE {CACHE_ENTRIES} gauge");
+    for (identity, count) in entries_by_identity {
+        let _ = writeln!(out, "{CACHE_ENTRIES}{{identity=\"{}\"}} {count}", escape(identity));
+    }
+    let _ = writeln!(out, "# HELP {TOKEN_EXPIRY} Seconds until each cached token expires.");
+    let _ = writeln!(out, "# TYPE {TOKEN_EXPIRY} gauge");
+    for token in tokens {
+        let _ = writeln!(
+            out,
+            "{TOKEN_EXPIRY}{{identity=\"{}\",resource=\"{}\"}} {}",
+            escape(token.identity),
+            escape(token.resource),
+            token.expires_in
+        );
+    }
+}
+
+/// Label values escaped as the text exposition format requires.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Status codes as static label values (no allocation per request).
+fn status_label(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        400 => "400",
+        401 => "401",
+        404 => "404",
+        408 => "408",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_gauges_are_valid_exposition_text() {
+        let mut out = String::new();
+        let tokens = [CachedTokenSample { identity: "app", resource: "https://vault.azure.net\"x", expires_in: 42 }];
+        render_cache(&mut out, &[("app", 1)], &tokens);
+        assert!(out.contains("tokenrelay_cache_entries{identity=\"app\"} 1"), "{out}");
+        assert!(
+            out.contains(
+                "tokenrelay_token_expires_in_seconds{identity=\"app\",resource=\"https://vault.azure.net\\\"x\"} 42"
+            ),
+            "{out}"
+        );
+    }
+}
