@@ -20,7 +20,7 @@ use crate::credential::workload_identity::WorkloadIdentityCredential;
 use crate::credential::{Chain, Credential};
 use crate::secret::Secret;
 use crate::server::wire::TokenBody;
-use crate::server::{self, AppState, Server};
+use crate::server::{self, AppState, Limits, Server};
 
 /// Exit status for an invalid configuration (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -136,8 +136,7 @@ pub fn build(config: &Config, base_url: &str) -> Result<Built, String> {
 }
 
 async fn serve(config: Config) -> ExitCode {
-    let server = match Server::bind(config.server.listen, Duration::from_secs(config.server.shutdown_grace_secs)).await
-    {
+    let server = match Server::bind(config.server.listen, limits(&config.server)).await {
         Ok(server) => server,
         Err(error) => {
             eprintln!("tokenrelay: cannot listen on {}: {error}", config.server.listen);
@@ -289,6 +288,17 @@ fn check(config: &Config) -> ExitCode {
             eprintln!("tokenrelay: cannot print the configuration: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The connection-level limits of `server`.
+fn limits(server: &config::ServerConfig) -> Limits {
+    Limits {
+        max_connections: server.max_connections,
+        max_header_bytes: server.max_header_bytes,
+        max_uri_bytes: server.max_uri_bytes,
+        header_read_timeout: Duration::from_secs(server.header_read_timeout_secs),
+        grace: Duration::from_secs(server.shutdown_grace_secs),
     }
 }
 

@@ -68,6 +68,10 @@ pub struct ServerConfig {
     pub imds_probe: ProbeMode,
     pub shutdown_grace_secs: u64,
     pub request_timeout_secs: u64,
+    pub header_read_timeout_secs: u64,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_uri_bytes: usize,
 }
 
 /// How the IMDS flavour answers a request without `Metadata: true` (protocols.md 2.5).
@@ -340,8 +344,20 @@ impl Validator<'_> {
                 );
             }
         };
-        if raw.request_timeout_secs == 0 {
-            return Err(self.error("server.request_timeout_secs", "must be at least 1"));
+        for (key, value) in [
+            ("server.request_timeout_secs", raw.request_timeout_secs as usize),
+            ("server.header_read_timeout_secs", raw.header_read_timeout_secs as usize),
+            ("server.max_connections", raw.max_connections),
+        ] {
+            if value == 0 {
+                return Err(self.error(key, "must be at least 1"));
+            }
+        }
+        if raw.max_header_bytes < 8192 {
+            return Err(self.error("server.max_header_bytes", "must be at least 8192 (the HTTP library's minimum)"));
+        }
+        if raw.max_uri_bytes < 1024 {
+            return Err(self.error("server.max_uri_bytes", "must be at least 1024"));
         }
         Ok(ServerConfig {
             listen,
@@ -352,6 +368,10 @@ impl Validator<'_> {
             imds_probe,
             shutdown_grace_secs: raw.shutdown_grace_secs,
             request_timeout_secs: raw.request_timeout_secs,
+            header_read_timeout_secs: raw.header_read_timeout_secs,
+            max_connections: raw.max_connections,
+            max_header_bytes: raw.max_header_bytes,
+            max_uri_bytes: raw.max_uri_bytes,
         })
     }
 

@@ -35,6 +35,10 @@ pub struct RawServer {
     pub imds_probe: String,
     pub shutdown_grace_secs: u64,
     pub request_timeout_secs: u64,
+    pub header_read_timeout_secs: u64,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_uri_bytes: usize,
 }
 
 impl Default for RawServer {
@@ -49,6 +53,10 @@ impl Default for RawServer {
             imds_probe: "strict".into(),
             shutdown_grace_secs: 10,
             request_timeout_secs: 60,
+            header_read_timeout_secs: 10,
+            max_connections: 1024,
+            max_header_bytes: 16 * 1024,
+            max_uri_bytes: 8 * 1024,
         }
     }
 }

@@ -5,6 +5,7 @@ mod app_service;
 mod error;
 mod health;
 mod imds;
+mod limits;
 mod state;
 mod token;
 pub mod wire;
@@ -14,10 +15,16 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use axum::Router;
-use axum::extract::Request;
 use axum::routing::get;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tower::Layer;
 use tower_http::normalize_path::NormalizePathLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -48,6 +55,7 @@ pub fn router(state: AppState, server: &ServerConfig) -> Router {
     }
     router
         .fallback(health::fallback)
+        .layer(axum::middleware::from_fn_with_state(server.max_uri_bytes, limits::reject_long_uris))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(server.request_timeout_secs),
@@ -55,17 +63,33 @@ pub fn router(state: AppState, server: &ServerConfig) -> Router {
         .with_state(state)
 }
 
+/// Connection-level limits (design.md section 7): they bound what a misbehaving or hostile
+/// client can hold, before any request reaches the router.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once; further ones wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers); larger gets 431.
+    pub max_header_bytes: usize,
+    /// Longest request target (path and query); longer gets 414.
+    pub max_uri_bytes: usize,
+    /// Time a client has to send its request head; slower clients are disconnected.
+    pub header_read_timeout: Duration,
+    /// How long requests in flight may finish after shutdown starts.
+    pub grace: Duration,
+}
+
 /// A bound listener, ready to serve.
 pub struct Server {
     listener: TcpListener,
-    grace: Duration,
+    limits: Limits,
 }
 
 impl Server {
     /// Binds `addr` (port 0 picks a free port; see [`Server::local_addr`]).
-    pub async fn bind(addr: SocketAddr, grace: Duration) -> io::Result<Self> {
+    pub async fn bind(addr: SocketAddr, limits: Limits) -> io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
-        Ok(Self { listener, grace })
+        Ok(Self { listener, limits })
     }
 
     /// The address actually bound.
@@ -75,29 +99,60 @@ impl Server {
 
     /// Serves `router` until `shutdown` completes, then stops accepting and gives in-flight
     /// requests up to the grace period to finish.
+    ///
+    /// The accept loop is ours rather than `axum::serve`'s so that the connection limit, the
+    /// head-size limit and the header read timeout (hyper's, which needs a timer) apply.
     pub async fn run(self, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
-        let service = NormalizePathLayer::trim_trailing_slash().layer(router);
-        let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
-        let serve = axum::serve(self.listener, axum::ServiceExt::<Request>::into_make_service(service))
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                tracing::info!("shutting down: no new connections; finishing requests in flight");
-                let _ = stopping_tx.send(true);
+        let Self { listener, limits } = self;
+        let service = TowerToHyperService::new(NormalizePathLayer::trim_trailing_slash().layer(router));
+        let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+        let graceful = GracefulShutdown::new();
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes.max(MIN_HEAD_BUFFER))
+            .keep_alive(true);
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                () = &mut shutdown => break,
+            };
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _peer)) => stream,
+                    Err(error) => {
+                        // Running out of file descriptors is the usual cause; back off briefly
+                        // instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+                drop(permit);
             });
-        let grace = self.grace;
-        let deadline = async move {
-            let _ = stopping_rx.wait_for(|stopping| *stopping).await;
-            tokio::time::sleep(grace).await;
-        };
+        }
+        drop(listener);
+        tracing::info!("shutting down: no new connections; finishing requests in flight");
         tokio::select! {
-            result = serve.into_future() => result,
-            () = deadline => {
-                tracing::warn!(grace_secs = grace.as_secs(), "grace period over; closing remaining connections");
-                Ok(())
+            () = graceful.shutdown() => {}
+            () = tokio::time::sleep(limits.grace) => {
+                tracing::warn!(grace_secs = limits.grace.as_secs(), "grace period over; closing remaining connections");
             }
         }
+        Ok(())
     }
 }
+
+/// hyper refuses a read buffer smaller than this.
+const MIN_HEAD_BUFFER: usize = 8192;
 
 /// Resolves on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C on a terminal).
 pub async fn shutdown_signal() {

@@ -8,5 +8,6 @@ mod cache;
 mod cli;
 mod dev;
 mod imds;
+mod limits;
 mod telemetry;
 mod upstream;

@@ -1,0 +1,90 @@
+//! Bad and hostile clients: oversized requests, slow clients, too many connections, and a
+//! shutdown while requests are in flight.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{FakeEntra, TestRelay, json, secret_config};
+
+fn limited_config(entra: &FakeEntra, extra_server: &str) -> String {
+    secret_config(entra, "").replacen("[server]\n", &format!("[server]\n{extra_server}\n"), 1)
+}
+
+/// Sends raw bytes and returns the status line of the answer ("" if the server hung up).
+async fn raw(relay: &TestRelay, request: &[u8]) -> String {
+    let addr = relay.base_url.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).lines().next().unwrap_or("").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_heads_and_targets_are_refused() {
+    let entra = FakeEntra::start().await;
+    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let big_header =
+        format!("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));
+    assert!(raw(&relay, big_header.as_bytes()).await.contains(" 431 "));
+
+    let long = relay.imds(&format!("api-version=2018-02-01&resource={}", "a".repeat(9000))).await;
+    assert_eq!(long.status(), 414);
+    assert_eq!(json(long).await["error"], "invalid_request");
+    assert_eq!(entra.requests(), 0);
+    // The server is unharmed.
+    assert_eq!(relay.get("/healthz", &[]).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    let entra = FakeEntra::start().await;
+    let relay = TestRelay::serve(&limited_config(&entra, "header_read_timeout_secs = 1"), &[]).await;
+    let addr = relay.base_url.trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the server closed the slow connection");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    let entra = FakeEntra::start().await;
+    let relay =
+        TestRelay::serve(&limited_config(&entra, "max_connections = 2\nheader_read_timeout_secs = 30"), &[]).await;
+    let addr = relay.base_url.trim_start_matches("http://").to_owned();
+    // Two idle connections take both slots.
+    let first = TcpStream::connect(&addr).await.unwrap();
+    let second = TcpStream::connect(&addr).await.unwrap();
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_millis(500)).build().unwrap();
+    let blocked = client.get(format!("{}/healthz", relay.base_url)).send().await;
+    assert!(blocked.is_err(), "a third connection is not served while two are held");
+    drop(first);
+    drop(second);
+    crate::support::eventually("a slot frees up", async || {
+        client.get(format!("{}/healthz", relay.base_url)).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_requests_in_flight_finish() {
+    let entra = FakeEntra::start().await;
+    entra.set_delay(Duration::from_millis(1500));
+    let mut relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let url = format!(
+        "{}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net",
+        relay.base_url
+    );
+    let in_flight = tokio::spawn(async move {
+        reqwest::Client::builder().no_proxy().build().unwrap().get(url).header("Metadata", "true").send().await
+    });
+    crate::support::eventually("the request reaches the authority", async || entra.requests() == 1).await;
+    let status = relay.terminate().await;
+    assert_eq!(status.code(), Some(0));
+    let response = in_flight.await.unwrap().expect("the request in flight was answered");
+    assert_eq!(response.status(), 200);
+}
