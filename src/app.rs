@@ -9,15 +9,13 @@ use std::time::Duration;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use reqwest::Url;
 
-use crate::broker::{Broker, CacheSettings, IdentitySpec, Policy, Selector};
+use crate::broker::{Broker, BrokerError, CacheSettings, CachedToken, IdentitySpec, Policy, Selector};
 use crate::cli::{Cli, Command};
-use crate::clock::SystemClock;
-use crate::config::{self, Config, CredentialConfig};
-use crate::credential::client_secret::ClientSecretCredential;
-use crate::credential::dev_issuer::{DevCredential, DevIssuer};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{self, Config, IdentityConfig};
+use crate::credential::dev_issuer::DevIssuer;
 use crate::credential::entra::{EntraClient, EntraSettings};
-use crate::credential::workload_identity::WorkloadIdentityCredential;
-use crate::credential::{Chain, Credential};
+use crate::credential::{self, BuildContext, Chain, CredentialError, LinkStatus};
 use crate::secret::Secret;
 use crate::server::wire::TokenBody;
 use crate::server::{self, AppState, Limits, Server};
@@ -44,8 +42,11 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     match cli.command {
         Command::Serve(_) => runtime.block_on(serve(config)),
-        Command::Token(args) => runtime.block_on(token(config, &args.resource, args.client_id)),
-        Command::Check(_) => check(&config),
+        Command::Token(args) => match args.tenant {
+            Some(tenant) => runtime.block_on(token_for_tenant(&config, &args.resource, args.client_id, &tenant)),
+            None => runtime.block_on(token(config, &args.resource, args.client_id)),
+        },
+        Command::Check(args) => runtime.block_on(check(&config, args.fetch, args.resource.as_deref())),
     }
 }
 
@@ -59,15 +60,7 @@ pub struct Built {
 /// is reachable (the development issuer's `iss`).
 pub fn build(config: &Config, base_url: &str) -> Result<Built, String> {
     let upstream = &config.upstream;
-    let authority_host = Url::parse(&upstream.authority_host).map_err(|e| format!("authority host: {e}"))?;
-    let entra = Arc::new(EntraClient::new(EntraSettings {
-        authority_host,
-        timeout: Duration::from_secs(upstream.timeout_secs),
-        max_retries: upstream.max_retries,
-        retry_base: Duration::from_millis(upstream.retry_base_ms),
-        retry_max_delay: Duration::from_secs(upstream.retry_max_delay_secs),
-        max_concurrent: upstream.max_concurrent,
-    })?);
+    let entra = entra_client(upstream)?;
     let dev_issuer = match &config.dev {
         Some(dev) => {
             Some(Arc::new(DevIssuer::generate(base_url.to_owned(), dev.tenant_id.clone(), dev.token_lifetime_secs)?))
@@ -77,40 +70,24 @@ pub fn build(config: &Config, base_url: &str) -> Result<Built, String> {
 
     let mut specs = Vec::new();
     for identity in &config.identities {
-        let tenant = identity.tenant_id.clone().unwrap_or_default();
-        let links: Vec<Box<dyn Credential>> = identity
-            .credentials
-            .iter()
-            .map(|credential| -> Box<dyn Credential> {
-                match credential {
-                    CredentialConfig::ClientSecret { secret } => Box::new(ClientSecretCredential::new(
-                        entra.clone(),
-                        tenant.clone(),
-                        identity.client_id.clone(),
-                        secret.clone(),
-                    )),
-                    CredentialConfig::WorkloadIdentity { token_file } => Box::new(WorkloadIdentityCredential::new(
-                        entra.clone(),
-                        tenant.clone(),
-                        identity.client_id.clone(),
-                        token_file.clone(),
-                    )),
-                    CredentialConfig::Dev => Box::new(DevCredential::new(
-                        dev_issuer.clone().expect("dev credentials exist only when the dev issuer does"),
-                        identity.client_id.clone(),
-                        identity.object_id.clone().unwrap_or_else(|| identity.client_id.clone()),
-                    )),
-                }
-            })
-            .collect();
-        let chain = Chain::new(links);
-        tracing::info!(
-            identity = %identity.name,
-            client_id = %identity.client_id,
-            default = identity.default,
-            credentials = ?chain.kinds(),
-            "identity configured"
-        );
+        let chain = credential_chain(identity, identity.tenant_id.as_deref(), &entra, dev_issuer.as_ref(), upstream)?;
+        // Once per identity at start: which credential will be tried first, and why.
+        match chain.first_usable() {
+            Some((first, why)) => tracing::info!(
+                identity = %identity.name,
+                client_id = %identity.client_id,
+                default = identity.default,
+                credentials = ?chain.kinds(),
+                first = first,
+                "identity configured; {first} will be tried first: {why}"
+            ),
+            None => tracing::warn!(
+                identity = %identity.name,
+                client_id = %identity.client_id,
+                credentials = ?chain.kinds(),
+                "identity configured, but none of its credentials can run here; `tokenrelay check` says why"
+            ),
+        }
         specs.push(IdentitySpec {
             name: identity.name.clone(),
             client_id: identity.client_id.clone(),
@@ -133,6 +110,44 @@ pub fn build(config: &Config, base_url: &str) -> Result<Built, String> {
     };
     let broker = Arc::new(Broker::new(specs, settings, Arc::new(SystemClock)));
     Ok(Built { broker, dev_issuer })
+}
+
+/// The Entra client every credential of this configuration shares.
+fn entra_client(upstream: &config::UpstreamConfig) -> Result<Arc<EntraClient>, String> {
+    let authority_host = Url::parse(&upstream.authority_host).map_err(|e| format!("authority host: {e}"))?;
+    Ok(Arc::new(EntraClient::new(EntraSettings {
+        authority_host,
+        timeout: Duration::from_secs(upstream.timeout_secs),
+        max_retries: upstream.max_retries,
+        retry_base: Duration::from_millis(upstream.retry_base_ms),
+        retry_max_delay: Duration::from_secs(upstream.retry_max_delay_secs),
+        max_concurrent: upstream.max_concurrent,
+    })?))
+}
+
+/// The credential chain of one identity, asking tokens of `tenant_id`.
+fn credential_chain(
+    identity: &IdentityConfig,
+    tenant_id: Option<&str>,
+    entra: &Arc<EntraClient>,
+    dev_issuer: Option<&Arc<DevIssuer>>,
+    upstream: &config::UpstreamConfig,
+) -> Result<Chain, String> {
+    let context = BuildContext {
+        entra,
+        dev_issuer,
+        client_id: &identity.client_id,
+        object_id: identity.object_id.as_deref(),
+        tenant_id,
+        timeout: Duration::from_secs(upstream.timeout_secs),
+    };
+    let links = identity
+        .credentials
+        .iter()
+        .map(|credential| credential::build(credential, &context))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("identity {:?}: {e}", identity.name))?;
+    Ok(Chain::new(links))
 }
 
 async fn serve(config: Config) -> ExitCode {
@@ -264,31 +279,165 @@ async fn token(config: Config, resource: &str, client_id: Option<String>) -> Exi
     }
 }
 
-fn check(config: &Config) -> ExitCode {
-    match toml::to_string_pretty(config) {
-        Ok(text) => {
-            println!("# effective configuration (secrets redacted)\n{text}");
-            for identity in &config.identities {
-                for credential in &identity.credentials {
-                    if let CredentialConfig::WorkloadIdentity { token_file } = credential
-                        && !token_file.is_file()
-                    {
-                        println!(
-                            "# warning: identity {:?}: federated token file {} does not exist (yet)",
-                            identity.name,
-                            token_file.display()
-                        );
-                    }
+/// `token --tenant`: one token for another tenant of an identity, straight from its chain.
+///
+/// The wire protocols have no tenant parameter, so only this command can ask for one. The
+/// tenant must be the identity's own or listed in `additionally_allowed_tenants` (`*` allows
+/// any), as the Azure SDKs require. The cache is bypassed: it is keyed by identity and
+/// resource, and this process ends after one token anyway.
+async fn token_for_tenant(config: &Config, resource: &str, client_id: Option<String>, tenant: &str) -> ExitCode {
+    let identity = match &client_id {
+        Some(id) => config.identities.iter().find(|i| i.client_id.eq_ignore_ascii_case(id)),
+        None => config.identities.iter().find(|i| i.default),
+    };
+    let Some(identity) = identity else {
+        let selector = client_id.map_or("the default identity".to_owned(), |id| format!("client_id {id:?}"));
+        eprintln!("tokenrelay: no identity with {selector} is configured here");
+        return ExitCode::FAILURE;
+    };
+    let own = identity.tenant_id.as_deref().is_some_and(|t| t.eq_ignore_ascii_case(tenant));
+    let allowed = identity.additionally_allowed_tenants.iter().any(|t| t == "*" || t.eq_ignore_ascii_case(tenant));
+    if !own && !allowed {
+        eprintln!(
+            "tokenrelay: identity {:?} is not configured to acquire tokens for tenant {tenant}; add it to \
+             additionally_allowed_tenants (or \"*\") of the identity",
+            identity.name
+        );
+        return ExitCode::FAILURE;
+    }
+    let resource = config::normalize_resource(resource.trim());
+    let chain = match entra_client(&config.upstream)
+        .and_then(|entra| credential_chain(identity, Some(tenant), &entra, None, &config.upstream))
+    {
+        Ok(chain) => chain,
+        Err(error) => {
+            eprintln!("tokenrelay: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match chain.token_from(resource).await {
+        Ok((credential, token)) => {
+            let entry = CachedToken::new(token, 0, credential);
+            let body = TokenBody::new(&entry, &identity.client_id, resource, SystemClock.now(), None);
+            match serde_json::to_string_pretty(&body) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("tokenrelay: {error}");
+                    ExitCode::FAILURE
                 }
             }
-            println!("# configuration is valid");
-            ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("tokenrelay: cannot print the configuration: {error}");
+            eprintln!("tokenrelay: {}", describe_failure(&identity.name, error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The resource `check --fetch` asks for when none is named.
+const CHECK_RESOURCE: &str = "https://management.azure.com";
+
+/// `check`: the effective configuration, every identity's chain and whether each link can
+/// run here; with `fetch`, one token per identity through its chain.
+async fn check(config: &Config, fetch: bool, resource: Option<&str>) -> ExitCode {
+    let text = match toml::to_string_pretty(config) {
+        Ok(text) => text,
+        Err(error) => {
+            eprintln!("tokenrelay: cannot print the configuration: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("# effective configuration (secrets redacted)\n{text}");
+    let entra = match entra_client(&config.upstream) {
+        Ok(entra) => entra,
+        Err(error) => {
+            eprintln!("tokenrelay: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let dev_issuer = match &config.dev {
+        Some(dev) => {
+            let base_url = format!("http://{}", display_addr(config.server.listen));
+            match DevIssuer::generate(base_url, dev.tenant_id.clone(), dev.token_lifetime_secs) {
+                Ok(issuer) => Some(Arc::new(issuer)),
+                Err(error) => {
+                    eprintln!("tokenrelay: {error}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        None => None,
+    };
+    let mut failed = false;
+    println!(
+        "# credential chains{}",
+        if fetch { "" } else { " (nothing contacted; `tokenrelay check --fetch` obtains one token per identity)" }
+    );
+    for identity in &config.identities {
+        let chain = match credential_chain(
+            identity,
+            identity.tenant_id.as_deref(),
+            &entra,
+            dev_issuer.as_ref(),
+            &config.upstream,
+        ) {
+            Ok(chain) => chain,
+            Err(error) => {
+                eprintln!("tokenrelay: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!("# identity {:?} (client_id {}):", identity.name, identity.client_id);
+        for (n, (kind, status)) in chain.statuses().iter().enumerate() {
+            let verdict = match status {
+                LinkStatus::Usable(_) => "usable",
+                LinkStatus::NotUsable(_) => "not usable",
+            };
+            println!("#   {}. {kind}: {verdict}: {}", n + 1, status.reason());
+        }
+        match chain.first_usable() {
+            Some((first, _)) => println!("#   tries {first} first"),
+            None => println!("#   warning: no credential of this identity can run here"),
+        }
+        if fetch {
+            let resource = resource
+                .map(|r| config::normalize_resource(r.trim()).to_owned())
+                .or_else(|| identity.prefetch.first().cloned())
+                .unwrap_or_else(|| CHECK_RESOURCE.to_owned());
+            match chain.token_from(&resource).await {
+                Ok((credential, token)) => println!(
+                    "#   fetched a token for {resource} from {credential} (valid for {} s more, fingerprint {})",
+                    token.expires_on.saturating_sub(SystemClock.now()),
+                    token.token.fingerprint()
+                ),
+                Err(error) => {
+                    failed = true;
+                    let text = describe_failure(&identity.name, error);
+                    println!("#   fetching a token for {resource} failed: {text}");
+                    eprintln!("tokenrelay: {text}");
+                }
+            }
+        }
+    }
+    if failed {
+        return ExitCode::FAILURE;
+    }
+    println!("# configuration is valid");
+    ExitCode::SUCCESS
+}
+
+/// A chain's failure worded as the HTTP error description words it (the same text reaches
+/// the log, `check` and the caller), with Entra's correlation id when there is one.
+fn describe_failure(identity: &str, error: CredentialError) -> String {
+    let correlation = match &error {
+        CredentialError::Rejected { correlation_id: Some(id), .. } => format!(" (correlation id {id})"),
+        _ => String::new(),
+    };
+    let error = BrokerError::Upstream { identity: identity.to_owned(), source: Arc::new(error) };
+    format!("{error}{correlation}")
 }
 
 /// The connection-level limits of `server`.

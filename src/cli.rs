@@ -12,8 +12,8 @@ use crate::config::{DevFlags, FlagOverrides, LoadOptions, ServerFlags};
 ///
 /// Applications point IDENTITY_ENDPOINT (App Service style) or AZURE_POD_IDENTITY_AUTHORITY_HOST
 /// (IMDS style) at tokenrelay and get Microsoft Entra ID tokens with their unmodified Azure
-/// SDKs. tokenrelay obtains them upstream (client secret, workload identity federation),
-/// caches them, and refreshes them ahead of expiry.
+/// SDKs. tokenrelay obtains them upstream (workload identity, client secret or certificate,
+/// Azure Pipelines, managed identity, Azure CLI), caches them, and refreshes them ahead of expiry.
 #[derive(Debug, Parser)]
 #[command(name = "tokenrelay", version, propagate_version = true)]
 pub struct Cli {
@@ -81,12 +81,27 @@ pub struct TokenArgs {
     #[arg(long, value_name = "ID")]
     pub client_id: Option<String>,
 
+    /// Ask for a token of this tenant instead of the identity's own; it must be listed in
+    /// the identity's additionally_allowed_tenants. Bypasses the cache.
+    #[arg(long, value_name = "TENANT")]
+    pub tenant: Option<String>,
+
     #[command(flatten)]
     pub dev: DevArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
+    /// Also obtain one token per identity through its chain (contacts the upstream); exits
+    /// non-zero when any identity fails.
+    #[arg(long)]
+    pub fetch: bool,
+
+    /// The resource --fetch asks for; default: the identity's first prefetch, else
+    /// https://management.azure.com.
+    #[arg(long, value_name = "URI", requires = "fetch")]
+    pub resource: Option<String>,
+
     #[command(flatten)]
     pub dev: DevArgs,
 }

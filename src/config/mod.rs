@@ -5,6 +5,7 @@
 //! read from their files, and every identity has a credential it can run. A bad value fails
 //! with a [`ConfigError`] naming the key, the layer that set it and what is wrong.
 
+mod credentials;
 mod raw;
 mod sources;
 
@@ -16,6 +17,10 @@ use figment::Figment;
 use reqwest::Url;
 use serde::Serialize;
 
+pub use credentials::{
+    AssertionAlgorithm, AssertionSource, AzureCliConfig, CertificateConfig, EnvironmentSource, IMDS_ENDPOINT,
+    ManagedIdentityConfig, ManagedIdentityFlavour, PipelinesConfig, cloud_authority_host,
+};
 pub use raw::RawConfig;
 pub use sources::{DevFlags, FlagOverrides, ServerFlags};
 
@@ -168,6 +173,10 @@ pub struct IdentityConfig {
     pub resource_id: Option<String>,
     pub default: bool,
     pub prefetch: Vec<String>,
+    /// Tenants besides `tenant_id` that `tokenrelay token --tenant` may ask for (`*`: any).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub additionally_allowed_tenants: Vec<String>,
+    /// Tried in order; the first that yields a token wins.
     pub credentials: Vec<CredentialConfig>,
 }
 
@@ -180,6 +189,23 @@ pub enum CredentialConfig {
     WorkloadIdentity {
         token_file: PathBuf,
     },
+    ClientCertificate(CertificateConfig),
+    ClientAssertion {
+        source: AssertionSource,
+    },
+    AzurePipelines(PipelinesConfig),
+    ManagedIdentity(ManagedIdentityConfig),
+    AzureCli(AzureCliConfig),
+    /// What the Azure SDKs' EnvironmentCredential found in the `AZURE_*` variables.
+    Environment {
+        source: EnvironmentSource,
+    },
+    /// A link whose inputs are absent here (a default-chain link without its variables, a
+    /// pipelines link outside a job); the chain skips it and `check` shows the reason.
+    NotConfigured {
+        credential: &'static str,
+        reason: String,
+    },
     /// Tokens signed by the embedded development issuer.
     Dev,
 }
@@ -190,8 +216,28 @@ impl CredentialConfig {
         match self {
             Self::ClientSecret { .. } => "client_secret",
             Self::WorkloadIdentity { .. } => "workload_identity",
+            Self::ClientCertificate(_) => "client_certificate",
+            Self::ClientAssertion { .. } => "client_assertion",
+            Self::AzurePipelines(_) => "azure_pipelines",
+            Self::ManagedIdentity(_) => "managed_identity",
+            Self::AzureCli(_) => "azure_cli",
+            Self::Environment { .. } => "environment",
+            Self::NotConfigured { credential, .. } => credential,
             Self::Dev => "dev",
         }
+    }
+
+    /// Whether it talks to Entra as the identity's application, and so needs its tenant.
+    pub fn needs_tenant(&self) -> bool {
+        matches!(
+            self,
+            Self::ClientSecret { .. }
+                | Self::WorkloadIdentity { .. }
+                | Self::ClientCertificate(_)
+                | Self::ClientAssertion { .. }
+                | Self::AzurePipelines(_)
+                | Self::Environment { .. }
+        )
     }
 }
 
@@ -203,6 +249,11 @@ pub struct LoadOptions {
     /// Command-line values.
     pub flags: FlagOverrides,
 }
+
+/// Variables besides `AZURE_*` that credentials read: the App Service style managed identity
+/// endpoint, the Azure Pipelines job's OIDC inputs, and `PATH` (where `check` looks for `az`).
+const OTHER_VARIABLES: [&str; 5] =
+    ["IDENTITY_ENDPOINT", "IDENTITY_HEADER", "SYSTEM_OIDCREQUESTURI", "SYSTEM_ACCESSTOKEN", "PATH"];
 
 /// Loads the configuration the program runs with: the file, `TOKENRELAY_*` and the standard
 /// `AZURE_*` variables of this process, and the flags.
@@ -219,8 +270,9 @@ pub fn load(options: &LoadOptions) -> Result<Config, ConfigError> {
     let figment = sources::figment(options.file.as_deref(), &options.flags);
     // The standard variables we interpret: the Azure SDKs' identity settings and the
     // OpenTelemetry switches that decide whether traces are exported at all.
-    let azure_env: HashMap<String, String> =
-        std::env::vars().filter(|(k, _)| k.starts_with("AZURE_") || k.starts_with("OTEL_")).collect();
+    let azure_env: HashMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("AZURE_") || k.starts_with("OTEL_") || OTHER_VARIABLES.contains(&k.as_str()))
+        .collect();
     Config::from_figment(&figment, &azure_env)
 }
 
@@ -376,10 +428,22 @@ impl Validator<'_> {
     }
 
     fn upstream(&self, raw: raw::RawUpstream) -> Result<UpstreamConfig, ConfigError> {
-        let (key, host) = match (raw.authority_host, self.env("AZURE_AUTHORITY_HOST")) {
-            (Some(host), _) => ("upstream.authority_host", host),
-            (None, Some(host)) => ("AZURE_AUTHORITY_HOST", host.to_owned()),
-            (None, None) => ("upstream.authority_host", DEFAULT_AUTHORITY_HOST.to_owned()),
+        let (key, host) = match (raw.authority_host, raw.cloud, self.env("AZURE_AUTHORITY_HOST")) {
+            (Some(_), Some(_), _) => {
+                return Err(self.error("upstream.cloud", "set upstream.cloud or upstream.authority_host, not both"));
+            }
+            (Some(host), None, _) => ("upstream.authority_host", host),
+            (None, Some(cloud), _) => match cloud_authority_host(&cloud) {
+                Some(host) => ("upstream.cloud", host.to_owned()),
+                None => {
+                    return Err(self.error(
+                        "upstream.cloud",
+                        format!("{cloud:?} is not \"public\", \"usgovernment\" or \"china\"; for another cloud set upstream.authority_host"),
+                    ));
+                }
+            },
+            (None, None, Some(host)) => ("AZURE_AUTHORITY_HOST", host.to_owned()),
+            (None, None, None) => ("upstream.authority_host", DEFAULT_AUTHORITY_HOST.to_owned()),
         };
         let error = |problem: String| {
             if key == "AZURE_AUTHORITY_HOST" {
@@ -480,81 +544,43 @@ impl Validator<'_> {
             return Err(self.error(&key("client_id"), "every identity needs a client_id"));
         }
         let tenant_id = match raw.tenant_id.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
-            Some(tenant) => tenant.to_owned(),
-            None => self.env("AZURE_TENANT_ID").map(str::to_owned).ok_or_else(|| {
-                self.error(&key("tenant_id"), "missing: set tenant_id on the identity or AZURE_TENANT_ID")
-            })?,
+            Some(tenant) => Some(tenant.to_owned()),
+            None => self.env("AZURE_TENANT_ID").map(str::to_owned),
         };
-        validate_tenant(&tenant_id).map_err(|problem| self.error(&key("tenant_id"), problem))?;
+        if let Some(tenant) = &tenant_id {
+            validate_tenant(tenant).map_err(|problem| self.error(&key("tenant_id"), problem))?;
+        }
+        let additionally_allowed_tenants =
+            self.allowed_tenants(&key("additionally_allowed_tenants"), raw.additionally_allowed_tenants)?;
         let mut credentials = Vec::new();
         for (i, credential) in raw.credentials.into_iter().enumerate() {
             let ckey = format!("identities.{index}.credentials.{i}");
-            credentials.push(self.credential(&ckey, credential)?);
+            credentials.push(self.credential(&ckey, credential, &client_id)?);
         }
         if credentials.is_empty() {
-            credentials = self.credentials_from_azure_env()?;
-            if credentials.is_empty() {
-                return Err(self.error(
-                    &key("credentials"),
-                    "no credentials: add credentials = [{ kind = \"workload_identity\" }] or \
-                     [{ kind = \"client_secret\", secret_file = \"...\" }], or set AZURE_FEDERATED_TOKEN_FILE or AZURE_CLIENT_SECRET",
-                ));
-            }
+            credentials = self.default_chain(&client_id, tenant_id.as_deref());
+        } else if tenant_id.is_none()
+            && let Some(needy) = credentials.iter().find(|c| c.needs_tenant())
+        {
+            return Err(self.error(
+                &key("tenant_id"),
+                format!(
+                    "missing: set tenant_id on the identity or AZURE_TENANT_ID (the {} credential needs it)",
+                    needy.kind()
+                ),
+            ));
         }
         Ok(IdentityConfig {
             name: raw.name.unwrap_or_else(|| format!("identity-{index}")),
             client_id,
-            tenant_id: Some(tenant_id),
+            tenant_id,
             object_id: raw.object_id,
             resource_id: raw.resource_id,
             default: raw.default,
             prefetch: self.prefetch(&key("prefetch"), raw.prefetch)?,
+            additionally_allowed_tenants,
             credentials,
         })
-    }
-
-    fn credential(&self, key: &str, raw: raw::RawCredential) -> Result<CredentialConfig, ConfigError> {
-        match raw {
-            raw::RawCredential::ClientSecret { secret, secret_file } => {
-                let secret = match (secret, secret_file) {
-                    (Some(_), Some(_)) => {
-                        return Err(self.error(key, "client_secret: set secret or secret_file, not both"));
-                    }
-                    (Some(value), None) => self.non_empty_secret(&format!("{key}.secret"), value)?,
-                    (None, Some(path)) => self.secret_file(&format!("{key}.secret_file"), &path)?,
-                    (None, None) => match self.env("AZURE_CLIENT_SECRET") {
-                        Some(value) => Secret::new(value),
-                        None => {
-                            return Err(
-                                self.error(key, "client_secret: set secret_file (or secret, or AZURE_CLIENT_SECRET)")
-                            );
-                        }
-                    },
-                };
-                Ok(CredentialConfig::ClientSecret { secret })
-            }
-            raw::RawCredential::WorkloadIdentity { token_file } => {
-                let token_file = match token_file {
-                    Some(path) => path,
-                    None => self.env("AZURE_FEDERATED_TOKEN_FILE").map(PathBuf::from).ok_or_else(|| {
-                        self.error(key, "workload_identity: set token_file or AZURE_FEDERATED_TOKEN_FILE")
-                    })?,
-                };
-                Ok(CredentialConfig::WorkloadIdentity { token_file })
-            }
-        }
-    }
-
-    /// What the Azure SDKs' EnvironmentCredential / WorkloadIdentityCredential would use.
-    fn credentials_from_azure_env(&self) -> Result<Vec<CredentialConfig>, ConfigError> {
-        let mut credentials = Vec::new();
-        if let Some(secret) = self.env("AZURE_CLIENT_SECRET") {
-            credentials.push(CredentialConfig::ClientSecret { secret: Secret::new(secret) });
-        }
-        if let Some(file) = self.env("AZURE_FEDERATED_TOKEN_FILE") {
-            credentials.push(CredentialConfig::WorkloadIdentity { token_file: PathBuf::from(file) });
-        }
-        Ok(credentials)
     }
 
     fn identity_from_azure_env(&self) -> Result<IdentityConfig, ConfigError> {
@@ -565,32 +591,29 @@ impl Validator<'_> {
         };
         let client_id = self.env("AZURE_CLIENT_ID").ok_or_else(|| {
             missing(
-                "no identity configured: add [[identities]] to the configuration file, set AZURE_CLIENT_ID, \
-                 AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE or AZURE_CLIENT_SECRET, or run with --dev",
+                "no identity configured: add [[identities]] to the configuration file (for a laptop: \
+                 credentials = [{ kind = \"azure_cli\" }]), set AZURE_CLIENT_ID (with AZURE_TENANT_ID and \
+                 AZURE_FEDERATED_TOKEN_FILE or AZURE_CLIENT_SECRET), or run with --dev",
             )
         })?;
-        let tenant_id =
-            self.env("AZURE_TENANT_ID").ok_or_else(|| missing("AZURE_CLIENT_ID is set but AZURE_TENANT_ID is not"))?;
-        validate_tenant(tenant_id).map_err(|problem| ConfigError {
-            key: "AZURE_TENANT_ID".into(),
-            origin: "environment variable AZURE_TENANT_ID".into(),
-            problem,
-        })?;
-        let credentials = self.credentials_from_azure_env()?;
-        if credentials.is_empty() {
-            return Err(missing(
-                "AZURE_CLIENT_ID is set but neither AZURE_FEDERATED_TOKEN_FILE nor AZURE_CLIENT_SECRET is",
-            ));
+        let tenant_id = self.env("AZURE_TENANT_ID");
+        if let Some(tenant) = tenant_id {
+            validate_tenant(tenant).map_err(|problem| ConfigError {
+                key: "AZURE_TENANT_ID".into(),
+                origin: "environment variable AZURE_TENANT_ID".into(),
+                problem,
+            })?;
         }
         Ok(IdentityConfig {
             name: "default".into(),
             client_id: client_id.to_owned(),
-            tenant_id: Some(tenant_id.to_owned()),
+            tenant_id: tenant_id.map(str::to_owned),
             object_id: None,
             resource_id: None,
             default: true,
             prefetch: Vec::new(),
-            credentials,
+            additionally_allowed_tenants: Vec::new(),
+            credentials: self.default_chain(client_id, tenant_id),
         })
     }
 
@@ -614,6 +637,7 @@ impl Validator<'_> {
                 resource_id: identity.resource_id,
                 default: identity.default,
                 prefetch: self.prefetch(&format!("identities.{index}.prefetch"), identity.prefetch)?,
+                additionally_allowed_tenants: Vec::new(),
                 credentials: vec![CredentialConfig::Dev],
             });
         }
@@ -696,6 +720,7 @@ fn dev_identity(name: &str, client_id: &str, default: bool) -> IdentityConfig {
         resource_id: None,
         default,
         prefetch: Vec::new(),
+        additionally_allowed_tenants: Vec::new(),
         credentials: vec![CredentialConfig::Dev],
     }
 }

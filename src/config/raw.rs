@@ -66,6 +66,8 @@ impl Default for RawServer {
 pub struct RawUpstream {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub authority_host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<String>,
     pub timeout_secs: u64,
     pub max_retries: u32,
     pub retry_base_ms: u64,
@@ -77,6 +79,7 @@ impl Default for RawUpstream {
     fn default() -> Self {
         Self {
             authority_host: None,
+            cloud: None,
             timeout_secs: 10,
             max_retries: 3,
             retry_base_ms: 500,
@@ -172,6 +175,8 @@ pub struct RawIdentity {
     pub resource_id: Option<String>,
     pub default: bool,
     pub prefetch: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub additionally_allowed_tenants: Vec<String>,
     pub credentials: Vec<RawCredential>,
 }
 
@@ -188,4 +193,61 @@ pub enum RawCredential {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token_file: Option<PathBuf>,
     },
+    ClientCertificate {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        certificate_file: Option<PathBuf>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        private_key_file: Option<PathBuf>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password_file: Option<PathBuf>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        algorithm: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        send_certificate_chain: Option<bool>,
+    },
+    ClientAssertion {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file: Option<PathBuf>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        command: Option<Vec<String>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_secs: Option<u64>,
+    },
+    AzurePipelines {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service_connection_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        oidc_request_uri: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        system_access_token: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        system_access_token_file: Option<PathBuf>,
+    },
+    ManagedIdentity {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endpoint: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        identity_header: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        identity_header_file: Option<PathBuf>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        object_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resource_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gone_retry_secs: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_base_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_retries: Option<u32>,
+    },
+    AzureCli {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_secs: Option<u64>,
+    },
+    Environment {},
 }

@@ -2,10 +2,11 @@
 
 use async_trait::async_trait;
 
-use super::{AccessToken, Credential, CredentialError};
+use super::{AccessToken, Credential, CredentialError, LinkStatus};
 
 /// Tries each credential in turn. An unavailable credential is skipped; any other error
 /// stops the chain, because a bad secret should surface, not be masked by the next link.
+/// When every link is unavailable, the error lists what each one said.
 pub struct Chain {
     links: Vec<Box<dyn Credential>>,
 }
@@ -21,6 +22,41 @@ impl Chain {
     pub fn kinds(&self) -> Vec<&'static str> {
         self.links.iter().map(|c| c.kind()).collect()
     }
+
+    /// Every link with whether it can run here, in order; nothing is contacted.
+    pub fn statuses(&self) -> Vec<(&'static str, LinkStatus)> {
+        self.links.iter().map(|c| (c.kind(), c.status())).collect()
+    }
+
+    /// The first link that can run here and why, or `None` when no link can.
+    pub fn first_usable(&self) -> Option<(&'static str, String)> {
+        self.links.iter().find_map(|c| match c.status() {
+            LinkStatus::Usable(why) => Some((c.kind(), why)),
+            LinkStatus::NotUsable(_) => None,
+        })
+    }
+
+    /// Like `get_token`, also naming the link that produced the token.
+    pub async fn token_from(&self, resource: &str) -> Result<(&'static str, AccessToken), CredentialError> {
+        let mut unavailable = Vec::new();
+        for link in &self.links {
+            match link.get_token(resource).await {
+                Ok(token) => {
+                    tracing::debug!(credential = link.kind(), "credential provided a token");
+                    return Ok((link.kind(), token));
+                }
+                // A lone credential's error is the chain's error, unchanged.
+                Err(error) if self.links.len() == 1 => return Err(error),
+                Err(CredentialError::Unavailable { credential, reason }) => {
+                    tracing::debug!(credential, %reason, "credential unavailable, trying the next");
+                    unavailable.push(format!("{credential}: {reason}"));
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        let reason = format!("no credential of the chain could run: {}", unavailable.join("; "));
+        Err(CredentialError::Unavailable { credential: self.kind(), reason })
+    }
 }
 
 #[async_trait]
@@ -33,66 +69,117 @@ impl Credential for Chain {
     }
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {
-        let mut unavailable = Vec::new();
-        for link in &self.links {
-            match link.get_token(resource).await {
-                Ok(token) => return Ok(token),
-                Err(CredentialError::Unavailable { credential, reason }) => {
-                    tracing::debug!(credential, %reason, "credential unavailable, trying the next");
-                    unavailable.push(format!("{credential}: {reason}"));
-                }
-                Err(other) => return Err(other),
-            }
+        self.token_from(resource).await.map(|(_, token)| token)
+    }
+
+    fn status(&self) -> LinkStatus {
+        match self.first_usable() {
+            Some((kind, why)) => LinkStatus::Usable(format!("{kind}: {why}")),
+            None => LinkStatus::NotUsable("no credential of the chain can run here".to_owned()),
         }
-        Err(CredentialError::Unavailable { credential: self.kind(), reason: unavailable.join("; ") })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
     use crate::secret::Secret;
 
-    struct Fixed(Result<AccessToken, CredentialError>);
+    /// A link with a fixed answer that counts its calls.
+    struct Fixed {
+        kind: &'static str,
+        answer: Result<AccessToken, CredentialError>,
+        calls: Arc<AtomicUsize>,
+    }
 
     #[async_trait]
     impl Credential for Fixed {
         fn kind(&self) -> &'static str {
-            "fixed"
+            self.kind
         }
         async fn get_token(&self, _: &str) -> Result<AccessToken, CredentialError> {
-            self.0.clone()
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.answer.clone()
+        }
+        fn status(&self) -> LinkStatus {
+            match &self.answer {
+                Err(CredentialError::Unavailable { reason, .. }) => LinkStatus::NotUsable(reason.clone()),
+                _ => LinkStatus::Usable(format!("{} is set up", self.kind)),
+            }
         }
     }
 
-    fn token() -> AccessToken {
-        AccessToken { token: Secret::new("t"), expires_on: 100, not_before: 0, ext_expires_on: 100, refresh_on: None }
+    fn link(
+        kind: &'static str,
+        answer: Result<AccessToken, CredentialError>,
+    ) -> (Box<dyn Credential>, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        (Box::new(Fixed { kind, answer, calls: calls.clone() }), calls)
     }
 
-    fn unavailable(reason: &str) -> CredentialError {
-        CredentialError::Unavailable { credential: "fixed", reason: reason.into() }
+    fn token(expires_on: u64) -> AccessToken {
+        AccessToken { token: Secret::new("t"), expires_on, not_before: 0, ext_expires_on: expires_on, refresh_on: None }
     }
 
-    #[tokio::test]
-    async fn skips_unavailable_links_and_reports_all_of_them() {
-        let chain =
-            Chain::new(vec![Box::new(Fixed(Err(unavailable("no file")))), Box::new(Fixed(Err(unavailable("no env"))))]);
-        let err = chain.get_token("r").await.unwrap_err().to_string();
-        assert!(err.contains("no file") && err.contains("no env"), "{err}");
-
-        let chain = Chain::new(vec![Box::new(Fixed(Err(unavailable("no file")))), Box::new(Fixed(Ok(token())))]);
-        assert_eq!(chain.get_token("r").await.unwrap().expires_on, 100);
+    fn unavailable(credential: &'static str, reason: &str) -> CredentialError {
+        CredentialError::Unavailable { credential, reason: reason.into() }
     }
 
     #[tokio::test]
-    async fn a_rejection_stops_the_chain() {
+    async fn tries_links_in_order_skipping_unavailable_ones() {
+        let (env, env_calls) = link("environment", Err(unavailable("environment", "no AZURE_CLIENT_SECRET")));
+        let (wi, wi_calls) = link("workload_identity", Ok(token(100)));
+        let (cli, cli_calls) = link("azure_cli", Ok(token(200)));
+        let chain = Chain::new(vec![env, wi, cli]);
+        let (from, token) = chain.token_from("r").await.unwrap();
+        assert_eq!((from, token.expires_on), ("workload_identity", 100));
+        assert_eq!(
+            (env_calls.load(Ordering::SeqCst), wi_calls.load(Ordering::SeqCst), cli_calls.load(Ordering::SeqCst)),
+            (1, 1, 0),
+            "the link after the winner is never asked"
+        );
+        assert_eq!(chain.first_usable().unwrap().0, "workload_identity");
+        assert_eq!(chain.kinds(), ["environment", "workload_identity", "azure_cli"]);
+    }
+
+    #[tokio::test]
+    async fn the_aggregated_error_lists_every_link() {
+        let (a, _) = link("environment", Err(unavailable("environment", "no AZURE_CLIENT_SECRET")));
+        let (b, _) = link("azure_cli", Err(unavailable("azure_cli", "az is not on PATH")));
+        let chain = Chain::new(vec![a, b]);
+        let err = chain.get_token("r").await.unwrap_err();
+        assert!(matches!(err, CredentialError::Unavailable { credential: "chain", .. }));
+        let text = err.to_string();
+        assert!(
+            text.contains("environment: no AZURE_CLIENT_SECRET") && text.contains("azure_cli: az is not on PATH"),
+            "{text}"
+        );
+        assert!(chain.first_usable().is_none());
+        assert!(!chain.status().is_usable());
+    }
+
+    #[tokio::test]
+    async fn a_rejection_or_transient_failure_stops_the_chain() {
         let rejected = CredentialError::Rejected {
-            credential: "fixed",
+            credential: "client_secret",
             aadsts: Some(7000215),
             message: "bad secret".into(),
             correlation_id: None,
         };
-        let chain = Chain::new(vec![Box::new(Fixed(Err(rejected))), Box::new(Fixed(Ok(token())))]);
+        let (bad, _) = link("client_secret", Err(rejected));
+        let (good, good_calls) = link("workload_identity", Ok(token(1)));
+        let chain = Chain::new(vec![bad, good]);
         assert!(chain.get_token("r").await.unwrap_err().is_permanent());
+        assert_eq!(good_calls.load(Ordering::SeqCst), 0);
+
+        let down = CredentialError::Transient { credential: "managed_identity", reason: "500".into() };
+        let (down, _) = link("managed_identity", Err(down));
+        let (good, good_calls) = link("azure_cli", Ok(token(1)));
+        let chain = Chain::new(vec![down, good]);
+        assert!(matches!(chain.get_token("r").await, Err(CredentialError::Transient { .. })));
+        assert_eq!(good_calls.load(Ordering::SeqCst), 0);
     }
 }

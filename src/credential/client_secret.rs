@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::entra::{ClientAuth, EntraClient};
-use super::{AccessToken, Credential, CredentialError};
+use super::{AccessToken, Credential, CredentialError, LinkStatus};
 use crate::secret::Secret;
 
 /// An application (service principal) authenticating with its secret.
@@ -39,5 +39,9 @@ impl Credential for ClientSecretCredential {
                 ClientAuth::Secret(&self.secret),
             )
             .await
+    }
+
+    fn status(&self) -> LinkStatus {
+        LinkStatus::Usable(format!("client secret for application {} (validity is not checked)", self.client_id))
     }
 }

@@ -4,16 +4,25 @@
 //! identity's credentials in order; [`entra`] is the only code that speaks OAuth2 to the
 //! authority. Nothing here caches: the broker decides when to call a credential.
 
+pub mod azure_cli;
+pub mod azure_pipelines;
+mod build;
+pub mod certificate;
 mod chain;
+pub mod client_assertion;
 pub mod client_secret;
 pub mod dev_issuer;
 pub mod entra;
+pub mod environment;
+mod jwt;
+pub mod managed_identity;
 pub mod workload_identity;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use build::{BuildContext, NotConfigured, build};
 pub use chain::Chain;
 
 use crate::secret::Secret;
@@ -70,6 +79,49 @@ impl CredentialError {
     pub fn is_permanent(&self) -> bool {
         matches!(self, Self::Rejected { .. })
     }
+
+    /// Appends `detail` to the message of a rejection with AADSTS code `code`; any other
+    /// error is returned unchanged. Credentials use it to name what they presented (the
+    /// federated token's claims, the certificate's thumbprint), which the authority's own
+    /// message does not.
+    pub fn with_detail(self, code: u32, detail: impl FnOnce() -> String) -> Self {
+        match self {
+            Self::Rejected { credential, aadsts: Some(found), message, correlation_id } if found == code => {
+                Self::Rejected {
+                    credential,
+                    aadsts: Some(found),
+                    message: format!("{message}; {}", detail()),
+                    correlation_id,
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+/// Whether a credential can run here, judged from configuration and the local machine only
+/// (files exist, a program is on `PATH`), never by contacting anything. `tokenrelay check`
+/// prints it and the start-up log names the first usable link of every chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkStatus {
+    /// It will be tried; the text says why (`AZURE_CLIENT_SECRET is set`).
+    Usable(String),
+    /// It will be skipped; the text says what is missing.
+    NotUsable(String),
+}
+
+impl LinkStatus {
+    /// Whether the link will be tried.
+    pub fn is_usable(&self) -> bool {
+        matches!(self, Self::Usable(_))
+    }
+
+    /// The explanation, usable or not.
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Usable(reason) | Self::NotUsable(reason) => reason,
+        }
+    }
 }
 
 /// Something that can obtain an access token for a resource.
@@ -81,4 +133,9 @@ pub trait Credential: Send + Sync {
     /// Obtains a new token for `resource` (an App ID URI such as `https://vault.azure.net`,
     /// never a scope). Implementations do not cache.
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError>;
+
+    /// Whether this credential can run here, without contacting anything.
+    fn status(&self) -> LinkStatus {
+        LinkStatus::Usable("configured".to_owned())
+    }
 }

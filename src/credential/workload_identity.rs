@@ -10,19 +10,17 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use base64::Engine;
 use tokio::sync::Mutex;
 
 use super::entra::{ClientAuth, EntraClient};
-use super::{AccessToken, Credential, CredentialError};
+use super::jwt::{NO_MATCHING_FEDERATION, describe_federated_claims};
+use super::{AccessToken, Credential, CredentialError, LinkStatus};
 use crate::secret::Secret;
 
 /// Longest time a token file's contents are trusted without reading it again.
 const MAX_FILE_AGE: Duration = Duration::from_secs(300);
 /// AADSTS code for an expired or not-yet-valid assertion.
 const ASSERTION_EXPIRED: u32 = 700024;
-/// AADSTS code for a federated token that matches no federated identity credential.
-const NO_MATCHING_FEDERATION: u32 = 70021;
 
 /// An application federated with the cluster's service-account issuer.
 pub struct WorkloadIdentityCredential {
@@ -96,65 +94,25 @@ impl Credential for WorkloadIdentityCredential {
     }
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {
-        let assertion = self.assertion(false).await?;
-        let result = match self.exchange(resource, &assertion).await {
-            Err(CredentialError::Rejected { aadsts: Some(ASSERTION_EXPIRED), .. }) => {
-                tracing::info!(file = %self.token_file.display(), "federated token expired; re-reading the file and retrying once");
-                let fresh = self.assertion(true).await?;
-                self.exchange(resource, &fresh).await
-            }
-            other => other,
-        };
-        result.map_err(|error| match error {
-            // Name what was presented: the three values Entra matched against the federated
-            // identity credential. They are claims, not secrets; the token itself is never shown.
-            CredentialError::Rejected { credential, aadsts: Some(NO_MATCHING_FEDERATION), message, correlation_id } => {
-                CredentialError::Rejected {
-                    credential,
-                    aadsts: Some(NO_MATCHING_FEDERATION),
-                    message: format!("{message}; presented {}", describe_assertion(&assertion)),
-                    correlation_id,
-                }
-            }
-            other => other,
+        let mut assertion = self.assertion(false).await?;
+        let mut result = self.exchange(resource, &assertion).await;
+        if let Err(CredentialError::Rejected { aadsts: Some(ASSERTION_EXPIRED), .. }) = &result {
+            tracing::info!(file = %self.token_file.display(), "federated token expired; re-reading the file and retrying once");
+            assertion = self.assertion(true).await?;
+            result = self.exchange(resource, &assertion).await;
+        }
+        // Name what was presented: the three values Entra matched against the federated
+        // identity credential.
+        result.map_err(|error| {
+            error.with_detail(NO_MATCHING_FEDERATION, || format!("presented {}", describe_federated_claims(&assertion)))
         })
     }
-}
 
-/// `issuer "…", subject "…", audience "…"` of a JWT, read without verifying it.
-fn describe_assertion(assertion: &Secret) -> String {
-    let claims = assertion
-        .expose()
-        .split('.')
-        .nth(1)
-        .and_then(|payload| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok())
-        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
-    let Some(claims) = claims else {
-        return "a token that is not a readable JWT".to_owned();
-    };
-    let claim = |name: &str| match &claims[name] {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Array(items) => items.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(","),
-        _ => "(none)".to_owned(),
-    };
-    format!("issuer \"{}\", subject \"{}\", audience \"{}\"", claim("iss"), claim("sub"), claim("aud"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn describes_the_federated_claims_without_the_token() {
-        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(r#"{"iss":"https://oidc.example","sub":"system:serviceaccount:ns:sa","aud":["api://AzureADTokenExchange"]}"#);
-        let jwt = Secret::new(format!("e30.{payload}.c2lnbmF0dXJl"));
-        let text = describe_assertion(&jwt);
-        assert_eq!(
-            text,
-            "issuer \"https://oidc.example\", subject \"system:serviceaccount:ns:sa\", audience \"api://AzureADTokenExchange\""
-        );
-        assert!(!text.contains("c2lnbmF0dXJl"));
-        assert_eq!(describe_assertion(&Secret::new("garbage")), "a token that is not a readable JWT");
+    fn status(&self) -> LinkStatus {
+        if self.token_file.is_file() {
+            LinkStatus::Usable(format!("federated token file {} exists", self.token_file.display()))
+        } else {
+            LinkStatus::NotUsable(format!("federated token file {} does not exist (yet)", self.token_file.display()))
+        }
     }
 }

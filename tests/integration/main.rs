@@ -5,7 +5,9 @@ mod support;
 
 mod app_service;
 mod cache;
+mod certificates;
 mod cli;
+mod credentials;
 mod dev;
 mod imds;
 mod limits;

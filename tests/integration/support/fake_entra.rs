@@ -3,6 +3,13 @@
 //! It behaves like the real one where tokenrelay can tell: it validates the form (grant type,
 //! client id, scope, secret or assertion), answers with Entra's JSON shapes and AADSTS codes,
 //! and can be scripted to be slow, fail, throttle with `Retry-After`, or go down.
+//!
+//! Certificate assertions are verified as Entra does: the `x5t#S256` (PS256) or `x5t` (RS256)
+//! header must name a certificate registered with `register_certificate`, the signature must
+//! verify with that certificate's public key, `aud` must be this token endpoint, `iss` and
+//! `sub` the client id, and the time window must hold. Federated assertions match either an
+//! exact token (`accept_assertion`) or a federated identity credential (`federate`: issuer
+//! and subject, audience `api://AzureADTokenExchange`).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -37,7 +44,12 @@ pub enum Scripted {
 pub struct SeenRequest {
     pub tenant: String,
     pub form: HashMap<String, String>,
+    /// The JOSE header of `client_assertion`, when it is a JWT.
+    pub assertion_header: Option<serde_json::Value>,
 }
+
+/// The audience federated identity credentials require.
+pub const FEDERATION_AUDIENCE: &str = "api://AzureADTokenExchange";
 
 #[derive(Debug)]
 struct Behaviour {
@@ -52,6 +64,12 @@ struct Behaviour {
     script: VecDeque<Scripted>,
     seen: Vec<SeenRequest>,
     issued: u64,
+    /// DER certificates registered on the application.
+    certificates: Vec<Vec<u8>>,
+    /// Federated identity credentials: (issuer, subject).
+    federations: Vec<(String, String)>,
+    /// `http://127.0.0.1:PORT`, for the expected `aud` of certificate assertions.
+    base_url: String,
 }
 
 /// A running fake authority; stops when dropped.
@@ -74,10 +92,14 @@ impl FakeEntra {
             script: VecDeque::new(),
             seen: Vec::new(),
             issued: 0,
+            certificates: Vec::new(),
+            federations: Vec::new(),
+            base_url: String::new(),
         }));
         let app = Router::new().route("/{tenant}/oauth2/v2.0/token", post(token)).with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        state.lock().unwrap().base_url = format!("http://{addr}");
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
@@ -114,6 +136,48 @@ impl FakeEntra {
         let mut state = self.state.lock().unwrap();
         state.accepted_assertion = Some(assertion.to_owned());
         state.wrong_assertion_code = wrong_code;
+    }
+
+    /// Registers a certificate (DER) on the application, as uploading it to the portal does.
+    pub fn register_certificate(&self, der: &[u8]) {
+        self.state.lock().unwrap().certificates.push(der.to_vec());
+    }
+
+    /// Removes every registered certificate.
+    pub fn unregister_certificates(&self) {
+        self.state.lock().unwrap().certificates.clear();
+    }
+
+    /// Adds a federated identity credential: JWTs with this issuer and subject and the
+    /// audience `api://AzureADTokenExchange` are accepted as assertions.
+    pub fn federate(&self, issuer: &str, subject: &str) {
+        self.state.lock().unwrap().federations.push((issuer.to_owned(), subject.to_owned()));
+    }
+
+    /// The token endpoint of `tenant`: the `aud` of certificate assertions.
+    pub fn token_endpoint(&self, tenant: &str) -> String {
+        format!("{}/{tenant}/oauth2/v2.0/token", self.url())
+    }
+
+    /// Posts a client-credentials request with `assertion` directly (to test the fake itself).
+    pub async fn post_assertion(&self, assertion: &str) -> (u16, serde_json::Value) {
+        let response = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .post(self.token_endpoint(TENANT))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", CLIENT_ID),
+                ("scope", "https://vault.azure.net/.default"),
+                ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+                ("client_assertion", assertion),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
     }
 
     /// Queues behaviour for the next requests, in order.
@@ -163,7 +227,8 @@ async fn token(
 ) -> Response {
     let (delay, scripted, down) = {
         let mut s = state.lock().unwrap();
-        s.seen.push(SeenRequest { tenant: tenant.clone(), form: form.clone() });
+        let assertion_header = form.get("client_assertion").and_then(|a| jwt_part(a, 0));
+        s.seen.push(SeenRequest { tenant: tenant.clone(), form: form.clone(), assertion_header });
         (s.delay, s.script.pop_front(), s.down)
     };
     if !delay.is_zero() {
@@ -212,9 +277,17 @@ async fn token(
             "The provided value for the input parameter 'scope' is not valid.",
         );
     };
-    let (accepted_assertion, wrong_code, lifetime, refresh_in) = {
+    let (accepted_assertion, wrong_code, lifetime, refresh_in, certificates, federations, base_url) = {
         let s = state.lock().unwrap();
-        (s.accepted_assertion.clone(), s.wrong_assertion_code, s.lifetime_secs, s.refresh_in_secs)
+        (
+            s.accepted_assertion.clone(),
+            s.wrong_assertion_code,
+            s.lifetime_secs,
+            s.refresh_in_secs,
+            s.certificates.clone(),
+            s.federations.clone(),
+            s.base_url.clone(),
+        )
     };
     match (form.get("client_secret"), form.get("client_assertion"), form.get("client_assertion_type")) {
         (Some(secret), None, None) => {
@@ -223,7 +296,15 @@ async fn token(
             }
         }
         (None, Some(assertion), Some(kind)) if kind == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" => {
-            if accepted_assertion.as_deref() != Some(assertion.as_str()) {
+            let header = jwt_part(assertion, 0).unwrap_or_default();
+            if header.get("x5t").is_some() || header.get("x5t#S256").is_some() {
+                let audience = format!("{base_url}/{tenant}/oauth2/v2.0/token");
+                if let Err((code, description)) = verify_certificate_assertion(assertion, &certificates, &audience) {
+                    return entra_error(401, "invalid_client", code, &description);
+                }
+            } else if accepted_assertion.as_deref() != Some(assertion.as_str())
+                && !matches_federation(assertion, &federations)
+            {
                 return entra_error(400, "invalid_client", wrong_code, "The client assertion was not accepted.");
             }
         }
@@ -246,4 +327,86 @@ async fn token(
         body["refresh_in"] = json!(refresh_in);
     }
     Json(body).into_response()
+}
+
+/// Part `index` (0 header, 1 claims) of a JWT, decoded without verification.
+fn jwt_part(jwt: &str, index: usize) -> Option<serde_json::Value> {
+    use base64::Engine;
+    let part = jwt.split('.').nth(index)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Whether a federated JWT matches a federated identity credential (issuer, subject and the
+/// exchange audience). Like Entra, only the claims are compared here; a real authority also
+/// checks the signature against the issuer's published keys.
+fn matches_federation(assertion: &str, federations: &[(String, String)]) -> bool {
+    let Some(claims) = jwt_part(assertion, 1) else {
+        return false;
+    };
+    let audience_ok = match &claims["aud"] {
+        serde_json::Value::String(aud) => aud == FEDERATION_AUDIENCE,
+        serde_json::Value::Array(auds) => auds.iter().any(|a| a == FEDERATION_AUDIENCE),
+        _ => false,
+    };
+    audience_ok && federations.iter().any(|(iss, sub)| claims["iss"] == iss.as_str() && claims["sub"] == sub.as_str())
+}
+
+#[derive(serde::Deserialize)]
+struct AssertionClaims {
+    jti: String,
+    nbf: u64,
+    exp: u64,
+}
+
+/// Verifies a certificate assertion as Entra does; the error is (AADSTS code, description).
+fn verify_certificate_assertion(
+    assertion: &str,
+    certificates: &[Vec<u8>],
+    audience: &str,
+) -> Result<(), (u32, String)> {
+    use base64::Engine;
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+
+    let invalid = |reason: &str| (700027, format!("Client assertion failed signature validation. [Reason - {reason}]"));
+    let header = jsonwebtoken::decode_header(assertion).map_err(|e| invalid(&format!("not a JWT: {e}")))?;
+    let digest = |der: &Vec<u8>| {
+        let algorithm = match header.alg {
+            Algorithm::PS256 => &aws_lc_rs::digest::SHA256,
+            _ => &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        };
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(algorithm, der))
+    };
+    let thumbprint = match header.alg {
+        Algorithm::PS256 => header.x5t_s256.clone().ok_or_else(|| invalid("PS256 needs x5t#S256"))?,
+        Algorithm::RS256 => header.x5t.clone().ok_or_else(|| invalid("RS256 needs x5t"))?,
+        other => return Err(invalid(&format!("algorithm {other:?} is not accepted"))),
+    };
+    let certificate = certificates
+        .iter()
+        .find(|der| digest(der) == thumbprint)
+        .ok_or_else(|| invalid(&format!("The key was not found., Thumbprint of key used by client: '{thumbprint}'")))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate).unwrap();
+    let key = DecodingKey::from_rsa_der(parsed.public_key().subject_public_key.data.as_ref());
+    let mut validation = Validation::new(header.alg);
+    validation.leeway = 0;
+    validation.validate_nbf = true;
+    validation.set_audience(&[audience]);
+    validation.set_issuer(&[CLIENT_ID]);
+    validation.sub = Some(CLIENT_ID.to_owned());
+    validation.set_required_spec_claims(&["exp", "nbf", "aud", "iss", "sub"]);
+    let claims = jsonwebtoken::decode::<AssertionClaims>(assertion, &key, &validation).map_err(|e| match e.kind() {
+        ErrorKind::ExpiredSignature | ErrorKind::ImmatureSignature => {
+            (700024, "Client assertion is not within its valid time range.".to_owned())
+        }
+        ErrorKind::InvalidAudience => (700021, format!("Client assertion audience claim does not match {audience}.")),
+        ErrorKind::InvalidIssuer | ErrorKind::InvalidSubject => {
+            (700021, "Client assertion application identifier doesn't match 'client_id' parameter.".to_owned())
+        }
+        other => invalid(&format!("{other:?}")),
+    })?;
+    if claims.claims.jti.is_empty() || claims.claims.exp.saturating_sub(claims.claims.nbf) > 3600 {
+        return Err(invalid("jti missing or lifetime too long"));
+    }
+    Ok(())
 }

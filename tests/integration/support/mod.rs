@@ -1,6 +1,9 @@
 //! Shared test support: the fake authority and a handle on a running `tokenrelay` binary.
 
+pub mod certs;
+pub mod fake_devops;
 pub mod fake_entra;
+pub mod fake_imds;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -59,12 +62,17 @@ pub struct TestRelay {
 impl TestRelay {
     /// `tokenrelay serve --config <file with toml> --listen 127.0.0.1:0 <args>`.
     pub async fn serve(toml: &str, args: &[&str]) -> Self {
+        Self::serve_with_env(toml, args, &[]).await
+    }
+
+    /// Like `serve`, with extra environment variables for the child process only.
+    pub async fn serve_with_env(toml: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("tokenrelay.toml");
         std::fs::write(&config, toml).unwrap();
         let mut full = vec!["serve", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"];
         full.extend_from_slice(args);
-        Self::spawn(dir, &full, 1).await
+        Self::spawn_with_env(dir, &full, 1, env).await
     }
 
     /// `tokenrelay serve --dev --listen 127.0.0.1:0 <args>` with no configuration file.
@@ -76,9 +84,14 @@ impl TestRelay {
     }
 
     async fn spawn(dir: tempfile::TempDir, args: &[&str], header_lines: usize) -> Self {
+        Self::spawn_with_env(dir, args, header_lines, &[]).await
+    }
+
+    async fn spawn_with_env(dir: tempfile::TempDir, args: &[&str], header_lines: usize, env: &[(&str, &str)]) -> Self {
         let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
         let mut child = command()
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .kill_on_drop(true)
@@ -150,19 +163,30 @@ impl TestRelay {
 }
 
 /// The binary under test, with an environment free of the caller's Azure variables.
+///
+/// A default credential chain must never reach the real IMDS address from a test, so the
+/// IMDS host is pointed at a loopback port nothing listens on (tests that want a managed
+/// identity set `AZURE_POD_IDENTITY_AUTHORITY_HOST` or `IDENTITY_ENDPOINT` themselves).
 pub fn command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tokenrelay"));
     for (key, _) in std::env::vars() {
         if key.starts_with("AZURE_")
             || key.starts_with("TOKENRELAY_")
             || key.starts_with("IDENTITY_")
+            || key.starts_with("MSI_")
+            || key.starts_with("SYSTEM_")
+            || key == "IMDS_ENDPOINT"
             || key == "RUST_LOG"
         {
             command.env_remove(key);
         }
     }
+    command.env("AZURE_POD_IDENTITY_AUTHORITY_HOST", UNREACHABLE_IMDS);
     command
 }
+
+/// Where tests point the default chain's IMDS: a loopback port that refuses connections.
+pub const UNREACHABLE_IMDS: &str = "http://127.0.0.1:9";
 
 /// Reads a JSON body, failing with the raw text if it is not JSON.
 pub async fn json(response: reqwest::Response) -> serde_json::Value {

@@ -1,0 +1,229 @@
+//! `azure_cli`: tokens from the developer's Azure CLI login, for laptops.
+//!
+//! Runs `az account get-access-token --resource R [--tenant T] -o json` (protocols.md 3f)
+//! with a timeout and reads `accessToken` and `expires_on` (epoch seconds, printed by CLI
+//! 2.54.0 and later; the local-time `expiresOn` string is never parsed). A missing `az` or
+//! a CLI that is not logged in is "unavailable", so a chain moves on.
+//!
+//! `az` is found through the process's `PATH` and inherits its environment, as when a
+//! developer runs it: that is where its login lives.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+use super::client_assertion::quote_stderr;
+use super::{AccessToken, Credential, CredentialError, LinkStatus};
+use crate::clock::{Clock, SystemClock};
+use crate::secret::Secret;
+
+/// The program run.
+const PROGRAM: &str = "az";
+
+/// The developer's Azure CLI.
+pub struct AzureCliCredential {
+    tenant_id: Option<String>,
+    timeout: Duration,
+    /// The `PATH` tokenrelay runs with, searched by `status` (the spawn searches it itself).
+    search_path: Option<String>,
+}
+
+impl AzureCliCredential {
+    /// A credential that asks the CLI for tokens of `tenant_id` (the CLI's default tenant when
+    /// `None`), waiting at most `timeout` for it.
+    pub fn new(tenant_id: Option<String>, timeout: Duration, search_path: Option<String>) -> Self {
+        Self { tenant_id, timeout, search_path }
+    }
+
+    fn arguments(&self, resource: &str) -> Vec<String> {
+        let mut args: Vec<String> =
+            ["account", "get-access-token", "--resource", resource].iter().map(|s| (*s).to_owned()).collect();
+        if let Some(tenant) = &self.tenant_id {
+            args.extend(["--tenant".to_owned(), tenant.clone()]);
+        }
+        args.extend(["-o".to_owned(), "json".to_owned()]);
+        args
+    }
+
+    async fn run(&self, resource: &str) -> Result<(std::process::ExitStatus, String, String), CredentialError> {
+        let mut child = Command::new(PROGRAM)
+            .args(self.arguments(resource))
+            .env("AZURE_CORE_NO_COLOR", "true")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => self.unavailable(
+                    "the Azure CLI (az) is not on PATH; install it, or remove azure_cli from the chain".to_owned(),
+                ),
+                _ => self.transient(format!("cannot run az: {e}")),
+            })?;
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let work = async {
+            let mut out = String::new();
+            let mut err = String::new();
+            let (_, _, status) =
+                tokio::join!(stdout.read_to_string(&mut out), stderr.read_to_string(&mut err), child.wait());
+            status.map(|status| (status, out, err))
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(e)) => Err(self.transient(format!("waiting for az: {e}"))),
+            Err(_) => Err(self.transient(format!(
+                "az account get-access-token did not finish within {} s and was stopped",
+                self.timeout.as_secs()
+            ))),
+        }
+    }
+
+    fn unavailable(&self, reason: String) -> CredentialError {
+        CredentialError::Unavailable { credential: self.kind(), reason }
+    }
+
+    fn transient(&self, reason: String) -> CredentialError {
+        CredentialError::Transient { credential: self.kind(), reason }
+    }
+
+    fn rejected(&self, message: String) -> CredentialError {
+        CredentialError::Rejected { credential: self.kind(), aadsts: None, message, correlation_id: None }
+    }
+}
+
+#[async_trait]
+impl Credential for AzureCliCredential {
+    fn kind(&self) -> &'static str {
+        "azure_cli"
+    }
+
+    async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {
+        let issued_at = SystemClock.now();
+        let (status, stdout, stderr) = self.run(resource).await?;
+        if !status.success() {
+            let said = quote_stderr(&stderr);
+            if stderr.contains("az login") {
+                let login = match &self.tenant_id {
+                    Some(tenant) => format!("az login --tenant {tenant}"),
+                    None => "az login".to_owned(),
+                };
+                return Err(self.unavailable(format!("the Azure CLI is not logged in; run `{login}`{said}")));
+            }
+            return Err(self.rejected(format!("az account get-access-token failed ({status}){said}")));
+        }
+        let parsed: CliToken = serde_json::from_str(&stdout)
+            .map_err(|e| self.rejected(format!("az account get-access-token printed unreadable JSON: {e}")))?;
+        let Some(expires_on) = parsed.expires_on else {
+            return Err(self.rejected(
+                "the Azure CLI is too old: it does not print expires_on; upgrade to Azure CLI 2.54.0 or newer"
+                    .to_owned(),
+            ));
+        };
+        let expires_on = expires_on.seconds().map_err(|e| self.rejected(format!("az printed expires_on {e}")))?;
+        Ok(AccessToken {
+            token: Secret::new(parsed.access_token),
+            expires_on,
+            not_before: issued_at,
+            ext_expires_on: expires_on,
+            refresh_on: None,
+        })
+    }
+
+    fn status(&self) -> LinkStatus {
+        match find_program(self.search_path.as_deref()) {
+            Some(path) => LinkStatus::Usable(format!("az found at {} (login state is not checked)", path.display())),
+            None => LinkStatus::NotUsable("the Azure CLI (az) is not on PATH".to_owned()),
+        }
+    }
+}
+
+/// What `az account get-access-token -o json` prints (other fields ignored).
+#[derive(Deserialize)]
+struct CliToken {
+    #[serde(rename = "accessToken")]
+    access_token: String,
+    #[serde(default)]
+    expires_on: Option<Epoch>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Epoch {
+    Number(u64),
+    String(String),
+}
+
+impl Epoch {
+    fn seconds(&self) -> Result<u64, String> {
+        match self {
+            Self::Number(n) => Ok(*n),
+            Self::String(s) => s.trim().parse().map_err(|_| format!("{s:?}, which is not epoch seconds")),
+        }
+    }
+}
+
+/// The first executable `az` on `search_path`.
+fn find_program(search_path: Option<&str>) -> Option<PathBuf> {
+    std::env::split_paths(search_path?).map(|dir| dir.join(PROGRAM)).find(|candidate| is_executable(candidate))
+}
+
+#[cfg(unix)]
+fn is_executable(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(not(unix))]
+fn is_executable(path: &std::path::Path) -> bool {
+    path.is_file()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_the_documented_command_line() {
+        let cli = AzureCliCredential::new(Some("contoso.onmicrosoft.com".into()), Duration::from_secs(10), None);
+        assert_eq!(
+            cli.arguments("https://vault.azure.net").join(" "),
+            "account get-access-token --resource https://vault.azure.net --tenant contoso.onmicrosoft.com -o json"
+        );
+        let cli = AzureCliCredential::new(None, Duration::from_secs(10), None);
+        assert!(!cli.arguments("r").contains(&"--tenant".to_owned()));
+    }
+
+    #[test]
+    fn expires_on_is_a_number_or_a_numeric_string() {
+        let token: CliToken = serde_json::from_str(
+            r#"{"accessToken":"t","expiresOn":"2026-11-29 13:00:00.000000","expires_on":1795960209}"#,
+        )
+        .unwrap();
+        assert_eq!(token.expires_on.unwrap().seconds().unwrap(), 1795960209);
+        let old: CliToken = serde_json::from_str(r#"{"accessToken":"t","expiresOn":"2026-11-29 13:00:00"}"#).unwrap();
+        assert!(old.expires_on.is_none());
+    }
+
+    #[test]
+    fn finds_az_only_when_it_is_an_executable_on_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(find_program(Some(dir.path().to_str().unwrap())).is_none());
+        let az = dir.path().join("az");
+        std::fs::write(&az, "#!/bin/sh\n").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert!(find_program(Some(dir.path().to_str().unwrap())).is_none(), "not executable yet");
+            std::fs::set_permissions(&az, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let path = format!("/nonexistent:{}", dir.path().display());
+        assert_eq!(find_program(Some(&path)), Some(az));
+        assert!(find_program(None).is_none());
+    }
+}

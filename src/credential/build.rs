@@ -1,0 +1,113 @@
+//! From configuration to credentials: the one `match` over every kind.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::azure_cli::AzureCliCredential;
+use super::azure_pipelines::AzurePipelinesCredential;
+use super::certificate::CertificateCredential;
+use super::client_assertion::ClientAssertionCredential;
+use super::client_secret::ClientSecretCredential;
+use super::dev_issuer::{DevCredential, DevIssuer};
+use super::entra::EntraClient;
+use super::environment::EnvironmentCredential;
+use super::managed_identity::ManagedIdentityCredential;
+use super::workload_identity::WorkloadIdentityCredential;
+use super::{AccessToken, Credential, CredentialError, LinkStatus};
+use crate::config::{CredentialConfig, EnvironmentSource};
+
+/// What every credential of one identity shares.
+pub struct BuildContext<'a> {
+    /// The Entra client (authority host, retries, concurrency limit).
+    pub entra: &'a Arc<EntraClient>,
+    /// The development issuer, under `--dev`.
+    pub dev_issuer: Option<&'a Arc<DevIssuer>>,
+    /// The identity's application (client) id.
+    pub client_id: &'a str,
+    /// The identity's object id, when configured (development tokens' `oid`).
+    pub object_id: Option<&'a str>,
+    /// The tenant to ask tokens of; configuration guarantees it for kinds that need one.
+    pub tenant_id: Option<&'a str>,
+    /// Hard limit on one upstream HTTP exchange.
+    pub timeout: Duration,
+}
+
+/// Builds one credential. Fails only when an HTTP client cannot be created.
+pub fn build(config: &CredentialConfig, context: &BuildContext<'_>) -> Result<Box<dyn Credential>, String> {
+    let entra = || context.entra.clone();
+    let tenant = || context.tenant_id.unwrap_or_default().to_owned();
+    let client_id = || context.client_id.to_owned();
+    let credential: Box<dyn Credential> = match config {
+        CredentialConfig::ClientSecret { secret } => {
+            Box::new(ClientSecretCredential::new(entra(), tenant(), client_id(), secret.clone()))
+        }
+        CredentialConfig::WorkloadIdentity { token_file } => {
+            Box::new(WorkloadIdentityCredential::new(entra(), tenant(), client_id(), token_file.clone()))
+        }
+        CredentialConfig::ClientCertificate(certificate) => {
+            Box::new(CertificateCredential::new(entra(), tenant(), client_id(), certificate.clone()))
+        }
+        CredentialConfig::ClientAssertion { source } => {
+            Box::new(ClientAssertionCredential::new(entra(), tenant(), client_id(), source.clone()))
+        }
+        CredentialConfig::AzurePipelines(pipelines) => {
+            Box::new(AzurePipelinesCredential::new(entra(), tenant(), client_id(), pipelines.clone(), context.timeout)?)
+        }
+        CredentialConfig::ManagedIdentity(managed) => {
+            Box::new(ManagedIdentityCredential::new(managed.clone(), context.timeout)?)
+        }
+        CredentialConfig::AzureCli(cli) => Box::new(AzureCliCredential::new(
+            context.tenant_id.map(str::to_owned),
+            Duration::from_secs(cli.timeout_secs),
+            cli.search_path.clone(),
+        )),
+        CredentialConfig::Environment { source } => {
+            let (inner, variables): (Box<dyn Credential>, _) = match source {
+                EnvironmentSource::ClientSecret { secret } => (
+                    Box::new(ClientSecretCredential::new(entra(), tenant(), client_id(), secret.clone())),
+                    "AZURE_CLIENT_SECRET",
+                ),
+                EnvironmentSource::ClientCertificate(certificate) => (
+                    Box::new(CertificateCredential::new(entra(), tenant(), client_id(), certificate.clone())),
+                    "AZURE_CLIENT_CERTIFICATE_PATH",
+                ),
+            };
+            Box::new(EnvironmentCredential::new(inner, variables))
+        }
+        CredentialConfig::NotConfigured { credential, reason } => {
+            Box::new(NotConfigured { credential, reason: reason.clone() })
+        }
+        CredentialConfig::Dev => {
+            let issuer = context.dev_issuer.ok_or("development credentials need the development issuer")?;
+            Box::new(DevCredential::new(
+                issuer.clone(),
+                client_id(),
+                context.object_id.unwrap_or(context.client_id).to_owned(),
+            ))
+        }
+    };
+    Ok(credential)
+}
+
+/// A link whose inputs are absent here: always unavailable, with the reason.
+pub struct NotConfigured {
+    credential: &'static str,
+    reason: String,
+}
+
+#[async_trait]
+impl Credential for NotConfigured {
+    fn kind(&self) -> &'static str {
+        self.credential
+    }
+
+    async fn get_token(&self, _resource: &str) -> Result<AccessToken, CredentialError> {
+        Err(CredentialError::Unavailable { credential: self.credential, reason: self.reason.clone() })
+    }
+
+    fn status(&self) -> LinkStatus {
+        LinkStatus::NotUsable(self.reason.clone())
+    }
+}

@@ -1,0 +1,220 @@
+//! `client_assertion`: the client-credentials grant with a JWT from somewhere else.
+//!
+//! For any identity provider Entra trusts through a federated identity credential (GitHub
+//! Actions, GitLab, SPIFFE, another cloud): the assertion is read from a file for every
+//! exchange (a sidecar or agent keeps the file fresh), or printed on stdout by a command run
+//! with a timeout. Nothing is cached here, so an assertion is never presented twice after
+//! it was replaced.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+use super::entra::{ClientAuth, EntraClient};
+use super::jwt::{NO_MATCHING_FEDERATION, describe_federated_claims};
+use super::{AccessToken, Credential, CredentialError, LinkStatus};
+use crate::config::AssertionSource;
+use crate::secret::Secret;
+
+/// AADSTS code for an assertion outside its validity window.
+const ASSERTION_EXPIRED: u32 = 700024;
+/// The most of a failing command's stderr quoted in an error.
+const MAX_QUOTED_STDERR: usize = 300;
+
+/// An application presenting an externally issued JWT.
+pub struct ClientAssertionCredential {
+    entra: Arc<EntraClient>,
+    tenant_id: String,
+    client_id: String,
+    source: AssertionSource,
+}
+
+impl ClientAssertionCredential {
+    /// A credential for `client_id` in `tenant_id` presenting what `source` yields.
+    pub fn new(entra: Arc<EntraClient>, tenant_id: String, client_id: String, source: AssertionSource) -> Self {
+        Self { entra, tenant_id, client_id, source }
+    }
+
+    async fn assertion(&self) -> Result<Secret, CredentialError> {
+        let text = match &self.source {
+            AssertionSource::File { file } => tokio::fs::read_to_string(file).await.map_err(|e| {
+                self.unavailable(format!("cannot read the client assertion file {}: {e}", file.display()))
+            })?,
+            AssertionSource::Command { command, timeout_secs } => {
+                run(command, Duration::from_secs(*timeout_secs)).await.map_err(|failure| match failure {
+                    Failure::NotFound(reason) => self.unavailable(reason),
+                    Failure::Failed(reason) => CredentialError::Transient { credential: self.kind(), reason },
+                })?
+            }
+        };
+        let assertion = Secret::new(text.trim());
+        if assertion.is_empty() {
+            return Err(self.unavailable(format!("{} produced an empty assertion", self.source_name())));
+        }
+        Ok(assertion)
+    }
+
+    fn source_name(&self) -> String {
+        match &self.source {
+            AssertionSource::File { file } => format!("client assertion file {}", file.display()),
+            AssertionSource::Command { command, .. } => format!("assertion command {:?}", command[0]),
+        }
+    }
+
+    fn unavailable(&self, reason: String) -> CredentialError {
+        CredentialError::Unavailable { credential: self.kind(), reason }
+    }
+}
+
+#[async_trait]
+impl Credential for ClientAssertionCredential {
+    fn kind(&self) -> &'static str {
+        "client_assertion"
+    }
+
+    async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {
+        let assertion = self.assertion().await?;
+        let result = self
+            .entra
+            .client_credentials(
+                self.kind(),
+                &self.tenant_id,
+                &self.client_id,
+                resource,
+                ClientAuth::Assertion(&assertion),
+            )
+            .await;
+        result.map_err(|error| {
+            error
+                .with_detail(NO_MATCHING_FEDERATION, || format!("presented {}", describe_federated_claims(&assertion)))
+                .with_detail(ASSERTION_EXPIRED, || {
+                    format!("the {} yielded an expired assertion; make sure it is refreshed", self.source_name())
+                })
+        })
+    }
+
+    fn status(&self) -> LinkStatus {
+        match &self.source {
+            AssertionSource::File { file } if file.is_file() => {
+                LinkStatus::Usable(format!("client assertion file {} exists", file.display()))
+            }
+            AssertionSource::File { file } => {
+                LinkStatus::NotUsable(format!("client assertion file {} does not exist (yet)", file.display()))
+            }
+            AssertionSource::Command { command, .. } => {
+                LinkStatus::Usable(format!("runs {:?} for every exchange (not run by check)", command[0]))
+            }
+        }
+    }
+}
+
+/// Why a command yielded no assertion.
+enum Failure {
+    /// The program does not exist: the credential cannot run here.
+    NotFound(String),
+    /// It ran and failed, or took too long.
+    Failed(String),
+}
+
+/// Runs `command` (program and arguments, no shell) and returns its stdout.
+async fn run(command: &[String], timeout: Duration) -> Result<String, Failure> {
+    let program = &command[0];
+    let mut child = Command::new(program)
+        .args(&command[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Failure::NotFound(format!("assertion command {program:?} not found")),
+            _ => Failure::Failed(format!("cannot run assertion command {program:?}: {e}")),
+        })?;
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let work = async {
+        let mut out = String::new();
+        let mut err = String::new();
+        let (read_out, read_err, status) =
+            tokio::join!(stdout.read_to_string(&mut out), stderr.read_to_string(&mut err), child.wait());
+        read_out.map_err(|e| Failure::Failed(format!("reading the output of {program:?}: {e}")))?;
+        let _ = read_err;
+        let status = status.map_err(|e| Failure::Failed(format!("waiting for {program:?}: {e}")))?;
+        if !status.success() {
+            return Err(Failure::Failed(format!(
+                "assertion command {program:?} failed ({status}){}",
+                quote_stderr(&err)
+            )));
+        }
+        Ok(out)
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(result) => result,
+        // Dropping the future drops the child, which kill_on_drop ends.
+        Err(_) => Err(Failure::Failed(format!(
+            "assertion command {program:?} did not finish within {} s and was stopped",
+            timeout.as_secs()
+        ))),
+    }
+}
+
+/// `: first line of stderr`, shortened; empty when there is none.
+pub(crate) fn quote_stderr(stderr: &str) -> String {
+    let line = stderr.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+    if line.is_empty() {
+        return String::new();
+    }
+    let mut shortened: String = line.chars().take(MAX_QUOTED_STDERR).collect();
+    if shortened.len() < line.len() {
+        shortened.push('…');
+    }
+    format!(": {shortened}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_command_prints_the_assertion() {
+        let out = run(&argv(&["sh", "-c", "echo header.payload.sig"]), Duration::from_secs(10)).await;
+        assert_eq!(out.ok().unwrap().trim(), "header.payload.sig");
+    }
+
+    #[tokio::test]
+    async fn a_failing_command_quotes_its_stderr() {
+        let Err(Failure::Failed(reason)) =
+            run(&argv(&["sh", "-c", "echo 'not signed in' >&2; exit 3"]), Duration::from_secs(10)).await
+        else {
+            panic!("expected a failure");
+        };
+        assert!(reason.contains("not signed in") && reason.contains('3'), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_unavailable_and_a_slow_one_is_stopped() {
+        assert!(matches!(
+            run(&argv(&["/nonexistent/tokenrelay-helper"]), Duration::from_secs(1)).await,
+            Err(Failure::NotFound(_))
+        ));
+        let Err(Failure::Failed(reason)) = run(&argv(&["sleep", "30"]), Duration::from_millis(200)).await else {
+            panic!("expected a timeout");
+        };
+        assert!(reason.contains("did not finish"), "{reason}");
+    }
+
+    #[test]
+    fn stderr_is_quoted_briefly() {
+        assert_eq!(quote_stderr(""), "");
+        assert_eq!(quote_stderr("\n  oops \nmore"), ": oops");
+        assert!(quote_stderr(&"x".repeat(1000)).len() < 400);
+    }
+}
