@@ -545,3 +545,26 @@ async fn token_for_another_tenant_needs_it_to_be_allowed() {
     assert!(allowed.status.success(), "{}", String::from_utf8_lossy(&allowed.stderr));
     assert_eq!(entra.seen()[0].tenant, fake_entra::TENANT);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_with_only_azure_variables_uses_the_environment_link_of_the_default_chain() {
+    let entra = FakeEntra::start().await;
+    let toml = format!(
+        "[server]\nidentity_header = \"{}\"\n[upstream]\nauthority_host = \"{}\"\n[log]\nformat = \"text\"\n",
+        crate::support::HEADER_SECRET,
+        entra.url()
+    );
+    let env = [
+        ("AZURE_CLIENT_ID", fake_entra::CLIENT_ID),
+        ("AZURE_TENANT_ID", fake_entra::TENANT),
+        ("AZURE_CLIENT_SECRET", fake_entra::CLIENT_SECRET),
+        ("PATH", "/nonexistent"),
+    ];
+    let relay = TestRelay::serve_with_env(&toml, &[], &env).await;
+    let response = relay.app_service("api-version=2019-08-01&resource=https://vault.azure.net").await;
+    assert_eq!(response.status(), 200, "{}", relay.logs());
+    assert_eq!(entra.seen()[0].form["client_secret"], fake_entra::CLIENT_SECRET);
+    let logs = relay.logs();
+    assert!(logs.contains("environment will be tried first: AZURE_CLIENT_SECRET is set"), "{logs}");
+    assert!(!logs.contains(fake_entra::CLIENT_SECRET), "the secret never reaches the logs");
+}
