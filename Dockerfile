@@ -1,0 +1,113 @@
+# syntax=docker/dockerfile:1
+#
+# tokenrelay container image: a static (musl) binary on distroless, running as a non-root user.
+#
+#   docker build -t tokenrelay:dev .
+#   docker run --rm --network host tokenrelay:dev serve --dev   # try it (dev issuer, loopback)
+#
+# The image is built for linux/amd64. No Docker engine runs in this project's CI, so
+# `DEPLOY_CHECK_BUILD=1 .ci/deploy-check` replays this build stage's ARG/WORKDIR/COPY/RUN
+# lines on the (Debian 12) CI machine itself. Keep RUN lines free of absolute output paths and
+# of anything that only works inside Docker, so that replay stays meaningful.
+
+# ---------------------------------------------------------------------------------------------
+# Build stage
+# ---------------------------------------------------------------------------------------------
+# rust:1-bookworm follows the newest stable 1.x toolchain (Cargo.toml asks for at least 1.88).
+# For reproducible releases pin it by digest (rust:1-bookworm@sha256:...), e.g. with Renovate.
+FROM rust:1-bookworm AS builder
+
+# The target triple. A musl target gives a fully static binary, so the runtime image needs no
+# libc at all. On an arm64 build host, aarch64-unknown-linux-musl is the matching value (not
+# tested by CI).
+ARG RUST_TARGET=x86_64-unknown-linux-musl
+
+# musl-tools provides musl-gcc, which the C parts of the dependency tree (aws-lc-sys, the
+# crypto library behind rustls) compile with. The Rust standard library for the musl target
+# comes from rustup. The apt package is deliberately not pinned to a version (hadolint DL3008):
+# the builder should get Debian's updates, and it ships nothing into the runtime image.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends musl-tools \
+    && rm -rf /var/lib/apt/lists/* \
+    && rustup target add "${RUST_TARGET}"
+
+# Fail a RUN line when any command of a pipe fails, not only the last one.
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+WORKDIR /build
+
+# 1. Dependencies only. This layer is rebuilt only when Cargo.toml or Cargo.lock change, not on
+#    every source edit. Cargo refuses a manifest whose declared targets have no source file, so
+#    the awk program lists every [[bin]], [[test]], [[bench]] and [[example]] target's file
+#    (its `path`, or cargo's default such as benches/<name>.rs) and an empty stand-in is
+#    created for each, besides src/main.rs and src/lib.rs. They are compiled and thrown away.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src \
+    && echo 'fn main() {}' > src/main.rs \
+    && : > src/lib.rs \
+    && awk -F'"' ' \
+         function flush() { if (kind != "") { if (path == "") path = dir[kind] "/" name ".rs"; print path }; kind = ""; name = ""; path = "" } \
+         BEGIN { dir["bin"] = "src/bin"; dir["test"] = "tests"; dir["bench"] = "benches"; dir["example"] = "examples" } \
+         /^\[\[(bin|test|bench|example)\]\]/ { flush(); kind = $0; gsub(/\[|\]| /, "", kind); next } \
+         /^\[/ { flush(); next } \
+         kind != "" && /^[ \t]*name[ \t]*=/ { name = $2 } \
+         kind != "" && /^[ \t]*path[ \t]*=/ { path = $2 } \
+         END { flush() }' Cargo.toml \
+       | while read -r target; do \
+            if [ ! -e "${target}" ]; then mkdir -p "$(dirname "${target}")" && echo 'fn main() {}' > "${target}"; fi; \
+         done \
+    && cargo build --release --locked --target "${RUST_TARGET}" \
+    && rm -rf src
+
+# 2. The real sources. COPY keeps the files' own timestamps, which can be older than the
+#    stand-ins built above; touching the crate roots makes cargo rebuild tokenrelay itself.
+COPY src ./src
+RUN touch src/main.rs src/lib.rs \
+    && cargo build --release --locked --target "${RUST_TARGET}" \
+    && cp "target/${RUST_TARGET}/release/tokenrelay" ./tokenrelay \
+    && ./tokenrelay --version
+
+# ---------------------------------------------------------------------------------------------
+# Runtime stage
+# ---------------------------------------------------------------------------------------------
+# distroless/static: no shell, no package manager, no libc; it does ship the Mozilla CA bundle
+# (/etc/ssl/certs/ca-certificates.crt, which rustls uses to verify login.microsoftonline.com),
+# tzdata, /etc/passwd with the `nonroot` user (65532) and /tmp. Pin by digest for releases.
+FROM gcr.io/distroless/static-debian12:nonroot
+
+LABEL org.opencontainers.image.title="tokenrelay" \
+      org.opencontainers.image.description="Sidecar token server: Azure managed-identity endpoints backed by a cached upstream credential chain" \
+      org.opencontainers.image.licenses="MIT"
+
+COPY --from=builder /build/tokenrelay /usr/local/bin/tokenrelay
+
+# Runtime knobs (all optional; every configuration key is also a TOKENRELAY_<SECTION>__<KEY>
+# variable, e.g. TOKENRELAY_SERVER__LISTEN):
+#
+# - Listen address: 127.0.0.1:8080 by default, and that is right in a pod: all containers of a
+#   pod share one network namespace, so the app reaches http://127.0.0.1:8080 while nothing
+#   outside the pod can. Widening it (0.0.0.0) exposes tokens to the network.
+# - Configuration file: --config PATH or TOKENRELAY_CONFIG (mount a ConfigMap, e.g. at
+#   /etc/tokenrelay/config.toml). Without one, the identity comes from the AZURE_CLIENT_ID,
+#   AZURE_TENANT_ID, AZURE_FEDERATED_TOKEN_FILE and AZURE_AUTHORITY_HOST variables that the AKS
+#   workload identity webhook injects.
+# - App Service secret: TOKENRELAY_SERVER__IDENTITY_HEADER_FILE pointing at a mounted Secret.
+#   The App Service endpoint (/msi/token) refuses to start without it (except under --dev).
+# - Logs: stderr, JSON when stderr is not a terminal (TOKENRELAY_LOG__FORMAT=auto|text|json,
+#   TOKENRELAY_LOG__LEVEL=info).
+# - Health: GET /healthz (liveness) and GET /readyz (200 once prefetched tokens are cached), on
+#   the listen address. There is deliberately no Docker HEALTHCHECK: the image has no shell or
+#   HTTP client, and Kubernetes ignores HEALTHCHECK anyway.
+# - Shutdown: SIGTERM (the default stop signal) drains in-flight requests for up to
+#   server.shutdown_grace_secs (10 s), inside Kubernetes' default 30 s grace period.
+# - Filesystem: nothing is written at run time, so readOnlyRootFilesystem: true works as is.
+# - User: 65532:65532 (distroless "nonroot"), numeric so that runAsNonRoot can verify it.
+
+# Documentation only: the port the default listen address uses (on loopback).
+EXPOSE 8080
+
+USER 65532:65532
+
+ENTRYPOINT ["/usr/local/bin/tokenrelay"]
+CMD ["serve"]

@@ -1,0 +1,359 @@
+{{/*
+Named templates of the tokenrelay chart.
+
+Public (stable, for use from your own chart; see README.md "Using the sidecar in your own chart").
+Each takes a dict: "root" = the top-level context ($), "values" = tokenrelay's values (this
+chart's .Values, or .Values.tokenrelay in a parent chart that depends on this one):
+
+  tokenrelay.initContainers   the sidecar, then the wait-for-ready container (list items)
+  tokenrelay.sidecar          only the tokenrelay native-sidecar container (a list item)
+  tokenrelay.waitContainer    only the wait-for-ready init container (empty when disabled)
+  tokenrelay.appEnv           env entries for application containers (list items)
+  tokenrelay.volumes          pod volumes the sidecar mounts (list items)
+  tokenrelay.podLabels        pod labels (the workload identity opt-in)
+  tokenrelay.podAnnotations   pod annotations; needs "containers": the names of every other
+                              container of the pod (app containers and other init containers)
+  tokenrelay.serviceAccountName
+
+Everything else here is internal.
+*/}}
+
+{{/* Base name: "tokenrelay" unless nameOverride. */}}
+{{- define "tokenrelay.name" -}}
+{{- default "tokenrelay" .values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* "<release>-tokenrelay", or the release name when it already contains the base name. */}}
+{{- define "tokenrelay.fullname" -}}
+{{- if .values.fullnameOverride -}}
+{{- .values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "tokenrelay.name" . -}}
+{{- if contains $name .root.Release.Name -}}
+{{- .root.Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .root.Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tokenrelay.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "tokenrelay.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+{{- end -}}
+
+{{- define "tokenrelay.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tokenrelay.name" . }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- end -}}
+
+{{- define "tokenrelay.serviceAccountName" -}}
+{{- if .values.serviceAccount.create -}}
+{{- default (include "tokenrelay.fullname" .) .values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tokenrelay.identityHeaderSecretName" -}}
+{{- default (printf "%s-identity-header" (include "tokenrelay.fullname" .)) .values.identityHeader.existingSecret -}}
+{{- end -}}
+
+{{/*
+The image reference. Without image.tag the chart's appVersion is used, which is only right
+inside this chart: a parent chart has its own appVersion, so there the tag is required.
+*/}}
+{{- define "tokenrelay.image" -}}
+{{- $image := .values.image -}}
+{{- if $image.digest -}}
+{{- printf "%s@%s" $image.repository $image.digest -}}
+{{- else if $image.tag -}}
+{{- printf "%s:%s" $image.repository $image.tag -}}
+{{- else if eq .root.Chart.Name "tokenrelay" -}}
+{{- printf "%s:%s" $image.repository .root.Chart.AppVersion -}}
+{{- else -}}
+{{- fail "tokenrelay: set image.tag (or image.digest) in the tokenrelay values when including its templates from another chart" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+tokenrelay's configuration file (TOML). Strings are written with toJson: a JSON string is a
+valid TOML basic string. Empty output means no ConfigMap and no TOKENRELAY_CONFIG.
+Without azure.clientId no [[identities]] is written and tokenrelay derives its one identity
+from the AZURE_* variables the webhook injects.
+*/}}
+{{- define "tokenrelay.configToml" -}}
+{{- $v := .values -}}
+{{- if and $v.prefetch (not $v.azure.clientId) -}}
+{{- fail "tokenrelay: prefetch needs azure.clientId (the identity the tokens are fetched for)" -}}
+{{- end -}}
+{{- if $v.azure.clientId }}
+# The identity that the AKS workload identity webhook federates for this pod's
+# ServiceAccount. The token file comes from AZURE_FEDERATED_TOKEN_FILE (set by the webhook)
+{{- if not $v.azure.tenantId }}
+# and the tenant from AZURE_TENANT_ID
+{{- end }}.
+[[identities]]
+name = "workload"
+client_id = {{ $v.azure.clientId | toJson }}
+{{- with $v.azure.tenantId }}
+tenant_id = {{ . | toJson }}
+{{- end }}
+default = true
+prefetch = [{{ range $i, $resource := $v.prefetch }}{{ if $i }}, {{ end }}{{ $resource | toJson }}{{ end }}]
+credentials = [{ kind = "workload_identity" }]
+{{- end }}
+{{- with $v.config }}
+
+# From the chart value "config":
+{{ . }}
+{{- end }}
+{{- end -}}
+
+{{- define "tokenrelay.hasConfig" -}}
+{{- if include "tokenrelay.configToml" . | trim -}}true{{- end -}}
+{{- end -}}
+
+{{/* The tokenrelay native sidecar (an initContainers list item). */}}
+{{- define "tokenrelay.sidecar" -}}
+{{- $v := .values -}}
+- name: tokenrelay
+  image: {{ include "tokenrelay.image" . | quote }}
+  imagePullPolicy: {{ $v.image.pullPolicy }}
+  # Native sidecar: starts before the app, keeps running, stops after the app.
+  restartPolicy: Always
+  args: ["serve"]
+  env:
+    # Loopback only; the pod's containers share the network namespace.
+    - name: TOKENRELAY_SERVER__LISTEN
+      value: {{ printf "127.0.0.1:%d" (int $v.port) | quote }}
+    - name: TOKENRELAY_SERVER__IDENTITY_HEADER_FILE
+      value: /run/secrets/tokenrelay/identity-header
+    {{- if include "tokenrelay.hasConfig" . }}
+    - name: TOKENRELAY_CONFIG
+      value: /etc/tokenrelay/config.toml
+    {{- end }}
+    - name: TOKENRELAY_LOG__LEVEL
+      value: {{ $v.logLevel | quote }}
+    {{- with $v.extraEnv }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  volumeMounts:
+    - name: tokenrelay-identity-header
+      mountPath: /run/secrets/tokenrelay
+      readOnly: true
+    {{- if include "tokenrelay.hasConfig" . }}
+    - name: tokenrelay-config
+      mountPath: /etc/tokenrelay
+      readOnly: true
+    {{- end }}
+  # No HTTP probes: kubelet probes connect to the pod IP and tokenrelay listens on loopback.
+  # tokenrelay-wait provides the start-up ordering; restartPolicy: Always restarts a crash.
+  resources:
+    {{- toYaml $v.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml $v.securityContext | nindent 4 }}
+{{- end -}}
+
+{{/* Waits until GET /readyz answers 200 (an initContainers list item, after the sidecar). */}}
+{{- define "tokenrelay.waitContainer" -}}
+{{- $w := .values.waitForReady -}}
+{{- if $w.enabled -}}
+- name: tokenrelay-wait
+  image: {{ $w.image | quote }}
+  imagePullPolicy: {{ $w.pullPolicy }}
+  command:
+    - sh
+    - -c
+    - |
+      deadline=$(( $(date +%s) + {{ int $w.timeoutSeconds }} ))
+      until timeout 5 wget -q -O /dev/null http://127.0.0.1:{{ int .values.port }}/readyz; do
+        if [ "$(date +%s)" -ge "$deadline" ]; then
+          echo "tokenrelay is not ready after {{ int $w.timeoutSeconds }} s; see: kubectl logs <pod> -c tokenrelay" >&2
+          exit 1
+        fi
+        sleep 1
+      done
+      echo "tokenrelay is ready"
+  resources:
+    {{- toYaml $w.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml $w.securityContext | nindent 4 }}
+{{- end -}}
+{{- end -}}
+
+{{- define "tokenrelay.initContainers" -}}
+{{ include "tokenrelay.sidecar" . }}
+{{- with include "tokenrelay.waitContainer" . }}
+{{ . }}
+{{- end }}
+{{- end -}}
+
+{{/* Environment of application containers (env list items). */}}
+{{- define "tokenrelay.appEnv" -}}
+{{- include "tokenrelay.appEnvLines" . | trim -}}
+{{- end -}}
+
+{{- define "tokenrelay.appEnvLines" -}}
+{{- $v := .values -}}
+{{- if has $v.clientEnv (list "appService" "both") }}
+# App Service managed-identity protocol: every Azure SDK picks it up.
+- name: IDENTITY_ENDPOINT
+  value: {{ printf "http://127.0.0.1:%d/msi/token" (int $v.port) | quote }}
+- name: IDENTITY_HEADER
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "tokenrelay.identityHeaderSecretName" . }}
+      key: {{ $v.identityHeader.key }}
+{{- end }}
+{{- if has $v.clientEnv (list "imds" "both") }}
+# IMDS protocol at a custom address (Python, JavaScript and .NET SDKs).
+- name: AZURE_POD_IDENTITY_AUTHORITY_HOST
+  value: {{ printf "http://127.0.0.1:%d" (int $v.port) | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Pod volumes used by the sidecar (volumes list items). */}}
+{{- define "tokenrelay.volumes" -}}
+- name: tokenrelay-identity-header
+  secret:
+    secretName: {{ include "tokenrelay.identityHeaderSecretName" . }}
+    items:
+      - key: {{ .values.identityHeader.key }}
+        path: identity-header
+{{- if include "tokenrelay.hasConfig" . }}
+- name: tokenrelay-config
+  configMap:
+    name: {{ include "tokenrelay.fullname" . }}-config
+{{- end }}
+{{- end -}}
+
+{{/* Opts the pod in to the AKS workload identity webhook. */}}
+{{- define "tokenrelay.podLabels" -}}
+azure.workload.identity/use: "true"
+{{- end -}}
+
+{{/*
+skip-containers keeps the webhook's AZURE_* variables and projected token out of every
+container except tokenrelay (shared/docs protocols.md 2.7: they would make SDKs bypass it).
+*/}}
+{{- define "tokenrelay.podAnnotations" -}}
+{{- if not .containers -}}
+{{- fail "tokenrelay.podAnnotations needs \"containers\": the names of every container of the pod other than tokenrelay" -}}
+{{- end -}}
+{{- $names := list -}}
+{{- if .values.waitForReady.enabled -}}
+{{- $names = append $names "tokenrelay-wait" -}}
+{{- end -}}
+{{- range .containers -}}
+{{- if eq . "tokenrelay" -}}
+{{- fail "tokenrelay.podAnnotations: \"containers\" must not name tokenrelay itself" -}}
+{{- end -}}
+{{- $names = append $names . -}}
+{{- end -}}
+azure.workload.identity/skip-containers: {{ join ";" $names | quote }}
+{{- with include "tokenrelay.configToml" . | trim }}
+checksum/tokenrelay-config: {{ . | sha256sum }}
+{{- end }}
+{{- end -}}
+
+{{/* The stand-in app's script for the chosen workload kind (never logs the token). */}}
+{{- define "tokenrelay.demoCommand" -}}
+{{- $v := .values -}}
+{{- $request := "" -}}
+{{- if eq $v.clientEnv "imds" -}}
+{{- $request = `wget -q -O - --header "Metadata: true" "$AZURE_POD_IDENTITY_AUTHORITY_HOST/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com"` -}}
+{{- else -}}
+{{- $request = `wget -q -O - --header "X-IDENTITY-HEADER: $IDENTITY_HEADER" "$IDENTITY_ENDPOINT?api-version=2019-08-01&resource=https://management.azure.com"` -}}
+{{- end -}}
+- sh
+- -c
+{{- if eq $v.workload.kind "Job" }}
+- |
+  {{ $request }} \
+    | grep -o '"expires_on":"[0-9]*"'
+{{- else }}
+- |
+  while true; do
+    {{ $request }} \
+      | grep -o '"expires_on":"[0-9]*"' || echo "token request failed"
+    sleep 300
+  done
+{{- end }}
+{{- end -}}
+
+{{/* The pod template shared by the example Deployment and Job. */}}
+{{- define "tokenrelay.examplePodTemplate" -}}
+{{- $v := .values -}}
+{{- $w := $v.workload -}}
+{{- $ctx := merge (dict "containers" (list $w.containerName)) . -}}
+metadata:
+  labels:
+    {{- include "tokenrelay.selectorLabels" . | nindent 4 }}
+    app.kubernetes.io/component: {{ lower $w.kind }}
+    {{- include "tokenrelay.podLabels" . | nindent 4 }}
+    {{- with $w.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  annotations:
+    {{- include "tokenrelay.podAnnotations" $ctx | nindent 4 }}
+    {{- with $w.podAnnotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  serviceAccountName: {{ include "tokenrelay.serviceAccountName" . }}
+  automountServiceAccountToken: {{ $w.automountServiceAccountToken }}
+  terminationGracePeriodSeconds: {{ int $w.terminationGracePeriodSeconds }}
+  {{- if eq $w.kind "Job" }}
+  restartPolicy: {{ $w.job.restartPolicy }}
+  {{- end }}
+  {{- with .values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- range . }}
+    - name: {{ . }}
+    {{- end }}
+  {{- end }}
+  securityContext:
+    {{- toYaml $w.podSecurityContext | nindent 4 }}
+  initContainers:
+    {{- include "tokenrelay.initContainers" . | nindent 4 }}
+  containers:
+    - name: {{ $w.containerName }}
+      image: {{ $w.image | quote }}
+      imagePullPolicy: {{ $w.pullPolicy }}
+      command:
+        {{- if $w.command }}
+        {{- toYaml $w.command | nindent 8 }}
+        {{- else }}
+        {{- include "tokenrelay.demoCommand" . | nindent 8 }}
+        {{- end }}
+      {{- with $w.args }}
+      args:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      env:
+        {{- include "tokenrelay.appEnv" . | nindent 8 }}
+        {{- with $w.env }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      resources:
+        {{- toYaml $w.resources | nindent 8 }}
+      securityContext:
+        {{- toYaml $w.securityContext | nindent 8 }}
+  volumes:
+    {{- include "tokenrelay.volumes" . | nindent 4 }}
+  {{- with $w.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $w.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $w.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}
