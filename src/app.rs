@@ -20,6 +20,8 @@ use crate::secret::Secret;
 use crate::server::wire::TokenBody;
 use crate::server::{self, AppState, Limits, Server};
 
+mod persist;
+
 /// Exit status for an invalid configuration (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
@@ -47,6 +49,7 @@ pub fn run(cli: Cli) -> ExitCode {
             None => runtime.block_on(token(config, &args.resource, args.client_id)),
         },
         Command::Check(args) => runtime.block_on(check(&config, args.fetch, args.resource.as_deref())),
+        Command::Cache(args) => runtime.block_on(persist::cache(&config, args.action)),
     }
 }
 
@@ -227,9 +230,14 @@ async fn serve(config: Config) -> ExitCode {
         metrics,
     };
     let router = server::router(state, &config.server);
+    // Before serving: the first requests after a restart are hits, and persisted prefetches
+    // count as done.
+    persist::attach(&config, &built.broker).await;
     built.broker.start_prefetch();
     tracing::info!(%addr, identities = config.identities.len(), "serving");
-    match server.run(router, server::shutdown_signal()).await {
+    let served = server.run(router, server::shutdown_signal()).await;
+    persist::flush(&built.broker).await;
+    match served {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS
@@ -253,10 +261,12 @@ async fn token(config: Config, resource: &str, client_id: Option<String>) -> Exi
     let resource = config::normalize_resource(resource.trim());
     let selector = client_id.map_or(Selector::Default, Selector::ClientId);
     let broker = &built.broker;
+    persist::attach(&config, broker).await;
     let result = match broker.resolve(&selector) {
         Ok(identity) => broker.token(identity, resource).await.map(|served| (identity.clone(), served)),
         Err(error) => Err(error),
     };
+    persist::flush(broker).await;
     match result {
         Ok((identity, served)) => {
             let echo = None;

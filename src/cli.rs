@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{DevFlags, FlagOverrides, LoadOptions, ServerFlags};
+use crate::config::{CacheFlags, DevFlags, FlagOverrides, LoadOptions, PersistenceFlags, ServerFlags};
 
 /// Serve Azure managed-identity tokens to the containers of a pod, or to your laptop.
 ///
@@ -41,6 +41,10 @@ pub enum Command {
     ///
     /// Exits non-zero with a message naming the key and its source on any problem.
     Check(CheckArgs),
+    /// Inspect or empty the persistent token cache ([cache.persistence]).
+    ///
+    /// Uses the same configuration as `serve`; persistence is treated as enabled.
+    Cache(CacheArgs),
 }
 
 /// Flags shared by every subcommand that builds identities.
@@ -69,6 +73,76 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub dev: DevArgs,
+
+    #[command(flatten)]
+    pub persist: PersistArgs,
+}
+
+/// Flags of `[cache.persistence]`.
+#[derive(Debug, Args)]
+pub struct PersistArgs {
+    /// Keep tokens across restarts in the persistent cache (cache.persistence.enabled).
+    #[arg(long)]
+    pub persist: bool,
+
+    /// The cache file (cache.persistence.path); implies --persist.
+    #[arg(long, value_name = "PATH")]
+    pub persist_path: Option<PathBuf>,
+
+    /// Where the cache's key comes from (cache.persistence.backend); implies --persist.
+    #[arg(long, value_name = "BACKEND", value_parser = ["auto", "keyring", "file"])]
+    pub persist_backend: Option<String>,
+
+    /// A file holding the cache's 256-bit key (cache.persistence.key_file); implies --persist.
+    #[arg(long, value_name = "PATH")]
+    pub persist_key_file: Option<PathBuf>,
+
+    /// Write tokens in plaintext when no key is available
+    /// (cache.persistence.allow_unencrypted_storage). Anyone who can read the file can use them.
+    #[arg(long)]
+    pub allow_unencrypted_storage: bool,
+}
+
+impl PersistArgs {
+    /// The overrides these flags make; `force` turns persistence on regardless.
+    fn overrides(&self, force: bool) -> Option<CacheFlags> {
+        let implied = self.persist_path.is_some() || self.persist_backend.is_some() || self.persist_key_file.is_some();
+        let persistence = PersistenceFlags {
+            enabled: (force || self.persist || implied).then_some(true),
+            backend: self.persist_backend.clone(),
+            path: self.persist_path.clone(),
+            key_file: self.persist_key_file.clone(),
+            allow_unencrypted_storage: self.allow_unencrypted_storage.then_some(true),
+        };
+        let any = persistence.enabled.is_some() || persistence.allow_unencrypted_storage.is_some();
+        any.then_some(CacheFlags { persistence })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    #[command(subcommand)]
+    pub action: CacheAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheAction {
+    /// List the persisted tokens: identity, resource, expiry and a short fingerprint (never
+    /// the token itself).
+    List {
+        #[command(flatten)]
+        persist: PersistArgs,
+    },
+    /// Remove persisted tokens: all of them, or one identity's. A running `serve` keeps the
+    /// tokens it holds in memory.
+    Clear {
+        /// Only this identity's tokens (its configuration name or client id).
+        #[arg(long, value_name = "NAME")]
+        identity: Option<String>,
+
+        #[command(flatten)]
+        persist: PersistArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +162,9 @@ pub struct TokenArgs {
 
     #[command(flatten)]
     pub dev: DevArgs,
+
+    #[command(flatten)]
+    pub persist: PersistArgs,
 }
 
 #[derive(Debug, Args)]
@@ -106,6 +183,9 @@ pub struct CheckArgs {
     pub dev: DevArgs,
 }
 
+/// The development flags of commands that have none.
+static NO_DEV: DevArgs = DevArgs { dev: false, dev_identities: Vec::new() };
+
 impl Cli {
     /// The configuration inputs this invocation names.
     pub fn load_options(&self) -> LoadOptions {
@@ -121,6 +201,16 @@ impl Cli {
             // `token` serves nothing, so the App Service flavour's secret is not required.
             Command::Token(args) => (ServerFlags { app_service: Some(false), ..ServerFlags::default() }, &args.dev),
             Command::Check(args) => (ServerFlags::default(), &args.dev),
+            // `cache` serves nothing either.
+            Command::Cache(_) => (ServerFlags { app_service: Some(false), ..ServerFlags::default() }, &NO_DEV),
+        };
+        let cache = match &self.command {
+            Command::Serve(args) => args.persist.overrides(false),
+            Command::Token(args) => args.persist.overrides(false),
+            Command::Cache(CacheArgs {
+                action: CacheAction::List { persist } | CacheAction::Clear { persist, .. },
+            }) => persist.overrides(true),
+            Command::Check(_) => None,
         };
         let has_server = server.listen.is_some() || server.identity_header.is_some() || server.app_service.is_some();
         let dev = DevFlags {
@@ -130,7 +220,7 @@ impl Cli {
         let has_dev = dev.enabled.is_some() || dev.identities.is_some();
         LoadOptions {
             file: self.config.clone(),
-            flags: FlagOverrides { server: has_server.then_some(server), dev: has_dev.then_some(dev) },
+            flags: FlagOverrides { server: has_server.then_some(server), dev: has_dev.then_some(dev), cache },
         }
     }
 }
@@ -143,6 +233,20 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn persistence_flags_become_overrides() {
+        let flags = |args: &[&str]| serde_json::to_value(Cli::parse_from(args).load_options().flags).unwrap();
+        let serve = flags(&["tokenrelay", "serve", "--persist-path", "/tmp/c"]);
+        assert_eq!(serve["cache"]["persistence"]["enabled"], true, "a path implies --persist");
+        assert_eq!(serve["cache"]["persistence"]["path"], "/tmp/c");
+        assert!(flags(&["tokenrelay", "serve"]).get("cache").is_none(), "no flag, no override");
+        let list = flags(&["tokenrelay", "cache", "list"]);
+        assert_eq!(list["cache"]["persistence"]["enabled"], true, "cache commands force persistence on");
+        let clear = flags(&["tokenrelay", "cache", "clear", "--identity", "app", "--allow-unencrypted-storage"]);
+        assert_eq!(clear["cache"]["persistence"]["allow_unencrypted_storage"], true);
+        assert_eq!(clear["server"]["app_service"], false);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`server`]: the HTTP surface (both managed-identity flavours, health, dev discovery).
 //! - [`broker`]: identities, the token cache, refresh and prefetch. Knows nothing of HTTP.
 //! - [`credential`]: how tokens are obtained upstream. Knows nothing of caching.
+//! - [`store`]: the optional persistent cache (encrypted file, key in a file or the keyring).
 //! - [`secret`], [`clock`], [`telemetry`]: small shared pieces.
 
 pub mod app;
@@ -18,4 +19,5 @@ pub mod config;
 pub mod credential;
 pub mod secret;
 pub mod server;
+pub mod store;
 pub mod telemetry;

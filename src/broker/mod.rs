@@ -9,8 +9,8 @@ mod policy;
 mod readiness;
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use moka::future::Cache;
@@ -23,6 +23,7 @@ use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::credential::{Credential, CredentialError};
+use crate::store::{PersistedToken, Writer};
 use crate::telemetry::{self, metrics};
 
 /// How a configured identity is described to the broker.
@@ -153,7 +154,23 @@ pub struct Broker {
     settings: CacheSettings,
     clock: Arc<dyn Clock>,
     readiness: Readiness,
+    /// Where fetched tokens are persisted, when persistence is on.
+    writer: OnceLock<Arc<Writer>>,
 }
+
+/// What [`Broker::seed`] did with the persisted tokens it was given.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeedReport {
+    /// Put in the cache.
+    pub loaded: usize,
+    /// Too close to expiry to serve.
+    pub expired: usize,
+    /// For a client id that is not configured here (any more).
+    pub unknown_identity: usize,
+}
+
+/// The credential name logs show for a token loaded from the persistent cache.
+pub const PERSISTED: &str = "persisted";
 
 impl Broker {
     /// Builds the broker. Configuration validation guarantees at most one default.
@@ -184,7 +201,42 @@ impl Broker {
                 })
             })
             .collect();
-        Self { identities, default, settings, clock, readiness: Readiness::new(prefetches) }
+        Self { identities, default, settings, clock, readiness: Readiness::new(prefetches), writer: OnceLock::new() }
+    }
+
+    /// Persists every token fetched from now on through `writer` (write-through, batched,
+    /// off the request path). Only the first call has an effect.
+    pub fn persist_to(&self, writer: Arc<Writer>) {
+        let _ = self.writer.set(writer);
+    }
+
+    /// The persistence writer, if any (the caller flushes it on shutdown).
+    pub fn writer(&self) -> Option<&Arc<Writer>> {
+        self.writer.get()
+    }
+
+    /// Puts persisted tokens into the caches, before serving starts, so the first requests
+    /// after a restart are hits and a prefetch already held counts as done. Tokens are
+    /// matched to identities by client id; those too close to expiry are skipped.
+    pub async fn seed(&self, tokens: Vec<PersistedToken>) -> SeedReport {
+        let now = self.clock.now();
+        let mut report = SeedReport::default();
+        for persisted in tokens {
+            let Some(identity) =
+                self.identities.iter().find(|i| i.client_id.eq_ignore_ascii_case(&persisted.client_id))
+            else {
+                report.unknown_identity += 1;
+                continue;
+            };
+            if !self.settings.policy.servable(persisted.token.expires_on, now) {
+                report.expired += 1;
+                continue;
+            }
+            let entry = CachedToken::new(persisted.token, persisted.refresh_on, PERSISTED);
+            identity.tokens.insert(persisted.resource, Arc::new(entry)).await;
+            report.loaded += 1;
+        }
+        report
     }
 
     /// The identity a selector names. Ids compare case-insensitively, as Azure's do.
@@ -285,6 +337,16 @@ impl Broker {
             Ok(token) => {
                 let now = self.clock.now();
                 let refresh_on = self.settings.policy.refresh_on(&token, now, fastrand::f64());
+                if let Some(writer) = self.writer.get() {
+                    writer.record(PersistedToken {
+                        identity: identity.name.clone(),
+                        client_id: identity.client_id.clone(),
+                        resource: resource.to_owned(),
+                        credential: identity.credential.kind().to_owned(),
+                        refresh_on,
+                        token: token.clone(),
+                    });
+                }
                 tracing::info!(
                     identity = %identity.name,
                     resource,
@@ -368,6 +430,19 @@ impl Broker {
     pub fn start_prefetch(self: &Arc<Self>) {
         for identity in &self.identities {
             for resource in &identity.prefetch {
+                if identity.tokens.contains_key(resource) {
+                    // Loaded from the persistent cache: ready at once. One lookup still runs
+                    // so a token past its refresh point starts its background refresh.
+                    self.readiness.complete_one();
+                    tracing::info!(identity = %identity.name, resource, "prefetch satisfied by the persistent cache");
+                    let broker = Arc::clone(self);
+                    let identity = Arc::clone(identity);
+                    let resource = resource.clone();
+                    tokio::spawn(async move {
+                        let _ = broker.token(&identity, &resource).await;
+                    });
+                    continue;
+                }
                 let broker = Arc::clone(self);
                 let identity = Arc::clone(identity);
                 let resource = resource.clone();

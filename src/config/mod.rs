@@ -6,6 +6,7 @@
 //! with a [`ConfigError`] naming the key, the layer that set it and what is wrong.
 
 mod credentials;
+mod persistence;
 mod raw;
 mod sources;
 
@@ -21,8 +22,9 @@ pub use credentials::{
     AssertionAlgorithm, AssertionSource, AzureCliConfig, CertificateConfig, EnvironmentSource, IMDS_ENDPOINT,
     ManagedIdentityConfig, ManagedIdentityFlavour, PipelinesConfig, cloud_authority_host,
 };
+pub use persistence::{CacheKey, PersistenceBackend, PersistenceConfig, RawPersistence};
 pub use raw::RawConfig;
-pub use sources::{DevFlags, FlagOverrides, ServerFlags};
+pub use sources::{CacheFlags, DevFlags, FlagOverrides, PersistenceFlags, ServerFlags};
 
 use crate::secret::Secret;
 
@@ -107,6 +109,9 @@ pub struct CacheConfig {
     pub refresh_backoff_secs: u64,
     pub refresh_backoff_max_secs: u64,
     pub negative_ttl_secs: u64,
+    /// `[cache.persistence]`; `None` when off (the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<PersistenceConfig>,
 }
 
 #[derive(Debug, Serialize)]
@@ -270,9 +275,10 @@ pub fn load(options: &LoadOptions) -> Result<Config, ConfigError> {
     let figment = sources::figment(options.file.as_deref(), &options.flags);
     // The standard variables we interpret: the Azure SDKs' identity settings and the
     // OpenTelemetry switches that decide whether traces are exported at all.
-    let azure_env: HashMap<String, String> = std::env::vars()
+    let mut azure_env: HashMap<String, String> = std::env::vars()
         .filter(|(k, _)| k.starts_with("AZURE_") || k.starts_with("OTEL_") || OTHER_VARIABLES.contains(&k.as_str()))
         .collect();
+    azure_env.extend(persistence::environment(&figment));
     Config::from_figment(&figment, &azure_env)
 }
 
@@ -498,6 +504,7 @@ impl Validator<'_> {
             refresh_backoff_secs: raw.refresh_backoff_secs,
             refresh_backoff_max_secs: raw.refresh_backoff_max_secs,
             negative_ttl_secs: raw.negative_ttl_secs,
+            persistence: self.persistence(raw.persistence)?,
         })
     }
 

@@ -97,6 +97,7 @@ pub struct RawCache {
     pub refresh_backoff_secs: u64,
     pub refresh_backoff_max_secs: u64,
     pub negative_ttl_secs: u64,
+    pub persistence: super::persistence::RawPersistence,
 }
 
 impl Default for RawCache {
@@ -107,6 +108,7 @@ impl Default for RawCache {
             refresh_backoff_secs: 30,
             refresh_backoff_max_secs: 300,
             negative_ttl_secs: 10,
+            persistence: super::persistence::RawPersistence::default(),
         }
     }
 }

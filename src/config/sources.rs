@@ -23,6 +23,28 @@ pub struct FlagOverrides {
     pub server: Option<ServerFlags>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dev: Option<DevFlags>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheFlags>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct CacheFlags {
+    pub persistence: PersistenceFlags,
+}
+
+/// `[cache.persistence]` from the command line.
+#[derive(Debug, Default, Serialize)]
+pub struct PersistenceFlags {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<std::path::PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<std::path::PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_unencrypted_storage: Option<bool>,
 }
 
 #[derive(Debug, Default, Serialize)]

@@ -11,5 +11,6 @@ mod credentials;
 mod dev;
 mod imds;
 mod limits;
+mod store;
 mod telemetry;
 mod upstream;

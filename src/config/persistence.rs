@@ -1,0 +1,312 @@
+//! `[cache.persistence]`: whether and where tokens survive restarts, and with which key.
+//!
+//! The key is read here (from `key_file` or the variable `key_env` names) and handed on as a
+//! [`CacheKey`] that never prints its bytes; the store module never reads the environment.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use figment::Figment;
+use serde::{Deserialize, Serialize, Serializer};
+
+use super::{ConfigError, Validator};
+
+/// Default cache name: the file is `<name>.cache`, the keyring entry `<name>/cache-key`.
+const DEFAULT_NAME: &str = "tokenrelay";
+
+/// The serde mirror of `[cache.persistence]`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawPersistence {
+    pub enabled: bool,
+    pub name: String,
+    pub backend: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_env: Option<String>,
+    pub allow_unencrypted_storage: bool,
+}
+
+impl Default for RawPersistence {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            name: DEFAULT_NAME.into(),
+            backend: "auto".into(),
+            path: None,
+            key_file: None,
+            key_env: None,
+            allow_unencrypted_storage: false,
+        }
+    }
+}
+
+/// Validated persistence settings; present only when persistence is enabled.
+#[derive(Debug, Serialize)]
+pub struct PersistenceConfig {
+    /// Names the keyring entry and the default file.
+    pub name: String,
+    pub backend: PersistenceBackend,
+    /// The cache file.
+    pub path: PathBuf,
+    /// The configured key, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<CacheKey>,
+    pub allow_unencrypted_storage: bool,
+}
+
+/// Which protection the operator asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PersistenceBackend {
+    /// A configured key, else the keyring, else plaintext if allowed, else off.
+    Auto,
+    /// The keyring keeps the file's key; nothing else.
+    Keyring,
+    /// An encrypted file with a configured key (or the keyring's), plaintext if allowed.
+    File,
+}
+
+/// A 256-bit key and where it came from. Debug and Serialize show only the source.
+pub struct CacheKey {
+    source: String,
+    bytes: [u8; 32],
+}
+
+impl CacheKey {
+    /// `key_file /path` or `environment variable NAME`.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The key material. Only the cipher calls this.
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.bytes
+    }
+}
+
+impl fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheKey").field("source", &self.source).field("bytes", &"<redacted>").finish()
+    }
+}
+
+impl Serialize for CacheKey {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format!("<redacted> (from {})", self.source))
+    }
+}
+
+/// The variables persistence may need, read from the process environment: where the user's
+/// cache directory is, and the variable `cache.persistence.key_env` names.
+pub fn environment(figment: &Figment) -> HashMap<String, String> {
+    let mut names = vec!["HOME".to_owned(), "XDG_CACHE_HOME".to_owned()];
+    if let Ok(Some(name)) = figment.extract_inner::<Option<String>>("cache.persistence.key_env") {
+        names.push(name.trim().to_owned());
+    }
+    names.into_iter().filter_map(|name| std::env::var(&name).ok().map(|value| (name, value))).collect()
+}
+
+impl Validator<'_> {
+    pub(super) fn persistence(&self, raw: RawPersistence) -> Result<Option<PersistenceConfig>, ConfigError> {
+        if !raw.enabled {
+            return Ok(None);
+        }
+        let name = raw.name.trim().to_owned();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+            return Err(self.error(
+                "cache.persistence.name",
+                format!("{name:?} must be non-empty letters, digits, '.', '_' or '-'"),
+            ));
+        }
+        let backend = match raw.backend.trim() {
+            "auto" => PersistenceBackend::Auto,
+            "keyring" => PersistenceBackend::Keyring,
+            "file" => PersistenceBackend::File,
+            other => {
+                return Err(self.error(
+                    "cache.persistence.backend",
+                    format!("{other:?} is not one of \"auto\", \"keyring\", \"file\""),
+                ));
+            }
+        };
+        let path = match raw.path.filter(|p| !p.as_os_str().is_empty()) {
+            Some(path) => path,
+            None => self.default_cache_path(&name)?,
+        };
+        if path.is_dir() {
+            return Err(self.error(
+                "cache.persistence.path",
+                format!(
+                    "{} is a directory; name the cache file, such as {}",
+                    path.display(),
+                    path.join("tokens.cache").display()
+                ),
+            ));
+        }
+        let key = match (raw.key_file, raw.key_env.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())) {
+            (Some(_), Some(_)) => {
+                return Err(self.error("cache.persistence.key_file", "set key_file or key_env, not both"));
+            }
+            (Some(file), None) => Some(self.key_from_file(&file)?),
+            (None, Some(variable)) => Some(self.key_from_env(&variable)?),
+            (None, None) => None,
+        };
+        if backend == PersistenceBackend::Keyring && key.is_some() {
+            return Err(self.error(
+                "cache.persistence.backend",
+                "\"keyring\" keeps its own key in the keyring; remove key_file/key_env, or use backend = \"file\"",
+            ));
+        }
+        Ok(Some(PersistenceConfig {
+            name,
+            backend,
+            path,
+            key,
+            allow_unencrypted_storage: raw.allow_unencrypted_storage,
+        }))
+    }
+
+    /// `$XDG_CACHE_HOME/tokenrelay/<name>.cache`, else `$HOME/.cache/tokenrelay/<name>.cache`.
+    fn default_cache_path(&self, name: &str) -> Result<PathBuf, ConfigError> {
+        let base = match (self.env("XDG_CACHE_HOME"), self.env("HOME")) {
+            (Some(cache), _) if Path::new(cache).is_absolute() => PathBuf::from(cache),
+            (_, Some(home)) => Path::new(home).join(".cache"),
+            _ => {
+                return Err(self.error(
+                    "cache.persistence.path",
+                    "missing: neither HOME nor XDG_CACHE_HOME is set, so set the cache file's path",
+                ));
+            }
+        };
+        Ok(base.join("tokenrelay").join(format!("{name}.cache")))
+    }
+
+    fn key_from_file(&self, file: &Path) -> Result<CacheKey, ConfigError> {
+        let key = "cache.persistence.key_file";
+        let bytes = std::fs::read(file).map_err(|e| self.error(key, format!("cannot read {}: {e}", file.display())))?;
+        let decoded =
+            decode_key(&bytes).ok_or_else(|| self.error(key, format!("{}: {KEY_FORMATS}", file.display())))?;
+        Ok(CacheKey { source: format!("key_file {}", file.display()), bytes: decoded })
+    }
+
+    fn key_from_env(&self, variable: &str) -> Result<CacheKey, ConfigError> {
+        let key = "cache.persistence.key_env";
+        let value = self
+            .env(variable)
+            .ok_or_else(|| self.error(key, format!("the environment variable {variable} is not set or empty")))?;
+        let decoded = decode_key(value.as_bytes())
+            .ok_or_else(|| self.error(key, format!("the value of {variable}: {KEY_FORMATS}")))?;
+        Ok(CacheKey { source: format!("environment variable {variable}"), bytes: decoded })
+    }
+}
+
+/// What a key file or variable may hold (the message never shows what it did hold).
+const KEY_FORMATS: &str = "must hold a 256-bit key: 32 raw bytes, 44 characters of base64 (such as the output of \
+                           `openssl rand -base64 32`) or 64 hex digits";
+
+/// Accepts 32 raw bytes, base64 (standard or URL-safe, padded or not) or hex, surrounding
+/// whitespace ignored for the text forms.
+fn decode_key(bytes: &[u8]) -> Option<[u8; 32]> {
+    if let Ok(raw) = <[u8; 32]>::try_from(bytes) {
+        // 32 bytes that are all hex or base64 characters are far likelier a typo than a key
+        // whose every byte happens to be printable; refuse rather than guess.
+        if !raw.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_')) {
+            return Some(raw);
+        }
+    }
+    let text = std::str::from_utf8(bytes).ok()?.trim();
+    if text.len() == 64 && text.chars().all(|c| c.is_ascii_hexdigit()) {
+        let mut key = [0u8; 32];
+        for (i, pair) in text.as_bytes().chunks(2).enumerate() {
+            key[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+        }
+        return Some(key);
+    }
+    let engines = [
+        &base64::engine::general_purpose::STANDARD,
+        &base64::engine::general_purpose::STANDARD_NO_PAD,
+        &base64::engine::general_purpose::URL_SAFE,
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ];
+    engines.iter().find_map(|engine| engine.decode(text).ok().and_then(|v| <[u8; 32]>::try_from(v).ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_each_key_form() {
+        let key: [u8; 32] = std::array::from_fn(|i| (i * 7 + 200) as u8);
+        assert_eq!(decode_key(&key), Some(key));
+        let b64 = base64::engine::general_purpose::STANDARD.encode(key);
+        assert_eq!(decode_key(format!("{b64}\n").as_bytes()), Some(key));
+        assert_eq!(decode_key(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key).as_bytes()), Some(key));
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(decode_key(hex.as_bytes()), Some(key));
+        assert_eq!(decode_key(b"too short"), None);
+        assert_eq!(decode_key(&[b'a'; 32]), None, "32 printable characters are not taken as raw bytes");
+        assert_eq!(decode_key(base64::engine::general_purpose::STANDARD.encode([1u8; 16]).as_bytes()), None);
+    }
+
+    fn load(persistence: &str, env: &[(&str, &str)]) -> Result<super::super::Config, ConfigError> {
+        use figment::providers::{Format, Serialized, Toml};
+        let toml = format!(
+            "[server]\nidentity_header = \"h\"\n[[identities]]\nclient_id = \"c1\"\ntenant_id = \"t1\"\n\
+             credentials = [{{ kind = \"client_secret\", secret = \"s\" }}]\n[cache.persistence]\n{persistence}\n"
+        );
+        let figment =
+            Figment::from(Serialized::defaults(super::super::RawConfig::default())).merge(Toml::string(&toml));
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        super::super::Config::from_figment(&figment, &env)
+    }
+
+    #[test]
+    fn off_by_default_and_defaults_under_the_user_cache_directory() {
+        assert!(load("", &[("HOME", "/home/u")]).unwrap().cache.persistence.is_none());
+        let config = load("enabled = true", &[("HOME", "/home/u")]).unwrap();
+        let persistence = config.cache.persistence.unwrap();
+        assert_eq!(persistence.path, Path::new("/home/u/.cache/tokenrelay/tokenrelay.cache"));
+        assert_eq!(persistence.backend, PersistenceBackend::Auto);
+        assert!(persistence.key.is_none() && !persistence.allow_unencrypted_storage);
+        let config = load("enabled = true\nname = \"x\"", &[("HOME", "/h"), ("XDG_CACHE_HOME", "/c")]).unwrap();
+        assert_eq!(config.cache.persistence.unwrap().path, Path::new("/c/tokenrelay/x.cache"));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_never_the_key_material() {
+        let error = |persistence: &str, env: &[(&str, &str)]| load(persistence, env).unwrap_err().to_string();
+        assert!(error("enabled = true\nbackend = \"vault\"", &[("HOME", "/h")]).contains("cache.persistence.backend"));
+        assert!(error("enabled = true", &[]).contains("cache.persistence.path"));
+        assert!(error("enabled = true\nname = \"a/b\"", &[("HOME", "/h")]).contains("cache.persistence.name"));
+        let text = error("enabled = true\nkey_env = \"K\"\npath = \"/x/c\"", &[("K", "not-a-key-value")]);
+        assert!(text.contains("cache.persistence.key_env") && text.contains("K") && !text.contains("not-a-key-value"));
+        assert!(error("enabled = true\nkey_env = \"K\"\npath = \"/x/c\"", &[]).contains("not set"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("k");
+        std::fs::write(&file, "short-secret").unwrap();
+        let text = error(&format!("enabled = true\npath = \"/x/c\"\nkey_file = {file:?}"), &[]);
+        assert!(text.contains("cache.persistence.key_file") && !text.contains("short-secret"), "{text}");
+        std::fs::write(&file, base64::engine::general_purpose::STANDARD.encode([7u8; 32])).unwrap();
+        let keyring = format!("enabled = true\npath = \"/x/c\"\nbackend = \"keyring\"\nkey_file = {file:?}");
+        assert!(error(&keyring, &[]).contains("keyring"));
+        let config = load(&format!("enabled = true\npath = \"/x/c\"\nkey_file = {file:?}"), &[]).unwrap();
+        let key = config.cache.persistence.unwrap().key.unwrap();
+        assert_eq!(key.bytes(), &[7u8; 32]);
+        assert!(key.source().contains("key_file"));
+    }
+
+    #[test]
+    fn debug_and_serialize_hide_the_key() {
+        let key = CacheKey { source: "key_file /k".into(), bytes: [0xAB; 32] };
+        let debug = format!("{key:?}");
+        assert!(!debug.contains("171") && !debug.to_lowercase().contains("abab"), "{debug}");
+        assert_eq!(serde_json::to_string(&key).unwrap(), "\"<redacted> (from key_file /k)\"");
+    }
+}

@@ -1,0 +1,287 @@
+//! The persistent token cache: tokens kept across restarts, so a restarted tokenrelay serves
+//! at once and keeps serving through an Entra outage (design.md section 5).
+//!
+//! One [`Store`] trait with one real backend, a file ([`file::FileStore`]) written atomically
+//! under an advisory lock, in the format of [`format`]: AES-256-GCM with a key from
+//! `key_file`, an environment variable or the OS keyring ([`keyring`]), or plaintext when the
+//! operator explicitly allowed it. [`open`] picks the protection from the configuration;
+//! [`writer::Writer`] persists fetched tokens off the request path, in batches.
+//!
+//! Why the keyring holds only the key: the kernel keyutils keyring lets a non-root user keep
+//! 20 000 bytes in total (`/proc/sys/kernel/keys/maxbytes`), about ten tokens, and Windows'
+//! Credential Manager 2 560 bytes per entry; a token set does not fit. Azure's Go SDK stores
+//! its Linux cache the same way (an encrypted file, its key in the kernel keyring).
+//!
+//! Nothing here crashes the service: a store that cannot be read is moved aside and the
+//! service starts empty; one that cannot be written is logged and the tokens stay in memory.
+
+pub mod file;
+pub mod format;
+pub mod keyring;
+pub mod writer;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{PersistenceBackend, PersistenceConfig};
+use crate::credential::AccessToken;
+
+pub use file::FileStore;
+pub use format::{Cipher, DecodeError, Protection};
+pub use writer::Writer;
+
+/// One cached token as persisted: whose it is, for what, and when to refresh it.
+#[derive(Clone, Debug)]
+pub struct PersistedToken {
+    /// The identity's configuration name when the token was written (for display).
+    pub identity: String,
+    /// The identity's client id: what a restarted broker matches on.
+    pub client_id: String,
+    /// The normalised resource.
+    pub resource: String,
+    /// The credential kind that produced it (for logs).
+    pub credential: String,
+    /// When the broker planned to refresh it (epoch seconds).
+    pub refresh_on: u64,
+    /// The token with its timing.
+    pub token: AccessToken,
+}
+
+impl PersistedToken {
+    /// The cache key: client ids compare case-insensitively, as Azure's do.
+    fn key(&self) -> (String, String) {
+        (self.client_id.to_ascii_lowercase(), self.resource.clone())
+    }
+}
+
+/// Everything a store holds.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Tokens, at most one per (client id, resource).
+    pub tokens: Vec<PersistedToken>,
+}
+
+/// What a store does when the file it finds cannot be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnUnreadable {
+    /// Rename it aside with a timestamp, log why, and carry on empty (`serve`).
+    MoveAside,
+    /// Leave it where it is and return [`StoreError::Unreadable`] (`cache list`).
+    Report,
+}
+
+/// Why a store operation failed. Messages name the file and the cause, never contents.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file system operation failed (permissions, a full disk, a missing directory).
+    #[error("{action} {path}: {source}")]
+    Io { action: &'static str, path: String, source: std::io::Error },
+    /// The file exists but cannot be used; with [`OnUnreadable::Report`] it is left alone.
+    #[error("cannot read the token cache {path}: {reason}")]
+    Unreadable { path: String, reason: String },
+    /// A file that could not be read could not be moved aside either; it is left untouched
+    /// and nothing is written over it.
+    #[error("cannot move the unreadable token cache {path} aside ({reason}): {source}")]
+    CannotMoveAside { path: String, reason: String, source: std::io::Error },
+}
+
+impl StoreError {
+    /// An I/O error on `path`.
+    pub fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
+        Self::Io { action, path: path.display().to_string(), source }
+    }
+}
+
+/// What a save did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SaveReport {
+    /// Tokens in the file afterwards.
+    pub kept: usize,
+    /// Expired tokens dropped.
+    pub pruned: usize,
+}
+
+/// A place tokens survive restarts in. Calls block on file I/O: async callers use
+/// `spawn_blocking` (the [`Writer`] does).
+pub trait Store: Send + Sync {
+    /// Where and how tokens are kept, for logs (`encrypted file /x (key from key_file /k)`).
+    fn describe(&self) -> String;
+
+    /// Everything in the store. A missing file is an empty store.
+    fn load(&self, on_unreadable: OnUnreadable) -> Result<Snapshot, StoreError>;
+
+    /// Merges `tokens` into the store under its lock: for each key the token that expires
+    /// last wins, expired tokens are dropped, and the result replaces the file atomically.
+    fn save(&self, tokens: Vec<PersistedToken>, now: u64) -> Result<SaveReport, StoreError>;
+
+    /// Removes every token, or those of one identity (its name or client id). Returns how
+    /// many were removed.
+    fn clear(&self, identity: Option<&str>) -> Result<usize, StoreError>;
+}
+
+/// Merges two token sets: per (client id, resource) the one that expires last; tokens that
+/// expired by `now` are dropped. Returns the merged set (sorted, for stable files) and how
+/// many were pruned.
+pub fn merge(existing: Vec<PersistedToken>, incoming: Vec<PersistedToken>, now: u64) -> (Vec<PersistedToken>, usize) {
+    let mut merged: std::collections::BTreeMap<(String, String), PersistedToken> = std::collections::BTreeMap::new();
+    let mut pruned = 0;
+    for token in existing.into_iter().chain(incoming) {
+        if token.token.expires_on <= now {
+            pruned += 1;
+            continue;
+        }
+        match merged.entry(token.key()) {
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(token);
+            }
+            std::collections::btree_map::Entry::Occupied(mut slot) => {
+                if token.token.expires_on >= slot.get().token.expires_on {
+                    slot.insert(token);
+                }
+            }
+        }
+    }
+    (merged.into_values().collect(), pruned)
+}
+
+/// Why persistence is off for this run.
+#[derive(Debug)]
+pub struct Unavailable {
+    /// What is missing and how to fix it.
+    pub reason: String,
+    /// Whether the operator asked for this backend by name (an error) rather than `auto`
+    /// finding nothing usable (a warning).
+    pub explicit: bool,
+}
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// Opens the store the configuration describes (design.md section 5):
+///
+/// - `file`: the configured key (`key_file` or `key_env`); else a key kept in the OS keyring;
+///   else plaintext if `allow_unencrypted_storage`; else off.
+/// - `keyring`: a key kept in the OS keyring, else off (never plaintext).
+/// - `auto`: like `file`: a configured key, the keyring, plaintext only if allowed, else off.
+///
+/// Plaintext logs a loud warning every time it is chosen. Never fails the start: a backend
+/// that cannot work here is returned as [`Unavailable`] for the caller to log.
+pub fn open(config: &PersistenceConfig) -> Result<Arc<FileStore>, Unavailable> {
+    let explicit = config.backend != PersistenceBackend::Auto;
+    if let Some(key) = &config.key {
+        let description = format!("encrypted file {} (key from {})", config.path.display(), key.source());
+        return Ok(Arc::new(FileStore::new(
+            &config.path,
+            Protection::Encrypted(Cipher::new(key.bytes())),
+            description,
+        )));
+    }
+    let keyring = file::with_lock(&config.path, || Ok(keyring::cache_key(&config.name)));
+    let keyring_problem = match keyring {
+        Ok(Ok(key)) => {
+            let description = format!("encrypted file {} (key in the {})", config.path.display(), keyring::DESCRIPTION);
+            return Ok(Arc::new(FileStore::new(&config.path, Protection::Encrypted(Cipher::new(&key)), description)));
+        }
+        Ok(Err(problem)) => problem,
+        Err(error) => {
+            return Err(Unavailable { reason: format!("cannot prepare the cache file: {error}"), explicit });
+        }
+    };
+    if config.backend == PersistenceBackend::Keyring {
+        return Err(Unavailable {
+            reason: format!(
+                "cache.persistence.backend = \"keyring\", but the keyring does not work here: {keyring_problem}"
+            ),
+            explicit,
+        });
+    }
+    if config.allow_unencrypted_storage {
+        tracing::warn!(
+            path = %config.path.display(),
+            "UNENCRYPTED TOKEN CACHE: access tokens are written in plaintext to {} because \
+             cache.persistence.allow_unencrypted_storage = true and no key is available (no key_file or key_env, \
+             and the keyring does not work here: {keyring_problem}). Anyone who can read that file can use the \
+             tokens until they expire; configure a key_file to encrypt it",
+            config.path.display()
+        );
+        let description = format!("UNENCRYPTED file {}", config.path.display());
+        return Ok(Arc::new(FileStore::new(&config.path, Protection::Plaintext, description)));
+    }
+    Err(Unavailable {
+        reason: format!(
+            "no encryption key: set cache.persistence.key_file (or key_env) to a 32-byte key, or run where the \
+             keyring works ({keyring_problem}); cache.persistence.allow_unencrypted_storage = true would store tokens \
+             in plaintext instead"
+        ),
+        explicit,
+    })
+}
+
+/// `2026-11-29T12:00:00Z` for an epoch second (UTC, proleptic Gregorian).
+pub fn utc(epoch: u64) -> String {
+    let days = (epoch / 86_400) as i64;
+    let secs = epoch % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    /// A persisted token for client id `client_id`; refresh_on is `expires_on - 1000`.
+    pub fn token(client_id: &str, resource: &str, expires_on: u64, value: &str) -> PersistedToken {
+        PersistedToken {
+            identity: "app".into(),
+            client_id: client_id.into(),
+            resource: resource.into(),
+            credential: "client_secret".into(),
+            refresh_on: expires_on.saturating_sub(1000),
+            token: AccessToken {
+                token: Secret::new(value),
+                expires_on,
+                not_before: 0,
+                ext_expires_on: expires_on,
+                refresh_on: None,
+            },
+        }
+    }
+
+    #[test]
+    fn merge_keeps_the_newest_per_key_and_prunes_expired() {
+        let existing =
+            vec![token("A", "r1", 5000, "old"), token("b", "r2", 3000, "expired"), token("a", "r3", 9000, "x")];
+        let incoming = vec![token("a", "r1", 6000, "new"), token("a", "r3", 8000, "older")];
+        let (merged, pruned) = merge(existing, incoming, 4000);
+        assert_eq!(pruned, 1);
+        let values: Vec<_> = merged.iter().map(|t| (t.resource.as_str(), t.token.token.expose())).collect();
+        assert_eq!(values, [("r1", "new"), ("r3", "x")]);
+    }
+
+    #[test]
+    fn formats_utc() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_764_417_600), "2025-11-29T12:00:00Z");
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let text = format!("{:?}", token("a", "r", 5000, "very-secret-token"));
+        assert!(!text.contains("very-secret-token"), "{text}");
+    }
+}
