@@ -192,6 +192,23 @@ async fn serve(config: Config) -> ExitCode {
     };
 
     println!("tokenrelay {} listening on {base_url}", env!("CARGO_PKG_VERSION"));
+    // Probes and scrapes come from the kubelet and Prometheus over the pod IP, which a
+    // loopback-only listener cannot answer: the admin listener serves health, readiness and
+    // metrics (never tokens) on an address of its own.
+    let admin = match config.server.admin_listen {
+        Some(admin_addr) => match Server::bind(admin_addr, limits(&config.server)).await {
+            Ok(admin) => {
+                let bound = admin.local_addr().map_or_else(|_| admin_addr.to_string(), display_addr);
+                println!("admin (health, readiness, metrics) listening on http://{bound}");
+                Some(admin)
+            }
+            Err(error) => {
+                eprintln!("tokenrelay: cannot listen on {admin_addr} (server.admin_listen): {error}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     if config.is_dev() {
         tracing::warn!(
             "development mode: tokens are signed by an ephemeral local key and no Azure service accepts them"
@@ -229,13 +246,27 @@ async fn serve(config: Config) -> ExitCode {
         dev_issuer: built.dev_issuer,
         metrics,
     };
+    let admin_router = server::admin_router(state.clone());
     let router = server::router(state, &config.server);
     // Before serving: the first requests after a restart are hits, and persisted prefetches
     // count as done.
     persist::attach(&config, &built.broker).await;
     built.broker.start_prefetch();
     tracing::info!(%addr, identities = config.identities.len(), "serving");
-    let served = server.run(router, server::shutdown_signal()).await;
+    // One signal stops both listeners.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        server::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stopping| *stopping).await;
+    };
+    let admin_task = admin.map(|admin| tokio::spawn(admin.run(admin_router, stopped(stop_rx.clone()))));
+    let served = server.run(router, stopped(stop_rx)).await;
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
     persist::flush(&built.broker).await;
     match served {
         Ok(()) => {

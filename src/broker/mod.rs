@@ -324,7 +324,21 @@ impl Broker {
             || tracing::info_span!("upstream_request", otel.kind = "client", identity = %identity.name, resource, credential = kind),
         );
         let started = std::time::Instant::now();
-        let result = identity.credential.get_token(resource).instrument(span).await;
+        let result = identity.credential.get_token(resource).instrument(span).await.and_then(|token| {
+            // A token that is already dead (a broken tool, a skewed clock) must not be served,
+            // not even once.
+            let now = self.clock.now();
+            if token.expires_on <= now {
+                return Err(CredentialError::Transient {
+                    credential: kind,
+                    reason: format!(
+                        "the credential returned a token that expired at {} (now {now}); check the system clock",
+                        token.expires_on
+                    ),
+                });
+            }
+            Ok(token)
+        });
         let (outcome, aadsts) = match &result {
             Ok(_) => ("success", None),
             Err(CredentialError::Rejected { aadsts, .. }) => ("rejected", *aadsts),

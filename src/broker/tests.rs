@@ -225,3 +225,14 @@ async fn an_outage_keeps_serving_until_the_margin_then_fails() {
     let err = b.token(&id, "r").await.unwrap_err();
     assert!(err.to_string().contains("authority down"), "{err}");
 }
+
+#[tokio::test]
+async fn an_already_expired_token_is_never_served() {
+    let clock = ManualClock::new(START);
+    let cred = Arc::new(Scripted::lifetimes(&clock, vec![Ok(0), Ok(3600)]));
+    let b = broker(&clock, cred.clone());
+    let id = b.resolve(&Selector::Default).unwrap().clone();
+    let err = b.token(&id, "r").await.unwrap_err();
+    assert!(err.to_string().contains("expired at"), "{err}");
+    assert_eq!(b.token(&id, "r").await.unwrap().outcome, CacheOutcome::Miss);
+}

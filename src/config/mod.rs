@@ -67,6 +67,9 @@ pub struct Config {
 #[derive(Debug, Serialize)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// A second listener for `/healthz`, `/readyz` and `/metrics` only (probes, scrapes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<SocketAddr>,
     pub imds: bool,
     pub app_service: bool,
     pub app_service_path: String,
@@ -353,6 +356,18 @@ impl Validator<'_> {
         let listen: SocketAddr = raw.listen.trim().parse().map_err(|_| {
             self.error("server.listen", format!("{:?} is not an address:port such as 127.0.0.1:8080", raw.listen))
         })?;
+        let admin_listen = match raw.admin_listen.as_deref().map(str::trim).filter(|a| !a.is_empty()) {
+            Some(text) => {
+                let admin: SocketAddr = text.parse().map_err(|_| {
+                    self.error("server.admin_listen", format!("{text:?} is not an address:port such as 0.0.0.0:8081"))
+                })?;
+                if admin == listen && admin.port() != 0 {
+                    return Err(self.error("server.admin_listen", "must differ from server.listen"));
+                }
+                Some(admin)
+            }
+            None => None,
+        };
         let identity_header = match (raw.identity_header, raw.identity_header_file) {
             (Some(_), Some(_)) => {
                 return Err(
@@ -419,6 +434,7 @@ impl Validator<'_> {
         }
         Ok(ServerConfig {
             listen,
+            admin_listen,
             imds: raw.imds,
             app_service: raw.app_service,
             app_service_path: path,

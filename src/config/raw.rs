@@ -26,6 +26,8 @@ pub struct RawConfig {
 pub struct RawServer {
     pub listen: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub identity_header: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity_header_file: Option<PathBuf>,
@@ -45,6 +47,7 @@ impl Default for RawServer {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
+            admin_listen: None,
             identity_header: None,
             identity_header_file: None,
             app_service_path: "/msi/token".into(),

@@ -63,6 +63,16 @@ pub fn router(state: AppState, server: &ServerConfig) -> Router {
         .with_state(state)
 }
 
+/// The admin listener's router: health, readiness and metrics only, never a token endpoint,
+/// so it may listen beyond loopback for the kubelet's probes and Prometheus.
+pub fn admin_router(state: AppState) -> Router {
+    let mut router = Router::new().route("/healthz", get(health::healthz)).route("/readyz", get(health::readyz));
+    if state.metrics.is_some() {
+        router = router.route("/metrics", get(health::metrics));
+    }
+    router.fallback(health::fallback).with_state(state)
+}
+
 /// Connection-level limits (design.md section 7): they bound what a misbehaving or hostile
 /// client can hold, before any request reaches the router.
 #[derive(Clone, Copy, Debug)]

@@ -133,3 +133,40 @@ async fn metrics_can_be_turned_off() {
     let relay = TestRelay::serve(&toml, &[]).await;
     assert_eq!(relay.get("/metrics", &[]).await.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_listener_serves_probes_and_metrics_but_never_tokens() {
+    let entra = FakeEntra::start().await;
+    let toml = secret_config(&entra, "").replacen("[server]\n", "[server]\nadmin_listen = \"127.0.0.1:0\"\n", 1);
+    let relay = TestRelay::serve_lines(&toml, &[], 2).await;
+    let admin = relay.stdout_lines[1].split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    assert_eq!(client.get(format!("{admin}/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(client.get(format!("{admin}/readyz")).send().await.unwrap().status(), 200);
+    assert!(
+        client
+            .get(format!("{admin}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .contains("tokenrelay_build_info")
+    );
+    let token = client
+        .get(format!("{admin}/metadata/identity/oauth2/token?{VAULT}"))
+        .header("Metadata", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(token.status(), 404, "no token endpoint on the admin listener");
+    let app_service = client
+        .get(format!("{admin}/msi/token?resource=r"))
+        .header("X-IDENTITY-HEADER", HEADER_SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(app_service.status(), 404);
+    assert_eq!(entra.requests(), 0);
+}

@@ -130,6 +130,7 @@ async fn a_bad_secret_is_a_400_that_says_what_to_check_and_is_not_hammered() {
         let description = body["error_description"].as_str().unwrap();
         assert!(description.contains("AADSTS7000215") && description.contains(fake_entra::CLIENT_ID), "{description}");
         assert!(description.contains("correlation id 11111111-1111-1111-1111-111111111111"), "{description}");
+        assert!(!body.to_string().contains("wrong-secret-value"), "the secret never reaches an error body");
     }
     assert_eq!(entra.requests(), 1, "a permanent refusal is remembered briefly");
     let logs = relay.logs();

@@ -75,6 +75,17 @@ impl TestRelay {
         Self::spawn_with_env(dir, &full, 1, env).await
     }
 
+    /// Like [`TestRelay::serve`], waiting for `lines` lines of stdout (the admin listener
+    /// prints a second one).
+    pub async fn serve_lines(toml: &str, args: &[&str], lines: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("tokenrelay.toml");
+        std::fs::write(&config, toml).unwrap();
+        let mut full = vec!["serve", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"];
+        full.extend_from_slice(args);
+        Self::spawn(dir, &full, lines).await
+    }
+
     /// `tokenrelay serve --dev --listen 127.0.0.1:0 <args>` with no configuration file.
     pub async fn serve_dev(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Load benchmark: tokenrelay's cache-hit path against a minimal hyper server that returns a
+# precomputed body of the same size, in the same run, on the same machine. The load generator
+# (wrk) shares the cores with the server, so absolute figures mean little; the ratios to the
+# baseline are the result.
+#
+# Usage: bash bench/load.sh [DURATION_SECONDS]   (default 5 s per run; loopback only)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+duration="${1:-5}"
+connections=(1 16 64 256)
+relay_port=18181
+baseline_port=18182
+header_secret="bench-identity-header"
+
+if ! command -v wrk >/dev/null; then
+    echo "installing wrk (Debian package)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+fi
+
+cargo build --release --quiet --bin tokenrelay --example baseline_server
+bin=target/release/tokenrelay
+
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+# tokenrelay with its embedded issuer (no upstream I/O after the first request) and its
+# default logging (one JSON line per request, to /dev/null here); BENCH_RUST_LOG=off measures
+# serving without the log line.
+RUST_LOG="${BENCH_RUST_LOG:-info}" "$bin" serve --dev --listen "127.0.0.1:$relay_port" --identity-header "$header_secret" >/dev/null 2>&1 &
+pids+=($!); relay_pid=$!
+imds_url="http://127.0.0.1:$relay_port/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net"
+app_url="http://127.0.0.1:$relay_port/msi/token?api-version=2019-08-01&resource=https%3A%2F%2Fvault.azure.net"
+for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$relay_port/healthz" && break; sleep 0.05; done
+body_bytes=$(curl -fs -H 'Metadata: true' "$imds_url" | wc -c)
+
+target/release/examples/baseline_server "127.0.0.1:$baseline_port" "$body_bytes" >/dev/null &
+pids+=($!); baseline_pid=$!
+for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$baseline_port/" && break; sleep 0.05; done
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+ticks_per_second=$(getconf CLK_TCK)
+
+# run NAME PID CONNECTIONS URL [HEADER] -> "rps p50 p99 p999 cpu_us_per_request"
+run() {
+    local pid=$1 conns=$2 url=$3 header=${4:-X-Bench: 1}
+    local threads=$(( conns < 2 ? 1 : 2 ))
+    local before after line
+    before=$(cpu_ticks "$pid")
+    line=$(wrk -t"$threads" -c"$conns" -d"${duration}s" -H "$header" -s bench/latency.lua "$url" | grep '^RESULT')
+    after=$(cpu_ticks "$pid")
+    local requests rps p50 p99 p999 errors
+    requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$line")
+    errors=$(sed -E 's/.*errors=([0-9]+).*/\1/' <<<"$line")
+    rps=$(sed -E 's/.*rps=([0-9.]+).*/\1/' <<<"$line")
+    p50=$(sed -E 's/.*p50_us=([0-9]+).*/\1/' <<<"$line")
+    p99=$(sed -E 's/.*p99_us=([0-9]+).*/\1/' <<<"$line")
+    p999=$(sed -E 's/.*p999_us=([0-9]+).*/\1/' <<<"$line")
+    local cpu_us
+    cpu_us=$(awk -v t=$((after - before)) -v hz="$ticks_per_second" -v n="$requests" 'BEGIN { printf "%.1f", (t / hz) * 1e6 / (n > 0 ? n : 1) }')
+    echo "$rps $p50 $p99 $p999 $cpu_us $errors"
+}
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
+
+echo "tokenrelay load benchmark: $(date -u +%Y-%m-%d), $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
+echo "cache hits, body ${body_bytes} bytes, ${duration} s per run, wrk on the same machine"
+echo
+printf '| flavour | conns | req/s | p50 µs | p99 µs | p99.9 µs | CPU µs/req | errors | req/s vs baseline | p99 vs baseline | CPU vs baseline |\n'
+printf '|---|---|---|---|---|---|---|---|---|---|---|\n'
+for conns in "${connections[@]}"; do
+    read -r b_rps b_p50 b_p99 b_p999 b_cpu b_err < <(run "$baseline_pid" "$conns" "http://127.0.0.1:$baseline_port/")
+    printf '| baseline | %s | %.0f | %s | %s | %s | %s | %s | 1.00 | 1.00 | 1.00 |\n' "$conns" "$b_rps" "$b_p50" "$b_p99" "$b_p999" "$b_cpu" "$b_err"
+    for flavour in imds app_service; do
+        if [[ $flavour == imds ]]; then
+            read -r rps p50 p99 p999 cpu err < <(run "$relay_pid" "$conns" "$imds_url" "Metadata: true")
+        else
+            read -r rps p50 p99 p999 cpu err < <(run "$relay_pid" "$conns" "$app_url" "X-IDENTITY-HEADER: $header_secret")
+        fi
+        printf '| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$flavour" "$conns" "$rps" "$p50" "$p99" "$p999" "$cpu" "$err" \
+            "$(ratio "$rps" "$b_rps")" "$(ratio "$p99" "$b_p99")" "$(ratio "$cpu" "$b_cpu")"
+    done
+done
+echo
+echo "tokenrelay RSS after the runs: $(awk '/VmRSS/ {print $2, $3}' "/proc/$relay_pid/status")"
+echo "targets: req/s >= 0.85 x baseline at 16 and 64 connections; p99 <= 1.5 x; CPU/req <= 1.5 x"

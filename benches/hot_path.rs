@@ -1,0 +1,75 @@
+//! The cache-hit path, piece by piece and whole: parsing the query, the broker lookup, the
+//! wire body, and one request through the router (no sockets). Run: `cargo bench --bench hot_path`.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::Request;
+use criterion::{Criterion, criterion_group, criterion_main};
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use tokenrelay::broker::Selector;
+use tokenrelay::config::{Config, RawConfig};
+use tokenrelay::server::wire::{TokenBody, TokenQuery};
+use tokenrelay::server::{self, AppState};
+use tower::ServiceExt;
+
+const QUERY: &str =
+    "api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net&client_id=d0000000-0000-0000-0000-000000000001";
+
+fn dev_config() -> Config {
+    let figment = Figment::from(Serialized::defaults(RawConfig::default()))
+        .merge(Toml::string("[dev]\nenabled = true\n[server]\nidentity_header = \"bench\""));
+    Config::from_figment(&figment, &HashMap::new()).expect("the bench configuration is valid")
+}
+
+fn hot_path(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let config = dev_config();
+    let built = tokenrelay::app::build(&config, "http://127.0.0.1:8080").unwrap();
+    let broker = built.broker.clone();
+    let identity = broker.resolve(&Selector::Default).unwrap().clone();
+    // Warm the cache: every measured lookup below is a hit.
+    let served = runtime.block_on(broker.token(&identity, "https://vault.azure.net")).unwrap();
+
+    c.bench_function("parse_query", |b| b.iter(|| TokenQuery::parse(black_box(Some(QUERY))).unwrap()));
+
+    c.bench_function("cache_hit", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { broker.token(&identity, black_box("https://vault.azure.net")).await.unwrap() })
+    });
+
+    c.bench_function("wire_body", |b| {
+        b.iter(|| {
+            let body =
+                TokenBody::new(&served.entry, &identity.client_id, "https://vault.azure.net", broker.now(), None);
+            serde_json::to_vec(black_box(&body)).unwrap()
+        })
+    });
+
+    let state = AppState {
+        broker: broker.clone(),
+        identity_header: None,
+        probe_mode: config.server.imds_probe,
+        dev_issuer: built.dev_issuer.clone(),
+        metrics: None,
+    };
+    let router = server::router(state, &config.server);
+    let uri = format!("/metadata/identity/oauth2/token?{QUERY}");
+    c.bench_function("imds_request_in_process", |b| {
+        b.to_async(&runtime).iter(|| {
+            let request = Request::get(&uri).header("Metadata", "true").body(Body::empty()).unwrap();
+            let router = Arc::new(router.clone());
+            async move {
+                let response = (*router).clone().oneshot(request).await.unwrap();
+                assert_eq!(response.status(), 200);
+                response
+            }
+        })
+    });
+}
+
+criterion_group!(benches, hot_path);
+criterion_main!(benches);
