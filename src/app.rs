@@ -20,6 +20,7 @@ use crate::secret::Secret;
 use crate::server::wire::TokenBody;
 use crate::server::{self, AppState, Limits, Server};
 
+mod login;
 mod persist;
 
 /// Exit status for an invalid configuration (EX_USAGE).
@@ -50,6 +51,7 @@ pub fn run(cli: Cli) -> ExitCode {
         },
         Command::Check(args) => runtime.block_on(check(&config, args.fetch, args.resource.as_deref())),
         Command::Cache(args) => runtime.block_on(persist::cache(&config, args.action)),
+        Command::Login(args) => runtime.block_on(login::login(&config, args)),
     }
 }
 

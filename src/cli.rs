@@ -45,6 +45,40 @@ pub enum Command {
     ///
     /// Uses the same configuration as `serve`; persistence is treated as enabled.
     Cache(CacheArgs),
+    /// Sign in as a user (device code flow) for identities with a `user` credential.
+    ///
+    /// Stores the refresh token in the persistent cache ([cache.persistence]; encrypted unless
+    /// allow_unencrypted_storage) and writes the AuthenticationRecord that names the account.
+    Login(LoginArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Sign in with the device code flow: open the URL shown, enter the code. (The only
+    /// method so far.)
+    #[arg(long, required = true)]
+    pub device_code: bool,
+
+    /// The tenant to sign in to; default `organizations` (any work or school account).
+    #[arg(long, value_name = "TENANT")]
+    pub tenant: Option<String>,
+
+    /// The public client application; default the one the Azure SDKs' DeviceCodeCredential
+    /// uses (04b07795-8ddb-461a-bbee-02f9e1bf7b46).
+    #[arg(long, value_name = "ID")]
+    pub client_id: Option<String>,
+
+    /// What to consent to at sign-in; default https://management.azure.com/.default.
+    #[arg(long, value_name = "SCOPE")]
+    pub scope: Option<String>,
+
+    /// Where to write the AuthenticationRecord; default `<name>.record.json` beside the cache
+    /// file. Point the `user` credential's authentication_record at it.
+    #[arg(long, value_name = "PATH")]
+    pub record: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub persist: PersistArgs,
 }
 
 /// Flags shared by every subcommand that builds identities.
@@ -185,6 +219,8 @@ pub struct CheckArgs {
 
 /// The development flags of commands that have none.
 static NO_DEV: DevArgs = DevArgs { dev: false, dev_identities: Vec::new() };
+/// `login` loads identities as development mode does (see `load_options`).
+static LOGIN_DEV: DevArgs = DevArgs { dev: true, dev_identities: Vec::new() };
 
 impl Cli {
     /// The configuration inputs this invocation names.
@@ -203,6 +239,10 @@ impl Cli {
             Command::Check(args) => (ServerFlags::default(), &args.dev),
             // `cache` serves nothing either.
             Command::Cache(_) => (ServerFlags { app_service: Some(false), ..ServerFlags::default() }, &NO_DEV),
+            // `login` runs before any identity can use its result (a `user` credential's record
+            // does not exist yet), so it loads the configuration without validating identities,
+            // as development mode does; it uses only the authority and [cache.persistence].
+            Command::Login(_) => (ServerFlags { app_service: Some(false), ..ServerFlags::default() }, &LOGIN_DEV),
         };
         let cache = match &self.command {
             Command::Serve(args) => args.persist.overrides(false),
@@ -210,6 +250,7 @@ impl Cli {
             Command::Cache(CacheArgs {
                 action: CacheAction::List { persist } | CacheAction::Clear { persist, .. },
             }) => persist.overrides(true),
+            Command::Login(args) => args.persist.overrides(true),
             Command::Check(_) => None,
         };
         let has_server = server.listen.is_some() || server.identity_header.is_some() || server.app_service.is_some();

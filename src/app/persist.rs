@@ -121,6 +121,14 @@ fn run_cache(store: &dyn Store, action: CacheAction) -> Result<(), String> {
             })?;
             println!("# {}: {} token(s)", store.describe(), snapshot.tokens.len());
             print!("{}", table(&snapshot.tokens, SystemClock.now()));
+            for account in &snapshot.accounts {
+                println!(
+                    "# sign-in {} (client {}, refresh token stored {}; `tokenrelay login`)",
+                    account.home_account_id,
+                    account.client_id,
+                    store::utc(account.updated_at)
+                );
+            }
             Ok(())
         }
         CacheAction::Clear { identity, .. } => {

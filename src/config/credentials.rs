@@ -366,6 +366,9 @@ impl Validator<'_> {
                 Ok(CredentialConfig::AzureCli(AzureCliConfig { timeout_secs, search_path: self.search_path() }))
             }
             raw::RawCredential::Environment {} => Ok(self.environment(client_id)),
+            raw::RawCredential::User { authentication_record } => {
+                Ok(CredentialConfig::User(self.user_credential(key, authentication_record)?))
+            }
         }
     }
 

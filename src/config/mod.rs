@@ -22,7 +22,7 @@ pub use credentials::{
     AssertionAlgorithm, AssertionSource, AzureCliConfig, CertificateConfig, EnvironmentSource, IMDS_ENDPOINT,
     ManagedIdentityConfig, ManagedIdentityFlavour, PipelinesConfig, cloud_authority_host,
 };
-pub use persistence::{CacheKey, PersistenceBackend, PersistenceConfig, RawPersistence};
+pub use persistence::{CacheKey, PersistenceBackend, PersistenceConfig, RawPersistence, UserConfig};
 pub use raw::RawConfig;
 pub use sources::{CacheFlags, DevFlags, FlagOverrides, PersistenceFlags, ServerFlags};
 
@@ -214,6 +214,9 @@ pub enum CredentialConfig {
         credential: &'static str,
         reason: String,
     },
+    /// A user signed in with `tokenrelay login`: the refresh-token grant, with the refresh
+    /// token from the persistent cache.
+    User(UserConfig),
     /// Tokens signed by the embedded development issuer.
     Dev,
 }
@@ -231,6 +234,7 @@ impl CredentialConfig {
             Self::AzureCli(_) => "azure_cli",
             Self::Environment { .. } => "environment",
             Self::NotConfigured { credential, .. } => credential,
+            Self::User(_) => "user",
             Self::Dev => "dev",
         }
     }

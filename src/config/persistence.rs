@@ -12,6 +12,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::{ConfigError, Validator};
+use crate::credential::user::AuthenticationRecord;
 
 /// Default cache name: the file is `<name>.cache`, the keyring entry `<name>/cache-key`.
 const DEFAULT_NAME: &str = "tokenrelay";
@@ -47,7 +48,7 @@ impl Default for RawPersistence {
 }
 
 /// Validated persistence settings; present only when persistence is enabled.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct PersistenceConfig {
     /// Names the keyring entry and the default file.
     pub name: String,
@@ -73,6 +74,7 @@ pub enum PersistenceBackend {
 }
 
 /// A 256-bit key and where it came from. Debug and Serialize show only the source.
+#[derive(Clone)]
 pub struct CacheKey {
     source: String,
     bytes: [u8; 32],
@@ -100,6 +102,20 @@ impl Serialize for CacheKey {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&format!("<redacted> (from {})", self.source))
     }
+}
+
+/// The `user` credential: the account `tokenrelay login` signed in, and the store its
+/// refresh token is in.
+#[derive(Clone, Debug, Serialize)]
+pub struct UserConfig {
+    /// Where the AuthenticationRecord is.
+    pub authentication_record: PathBuf,
+    /// The account it names.
+    #[serde(skip)]
+    pub record: AuthenticationRecord,
+    /// The persistent cache holding the refresh token.
+    #[serde(skip)]
+    pub persistence: PersistenceConfig,
 }
 
 /// The variables persistence may need, read from the process environment: where the user's
@@ -170,6 +186,30 @@ impl Validator<'_> {
             key,
             allow_unencrypted_storage: raw.allow_unencrypted_storage,
         }))
+    }
+
+    /// A `user` credential: its record must exist (written by `tokenrelay login`) and the
+    /// persistent cache, where the refresh token is, must be on.
+    pub(super) fn user_credential(&self, key: &str, record: Option<PathBuf>) -> Result<UserConfig, ConfigError> {
+        let record_key = format!("{key}.authentication_record");
+        let path = record.ok_or_else(|| {
+            self.error(&record_key, "user: set authentication_record to the file `tokenrelay login --record` wrote")
+        })?;
+        let raw: RawPersistence = self.figment.extract_inner("cache.persistence").unwrap_or_default();
+        let persistence = self.persistence(raw)?.ok_or_else(|| {
+            self.error(
+                "cache.persistence.enabled",
+                "the user credential keeps its refresh token in the persistent cache: set enabled = true \
+                 (with the key_file or backend that `tokenrelay login` used)",
+            )
+        })?;
+        let record = AuthenticationRecord::read(&path).map_err(|problem| {
+            self.error(
+                &record_key,
+                format!("{problem}; sign in first with `tokenrelay login --device-code --record {}`", path.display()),
+            )
+        })?;
+        Ok(UserConfig { authentication_record: path, record, persistence })
     }
 
     /// `$XDG_CACHE_HOME/tokenrelay/<name>.cache`, else `$HOME/.cache/tokenrelay/<name>.cache`.

@@ -255,4 +255,9 @@ pub enum RawCredential {
         timeout_secs: Option<u64>,
     },
     Environment {},
+    /// A signed-in user (`tokenrelay login`); see `super::persistence`.
+    User {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        authentication_record: Option<PathBuf>,
+    },
 }

@@ -14,6 +14,7 @@ use super::dev_issuer::{DevCredential, DevIssuer};
 use super::entra::EntraClient;
 use super::environment::EnvironmentCredential;
 use super::managed_identity::ManagedIdentityCredential;
+use super::user::{UserCredential, UserGrants};
 use super::workload_identity::WorkloadIdentityCredential;
 use super::{AccessToken, Credential, CredentialError, LinkStatus};
 use crate::config::{CredentialConfig, EnvironmentSource};
@@ -78,6 +79,11 @@ pub fn build(config: &CredentialConfig, context: &BuildContext<'_>) -> Result<Bo
         }
         CredentialConfig::NotConfigured { credential, reason } => {
             Box::new(NotConfigured { credential, reason: reason.clone() })
+        }
+        CredentialConfig::User(user) => {
+            let store = crate::store::open(&user.persistence).map_err(|problem| format!("user: {problem}"))?;
+            let grants = UserGrants::new(super::user::authority_host(context.entra), context.timeout)?;
+            Box::new(UserCredential::new(grants, user.record.clone(), store))
         }
         CredentialConfig::Dev => {
             let issuer = context.dev_issuer.ok_or("development credentials need the development issuer")?;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::format::{self, Protection};
-use super::{OnUnreadable, PersistedToken, SaveReport, Snapshot, Store, StoreError};
+use super::{OnUnreadable, PersistedAccount, PersistedToken, SaveReport, Snapshot, Store, StoreError};
 use crate::clock::{Clock, SystemClock};
 
 /// How long to wait for another process to release the lock before giving up. A writer
@@ -144,7 +144,7 @@ impl Store for FileStore {
             let existing = self.load_locked(OnUnreadable::MoveAside)?;
             let (tokens, pruned) = super::merge(existing.tokens, tokens, now);
             let kept = tokens.len();
-            self.write_locked(&Snapshot { tokens })?;
+            self.write_locked(&Snapshot { tokens, accounts: existing.accounts })?;
             Ok(SaveReport { kept, pruned })
         })
     }
@@ -157,13 +157,24 @@ impl Store for FileStore {
                 Some(identity) => {
                     snapshot.tokens.retain(|t| t.identity != identity && !t.client_id.eq_ignore_ascii_case(identity))
                 }
-                None => snapshot.tokens.clear(),
+                None => {
+                    snapshot.tokens.clear();
+                    snapshot.accounts.clear();
+                }
             }
             let removed = before - snapshot.tokens.len();
             if removed > 0 || identity.is_none() {
                 self.write_locked(&snapshot)?;
             }
             Ok(removed)
+        })
+    }
+
+    fn save_account(&self, account: PersistedAccount) -> Result<(), StoreError> {
+        with_lock(&self.path, || {
+            let mut snapshot = self.load_locked(OnUnreadable::MoveAside)?;
+            super::merge_account(&mut snapshot.accounts, account);
+            self.write_locked(&snapshot)
         })
     }
 }

@@ -22,7 +22,7 @@ use aws_lc_rs::digest;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
-use super::{PersistedToken, Snapshot};
+use super::{PersistedAccount, PersistedToken, Snapshot};
 use crate::credential::AccessToken;
 use crate::secret::Secret;
 
@@ -110,6 +110,7 @@ pub fn encode(snapshot: &Snapshot, protection: &Protection, written_at: u64) -> 
         written_at,
         writer: concat!("tokenrelay ", env!("CARGO_PKG_VERSION")).to_owned(),
         tokens: snapshot.tokens.iter().map(StoredToken::from_token).collect(),
+        accounts: snapshot.accounts.iter().map(StoredAccount::from_account).collect(),
     };
     let mut body = serde_json::to_vec(&payload).expect("a payload of strings and integers always serialises");
     let mut out = Vec::with_capacity(HEADER_LEN + body.len() + AES_256_GCM.tag_len());
@@ -177,7 +178,10 @@ pub fn decode(bytes: &[u8], protection: &Protection) -> Result<Snapshot, DecodeE
     };
     // serde_json's messages name positions and expected types, never the input's text.
     let payload: Payload = serde_json::from_slice(&plaintext).map_err(|e| DecodeError::BadPayload(e.to_string()))?;
-    Ok(Snapshot { tokens: payload.tokens.into_iter().map(StoredToken::into_token).collect() })
+    Ok(Snapshot {
+        tokens: payload.tokens.into_iter().map(StoredToken::into_token).collect(),
+        accounts: payload.accounts.into_iter().map(StoredAccount::into_account).collect(),
+    })
 }
 
 /// What the file holds once decrypted.
@@ -191,6 +195,40 @@ struct Payload {
     writer: String,
     #[serde(default)]
     tokens: Vec<StoredToken>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    accounts: Vec<StoredAccount>,
+}
+
+/// A refresh token as serialised; like [`StoredToken`], the only place it is a plain string.
+#[derive(Deserialize, Serialize)]
+struct StoredAccount {
+    home_account_id: String,
+    client_id: String,
+    tenant_id: String,
+    refresh_token: String,
+    updated_at: u64,
+}
+
+impl StoredAccount {
+    fn from_account(account: &PersistedAccount) -> Self {
+        Self {
+            home_account_id: account.home_account_id.clone(),
+            client_id: account.client_id.clone(),
+            tenant_id: account.tenant_id.clone(),
+            refresh_token: account.refresh_token.expose().to_owned(),
+            updated_at: account.updated_at,
+        }
+    }
+
+    fn into_account(self) -> PersistedAccount {
+        PersistedAccount {
+            home_account_id: self.home_account_id,
+            client_id: self.client_id,
+            tenant_id: self.tenant_id,
+            refresh_token: Secret::new(self.refresh_token),
+            updated_at: self.updated_at,
+        }
+    }
 }
 
 /// One token as serialised. Only this private type ever holds the plaintext token as a plain
@@ -255,6 +293,13 @@ mod tests {
     fn snapshot() -> Snapshot {
         Snapshot {
             tokens: vec![super::super::tests::token("app", "https://vault.azure.net", 5000, "secret-token-abc")],
+            accounts: vec![PersistedAccount {
+                home_account_id: "oid.tid".into(),
+                client_id: "c".into(),
+                tenant_id: "tid".into(),
+                refresh_token: Secret::new("refresh-token-xyz"),
+                updated_at: 1,
+            }],
         }
     }
 
@@ -266,12 +311,14 @@ mod tests {
     fn round_trips_encrypted_and_hides_the_token() {
         let bytes = encode(&snapshot(), &cipher(7), 1);
         assert!(!bytes.windows(16).any(|w| w == b"secret-token-abc"), "the token is not readable in the bytes");
+        assert!(!bytes.windows(17).any(|w| w == b"refresh-token-xyz"), "nor is the refresh token");
         assert!(!bytes.windows(5).any(|w| w == b"vault"), "nor is anything else of the payload");
         let back = decode(&bytes, &cipher(7)).unwrap();
         assert_eq!(back.tokens.len(), 1);
         assert_eq!(back.tokens[0].token.token.expose(), "secret-token-abc");
         assert_eq!(back.tokens[0].token.expires_on, 5000);
         assert_eq!(back.tokens[0].refresh_on, 4000);
+        assert_eq!(back.account("OID.TID", "c").unwrap().refresh_token.expose(), "refresh-token-xyz");
     }
 
     #[test]

@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use crate::config::{PersistenceBackend, PersistenceConfig};
 use crate::credential::AccessToken;
+use crate::secret::Secret;
 
 pub use file::FileStore;
 pub use format::{Cipher, DecodeError, Protection};
@@ -55,11 +56,45 @@ impl PersistedToken {
     }
 }
 
+/// A signed-in user's refresh token (`tokenrelay login`), keyed by the account and the
+/// public client it was issued to. The refresh token is the most sensitive thing stored: it
+/// yields new access tokens for weeks.
+#[derive(Clone, Debug)]
+pub struct PersistedAccount {
+    /// `<object id>.<tenant id>`, as in the AuthenticationRecord.
+    pub home_account_id: String,
+    /// The public client application the refresh token belongs to.
+    pub client_id: String,
+    /// The tenant the user signed in to.
+    pub tenant_id: String,
+    /// The refresh token.
+    pub refresh_token: Secret,
+    /// When it was stored (epoch seconds); the newest wins a merge.
+    pub updated_at: u64,
+}
+
+impl PersistedAccount {
+    fn key(&self) -> (String, String) {
+        (self.home_account_id.to_ascii_lowercase(), self.client_id.to_ascii_lowercase())
+    }
+}
+
 /// Everything a store holds.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     /// Tokens, at most one per (client id, resource).
     pub tokens: Vec<PersistedToken>,
+    /// Signed-in users' refresh tokens, at most one per (account, client id).
+    pub accounts: Vec<PersistedAccount>,
+}
+
+impl Snapshot {
+    /// The refresh token stored for an account and client, if any.
+    pub fn account(&self, home_account_id: &str, client_id: &str) -> Option<&PersistedAccount> {
+        self.accounts.iter().find(|a| {
+            a.home_account_id.eq_ignore_ascii_case(home_account_id) && a.client_id.eq_ignore_ascii_case(client_id)
+        })
+    }
 }
 
 /// What a store does when the file it finds cannot be read.
@@ -116,8 +151,20 @@ pub trait Store: Send + Sync {
     fn save(&self, tokens: Vec<PersistedToken>, now: u64) -> Result<SaveReport, StoreError>;
 
     /// Removes every token, or those of one identity (its name or client id). Returns how
-    /// many were removed.
+    /// many were removed. Clearing everything also removes the stored sign-ins.
     fn clear(&self, identity: Option<&str>) -> Result<usize, StoreError>;
+
+    /// Stores (or replaces) a signed-in user's refresh token, under the lock.
+    fn save_account(&self, account: PersistedAccount) -> Result<(), StoreError>;
+}
+
+/// Puts `account` into `accounts`, replacing an older one for the same account and client.
+pub fn merge_account(accounts: &mut Vec<PersistedAccount>, account: PersistedAccount) {
+    match accounts.iter_mut().find(|a| a.key() == account.key()) {
+        Some(existing) if existing.updated_at <= account.updated_at => *existing = account,
+        Some(_) => {}
+        None => accounts.push(account),
+    }
 }
 
 /// Merges two token sets: per (client id, resource) the one that expires last; tokens that
@@ -241,7 +288,6 @@ pub fn utc(epoch: u64) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::secret::Secret;
 
     /// A persisted token for client id `client_id`; refresh_on is `expires_on - 1000`.
     pub fn token(client_id: &str, resource: &str, expires_on: u64, value: &str) -> PersistedToken {

@@ -135,6 +135,9 @@ mod tests {
         fn clear(&self, _: Option<&str>) -> Result<usize, StoreError> {
             Ok(0)
         }
+        fn save_account(&self, _: super::super::PersistedAccount) -> Result<(), StoreError> {
+            Ok(())
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -11,6 +11,7 @@ mod credentials;
 mod dev;
 mod imds;
 mod limits;
+mod login;
 mod store;
 mod telemetry;
 mod upstream;

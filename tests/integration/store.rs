@@ -132,7 +132,11 @@ async fn unreadable_cache_files_are_moved_aside_and_the_service_runs() {
                 refresh_on: None,
             },
         };
-        format::encode(&Snapshot { tokens: vec![token] }, &Protection::Encrypted(Cipher::new(key)), 0)
+        format::encode(
+            &Snapshot { tokens: vec![token], ..Snapshot::default() },
+            &Protection::Encrypted(Cipher::new(key)),
+            0,
+        )
     };
     let good = valid(&cache.key);
     let mut future = good.clone();

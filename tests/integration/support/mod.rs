@@ -4,6 +4,7 @@ pub mod certs;
 pub mod fake_devops;
 pub mod fake_entra;
 pub mod fake_imds;
+pub mod fake_login;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
