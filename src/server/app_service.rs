@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use aws_lc_rs::digest;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use subtle::ConstantTimeEq;
@@ -16,8 +16,11 @@ use super::wire::{TokenQuery, api_version_supported};
 use crate::secret::Secret;
 
 /// Handles one App Service style request.
-pub async fn handle(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
-    token::traced(Flavour::AppService, &headers, &uri, checked(&state, &headers, &uri)).await
+pub async fn handle(State(state): State<AppState>, request: Request) -> Response {
+    // Taking the request whole borrows its headers and URI; the `HeaderMap` and `Uri`
+    // extractors would clone them on every request.
+    let (parts, _body) = request.into_parts();
+    token::traced(Flavour::AppService, &parts.headers, &parts.uri, checked(&state, &parts.headers, &parts.uri)).await
 }
 
 async fn checked(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Response {
