@@ -1,0 +1,95 @@
+//! `tokenrelay check`: the effective configuration, each chain link's status, and an optional fetch.
+
+use super::*;
+
+/// The resource `check --fetch` asks for when none is named.
+const CHECK_RESOURCE: &str = "https://management.azure.com";
+
+/// `check`: the effective configuration, every identity's chain and whether each link can
+/// run here; with `fetch`, one token per identity through its chain.
+pub(super) async fn check(config: &Config, fetch: bool, resource: Option<&str>) -> ExitCode {
+    let text = match toml::to_string_pretty(config) {
+        Ok(text) => text,
+        Err(error) => {
+            eprintln!("tokenrelay: cannot print the configuration: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("# effective configuration (secrets redacted)\n{text}");
+    let entra = match entra_client(&config.upstream) {
+        Ok(entra) => entra,
+        Err(error) => {
+            eprintln!("tokenrelay: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let dev_issuer = match &config.dev {
+        Some(dev) => {
+            let base_url = format!("http://{}", display_addr(config.server.listen));
+            match DevIssuer::generate(base_url, dev.tenant_id.clone(), dev.token_lifetime_secs) {
+                Ok(issuer) => Some(Arc::new(issuer)),
+                Err(error) => {
+                    eprintln!("tokenrelay: {error}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        None => None,
+    };
+    let mut failed = false;
+    println!(
+        "# credential chains{}",
+        if fetch { "" } else { " (nothing contacted; `tokenrelay check --fetch` obtains one token per identity)" }
+    );
+    for identity in &config.identities {
+        let chain = match credential_chain(
+            identity,
+            identity.tenant_id.as_deref(),
+            &entra,
+            dev_issuer.as_ref(),
+            &config.upstream,
+        ) {
+            Ok(chain) => chain,
+            Err(error) => {
+                eprintln!("tokenrelay: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!("# identity {:?} (client_id {}):", identity.name, identity.client_id);
+        for (n, (kind, status)) in chain.statuses().iter().enumerate() {
+            let verdict = match status {
+                LinkStatus::Usable(_) => "usable",
+                LinkStatus::NotUsable(_) => "not usable",
+            };
+            println!("#   {}. {kind}: {verdict}: {}", n + 1, status.reason());
+        }
+        match chain.first_usable() {
+            Some((first, _)) => println!("#   tries {first} first"),
+            None => println!("#   warning: no credential of this identity can run here"),
+        }
+        if fetch {
+            let resource = resource
+                .map(|r| config::normalize_resource(r.trim()).to_owned())
+                .or_else(|| identity.prefetch.first().cloned())
+                .unwrap_or_else(|| CHECK_RESOURCE.to_owned());
+            match chain.token_from(&resource).await {
+                Ok((credential, token)) => println!(
+                    "#   fetched a token for {resource} from {credential} (valid for {} s more, fingerprint {})",
+                    token.expires_on.saturating_sub(SystemClock.now()),
+                    token.token.fingerprint()
+                ),
+                Err(error) => {
+                    failed = true;
+                    let text = describe_failure(&identity.name, error);
+                    println!("#   fetching a token for {resource} failed: {text}");
+                    eprintln!("tokenrelay: {text}");
+                }
+            }
+        }
+    }
+    if failed {
+        return ExitCode::FAILURE;
+    }
+    println!("# configuration is valid");
+    ExitCode::SUCCESS
+}

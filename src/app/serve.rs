@@ -1,0 +1,148 @@
+//! `tokenrelay serve`: bind, wire the server to the broker, run until a signal.
+
+use super::*;
+
+pub(super) async fn serve(config: Config) -> ExitCode {
+    let server = match Server::bind(config.server.listen, limits(&config.server)).await {
+        Ok(server) => server,
+        Err(error) => {
+            eprintln!("tokenrelay: cannot listen on {}: {error}", config.server.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = match server.local_addr() {
+        Ok(addr) => addr,
+        Err(error) => {
+            eprintln!("tokenrelay: cannot read the bound address: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "listening beyond loopback: anything that can reach this address can obtain tokens");
+    }
+    let base_url = format!("http://{}", display_addr(addr));
+    let built = match build(&config, &base_url) {
+        Ok(built) => built,
+        Err(error) => {
+            eprintln!("tokenrelay: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let identity_header = match (&config.server.identity_header, config.is_dev()) {
+        (Some(secret), _) => Some(secret.clone()),
+        (None, true) if config.server.app_service => match generate_secret() {
+            Ok(secret) => Some(secret),
+            Err(error) => {
+                eprintln!("tokenrelay: {error}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, _) => None,
+    };
+
+    println!("tokenrelay {} listening on {base_url}", env!("CARGO_PKG_VERSION"));
+    // Probes and scrapes come from the kubelet and Prometheus over the pod IP, which a
+    // loopback-only listener cannot answer: the admin listener serves health, readiness and
+    // metrics (never tokens) on an address of its own.
+    let admin = match config.server.admin_listen {
+        Some(admin_addr) => match Server::bind(admin_addr, limits(&config.server)).await {
+            Ok(admin) => {
+                let bound = admin.local_addr().map_or_else(|_| admin_addr.to_string(), display_addr);
+                println!("admin (health, readiness, metrics) listening on http://{bound}");
+                Some(admin)
+            }
+            Err(error) => {
+                eprintln!("tokenrelay: cannot listen on {admin_addr} (server.admin_listen): {error}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    if config.is_dev() {
+        tracing::warn!(
+            "development mode: tokens are signed by an ephemeral local key and no Azure service accepts them"
+        );
+        println!(
+            "DEVELOPMENT MODE: tokens come from an embedded test issuer ({base_url}); no Azure service accepts them."
+        );
+        if let (true, Some(secret)) = (config.server.app_service, &identity_header) {
+            println!(
+                "export IDENTITY_ENDPOINT={base_url}{} IDENTITY_HEADER={}",
+                config.server.app_service_path,
+                secret.expose()
+            );
+        }
+        if config.server.imds {
+            println!("export AZURE_POD_IDENTITY_AUTHORITY_HOST={base_url}");
+        }
+    }
+
+    let metrics = if config.telemetry.metrics {
+        match crate::telemetry::metrics::install() {
+            Ok(handle) => Some(handle),
+            Err(error) => {
+                tracing::warn!(%error, "metrics disabled: cannot install the recorder");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let state = AppState {
+        broker: built.broker.clone(),
+        identity_header: identity_header.map(Arc::new),
+        probe_mode: config.server.imds_probe,
+        dev_issuer: built.dev_issuer,
+        metrics,
+    };
+    let admin_router = server::admin_router(state.clone());
+    let router = server::router(state, &config.server);
+    // Before serving: the first requests after a restart are hits, and persisted prefetches
+    // count as done.
+    persist::attach(&config, &built.broker).await;
+    built.broker.start_prefetch();
+    tracing::info!(%addr, identities = config.identities.len(), "serving");
+    // One signal stops both listeners.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        server::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stopping| *stopping).await;
+    };
+    let admin_task = admin.map(|admin| tokio::spawn(admin.run(admin_router, stopped(stop_rx.clone()))));
+    let served = server.run(router, stopped(stop_rx)).await;
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    persist::flush(&built.broker).await;
+    match served {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("tokenrelay: server error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The connection-level limits of `server`.
+fn limits(server: &config::ServerConfig) -> Limits {
+    Limits {
+        max_connections: server.max_connections,
+        max_header_bytes: server.max_header_bytes,
+        max_uri_bytes: server.max_uri_bytes,
+        header_read_timeout: Duration::from_secs(server.header_read_timeout_secs),
+        grace: Duration::from_secs(server.shutdown_grace_secs),
+    }
+}
+
+/// A random 32-byte hex secret for the App Service flavour under `--dev`.
+fn generate_secret() -> Result<Secret, String> {
+    let mut bytes = [0u8; 32];
+    SystemRandom::new().fill(&mut bytes).map_err(|_| "no randomness for the identity header secret")?;
+    Ok(Secret::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+}

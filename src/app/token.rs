@@ -1,0 +1,106 @@
+//! `tokenrelay token`: one token through the same identity, cache and credential code.
+
+use super::*;
+
+pub(super) async fn token(config: Config, resource: &str, client_id: Option<String>) -> ExitCode {
+    let base_url = format!("http://{}", display_addr(config.server.listen));
+    let built = match build(&config, &base_url) {
+        Ok(built) => built,
+        Err(error) => {
+            eprintln!("tokenrelay: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let resource = config::normalize_resource(resource.trim());
+    let selector = client_id.map_or(Selector::Default, Selector::ClientId);
+    let broker = &built.broker;
+    persist::attach(&config, broker).await;
+    let result = match broker.resolve(&selector) {
+        Ok(identity) => broker.token(identity, resource).await.map(|served| (identity.clone(), served)),
+        Err(error) => Err(error),
+    };
+    persist::flush(broker).await;
+    match result {
+        Ok((identity, served)) => {
+            let echo = None;
+            let body = TokenBody::new(&served.entry, &identity.client_id, resource, broker.now(), echo);
+            match serde_json::to_string_pretty(&body) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("tokenrelay: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(error) => {
+            eprintln!("tokenrelay: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `token --tenant`: one token for another tenant of an identity, straight from its chain.
+///
+/// The wire protocols have no tenant parameter, so only this command can ask for one. The
+/// tenant must be the identity's own or listed in `additionally_allowed_tenants` (`*` allows
+/// any), as the Azure SDKs require. The cache is bypassed: it is keyed by identity and
+/// resource, and this process ends after one token anyway.
+pub(super) async fn token_for_tenant(
+    config: &Config,
+    resource: &str,
+    client_id: Option<String>,
+    tenant: &str,
+) -> ExitCode {
+    let identity = match &client_id {
+        Some(id) => config.identities.iter().find(|i| i.client_id.eq_ignore_ascii_case(id)),
+        None => config.identities.iter().find(|i| i.default),
+    };
+    let Some(identity) = identity else {
+        let selector = client_id.map_or("the default identity".to_owned(), |id| format!("client_id {id:?}"));
+        eprintln!("tokenrelay: no identity with {selector} is configured here");
+        return ExitCode::FAILURE;
+    };
+    let own = identity.tenant_id.as_deref().is_some_and(|t| t.eq_ignore_ascii_case(tenant));
+    let allowed = identity.additionally_allowed_tenants.iter().any(|t| t == "*" || t.eq_ignore_ascii_case(tenant));
+    if !own && !allowed {
+        eprintln!(
+            "tokenrelay: identity {:?} is not configured to acquire tokens for tenant {tenant}; add it to \
+             additionally_allowed_tenants (or \"*\") of the identity",
+            identity.name
+        );
+        return ExitCode::FAILURE;
+    }
+    let resource = config::normalize_resource(resource.trim());
+    let chain = match entra_client(&config.upstream)
+        .and_then(|entra| credential_chain(identity, Some(tenant), &entra, None, &config.upstream))
+    {
+        Ok(chain) => chain,
+        Err(error) => {
+            eprintln!("tokenrelay: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match chain.token_from(resource).await {
+        Ok((credential, token)) => {
+            let entry = CachedToken::new(token, 0, credential);
+            let body = TokenBody::new(&entry, &identity.client_id, resource, SystemClock.now(), None);
+            match serde_json::to_string_pretty(&body) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("tokenrelay: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(error) => {
+            eprintln!("tokenrelay: {}", describe_failure(&identity.name, error));
+            ExitCode::FAILURE
+        }
+    }
+}
