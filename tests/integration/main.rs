@@ -9,6 +9,7 @@ mod certificates;
 mod cli;
 mod credentials;
 mod dev;
+mod faults;
 mod imds;
 mod limits;
 mod login;

@@ -37,6 +37,10 @@ pub enum Scripted {
     Throttle { retry_after_secs: u64 },
     /// A 5xx without a useful body.
     ServerError(u16),
+    /// An HTML error page, as a load balancer in front of the authority sends.
+    HtmlPage(u16),
+    /// 200 with a body that is not a token response.
+    Malformed,
 }
 
 /// One request as the fake saw it.
@@ -248,6 +252,14 @@ async fn token(
         }
         Some(Scripted::ServerError(status)) => {
             return (StatusCode::from_u16(status).unwrap(), "upstream trouble").into_response();
+        }
+        Some(Scripted::HtmlPage(status)) => {
+            let page = "<html><body><h1>502 Bad Gateway</h1></body></html>";
+            return (StatusCode::from_u16(status).unwrap(), [("content-type", "text/html")], page).into_response();
+        }
+        Some(Scripted::Malformed) => {
+            return (StatusCode::OK, [("content-type", "application/json")], "{\"token_type\":\"Bearer\",")
+                .into_response();
         }
         None => {}
     }
