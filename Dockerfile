@@ -37,6 +37,11 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 WORKDIR /build
 
+# --no-default-features leaves out the "keyring" feature (the OS keyring for the persistent
+# cache's key): the default seccomp profiles of Docker and Kubernetes block the kernel keyutils
+# calls, so in a container the key comes from a file (cache.persistence.key_file, a mounted
+# Secret) instead. Both cargo builds below use the same flags, so the dependency layer is reused.
+#
 # 1. Dependencies only. This layer is rebuilt only when Cargo.toml or Cargo.lock change, not on
 #    every source edit. Cargo refuses a manifest whose declared targets have no source file, so
 #    the awk program lists every [[bin]], [[test]], [[bench]] and [[example]] target's file
@@ -57,14 +62,14 @@ RUN mkdir -p src \
        | while read -r target; do \
             if [ ! -e "${target}" ]; then mkdir -p "$(dirname "${target}")" && echo 'fn main() {}' > "${target}"; fi; \
          done \
-    && cargo build --release --locked --target "${RUST_TARGET}" \
+    && cargo build --release --locked --no-default-features --target "${RUST_TARGET}" \
     && rm -rf src
 
 # 2. The real sources. COPY keeps the files' own timestamps, which can be older than the
 #    stand-ins built above; touching the crate roots makes cargo rebuild tokenrelay itself.
 COPY src ./src
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked --target "${RUST_TARGET}" \
+    && cargo build --release --locked --no-default-features --target "${RUST_TARGET}" \
     && cp "target/${RUST_TARGET}/release/tokenrelay" ./tokenrelay \
     && ./tokenrelay --version
 
@@ -96,16 +101,23 @@ COPY --from=builder /build/tokenrelay /usr/local/bin/tokenrelay
 #   The App Service endpoint (/msi/token) refuses to start without it (except under --dev).
 # - Logs: stderr, JSON when stderr is not a terminal (TOKENRELAY_LOG__FORMAT=auto|text|json,
 #   TOKENRELAY_LOG__LEVEL=info).
-# - Health: GET /healthz (liveness) and GET /readyz (200 once prefetched tokens are cached), on
-#   the listen address. There is deliberately no Docker HEALTHCHECK: the image has no shell or
-#   HTTP client, and Kubernetes ignores HEALTHCHECK anyway.
+# - Admin listener: server.admin_listen (TOKENRELAY_SERVER__ADMIN_LISTEN=0.0.0.0:8081) serves
+#   only GET /healthz (liveness), GET /readyz (200 once prefetched tokens are cached) and
+#   GET /metrics (Prometheus), never a token endpoint, so it may listen on the pod IP where the
+#   kubelet's probes and Prometheus connect. They are on the main listener too (loopback).
+#   There is deliberately no Docker HEALTHCHECK: the image has no shell or HTTP client, and
+#   Kubernetes ignores HEALTHCHECK anyway; use httpGet probes on the admin port.
 # - Shutdown: SIGTERM (the default stop signal) drains in-flight requests for up to
 #   server.shutdown_grace_secs (10 s), inside Kubernetes' default 30 s grace period.
 # - Filesystem: nothing is written at run time, so readOnlyRootFilesystem: true works as is.
+#   The opt-in persistent cache ([cache.persistence]) writes one file where its `path` says:
+#   mount an emptyDir there (e.g. at /var/cache, with path /var/cache/tokenrelay/tokens.cache)
+#   and its key_file from a Secret; see deploy/app-with-sidecar.yaml.
 # - User: 65532:65532 (distroless "nonroot"), numeric so that runAsNonRoot can verify it.
 
-# Documentation only: the port the default listen address uses (on loopback).
-EXPOSE 8080
+# Documentation only: the default token port (on loopback, so not reachable from outside the
+# container's network namespace) and the conventional admin port (off unless configured).
+EXPOSE 8080 8081
 
 USER 65532:65532
 

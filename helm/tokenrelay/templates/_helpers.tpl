@@ -5,12 +5,13 @@ Public (stable, for use from your own chart; see README.md "Using the sidecar in
 Each takes a dict: "root" = the top-level context ($), "values" = tokenrelay's values (this
 chart's .Values, or .Values.tokenrelay in a parent chart that depends on this one):
 
-  tokenrelay.initContainers   the sidecar, then the wait-for-ready container (list items)
-  tokenrelay.sidecar          only the tokenrelay native-sidecar container (a list item)
-  tokenrelay.waitContainer    only the wait-for-ready init container (empty when disabled)
+  tokenrelay.initContainers   the tokenrelay native sidecar (list items; put them first)
+  tokenrelay.sidecar          the same container (a list item), for use among other init
+                              containers
   tokenrelay.appEnv           env entries for application containers (list items)
   tokenrelay.volumes          pod volumes the sidecar mounts (list items)
-  tokenrelay.podLabels        pod labels (the workload identity opt-in)
+  tokenrelay.podLabels        pod labels (the workload identity opt-in, and the label the
+                              metrics Service selects)
   tokenrelay.podAnnotations   pod annotations; needs "containers": the names of every other
                               container of the pod (app containers and other init containers)
   tokenrelay.serviceAccountName
@@ -61,6 +62,33 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- default (printf "%s-identity-header" (include "tokenrelay.fullname" .)) .values.identityHeader.existingSecret -}}
 {{- end -}}
 
+{{- define "tokenrelay.cacheKeySecretName" -}}
+{{- default (printf "%s-cache-key" (include "tokenrelay.fullname" .)) .values.persistence.encryptionKey.existingSecret -}}
+{{- end -}}
+
+{{/* server.admin_listen: "0.0.0.0:8081", or "[::]:8081" for an IPv6 bind address. */}}
+{{- define "tokenrelay.adminListen" -}}
+{{- $v := .values -}}
+{{- if eq (int $v.admin.port) (int $v.port) -}}
+{{- fail (printf "tokenrelay: admin.port (%d) must differ from port, the token listener" (int $v.admin.port)) -}}
+{{- end -}}
+{{- if contains ":" $v.admin.bindAddress -}}
+{{- printf "[%s]:%d" $v.admin.bindAddress (int $v.admin.port) -}}
+{{- else -}}
+{{- printf "%s:%d" $v.admin.bindAddress (int $v.admin.port) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tokenrelay.workloadIdentity" -}}
+{{- if eq .values.azure.credential "workloadIdentity" -}}true{{- end -}}
+{{- end -}}
+
+{{- define "tokenrelay.clientSecretMountPath" -}}/run/secrets/tokenrelay-client-secret{{- end -}}
+
+{{/* Where the persistent cache lives inside the tokenrelay container. */}}
+{{- define "tokenrelay.cacheMountPath" -}}/var/cache{{- end -}}
+{{- define "tokenrelay.cacheKeyMountPath" -}}/run/secrets/tokenrelay-cache{{- end -}}
+
 {{/*
 The image reference. Without image.tag the chart's appVersion is used, which is only right
 inside this chart: a parent chart has its own appVersion, so there the tag is required.
@@ -89,7 +117,20 @@ from the AZURE_* variables the webhook injects.
 {{- if and $v.prefetch (not $v.azure.clientId) -}}
 {{- fail "tokenrelay: prefetch needs azure.clientId (the identity the tokens are fetched for)" -}}
 {{- end -}}
-{{- if $v.azure.clientId }}
+{{- if eq $v.azure.credential "clientSecret" }}
+{{- if not (and $v.azure.clientId $v.azure.tenantId $v.azure.clientSecret.existingSecret) -}}
+{{- fail "tokenrelay: azure.credential clientSecret needs azure.clientId (the application id), azure.tenantId and azure.clientSecret.existingSecret (a Secret with the secret's value)" -}}
+{{- end }}
+# The app registration tokenrelay signs in as, with a client secret mounted from the Secret
+# {{ $v.azure.clientSecret.existingSecret }} (read at start).
+[[identities]]
+name = "app"
+client_id = {{ $v.azure.clientId | toJson }}
+tenant_id = {{ $v.azure.tenantId | toJson }}
+default = true
+prefetch = [{{ range $i, $resource := $v.prefetch }}{{ if $i }}, {{ end }}{{ $resource | toJson }}{{ end }}]
+credentials = [{ kind = "client_secret", secret_file = {{ printf "%s/client-secret" (include "tokenrelay.clientSecretMountPath" .) | toJson }} }]
+{{- else if $v.azure.clientId }}
 # The identity that the AKS workload identity webhook federates for this pod's
 # ServiceAccount. The token file comes from AZURE_FEDERATED_TOKEN_FILE (set by the webhook)
 {{- if not $v.azure.tenantId }}
@@ -126,9 +167,12 @@ credentials = [{ kind = "workload_identity" }]
   restartPolicy: Always
   args: ["serve"]
   env:
-    # Loopback only; the pod's containers share the network namespace.
+    # Token endpoints: loopback only; the pod's containers share the network namespace.
     - name: TOKENRELAY_SERVER__LISTEN
       value: {{ printf "127.0.0.1:%d" (int $v.port) | quote }}
+    # Health, readiness and metrics only (no token endpoint): kubelet probes, Prometheus.
+    - name: TOKENRELAY_SERVER__ADMIN_LISTEN
+      value: {{ include "tokenrelay.adminListen" . | quote }}
     - name: TOKENRELAY_SERVER__IDENTITY_HEADER_FILE
       value: /run/secrets/tokenrelay/identity-header
     {{- if include "tokenrelay.hasConfig" . }}
@@ -137,9 +181,45 @@ credentials = [{ kind = "workload_identity" }]
     {{- end }}
     - name: TOKENRELAY_LOG__LEVEL
       value: {{ $v.logLevel | quote }}
+    {{- if not $v.metrics.enabled }}
+    - name: TOKENRELAY_TELEMETRY__METRICS
+      value: "false"
+    {{- end }}
+    {{- if $v.persistence.enabled }}
+    # Persistent cache: an encrypted file on the tokenrelay-cache emptyDir.
+    - name: TOKENRELAY_CACHE__PERSISTENCE__ENABLED
+      value: "true"
+    - name: TOKENRELAY_CACHE__PERSISTENCE__BACKEND
+      value: file
+    - name: TOKENRELAY_CACHE__PERSISTENCE__PATH
+      value: {{ printf "%s/tokenrelay/tokens.cache" (include "tokenrelay.cacheMountPath" .) }}
+    - name: TOKENRELAY_CACHE__PERSISTENCE__KEY_FILE
+      value: {{ printf "%s/key" (include "tokenrelay.cacheKeyMountPath" .) }}
+    {{- end }}
     {{- with $v.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
+  ports:
+    # The admin listener (the loopback token port is unreachable on the pod IP: not declared).
+    - name: relay-admin
+      containerPort: {{ int $v.admin.port }}
+      protocol: TCP
+  # The app containers start only once this succeeds (/readyz: the prefetches are cached).
+  startupProbe:
+    httpGet:
+      path: /readyz
+      port: relay-admin
+    {{- toYaml $v.probes.startup | nindent 4 }}
+  livenessProbe:
+    httpGet:
+      path: /healthz
+      port: relay-admin
+    {{- toYaml $v.probes.liveness | nindent 4 }}
+  readinessProbe:
+    httpGet:
+      path: /readyz
+      port: relay-admin
+    {{- toYaml $v.probes.readiness | nindent 4 }}
   volumeMounts:
     - name: tokenrelay-identity-header
       mountPath: /run/secrets/tokenrelay
@@ -149,46 +229,27 @@ credentials = [{ kind = "workload_identity" }]
       mountPath: /etc/tokenrelay
       readOnly: true
     {{- end }}
-  # No HTTP probes: kubelet probes connect to the pod IP and tokenrelay listens on loopback.
-  # tokenrelay-wait provides the start-up ordering; restartPolicy: Always restarts a crash.
+    {{- if not (include "tokenrelay.workloadIdentity" .) }}
+    - name: tokenrelay-client-secret
+      mountPath: {{ include "tokenrelay.clientSecretMountPath" . }}
+      readOnly: true
+    {{- end }}
+    {{- if $v.persistence.enabled }}
+    - name: tokenrelay-cache
+      mountPath: {{ include "tokenrelay.cacheMountPath" . }}
+    - name: tokenrelay-cache-key
+      mountPath: {{ include "tokenrelay.cacheKeyMountPath" . }}
+      readOnly: true
+    {{- end }}
   resources:
     {{- toYaml $v.resources | nindent 4 }}
   securityContext:
     {{- toYaml $v.securityContext | nindent 4 }}
 {{- end -}}
 
-{{/* Waits until GET /readyz answers 200 (an initContainers list item, after the sidecar). */}}
-{{- define "tokenrelay.waitContainer" -}}
-{{- $w := .values.waitForReady -}}
-{{- if $w.enabled -}}
-- name: tokenrelay-wait
-  image: {{ $w.image | quote }}
-  imagePullPolicy: {{ $w.pullPolicy }}
-  command:
-    - sh
-    - -c
-    - |
-      deadline=$(( $(date +%s) + {{ int $w.timeoutSeconds }} ))
-      until timeout 5 wget -q -O /dev/null http://127.0.0.1:{{ int .values.port }}/readyz; do
-        if [ "$(date +%s)" -ge "$deadline" ]; then
-          echo "tokenrelay is not ready after {{ int $w.timeoutSeconds }} s; see: kubectl logs <pod> -c tokenrelay" >&2
-          exit 1
-        fi
-        sleep 1
-      done
-      echo "tokenrelay is ready"
-  resources:
-    {{- toYaml $w.resources | nindent 4 }}
-  securityContext:
-    {{- toYaml $w.securityContext | nindent 4 }}
-{{- end -}}
-{{- end -}}
-
+{{/* The init containers tokenrelay adds to a pod: the native sidecar. */}}
 {{- define "tokenrelay.initContainers" -}}
 {{ include "tokenrelay.sidecar" . }}
-{{- with include "tokenrelay.waitContainer" . }}
-{{ . }}
-{{- end }}
 {{- end -}}
 
 {{/* Environment of application containers (env list items). */}}
@@ -228,11 +289,41 @@ credentials = [{ kind = "workload_identity" }]
   configMap:
     name: {{ include "tokenrelay.fullname" . }}-config
 {{- end }}
+{{- if not (include "tokenrelay.workloadIdentity" .) }}
+- name: tokenrelay-client-secret
+  secret:
+    secretName: {{ .values.azure.clientSecret.existingSecret }}
+    items:
+      - key: {{ .values.azure.clientSecret.key }}
+        path: client-secret
+{{- end }}
+{{- with .values.persistence }}
+{{- if .enabled }}
+- name: tokenrelay-cache
+  emptyDir:
+    {{- with .medium }}
+    medium: {{ . }}
+    {{- end }}
+    sizeLimit: {{ .sizeLimit }}
+- name: tokenrelay-cache-key
+  secret:
+    secretName: {{ include "tokenrelay.cacheKeySecretName" $ }}
+    items:
+      - key: {{ .encryptionKey.key }}
+        path: key
+{{- end }}
+{{- end }}
 {{- end -}}
 
-{{/* Opts the pod in to the AKS workload identity webhook. */}}
+{{/*
+Opts the pod in to the AKS workload identity webhook (credential workloadIdentity), and marks
+it as carrying this release's sidecar (the metrics Service selects that label).
+*/}}
 {{- define "tokenrelay.podLabels" -}}
+{{- if include "tokenrelay.workloadIdentity" . -}}
 azure.workload.identity/use: "true"
+{{ end -}}
+tokenrelay/instance: {{ include "tokenrelay.fullname" . }}
 {{- end -}}
 
 {{/*
@@ -240,22 +331,30 @@ skip-containers keeps the webhook's AZURE_* variables and projected token out of
 container except tokenrelay (shared/docs protocols.md 2.7: they would make SDKs bypass it).
 */}}
 {{- define "tokenrelay.podAnnotations" -}}
+{{- include "tokenrelay.podAnnotationLines" . | trim -}}
+{{- end -}}
+
+{{- define "tokenrelay.podAnnotationLines" -}}
 {{- if not .containers -}}
 {{- fail "tokenrelay.podAnnotations needs \"containers\": the names of every container of the pod other than tokenrelay" -}}
 {{- end -}}
 {{- $names := list -}}
-{{- if .values.waitForReady.enabled -}}
-{{- $names = append $names "tokenrelay-wait" -}}
-{{- end -}}
 {{- range .containers -}}
 {{- if eq . "tokenrelay" -}}
 {{- fail "tokenrelay.podAnnotations: \"containers\" must not name tokenrelay itself" -}}
 {{- end -}}
 {{- $names = append $names . -}}
 {{- end -}}
+{{- if include "tokenrelay.workloadIdentity" . }}
 azure.workload.identity/skip-containers: {{ join ";" $names | quote }}
+{{- end }}
 {{- with include "tokenrelay.configToml" . | trim }}
 checksum/tokenrelay-config: {{ . | sha256sum }}
+{{- end }}
+{{- if and .values.metrics.enabled .values.metrics.scrapeAnnotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ int .values.admin.port | quote }}
+prometheus.io/path: /metrics
 {{- end }}
 {{- end -}}
 
