@@ -47,7 +47,7 @@ pub(super) async fn serve(config: Config) -> ExitCode {
     let admin = match config.server.admin_listen {
         Some(admin_addr) => match Server::bind(admin_addr, limits(&config.server)).await {
             Ok(admin) => {
-                let bound = admin.local_addr().map_or_else(|_| admin_addr.to_string(), display_addr);
+                let bound = admin.local_addr().map_or_else(|_| admin_addr.to_string(), |a| a.to_string());
                 println!("admin (health, readiness, metrics) listening on http://{bound}");
                 Some(admin)
             }
