@@ -6,19 +6,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use reqwest::Url;
 
-use crate::broker::{Broker, BrokerError, CacheSettings, CachedToken, IdentitySpec, Policy, Selector};
+use crate::broker::{Broker, BrokerError, CacheSettings, IdentitySpec, Policy};
 use crate::cli::{Cli, Command};
-use crate::clock::{Clock, SystemClock};
+use crate::clock::SystemClock;
 use crate::config::{self, Config, IdentityConfig};
 use crate::credential::dev_issuer::DevIssuer;
 use crate::credential::entra::{EntraClient, EntraSettings};
-use crate::credential::{self, BuildContext, Chain, CredentialError, LinkStatus};
-use crate::secret::Secret;
-use crate::server::wire::TokenBody;
-use crate::server::{self, AppState, Limits, Server};
+use crate::credential::{self, BuildContext, Chain, CredentialError};
 
 mod check;
 mod login;
@@ -129,6 +125,7 @@ fn entra_client(upstream: &config::UpstreamConfig) -> Result<Arc<EntraClient>, S
         max_retries: upstream.max_retries,
         retry_base: Duration::from_millis(upstream.retry_base_ms),
         retry_max_delay: Duration::from_secs(upstream.retry_max_delay_secs),
+        retry_budget: Duration::from_secs(upstream.retry_budget_secs),
         max_concurrent: upstream.max_concurrent,
     })?))
 }

@@ -1,6 +1,13 @@
 //! `tokenrelay check`: the effective configuration, each chain link's status, and an optional fetch.
 
-use super::*;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use super::{credential_chain, describe_failure, display_addr, entra_client};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{self, Config};
+use crate::credential::LinkStatus;
+use crate::credential::dev_issuer::DevIssuer;
 
 /// The resource `check --fetch` asks for when none is named.
 const CHECK_RESOURCE: &str = "https://management.azure.com";

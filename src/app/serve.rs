@@ -1,6 +1,15 @@
 //! `tokenrelay serve`: bind, wire the server to the broker, run until a signal.
 
-use super::*;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+
+use super::{build, display_addr, persist};
+use crate::config::{self, Config};
+use crate::secret::Secret;
+use crate::server::{self, AppState, Limits, Server};
 
 pub(super) async fn serve(config: Config) -> ExitCode {
     let server = match Server::bind(config.server.listen, limits(&config.server)).await {

@@ -1,6 +1,12 @@
 //! `tokenrelay token`: one token through the same identity, cache and credential code.
 
-use super::*;
+use std::process::ExitCode;
+
+use super::{build, credential_chain, describe_failure, display_addr, entra_client, persist};
+use crate::broker::{CachedToken, Selector};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{self, Config};
+use crate::server::wire::TokenBody;
 
 pub(super) async fn token(config: Config, resource: &str, client_id: Option<String>) -> ExitCode {
     let base_url = format!("http://{}", display_addr(config.server.listen));

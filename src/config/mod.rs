@@ -102,6 +102,7 @@ pub struct UpstreamConfig {
     pub max_retries: u32,
     pub retry_base_ms: u64,
     pub retry_max_delay_secs: u64,
+    pub retry_budget_secs: u64,
     pub max_concurrent: usize,
 }
 
@@ -504,6 +505,7 @@ impl Validator<'_> {
             max_retries: raw.max_retries,
             retry_base_ms: raw.retry_base_ms,
             retry_max_delay_secs: raw.retry_max_delay_secs,
+            retry_budget_secs: raw.retry_budget_secs,
             max_concurrent: raw.max_concurrent,
         })
     }

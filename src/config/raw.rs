@@ -75,6 +75,7 @@ pub struct RawUpstream {
     pub max_retries: u32,
     pub retry_base_ms: u64,
     pub retry_max_delay_secs: u64,
+    pub retry_budget_secs: u64,
     pub max_concurrent: usize,
 }
 
@@ -87,6 +88,7 @@ impl Default for RawUpstream {
             max_retries: 3,
             retry_base_ms: 500,
             retry_max_delay_secs: 5,
+            retry_budget_secs: 15,
             max_concurrent: 16,
         }
     }

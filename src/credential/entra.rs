@@ -31,6 +31,9 @@ pub struct EntraSettings {
     pub retry_base: Duration,
     /// Longest single wait; a `Retry-After` beyond it ends the retries at once.
     pub retry_max_delay: Duration,
+    /// No retry starts once this much time has gone into one request, so a silent network
+    /// costs a caller about this plus one timeout, not every attempt's timeout.
+    pub retry_budget: Duration,
     /// Upstream requests in flight at once, across all identities.
     pub max_concurrent: usize,
 }
@@ -96,6 +99,7 @@ impl EntraClient {
         let context = ErrorContext { credential, tenant, client_id };
 
         let mut attempt = 0;
+        let started = tokio::time::Instant::now();
         loop {
             let outcome = self.send_once(&url, &form, &context).await;
             let error = match outcome {
@@ -104,7 +108,10 @@ impl EntraClient {
             };
             let wait = match &error {
                 Attempt::Retry { error, retry_after } if attempt < self.settings.max_retries => {
-                    match self.backoff(attempt, *retry_after) {
+                    match self
+                        .backoff(attempt, *retry_after)
+                        .filter(|wait| self.within_budget(started.elapsed(), *wait))
+                    {
                         Some(wait) => {
                             tracing::debug!(%error, attempt, wait_ms = wait.as_millis() as u64, "retrying the authority");
                             wait
@@ -117,6 +124,11 @@ impl EntraClient {
             tokio::time::sleep(wait).await;
             attempt += 1;
         }
+    }
+
+    /// Whether a retry after `wait` still fits the budget, `elapsed` into the request.
+    fn within_budget(&self, elapsed: Duration, wait: Duration) -> bool {
+        elapsed + wait <= self.settings.retry_budget
     }
 
     /// The wait before retry number `attempt + 1`, or `None` when the authority asked for
@@ -368,9 +380,18 @@ mod tests {
             max_retries: 3,
             retry_base: Duration::from_millis(400),
             retry_max_delay: Duration::from_secs(max_delay),
+            retry_budget: Duration::from_secs(15),
             max_concurrent: 4,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn retries_stop_when_the_budget_is_spent() {
+        let c = client(5);
+        assert!(c.within_budget(Duration::from_secs(10), Duration::from_secs(5)));
+        assert!(!c.within_budget(Duration::from_secs(11), Duration::from_secs(5)));
+        assert!(!c.within_budget(Duration::from_secs(20), Duration::ZERO));
     }
 
     #[test]
