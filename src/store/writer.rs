@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{PersistedToken, Store};
 use crate::clock::Clock;
+use crate::telemetry::metrics;
 
 /// How long the writer gathers tokens before writing them together. Prefetches and a burst
 /// of first requests after a start land in one write instead of dozens.
@@ -102,10 +103,17 @@ async fn save(store: &Arc<dyn Store>, batch: Vec<PersistedToken>, now: u64) {
     let store = Arc::clone(store);
     match tokio::task::spawn_blocking(move || store.save(batch, now)).await {
         Ok(Ok(report)) => {
+            metrics::persistence_write(true);
             tracing::debug!(written = count, kept = report.kept, pruned = report.pruned, "persisted tokens")
         }
-        Ok(Err(error)) => tracing::warn!(%error, tokens = count, "cannot persist tokens; they stay in memory"),
-        Err(error) => tracing::warn!(%error, "the token cache writer failed"),
+        Ok(Err(error)) => {
+            metrics::persistence_write(false);
+            tracing::warn!(%error, tokens = count, "cannot persist tokens; they stay in memory")
+        }
+        Err(error) => {
+            metrics::persistence_write(false);
+            tracing::warn!(%error, "the token cache writer failed")
+        }
     }
 }
 

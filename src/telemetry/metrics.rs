@@ -23,6 +23,7 @@ pub const UPSTREAM_ERRORS: &str = "tokenrelay_upstream_errors_total";
 pub const REFRESHES: &str = "tokenrelay_background_refreshes_total";
 pub const TOKEN_EXPIRY: &str = "tokenrelay_token_expires_in_seconds";
 pub const BUILD_INFO: &str = "tokenrelay_build_info";
+pub const PERSISTENCE_WRITES: &str = "tokenrelay_persistence_writes_total";
 
 /// Latency buckets: cache hits take microseconds, upstream calls up to the timeout.
 const REQUEST_BUCKETS: &[f64] = &[0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -52,6 +53,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
     );
     describe_counter!(REFRESHES, "Background refreshes by result.");
     describe_gauge!(BUILD_INFO, "Always 1; the labels carry the version.");
+    describe_counter!(PERSISTENCE_WRITES, "Batched writes of the persistent cache, by result.");
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     // Histogram samples pile up until upkeep drains them; `install_recorder` leaves upkeep
     // to us, and without it memory grows with every request between scrapes.
@@ -121,6 +123,11 @@ pub fn upstream(credential: &'static str, outcome: &'static str, aadsts: Option<
         let code = aadsts.map_or_else(|| "none".to_owned(), |c| c.to_string());
         counter!(UPSTREAM_ERRORS, "credential" => credential, "aadsts" => code).increment(1);
     }
+}
+
+/// A batch was written to the persistent cache (or failed to be).
+pub fn persistence_write(success: bool) {
+    counter!(PERSISTENCE_WRITES, "result" => if success { "success" } else { "failure" }).increment(1);
 }
 
 /// A background refresh finished.

@@ -393,3 +393,16 @@ async fn the_keyring_keeps_the_key_across_restarts_where_it_works() {
     let script = format!("p=$(keyctl get_persistent @s) && keyctl unlink $(keyctl search $p user '{description}') $p");
     let _ = tokio::process::Command::new("keyctl").args(["session", "-", "sh", "-c", &script]).output().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn persistence_writes_are_counted() {
+    let entra = FakeEntra::start().await;
+    let cache = CacheDir::new();
+    let relay = TestRelay::serve(&cache.config(&entra, ""), &[]).await;
+    assert_eq!(relay.imds(VAULT).await.status(), 200);
+    eventually("the write-through batch is counted", async || {
+        let text = relay.get("/metrics", &[]).await.text().await.unwrap();
+        text.lines().any(|l| l.starts_with("tokenrelay_persistence_writes_total{result=\"success\"}"))
+    })
+    .await;
+}
