@@ -228,3 +228,35 @@ fn tempfile(contents: &str) -> TempFile {
     file.write_all(contents.as_bytes()).unwrap();
     TempFile { path, file }
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        /// Arbitrary values for every kind of key: validation never panics, and a refusal
+        /// always names a key and says what is wrong.
+        #[test]
+        fn any_value_is_accepted_or_refused_with_a_named_key(
+            key in prop::sample::select(vec![
+                "server.listen", "server.admin_listen", "server.app_service_path", "server.imds_probe",
+                "server.max_header_bytes", "upstream.authority_host", "upstream.timeout_secs",
+                "cache.max_entries", "log.format", "log.level", "telemetry.otlp_endpoint",
+            ]),
+            value in prop_oneof![
+                "[ -~]{0,30}".prop_map(|s| format!("{s:?}")),
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<bool>().prop_map(|b| b.to_string()),
+            ],
+        ) {
+            let (section, name) = key.split_once('.').unwrap();
+            let toml = format!("[dev]\nenabled = true\n[{section}]\n{name} = {value}\n");
+            if let Err(error) = load(&toml, &[]) {
+                prop_assert!(!error.key.is_empty() && !error.problem.is_empty(), "{error}");
+            }
+        }
+    }
+}
