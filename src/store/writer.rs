@@ -1,6 +1,7 @@
 //! Write-through off the request path: the broker hands every fetched token to a bounded
 //! queue without waiting; one background task collects them for a short window and saves
-//! each batch (merge, prune, atomic replace) on a blocking thread.
+//! each batch (merge, prune, atomic replace) on a blocking thread. A batch that cannot be
+//! written (a read-only or full directory) is kept and written with the next one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -87,32 +88,57 @@ async fn run(store: Arc<dyn Store>, clock: Arc<dyn Clock>, mut receiver: mpsc::R
             }
         }
         if !pending.is_empty() {
-            save(&store, std::mem::take(&mut pending), clock.now()).await;
+            let now = clock.now();
+            if let Err(failed) = save(&store, std::mem::take(&mut pending), now).await {
+                pending = keep_for_retry(failed, now);
+            }
         }
         for done in waiters.drain(..) {
             let _ = done.send(());
         }
     }
     if !pending.is_empty() {
-        save(&store, pending, clock.now()).await;
+        let _ = save(&store, pending, clock.now()).await;
     }
 }
 
-async fn save(store: &Arc<dyn Store>, batch: Vec<PersistedToken>, now: u64) {
+/// The tokens of a failed write, to go with the next one (a later token or the flush at
+/// exit): without them, every token fetched while the directory was read-only or full would
+/// be missing from the file for good, though writes resume. Merged, so a long failure keeps
+/// one token per key, without expired ones, and at most a queue's worth.
+fn keep_for_retry(failed: Vec<PersistedToken>, now: u64) -> Vec<PersistedToken> {
+    let (mut kept, _) = super::merge(Vec::new(), failed, now);
+    if kept.len() > QUEUE {
+        kept.sort_by_key(|t| std::cmp::Reverse(t.token.expires_on));
+        kept.truncate(QUEUE);
+    }
+    kept
+}
+
+/// Writes `batch`, logging and counting the result; on failure, hands the batch back.
+async fn save(store: &Arc<dyn Store>, batch: Vec<PersistedToken>, now: u64) -> Result<(), Vec<PersistedToken>> {
     let count = batch.len();
     let store = Arc::clone(store);
-    match tokio::task::spawn_blocking(move || store.save(batch, now)).await {
+    let written = batch.clone();
+    match tokio::task::spawn_blocking(move || store.save(written, now)).await {
         Ok(Ok(report)) => {
             metrics::persistence_write(true);
-            tracing::debug!(written = count, kept = report.kept, pruned = report.pruned, "persisted tokens")
+            tracing::debug!(written = count, kept = report.kept, pruned = report.pruned, "persisted tokens");
+            Ok(())
         }
         Ok(Err(error)) => {
             metrics::persistence_write(false);
-            tracing::warn!(%error, tokens = count, "cannot persist tokens; they stay in memory")
+            tracing::warn!(
+                %error,
+                tokens = count,
+                "cannot persist tokens; they stay in memory and are retried with the next write"
+            );
+            Err(batch)
         }
         Err(error) => {
             metrics::persistence_write(false);
-            tracing::warn!(%error, "the token cache writer failed")
+            tracing::warn!(%error, "the token cache writer failed");
+            Err(batch)
         }
     }
 }
@@ -169,5 +195,55 @@ mod tests {
         writer.record(token("a", "r9", 5000, "t"));
         writer.flush().await;
         assert_eq!(*store.0.lock().unwrap(), [5, 1], "flush writes at once");
+    }
+
+    /// Fails every save while `failing`, recording the resources of each attempt.
+    #[derive(Default)]
+    struct Flaky {
+        failing: std::sync::atomic::AtomicBool,
+        attempts: Mutex<Vec<Vec<String>>>,
+    }
+
+    impl Store for Flaky {
+        fn describe(&self) -> String {
+            "flaky".into()
+        }
+        fn load(&self, _: OnUnreadable) -> Result<Snapshot, StoreError> {
+            Ok(Snapshot::default())
+        }
+        fn save(&self, tokens: Vec<PersistedToken>, _: u64) -> Result<SaveReport, StoreError> {
+            self.attempts.lock().unwrap().push(tokens.iter().map(|t| t.resource.clone()).collect());
+            if self.failing.load(Ordering::SeqCst) {
+                let error = std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem);
+                return Err(StoreError::io("write", std::path::Path::new("/cache"), error));
+            }
+            Ok(SaveReport::default())
+        }
+        fn clear(&self, _: Option<&str>) -> Result<usize, StoreError> {
+            Ok(0)
+        }
+        fn save_account(&self, _: super::super::PersistedAccount) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_is_written_with_the_next_one() {
+        let store = Arc::new(Flaky::default());
+        store.failing.store(true, Ordering::SeqCst);
+        let writer = Writer::start(store.clone(), Arc::new(ManualClock::new(100)));
+        writer.record(token("a", "r1", 5000, "t"));
+        writer.record(token("a", "expired", 50, "t"));
+        writer.flush().await;
+
+        store.failing.store(false, Ordering::SeqCst);
+        writer.record(token("a", "r2", 5000, "t"));
+        writer.flush().await;
+        writer.flush().await;
+        assert_eq!(
+            *store.attempts.lock().unwrap(),
+            [vec!["r1", "expired"], vec!["r1", "r2"]],
+            "the failed token is retried (the expired one is not), and only until it is written"
+        );
     }
 }
