@@ -116,3 +116,42 @@ impl Credential for WorkloadIdentityCredential {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::entra::EntraSettings;
+    use super::*;
+
+    /// A credential whose authority refuses connections: reaching it would be a transient
+    /// error, so an `Unavailable` proves the file was refused before anything was sent.
+    fn credential(token_file: PathBuf) -> WorkloadIdentityCredential {
+        let entra = EntraClient::new(EntraSettings {
+            authority_host: reqwest::Url::parse("http://127.0.0.1:1/").unwrap(),
+            timeout: Duration::from_secs(1),
+            max_retries: 0,
+            retry_base: Duration::from_millis(1),
+            retry_max_delay: Duration::from_secs(1),
+            retry_budget: Duration::from_secs(1),
+            max_concurrent: 1,
+        })
+        .unwrap();
+        WorkloadIdentityCredential::new(Arc::new(entra), "tenant".into(), "client".into(), token_file)
+    }
+
+    #[tokio::test]
+    async fn an_empty_or_unreadable_file_is_unavailable_and_never_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, " \n").unwrap();
+        let error = credential(path.clone()).get_token("https://vault.azure.net").await.unwrap_err();
+        let CredentialError::Unavailable { reason, .. } = error else { panic!("{error}") };
+        assert!(reason.contains(&path.display().to_string()) && reason.contains("is empty"), "{reason}");
+
+        // A directory where the file should be: it exists, but reading fails.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let error = credential(path.clone()).get_token("https://vault.azure.net").await.unwrap_err();
+        let CredentialError::Unavailable { reason, .. } = error else { panic!("{error}") };
+        assert!(reason.contains("cannot read federated token file"), "{reason}");
+    }
+}
