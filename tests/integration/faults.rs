@@ -3,10 +3,21 @@
 
 use std::time::Duration;
 
-use crate::support::{FakeEntra, Scripted, TestRelay, json, secret_config};
+use crate::support::{
+    ConnectionFault, FakeEntra, Scripted, TestRelay, json, secret_config, service_account_token,
+    workload_identity_config, write,
+};
 
 const VAULT: &str = "api-version=2018-02-01&resource=https://vault.azure.net";
 const OTHER: &str = "api-version=2018-02-01&resource=https://storage.azure.com";
+const THIRD: &str = "api-version=2018-02-01&resource=https://graph.microsoft.com";
+
+/// What `secret_config` allows: one try and `max_retries = 2`.
+const ATTEMPTS: usize = 3;
+
+/// Far longer than one failing request may take (three attempts, millisecond backoffs), so a
+/// hang fails the test instead of stalling it.
+const NO_HANG: Duration = Duration::from_secs(15);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn html_pages_and_malformed_answers_are_clear_errors_and_valid_tokens_keep_flowing() {
@@ -62,4 +73,78 @@ async fn an_authority_that_goes_away_and_comes_back_needs_no_restart() {
     entra.set_down(false);
     assert_eq!(relay.imds(VAULT).await.status(), 200);
     assert_eq!(relay.get("/healthz", &[]).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reset_or_unanswered_connections_are_retried_within_the_limit_and_recovered_from() {
+    let entra = FakeEntra::start().await;
+    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let cached = json(relay.imds(VAULT).await).await;
+
+    for (fault, words, resource) in
+        [(ConnectionFault::Reset, "reset", OTHER), (ConnectionFault::CloseWithoutResponse, "closed", THIRD)]
+    {
+        entra.set_connection_fault(Some(fault));
+        let before = entra.faulted();
+        let failed = tokio::time::timeout(NO_HANG, relay.imds(resource)).await.expect("no hang");
+        assert_eq!(failed.status(), 503, "{fault:?}");
+        let body = json(failed).await;
+        assert_eq!(body["error"], "temporarily_unavailable", "{fault:?}: {body}");
+        let description = body["error_description"].as_str().unwrap();
+        assert!(description.contains("127.0.0.1") && description.contains(words), "{fault:?}: {description}");
+        assert_eq!(entra.faulted() - before, ATTEMPTS, "{fault:?}: every attempt, and no more");
+        assert_eq!(json(relay.imds(VAULT).await).await["access_token"], cached["access_token"], "{fault:?}");
+
+        // Back to normal: the same resource succeeds, on a new connection, without a restart.
+        entra.set_connection_fault(None);
+        assert_eq!(relay.imds(resource).await.status(), 200, "{fault:?}");
+    }
+    assert_eq!(relay.get("/healthz", &[]).await.status(), 200);
+    assert!(!relay.logs().contains("panicked"), "{}", relay.logs());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_or_unreadable_federated_token_file_is_a_clear_error_until_it_is_written_back() {
+    let entra = FakeEntra::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("azure-identity-token");
+    let token = service_account_token("system:serviceaccount:default:app");
+    write(&token_file, &token);
+    entra.accept_assertion(&token, 70021);
+    let relay = TestRelay::serve(&workload_identity_config(&entra, &token_file), &[]).await;
+    let cached = json(relay.imds(VAULT).await).await;
+    let requests = entra.requests();
+    let path = token_file.display().to_string();
+
+    // Truncated to nothing, as a kubelet caught half-way through a rotation might leave it.
+    // Its modification time is set ahead so the change is seen even on a coarse clock.
+    write(&token_file, "");
+    let later = std::time::SystemTime::now() + Duration::from_secs(60);
+    std::fs::File::options().write(true).open(&token_file).unwrap().set_modified(later).unwrap();
+    let response = relay.imds(OTHER).await;
+    assert_eq!(response.status(), 503);
+    let description = json(response).await["error_description"].as_str().unwrap().to_owned();
+    assert!(description.contains(&path) && description.contains("is empty"), "{description}");
+    assert_eq!(json(relay.imds(VAULT).await).await["access_token"], cached["access_token"]);
+
+    // Unreadable. The tests run as root, whom `chmod 000` does not stop reading, so the path
+    // is replaced with a directory instead: it still exists (and has a new modification time),
+    // but reading it fails, as a file root cannot read would.
+    std::fs::remove_file(&token_file).unwrap();
+    std::fs::create_dir(&token_file).unwrap();
+    let response = relay.imds(OTHER).await;
+    assert_eq!(response.status(), 503);
+    let description = json(response).await["error_description"].as_str().unwrap().to_owned();
+    assert!(description.contains(&format!("cannot read federated token file {path}")), "{description}");
+    assert!(description.contains("Is a directory"), "{description}");
+    assert_eq!(json(relay.imds(VAULT).await).await["access_token"], cached["access_token"]);
+    assert_eq!(entra.requests(), requests, "no empty or missing assertion reached the authority");
+
+    // Written back: new resources succeed without a restart.
+    std::fs::remove_dir(&token_file).unwrap();
+    write(&token_file, &token);
+    assert_eq!(relay.imds(OTHER).await.status(), 200, "{}", relay.logs());
+    assert_eq!(relay.imds(THIRD).await.status(), 200, "{}", relay.logs());
+    let presented = entra.seen().iter().skip(requests).map(|r| r.form["client_assertion"].clone()).collect::<Vec<_>>();
+    assert_eq!(presented, [token.clone(), token], "the valid token, read again");
 }

@@ -13,6 +13,7 @@ mod faults;
 mod imds;
 mod limits;
 mod login;
+mod persistence_faults;
 mod store;
 mod telemetry;
 mod upstream;

@@ -2,65 +2,16 @@
 //! one file, permissions, no token in the bytes, and `cache list` / `cache clear`.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use base64::Engine;
 use tokenrelay::credential::AccessToken;
 use tokenrelay::secret::Secret;
 use tokenrelay::store::{Cipher, PersistedToken, Protection, Snapshot, format};
 
-use crate::support::{FakeEntra, TestRelay, command, eventually, fake_entra, json, secret_config};
+use crate::support::{CacheDir, FakeEntra, TestRelay, command, eventually, fake_entra, json, secret_config};
 
 const VAULT: &str = "api-version=2018-02-01&resource=https://vault.azure.net";
-
-/// A test's cache directory with a fresh random key in `key`.
-struct CacheDir {
-    dir: tempfile::TempDir,
-    key: [u8; 32],
-}
-
-impl CacheDir {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let key: [u8; 32] = std::array::from_fn(|_| fastrand::u8(..));
-        std::fs::write(dir.path().join("key"), base64::engine::general_purpose::STANDARD.encode(key)).unwrap();
-        Self { dir, key }
-    }
-
-    /// The cache file (inside a subdirectory tokenrelay creates).
-    fn file(&self) -> PathBuf {
-        self.dir.path().join("cache/tokens.cache")
-    }
-
-    /// A configuration for `entra` persisting to this directory with its key.
-    fn config(&self, entra: &FakeEntra, extra_identity: &str) -> String {
-        self.config_with(entra, extra_identity, &format!("key_file = {:?}", self.dir.path().join("key")))
-    }
-
-    fn config_with(&self, entra: &FakeEntra, extra_identity: &str, persistence: &str) -> String {
-        format!(
-            "{}\n[cache.persistence]\nenabled = true\npath = {:?}\n{persistence}\n",
-            secret_config(entra, extra_identity),
-            self.file()
-        )
-    }
-
-    fn config_file(&self, toml: &str) -> PathBuf {
-        let path = self.dir.path().join("tokenrelay.toml");
-        std::fs::write(&path, toml).unwrap();
-        path
-    }
-
-    /// Files beside the cache file that were moved aside.
-    fn set_aside(&self) -> Vec<PathBuf> {
-        std::fs::read_dir(self.file().parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.to_string_lossy().contains(".unreadable-"))
-            .collect()
-    }
-}
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle.as_bytes())

@@ -2,33 +2,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use base64::Engine;
-
-use crate::support::{FakeEntra, Scripted, TestRelay, fake_entra, json, secret_config, write};
+use crate::support::{
+    FakeEntra, Scripted, TestRelay, fake_entra, json, secret_config, service_account_token, workload_identity_config,
+    write,
+};
 
 const VAULT: &str = "api-version=2018-02-01&resource=https://vault.azure.net";
-
-fn workload_identity_config(entra: &FakeEntra, token_file: &std::path::Path) -> String {
-    secret_config(entra, "").replace(
-        &format!("credentials = [{{ kind = \"client_secret\", secret = \"{}\" }}]", fake_entra::CLIENT_SECRET),
-        &format!("credentials = [{{ kind = \"workload_identity\", token_file = \"{}\" }}]", token_file.display()),
-    )
-}
-
-/// A JWT-shaped service-account token with the given subject (unsigned; Entra's fake does
-/// not verify it, it compares it).
-fn service_account_token(subject: &str) -> String {
-    let encode = |value: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string());
-    format!(
-        "{}.{}.c2lnbmF0dXJl",
-        encode(serde_json::json!({"alg": "RS256"})),
-        encode(serde_json::json!({
-            "iss": "https://oidc.prod-aks.azure.com/tenant/issuer/",
-            "sub": subject,
-            "aud": ["api://AzureADTokenExchange"],
-        }))
-    )
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn workload_identity_presents_the_projected_token_and_follows_rotation() {

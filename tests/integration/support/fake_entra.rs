@@ -10,10 +10,18 @@
 //! `sub` the client id, and the time window must hold. Federated assertions match either an
 //! exact token (`accept_assertion`) or a federated identity credential (`federate`: issuer
 //! and subject, audience `api://AzureADTokenExchange`).
+//!
+//! Below HTTP, [`ConnectionFault`] makes it read a request and then reset or close the
+//! connection without answering. That needs the socket, so connections are served by a small
+//! accept loop of our own (HTTP/1.1, as reqwest speaks to a plain `http://` authority)
+//! instead of `axum::serve`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::{Form, Path, State};
@@ -21,8 +29,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use http_body_util::BodyExt;
 use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tower::ServiceExt;
 
 pub const TENANT: &str = "72f988bf-0000-4000-8000-00000000cafe";
 pub const CLIENT_ID: &str = "5e29463d-0000-4000-8000-0000000000a1";
@@ -43,6 +55,17 @@ pub enum Scripted {
     Malformed,
 }
 
+/// What the fake does with a connection instead of answering, while set. It applies to every
+/// request from then on, on new connections and on kept-alive ones alike, so the count of
+/// faulted requests is exactly the number of attempts the client made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionFault {
+    /// Reads the request, then resets the connection (zero linger, then close: a TCP RST).
+    Reset,
+    /// Reads the request, then closes the connection cleanly (FIN) without a response.
+    CloseWithoutResponse,
+}
+
 /// One request as the fake saw it.
 #[derive(Clone, Debug)]
 pub struct SeenRequest {
@@ -61,6 +84,9 @@ struct Behaviour {
     refresh_in_secs: Option<u64>,
     delay: Duration,
     down: bool,
+    connection_fault: Option<ConnectionFault>,
+    /// Requests answered with a connection fault instead of a response.
+    faulted: usize,
     /// The assertion accepted for federated credentials; `None` accepts the client secret only.
     accepted_assertion: Option<String>,
     /// AADSTS code answered for any other assertion (70021 mismatch, 700024 expired).
@@ -91,6 +117,8 @@ impl FakeEntra {
             refresh_in_secs: None,
             delay: Duration::ZERO,
             down: false,
+            connection_fault: None,
+            faulted: 0,
             accepted_assertion: None,
             wrong_assertion_code: 70021,
             script: VecDeque::new(),
@@ -101,12 +129,10 @@ impl FakeEntra {
             base_url: String::new(),
         }));
         let app = Router::new().route("/{tenant}/oauth2/v2.0/token", post(token)).with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         state.lock().unwrap().base_url = format!("http://{addr}");
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let task = tokio::spawn(accept(listener, app, state.clone()));
         Self { addr, state, task }
     }
 
@@ -133,6 +159,16 @@ impl FakeEntra {
     /// While down, every request gets 503 (after being counted).
     pub fn set_down(&self, down: bool) {
         self.state.lock().unwrap().down = down;
+    }
+
+    /// From now on, every request gets `fault` instead of an answer (`None`: back to normal).
+    pub fn set_connection_fault(&self, fault: Option<ConnectionFault>) {
+        self.state.lock().unwrap().connection_fault = fault;
+    }
+
+    /// How many requests got a connection fault: one per attempt of the client.
+    pub fn faulted(&self) -> usize {
+        self.state.lock().unwrap().faulted
     }
 
     /// Accepts this federated token as `client_assertion`; any other gets `wrong_code`.
@@ -208,6 +244,75 @@ impl FakeEntra {
 impl Drop for FakeEntra {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Serves connections until the fake is dropped, each through [`serve_connection`].
+async fn accept(listener: TcpListener, app: Router, state: Arc<Mutex<Behaviour>>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        tokio::spawn(serve_connection(stream, app.clone(), state.clone()));
+    }
+}
+
+/// HTTP/1.1 on one connection: requests go to `app`, unless a [`ConnectionFault`] is set.
+/// Then the request is read and the service fails, which makes hyper drop the connection
+/// without writing a response; for a reset, the socket's linger is set to zero first.
+async fn serve_connection(stream: TcpStream, app: Router, state: Arc<Mutex<Behaviour>>) {
+    let reset = Arc::new(AtomicBool::new(false));
+    let io = hyper_util::rt::TokioIo::new(FaultableStream { stream, reset: reset.clone() });
+    let service = hyper::service::service_fn(move |request: axum::http::Request<hyper::body::Incoming>| {
+        let (app, state, reset) = (app.clone(), state.clone(), reset.clone());
+        async move {
+            let fault = {
+                let mut s = state.lock().unwrap();
+                s.faulted += usize::from(s.connection_fault.is_some());
+                s.connection_fault
+            };
+            let Some(fault) = fault else {
+                return Ok(app.oneshot(request).await.unwrap_or_else(|never| match never {}));
+            };
+            // The whole request is in, so the client has sent it and waits for an answer.
+            let _ = request.into_body().collect().await;
+            reset.store(fault == ConnectionFault::Reset, Ordering::SeqCst);
+            Err(std::io::Error::other(format!("injected {fault:?}")))
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+}
+
+/// The accepted socket; when `reset` is set, dropping it aborts the connection with a RST
+/// instead of closing it with a FIN.
+struct FaultableStream {
+    stream: TcpStream,
+    reset: Arc<AtomicBool>,
+}
+
+impl Drop for FaultableStream {
+    fn drop(&mut self) {
+        if self.reset.load(Ordering::SeqCst) {
+            let _ = self.stream.set_zero_linger();
+        }
+    }
+}
+
+impl AsyncRead for FaultableStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for FaultableStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 

@@ -1,19 +1,24 @@
 //! Shared test support: the fake authority and a handle on a running `tokenrelay` binary.
 
+pub mod cache_dir;
 pub mod certs;
 pub mod fake_devops;
 pub mod fake_entra;
 pub mod fake_imds;
 pub mod fake_login;
+pub mod private_mount;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use base64::Engine;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-pub use fake_entra::{FakeEntra, Scripted};
+pub use cache_dir::CacheDir;
+pub use fake_entra::{ConnectionFault, FakeEntra, Scripted};
+pub use private_mount::PrivateMount;
 
 /// The App Service secret every test relay uses.
 pub const HEADER_SECRET: &str = "test-identity-header-secret";
@@ -51,6 +56,29 @@ credentials = [{{ kind = "client_secret", secret = "{}" }}]
     )
 }
 
+/// [`secret_config`] with a workload identity presenting `token_file` instead of the secret.
+pub fn workload_identity_config(entra: &FakeEntra, token_file: &Path) -> String {
+    secret_config(entra, "").replace(
+        &format!("credentials = [{{ kind = \"client_secret\", secret = \"{}\" }}]", fake_entra::CLIENT_SECRET),
+        &format!("credentials = [{{ kind = \"workload_identity\", token_file = \"{}\" }}]", token_file.display()),
+    )
+}
+
+/// A JWT-shaped service-account token with the given subject (unsigned; Entra's fake does
+/// not verify it, it compares it).
+pub fn service_account_token(subject: &str) -> String {
+    let encode = |value: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string());
+    format!(
+        "{}.{}.c2lnbmF0dXJl",
+        encode(serde_json::json!({"alg": "RS256"})),
+        encode(serde_json::json!({
+            "iss": "https://oidc.prod-aks.azure.com/tenant/issuer/",
+            "sub": subject,
+            "aud": ["api://AzureADTokenExchange"],
+        }))
+    )
+}
+
 /// A `tokenrelay` process started for one test; killed when dropped.
 pub struct TestRelay {
     child: Option<Child>,
@@ -68,23 +96,22 @@ impl TestRelay {
 
     /// Like `serve`, with extra environment variables for the child process only.
     pub async fn serve_with_env(toml: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("tokenrelay.toml");
-        std::fs::write(&config, toml).unwrap();
-        let mut full = vec!["serve", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"];
-        full.extend_from_slice(args);
-        Self::spawn_with_env(dir, &full, 1, env).await
+        let (dir, config) = config_dir(toml);
+        Self::spawn_with_env(dir, &serve_args(&config, args), 1, env).await
+    }
+
+    /// Like [`TestRelay::serve`], with the binary started through `wrapper` (a program and its
+    /// arguments that run the rest of the command line, such as `nsenter ... --`).
+    pub async fn serve_via(wrapper: &[String], toml: &str, args: &[&str]) -> Self {
+        let (dir, config) = config_dir(toml);
+        Self::start(dir, command_via(wrapper), &serve_args(&config, args), 1, &[]).await
     }
 
     /// Like [`TestRelay::serve`], waiting for `lines` lines of stdout (the admin listener
     /// prints a second one).
     pub async fn serve_lines(toml: &str, args: &[&str], lines: usize) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("tokenrelay.toml");
-        std::fs::write(&config, toml).unwrap();
-        let mut full = vec!["serve", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"];
-        full.extend_from_slice(args);
-        Self::spawn(dir, &full, lines).await
+        let (dir, config) = config_dir(toml);
+        Self::spawn(dir, &serve_args(&config, args), lines).await
     }
 
     /// `tokenrelay serve --dev --listen 127.0.0.1:0 <args>` with no configuration file.
@@ -100,8 +127,18 @@ impl TestRelay {
     }
 
     async fn spawn_with_env(dir: tempfile::TempDir, args: &[&str], header_lines: usize, env: &[(&str, &str)]) -> Self {
+        Self::start(dir, command(), args, header_lines, env).await
+    }
+
+    async fn start(
+        dir: tempfile::TempDir,
+        mut command: Command,
+        args: &[&str],
+        header_lines: usize,
+        env: &[(&str, &str)],
+    ) -> Self {
         let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-        let mut child = command()
+        let mut child = command
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
@@ -174,13 +211,42 @@ impl TestRelay {
     }
 }
 
+/// A test's private directory holding `toml` as its configuration file, and that file's path.
+fn config_dir(toml: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tokenrelay.toml");
+    std::fs::write(&config, toml).unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    (dir, config)
+}
+
+/// `serve --config <config> --listen 127.0.0.1:0 <args>`.
+fn serve_args<'a>(config: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    let mut full = vec!["serve", "--config", config, "--listen", "127.0.0.1:0"];
+    full.extend_from_slice(args);
+    full
+}
+
 /// The binary under test, with an environment free of the caller's Azure variables.
 ///
 /// A default credential chain must never reach the real IMDS address from a test, so the
 /// IMDS host is pointed at a loopback port nothing listens on (tests that want a managed
 /// identity set `AZURE_POD_IDENTITY_AUTHORITY_HOST` or `IDENTITY_ENDPOINT` themselves).
 pub fn command() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tokenrelay"));
+    command_via(&[])
+}
+
+/// [`command`] run through `wrapper` (empty: directly). The wrapper must pass its environment
+/// on, as `nsenter` does.
+pub fn command_via(wrapper: &[String]) -> Command {
+    let mut command = match wrapper {
+        [] => Command::new(env!("CARGO_BIN_EXE_tokenrelay")),
+        [program, args @ ..] => {
+            let mut command = Command::new(program);
+            command.args(args).arg(env!("CARGO_BIN_EXE_tokenrelay"));
+            command
+        }
+    };
     for (key, _) in std::env::vars() {
         if key.starts_with("AZURE_")
             || key.starts_with("TOKENRELAY_")
