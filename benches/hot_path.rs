@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::Request;
@@ -12,7 +11,7 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use tokenrelay::broker::Selector;
 use tokenrelay::config::{Config, RawConfig};
-use tokenrelay::server::wire::{TokenBody, TokenQuery};
+use tokenrelay::server::wire::{TokenQuery, render_token_body};
 use tokenrelay::server::{self, AppState};
 use tower::ServiceExt;
 
@@ -43,9 +42,13 @@ fn hot_path(c: &mut Criterion) {
 
     c.bench_function("wire_body", |b| {
         b.iter(|| {
-            let body =
-                TokenBody::new(&served.entry, &identity.client_id, "https://vault.azure.net", broker.now(), None);
-            serde_json::to_vec(black_box(&body)).unwrap()
+            render_token_body(
+                black_box(&served.entry),
+                &identity.client_id,
+                "https://vault.azure.net",
+                broker.now(),
+                None,
+            )
         })
     });
 
@@ -55,15 +58,16 @@ fn hot_path(c: &mut Criterion) {
         probe_mode: config.server.imds_probe,
         dev_issuer: built.dev_issuer.clone(),
         metrics: None,
+        request_timeout: std::time::Duration::from_secs(60),
     };
-    let router = server::router(state, &config.server);
+    let endpoints = server::endpoints(state, &config.server);
     let uri = format!("/metadata/identity/oauth2/token?{QUERY}");
     c.bench_function("imds_request_in_process", |b| {
         b.to_async(&runtime).iter(|| {
             let request = Request::get(&uri).header("Metadata", "true").body(Body::empty()).unwrap();
-            let router = Arc::new(router.clone());
+            let endpoints = endpoints.clone();
             async move {
-                let response = (*router).clone().oneshot(request).await.unwrap();
+                let response = endpoints.oneshot(request).await.unwrap();
                 assert_eq!(response.status(), 200);
                 response
             }

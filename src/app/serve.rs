@@ -103,9 +103,10 @@ pub(super) async fn serve(config: Config) -> ExitCode {
         probe_mode: config.server.imds_probe,
         dev_issuer: built.dev_issuer,
         metrics,
+        request_timeout: Duration::from_secs(config.server.request_timeout_secs),
     };
-    let admin_router = server::admin_router(state.clone());
-    let router = server::router(state, &config.server);
+    let admin_endpoints = server::admin_endpoints(state.clone(), &config.server);
+    let endpoints = server::endpoints(state, &config.server);
     // Before serving: the first requests after a restart are hits, and persisted prefetches
     // count as done.
     persist::attach(&config, &built.broker).await;
@@ -120,8 +121,8 @@ pub(super) async fn serve(config: Config) -> ExitCode {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stopping| *stopping).await;
     };
-    let admin_task = admin.map(|admin| tokio::spawn(admin.run(admin_router, stopped(stop_rx.clone()))));
-    let served = server.run(router, stopped(stop_rx)).await;
+    let admin_task = admin.map(|admin| tokio::spawn(admin.run(admin_endpoints, stopped(stop_rx.clone()))));
+    let served = server.run(endpoints, stopped(stop_rx)).await;
     if let Some(task) = admin_task {
         let _ = task.await;
     }

@@ -6,7 +6,7 @@ use super::{build, credential_chain, describe_failure, display_addr, entra_clien
 use crate::broker::{CachedToken, Selector};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Config};
-use crate::server::wire::TokenBody;
+use crate::server::wire::render_token_body;
 
 pub(super) async fn token(config: Config, resource: &str, client_id: Option<String>) -> ExitCode {
     let base_url = format!("http://{}", display_addr(config.server.listen));
@@ -28,18 +28,7 @@ pub(super) async fn token(config: Config, resource: &str, client_id: Option<Stri
     persist::flush(broker).await;
     match result {
         Ok((identity, served)) => {
-            let echo = None;
-            let body = TokenBody::new(&served.entry, &identity.client_id, resource, broker.now(), echo);
-            match serde_json::to_string_pretty(&body) {
-                Ok(text) => {
-                    println!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!("tokenrelay: {error}");
-                    ExitCode::FAILURE
-                }
-            }
+            print_body(&render_token_body(&served.entry, &identity.client_id, resource, broker.now(), None))
         }
         Err(error) => {
             eprintln!("tokenrelay: {error}");
@@ -92,20 +81,24 @@ pub(super) async fn token_for_tenant(
     match chain.token_from(resource).await {
         Ok((credential, token)) => {
             let entry = CachedToken::new(token, 0, credential);
-            let body = TokenBody::new(&entry, &identity.client_id, resource, SystemClock.now(), None);
-            match serde_json::to_string_pretty(&body) {
-                Ok(text) => {
-                    println!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!("tokenrelay: {error}");
-                    ExitCode::FAILURE
-                }
-            }
+            print_body(&render_token_body(&entry, &identity.client_id, resource, SystemClock.now(), None))
         }
         Err(error) => {
             eprintln!("tokenrelay: {}", describe_failure(&identity.name, error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints a token body as the endpoints serve it, pretty-printed for a terminal.
+fn print_body(body: &[u8]) -> ExitCode {
+    match serde_json::from_slice::<serde_json::Value>(body).and_then(|value| serde_json::to_string_pretty(&value)) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("tokenrelay: {error}");
             ExitCode::FAILURE
         }
     }

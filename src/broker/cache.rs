@@ -1,5 +1,6 @@
 //! A cached token and the state of its background refresh.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,6 @@ use crate::clock::Clock;
 use crate::credential::AccessToken;
 
 /// A token in the cache, with the moment the broker plans to replace it.
-#[derive(Debug)]
 pub struct CachedToken {
     /// The token as the upstream issued it.
     pub token: AccessToken,
@@ -17,18 +17,40 @@ pub struct CachedToken {
     pub refresh_on: u64,
     /// Which credential produced it (for logs).
     pub credential: &'static str,
+    /// The token's fingerprint for log lines, computed once rather than hashed per request.
+    pub fingerprint: Box<str>,
+    /// The server's rendering of the response members that never change for this token
+    /// (`server::wire::render_token_body`), made on first use so that a cache hit copies
+    /// bytes instead of serialising. Opaque to the broker.
+    pub rendered: OnceLock<Box<[u8]>>,
     refreshing: AtomicBool,
     next_attempt: AtomicU64,
     failures: AtomicU32,
+}
+
+/// By hand, because `rendered` holds the token in clear: it must never reach `Debug` output.
+impl std::fmt::Debug for CachedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedToken")
+            .field("token", &self.token)
+            .field("refresh_on", &self.refresh_on)
+            .field("credential", &self.credential)
+            .field("fingerprint", &self.fingerprint)
+            .field("refreshing", &self.refreshing)
+            .field("failures", &self.failures)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CachedToken {
     /// Wraps a freshly fetched token.
     pub fn new(token: AccessToken, refresh_on: u64, credential: &'static str) -> Self {
         Self {
+            fingerprint: token.token.fingerprint().into_boxed_str(),
             token,
             refresh_on,
             credential,
+            rendered: OnceLock::new(),
             refreshing: AtomicBool::new(false),
             next_attempt: AtomicU64::new(0),
             failures: AtomicU32::new(0),
@@ -93,13 +115,22 @@ mod tests {
 
     fn entry() -> CachedToken {
         let token = AccessToken {
-            token: Secret::new("t"),
+            token: Secret::new("t0k3n-in-clear"),
             expires_on: 5000,
             not_before: 0,
             ext_expires_on: 5000,
             refresh_on: None,
         };
         CachedToken::new(token, 4000, "test")
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_token_or_its_rendering() {
+        let e = entry();
+        let _ = e.rendered.set(b"{\"access_token\":\"t0k3n-in-clear\"".to_vec().into_boxed_slice());
+        let shown = format!("{e:?}");
+        assert!(!shown.contains("t0k3n"), "{shown}");
+        assert!(!shown.contains("116, 48"), "the rendering's bytes leaked: {shown}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use aws_lc_rs::digest;
-use axum::extract::{Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use subtle::ConstantTimeEq;
@@ -16,11 +16,9 @@ use super::wire::{TokenQuery, api_version_supported};
 use crate::secret::Secret;
 
 /// Handles one App Service style request.
-pub async fn handle(State(state): State<AppState>, request: Request) -> Response {
-    // Taking the request whole borrows its headers and URI; the `HeaderMap` and `Uri`
-    // extractors would clone them on every request.
-    let (parts, _body) = request.into_parts();
-    token::traced(Flavour::AppService, &parts.headers, &parts.uri, checked(&state, &parts.headers, &parts.uri)).await
+pub async fn handle(state: &AppState, request: &Parts) -> Response {
+    token::traced(Flavour::AppService, &request.headers, &request.uri, checked(state, &request.headers, &request.uri))
+        .await
 }
 
 async fn checked(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Response {

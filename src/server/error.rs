@@ -62,6 +62,16 @@ impl ApiError {
         }
     }
 
+    /// A 503 for a request that waited `server.request_timeout_secs` on the upstream.
+    pub fn timed_out(description: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            error: "temporarily_unavailable",
+            description: description.into(),
+            retry_after: Some(TRANSIENT_RETRY_AFTER_SECS),
+        }
+    }
+
     /// The body text, for the request log.
     pub fn description(&self) -> &str {
         &self.description

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use axum::extract::{Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 
@@ -13,11 +13,8 @@ use super::wire::{TokenQuery, api_version_supported};
 use crate::config::ProbeMode;
 
 /// Handles one IMDS-style request. Caller checks come first and never cause upstream I/O.
-pub async fn handle(State(state): State<AppState>, request: Request) -> Response {
-    // Taking the request whole borrows its headers and URI; the `HeaderMap` and `Uri`
-    // extractors would clone them on every request.
-    let (parts, _body) = request.into_parts();
-    token::traced(Flavour::Imds, &parts.headers, &parts.uri, checked(&state, &parts.headers, &parts.uri)).await
+pub async fn handle(state: &AppState, request: &Parts) -> Response {
+    token::traced(Flavour::Imds, &request.headers, &request.uri, checked(state, &request.headers, &request.uri)).await
 }
 
 async fn checked(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Response {

@@ -2,10 +2,10 @@
 //! development issuer's discovery documents. Knows nothing of credentials.
 
 mod app_service;
+mod endpoints;
 mod error;
 mod health;
 mod imds;
-mod limits;
 mod state;
 mod token;
 pub mod wire;
@@ -19,58 +19,46 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::get;
+pub use endpoints::Endpoints;
+pub use error::ApiError;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+pub use state::AppState;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tower::Layer;
-use tower_http::normalize_path::NormalizePathLayer;
-use tower_http::timeout::TimeoutLayer;
 
-pub use error::ApiError;
-pub use state::AppState;
+use crate::config::ServerConfig;
 
-use crate::config::{IMDS_PATH, ServerConfig};
-
-/// Builds the router for `state`. Paths are normalised before routing, so
-/// `//metadata/identity/oauth2/token/` reaches the IMDS handler as clients expect.
-pub fn router(state: AppState, server: &ServerConfig) -> Router {
-    let mut router = Router::new().route("/healthz", get(health::healthz)).route("/readyz", get(health::readyz));
-    if server.imds {
-        router = router.route(IMDS_PATH, get(imds::handle));
-    }
-    if server.app_service {
-        let path = server.app_service_path.trim_end_matches('/');
-        router = router.route(path, get(app_service::handle));
-    }
+/// The token listener's service: the token flavours the configuration enables, health and
+/// readiness, metrics when on, and the development issuer's documents under `--dev`.
+/// Paths are normalised, so `//metadata/identity/oauth2/token/` is the IMDS endpoint as
+/// clients expect.
+pub fn endpoints(state: AppState, server: &ServerConfig) -> Endpoints {
+    let mut others = Router::new().route("/healthz", get(health::healthz)).route("/readyz", get(health::readyz));
     if state.metrics.is_some() {
-        router = router.route("/metrics", get(health::metrics));
+        others = others.route("/metrics", get(health::metrics));
     }
     if state.dev_issuer.is_some() {
-        router = router
+        others = others
             .route("/.well-known/openid-configuration", get(health::openid_configuration))
             .route("/.well-known/jwks.json", get(health::jwks));
     }
-    router
-        .fallback(health::fallback)
-        .layer(axum::middleware::from_fn_with_state(server.max_uri_bytes, limits::reject_long_uris))
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            Duration::from_secs(server.request_timeout_secs),
-        ))
-        .with_state(state)
+    let others = others.fallback(health::fallback).with_state(state.clone());
+    let app_service_path = server.app_service.then_some(server.app_service_path.as_str());
+    Endpoints::new(state, server.imds, app_service_path, server.max_uri_bytes, others)
 }
 
-/// The admin listener's router: health, readiness and metrics only, never a token endpoint,
+/// The admin listener's service: health, readiness and metrics only, never a token endpoint,
 /// so it may listen beyond loopback for the kubelet's probes and Prometheus.
-pub fn admin_router(state: AppState) -> Router {
-    let mut router = Router::new().route("/healthz", get(health::healthz)).route("/readyz", get(health::readyz));
+pub fn admin_endpoints(state: AppState, server: &ServerConfig) -> Endpoints {
+    let mut others = Router::new().route("/healthz", get(health::healthz)).route("/readyz", get(health::readyz));
     if state.metrics.is_some() {
-        router = router.route("/metrics", get(health::metrics));
+        others = others.route("/metrics", get(health::metrics));
     }
-    router.fallback(health::fallback).with_state(state)
+    let others = others.fallback(health::fallback).with_state(state.clone());
+    Endpoints::new(state, false, None, server.max_uri_bytes, others)
 }
 
 /// Connection-level limits (design.md section 7): they bound what a misbehaving or hostile
@@ -107,14 +95,18 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Serves `router` until `shutdown` completes, then stops accepting and gives in-flight
+    /// Serves `endpoints` until `shutdown` completes, then stops accepting and gives in-flight
     /// requests up to the grace period to finish.
     ///
     /// The accept loop is ours rather than `axum::serve`'s so that the connection limit, the
     /// head-size limit and the header read timeout (hyper's, which needs a timer) apply.
-    pub async fn run(self, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
+    pub async fn run(
+        self,
+        endpoints: Endpoints,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> io::Result<()> {
         let Self { listener, limits } = self;
-        let service = TowerToHyperService::new(NormalizePathLayer::trim_trailing_slash().layer(router));
+        let service = TowerToHyperService::new(endpoints);
         let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
         let graceful = GracefulShutdown::new();
         let mut http = http1::Builder::new();

@@ -1,6 +1,7 @@
 //! What every handler shares.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -20,4 +21,6 @@ pub struct AppState {
     pub dev_issuer: Option<Arc<DevIssuer>>,
     /// Present when metrics are on: renders `/metrics`.
     pub metrics: Option<PrometheusHandle>,
+    /// Longest a token request may wait for the upstream before it gets a 503.
+    pub request_timeout: Duration,
 }

@@ -11,16 +11,16 @@ use http_body_util::BodyExt;
 use proptest::prelude::*;
 use tower::ServiceExt;
 
-use super::{AppState, router};
+use super::{AppState, Endpoints, endpoints};
 use crate::config::{Config, RawConfig};
 
 /// One router for every case: building one generates an RSA key, which is slow.
-fn dev_router() -> &'static (axum::Router, tokio::runtime::Runtime) {
-    static ROUTER: std::sync::OnceLock<(axum::Router, tokio::runtime::Runtime)> = std::sync::OnceLock::new();
+fn dev_router() -> &'static (Endpoints, tokio::runtime::Runtime) {
+    static ROUTER: std::sync::OnceLock<(Endpoints, tokio::runtime::Runtime)> = std::sync::OnceLock::new();
     ROUTER.get_or_init(build_dev_router)
 }
 
-fn build_dev_router() -> (axum::Router, tokio::runtime::Runtime) {
+fn build_dev_router() -> (Endpoints, tokio::runtime::Runtime) {
     let figment = Figment::from(Serialized::defaults(RawConfig::default()))
         .merge(Toml::string("[dev]\nenabled = true\n[server]\nidentity_header = \"secret\""));
     let config = Config::from_figment(&figment, &HashMap::new()).unwrap();
@@ -31,17 +31,14 @@ fn build_dev_router() -> (axum::Router, tokio::runtime::Runtime) {
         probe_mode: config.server.imds_probe,
         dev_issuer: built.dev_issuer,
         metrics: None,
+        request_timeout: std::time::Duration::from_secs(60),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    (router(state, &config.server), runtime)
+    (endpoints(state, &config.server), runtime)
 }
 
 /// Sends one request and checks the invariant: 200 with a token body, or a 4xx JSON error.
-fn check(
-    router: &axum::Router,
-    runtime: &tokio::runtime::Runtime,
-    request: Request<Body>,
-) -> Result<(), TestCaseError> {
+fn check(router: &Endpoints, runtime: &tokio::runtime::Runtime, request: Request<Body>) -> Result<(), TestCaseError> {
     let response = runtime.block_on(router.clone().oneshot(request)).unwrap();
     let status = response.status();
     let body = runtime.block_on(response.into_body().collect()).unwrap().to_bytes();

@@ -4,13 +4,14 @@
 use std::future::Future;
 use std::time::Instant;
 
+use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
 use super::error::ApiError;
 use super::state::AppState;
-use super::wire::{TokenBody, TokenQuery};
+use super::wire::{TokenQuery, render_token_body};
 use crate::telemetry::{self, metrics};
 
 /// Which endpoint a request came through.
@@ -78,11 +79,22 @@ pub async fn serve(state: &AppState, call: Call<'_>, query: TokenQuery) -> Respo
         Ok(identity) => identity,
         Err(error) => return reject(call, error.into()),
     };
-    match state.broker.token(identity, resource).await {
+    // Only a miss can wait (on the upstream); a hit is ready at the first poll, before the
+    // timer is ever registered.
+    let lookup = tokio::time::timeout(state.request_timeout, state.broker.token(identity, resource)).await;
+    let Ok(lookup) = lookup else {
+        let waited = state.request_timeout.as_secs();
+        return reject(call, ApiError::timed_out(format!("no token from the upstream within {waited} s")));
+    };
+    match lookup {
         Ok(served) => {
-            let token = &served.entry.token;
-            let body =
-                TokenBody::new(&served.entry, &identity.client_id, resource, state.broker.now(), query.echo.as_ref());
+            let body = render_token_body(
+                &served.entry,
+                &identity.client_id,
+                resource,
+                state.broker.now(),
+                query.echo.as_ref(),
+            );
             let elapsed = call.started.elapsed();
             metrics::request(call.flavour.as_str(), 200, elapsed);
             tracing::info!(
@@ -93,13 +105,15 @@ pub async fn serve(state: &AppState, call: Call<'_>, query: TokenQuery) -> Respo
                 resource,
                 status = 200,
                 cache = served.outcome.as_str(),
-                fingerprint = %token.token.fingerprint(),
+                fingerprint = &*served.entry.fingerprint,
                 latency_us = elapsed.as_micros() as u64,
                 "token request"
             );
-            let mut response = axum::Json(body).into_response();
+            let mut response = Response::new(Body::from(body));
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             // A token must not be stored by any intermediary.
-            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             response
         }
         Err(error) => reject(call, error.into()),

@@ -108,52 +108,84 @@ pub fn api_version_supported(version: &str) -> bool {
     well_formed && date >= OLDEST_API_VERSION && (version.len() == 10 || version.as_bytes()[10] == b'-')
 }
 
-/// The success body. Every number is a JSON string holding a decimal integer, because
-/// Rust's and other SDKs' parsers accept nothing else for `expires_on`.
-#[derive(Debug, Serialize)]
-pub struct TokenBody<'a> {
-    pub access_token: &'a str,
-    pub client_id: &'a str,
-    pub expires_in: String,
-    pub expires_on: String,
-    pub ext_expires_in: String,
-    pub not_before: String,
-    pub resource: &'a str,
-    pub token_type: &'static str,
-    /// The selector echoed back (MSAL fails closed on Arc without it; harmless elsewhere).
-    #[serde(skip_serializing_if = "Option::is_none", rename = "object_id")]
-    pub echo_object_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none", rename = "msi_res_id")]
-    pub echo_msi_res_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none", rename = "mi_res_id")]
-    pub echo_mi_res_id: Option<&'a str>,
+/// The success body for `entry`, served as `client_id` for `resource` at `now`, echoing the
+/// selector the caller used. Every number is a JSON string holding a decimal integer,
+/// because Rust's and other SDKs' parsers accept nothing else for `expires_on`.
+///
+/// This is the cache-hit path, so it does not serialise: the fields that never change for a
+/// token are rendered once and kept with it, and each request copies them and appends the
+/// two relative lifetimes and the echo. Member order carries no meaning in JSON, and no SDK
+/// depends on it.
+pub fn render_token_body(
+    entry: &CachedToken,
+    client_id: &str,
+    resource: &str,
+    now: u64,
+    echo: Option<&(&'static str, String)>,
+) -> Vec<u8> {
+    let token = &entry.token;
+    let fixed = entry.rendered.get_or_init(|| render_fixed_fields(entry, client_id, resource));
+    // Room for the lifetimes and a typical echo, so the vector is allocated exactly once.
+    let mut body = Vec::with_capacity(fixed.len() + 128);
+    body.extend_from_slice(fixed);
+    push_seconds(&mut body, "expires_in", token.expires_on.saturating_sub(now));
+    push_seconds(&mut body, "ext_expires_in", token.ext_expires_on.saturating_sub(now));
+    if let Some((name, value)) = echo
+        && let Some(field) = echo_field(name)
+    {
+        body.extend_from_slice(b",\"");
+        body.extend_from_slice(field.as_bytes());
+        body.extend_from_slice(b"\":");
+        // The value is the caller's and may hold anything: let serde_json escape it.
+        serde_json::to_writer(&mut body, value.as_str()).expect("writing a string to a Vec cannot fail");
+    }
+    body.push(b'}');
+    body
 }
 
-impl<'a> TokenBody<'a> {
-    /// The body for `entry`, served as `client_id` for `resource` at `now`, echoing the
-    /// selector the caller used.
-    pub fn new(
-        entry: &'a CachedToken,
+/// The members that never change for a cached token, as `{"access_token":…,"token_type":"Bearer"`
+/// (the object left open for the rest).
+fn render_fixed_fields(entry: &CachedToken, client_id: &str, resource: &str) -> Box<[u8]> {
+    #[derive(Serialize)]
+    struct Fixed<'a> {
+        access_token: &'a str,
         client_id: &'a str,
+        expires_on: String,
+        not_before: String,
         resource: &'a str,
-        now: u64,
-        echo: Option<&'a (&'static str, String)>,
-    ) -> Self {
-        let token = &entry.token;
-        let echo = |names: &[&str]| echo.filter(|(n, _)| names.contains(n)).map(|(_, v)| v.as_str());
-        Self {
-            access_token: token.token.expose(),
-            client_id,
-            expires_in: token.expires_on.saturating_sub(now).to_string(),
-            expires_on: token.expires_on.to_string(),
-            ext_expires_in: token.ext_expires_on.saturating_sub(now).to_string(),
-            not_before: token.not_before.to_string(),
-            resource,
-            token_type: "Bearer",
-            echo_object_id: echo(&["object_id", "principal_id"]),
-            echo_msi_res_id: echo(&["msi_res_id", "msi-res-id"]),
-            echo_mi_res_id: echo(&["mi_res_id"]),
-        }
+        token_type: &'static str,
+    }
+    let token = &entry.token;
+    let fixed = Fixed {
+        access_token: token.token.expose(),
+        client_id,
+        expires_on: token.expires_on.to_string(),
+        not_before: token.not_before.to_string(),
+        resource,
+        token_type: "Bearer",
+    };
+    let mut rendered = serde_json::to_vec(&fixed).expect("plain strings always serialise");
+    rendered.pop(); // the closing brace: the per-request members follow
+    rendered.into_boxed_slice()
+}
+
+/// Appends `,"name":"seconds"`.
+fn push_seconds(body: &mut Vec<u8>, name: &str, seconds: u64) {
+    body.extend_from_slice(b",\"");
+    body.extend_from_slice(name.as_bytes());
+    body.extend_from_slice(b"\":\"");
+    body.extend_from_slice(itoa::Buffer::new().format(seconds).as_bytes());
+    body.push(b'"');
+}
+
+/// The response member that echoes a selector spelled `name` (MSAL fails closed on Arc
+/// without it; harmless elsewhere). `client_id` is always present, so it is not echoed.
+fn echo_field(name: &str) -> Option<&'static str> {
+    match name {
+        "object_id" | "principal_id" => Some("object_id"),
+        "msi_res_id" | "msi-res-id" => Some("msi_res_id"),
+        "mi_res_id" => Some("mi_res_id"),
+        _ => None,
     }
 }
 
@@ -228,31 +260,84 @@ mod tests {
         }
     }
 
+    fn cached(token: &str) -> CachedToken {
+        let token = crate::credential::AccessToken {
+            token: crate::secret::Secret::new(token),
+            expires_on: 1_760_003_600,
+            not_before: 1_759_996_400,
+            ext_expires_on: 1_760_007_200,
+            refresh_on: None,
+        };
+        CachedToken::new(token, 0, "test")
+    }
+
+    fn body_json(entry: &CachedToken, echo: Option<&(&'static str, String)>) -> serde_json::Value {
+        let body = render_token_body(entry, "cid", "https://vault.azure.net", 1_760_000_001, echo);
+        serde_json::from_slice(&body).expect("the body is JSON")
+    }
+
     #[test]
     fn numbers_are_strings_on_the_wire() {
-        let body = TokenBody {
-            access_token: "tok",
-            client_id: "cid",
-            expires_in: 3599.to_string(),
-            expires_on: 1760000000.to_string(),
-            ext_expires_in: 3599.to_string(),
-            not_before: 1759996400.to_string(),
-            resource: "https://vault.azure.net",
-            token_type: "Bearer",
-            echo_object_id: None,
-            echo_msi_res_id: None,
-            echo_mi_res_id: None,
-        };
-        let json: serde_json::Value = serde_json::to_value(&body).unwrap();
-        for field in ["expires_in", "expires_on", "ext_expires_in", "not_before"] {
-            assert!(json[field].is_string(), "{field} must be a string");
-            assert!(json[field].as_str().unwrap().parse::<u64>().is_ok());
+        let json = body_json(&cached("tok"), None);
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "access_token": "tok",
+                "client_id": "cid",
+                "expires_in": "3599",
+                "expires_on": "1760003600",
+                "ext_expires_in": "7199",
+                "not_before": "1759996400",
+                "resource": "https://vault.azure.net",
+                "token_type": "Bearer",
+            })
+        );
+    }
+
+    #[test]
+    fn the_lifetimes_follow_the_clock_while_the_rest_is_rendered_once() {
+        let entry = cached("tok");
+        let first = render_token_body(&entry, "cid", "r", 1_760_000_000, None);
+        let later = render_token_body(&entry, "cid", "r", 1_760_000_600, None);
+        let later: serde_json::Value = serde_json::from_slice(&later).unwrap();
+        assert_eq!(later["expires_in"], "3000");
+        assert_eq!(later["expires_on"], "1760003600");
+        assert!(entry.rendered.get().is_some());
+        assert!(serde_json::from_slice::<serde_json::Value>(&first).is_ok());
+        // Past expiry the relative lifetime is zero, never negative.
+        let expired = render_token_body(&entry, "cid", "r", 1_760_009_999, None);
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&expired).unwrap()["expires_in"], "0");
+    }
+
+    #[test]
+    fn selectors_are_echoed_under_their_response_names() {
+        let entry = cached("tok");
+        for (name, field) in [
+            ("object_id", Some("object_id")),
+            ("principal_id", Some("object_id")),
+            ("msi_res_id", Some("msi_res_id")),
+            ("msi-res-id", Some("msi_res_id")),
+            ("mi_res_id", Some("mi_res_id")),
+            ("client_id", None),
+        ] {
+            let json = body_json(&entry, Some(&(name, "v".to_owned())));
+            let echoed: Vec<_> =
+                ["object_id", "msi_res_id", "mi_res_id"].into_iter().filter(|f| json.get(f).is_some()).collect();
+            assert_eq!(echoed, field.into_iter().collect::<Vec<_>>(), "{name}");
+            if let Some(field) = field {
+                assert_eq!(json[field], "v");
+            }
         }
-        assert_eq!(json["token_type"], "Bearer");
-        assert!(json.get("object_id").is_none());
     }
 
     proptest! {
+        #[test]
+        fn any_echoed_value_is_escaped_into_valid_json(value in any::<String>()) {
+            let json = body_json(&cached("tok"), Some(&("mi_res_id", value.clone())));
+            prop_assert_eq!(json["mi_res_id"].as_str(), Some(value.as_str()));
+            prop_assert_eq!(json["access_token"].as_str(), Some("tok"));
+        }
+
         #[test]
         fn parsing_never_panics(query in ".{0,200}") {
             let _ = TokenQuery::parse(Some(&query));

@@ -1,0 +1,189 @@
+//! The listener's front door. Token requests, the hot path, are recognised with two string
+//! comparisons and go straight to their flavour's handler; everything else (health,
+//! readiness, metrics, discovery, unknown paths) goes through the axum router.
+//!
+//! Routing, path normalisation, the URI limit and the request timeout used to be four tower
+//! layers around the router. On a cache hit they cost more than the token lookup itself
+//! (README, "Benchmarks"), so the token path does the same work inline, once.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::{Body, Bytes, HttpBody};
+use axum::http::{HeaderValue, Method, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{BoxError, Router};
+use tower::{Layer, ServiceExt};
+use tower_http::normalize_path::{NormalizePath, NormalizePathLayer};
+
+use super::error::ApiError;
+use super::state::AppState;
+use super::token::Flavour;
+use super::{app_service, imds};
+use crate::config::IMDS_PATH;
+
+/// A cheap-to-clone tower service answering one listener's requests.
+#[derive(Clone)]
+pub struct Endpoints(Arc<Inner>);
+
+struct Inner {
+    state: AppState,
+    /// The IMDS path without its slashes, when that flavour is served.
+    imds_path: Option<&'static str>,
+    /// The App Service path without its slashes, when that flavour is served.
+    app_service_path: Option<Box<str>>,
+    /// Longest request target (path and query) accepted; longer gets 414.
+    max_uri_bytes: usize,
+    /// Everything that is not a token request.
+    others: NormalizePath<Router>,
+}
+
+impl Endpoints {
+    /// Serves the token flavours the configuration enables, plus `others`.
+    pub(super) fn new(
+        state: AppState,
+        imds: bool,
+        app_service_path: Option<&str>,
+        max_uri_bytes: usize,
+        others: Router,
+    ) -> Self {
+        Self(Arc::new(Inner {
+            state,
+            imds_path: imds.then(|| IMDS_PATH.trim_matches('/')),
+            app_service_path: app_service_path.map(|p| p.trim_matches('/').into()),
+            max_uri_bytes,
+            others: NormalizePathLayer::trim_trailing_slash().layer(others),
+        }))
+    }
+}
+
+impl Inner {
+    /// Which token endpoint `path` names. Leading and trailing slashes are ignored, as the
+    /// SDKs send `//metadata/...` and `.../token/` (protocols.md 2.5).
+    fn flavour(&self, path: &str) -> Option<Flavour> {
+        let path = path.trim_matches('/');
+        if self.imds_path == Some(path) {
+            Some(Flavour::Imds)
+        } else if self.app_service_path.as_deref() == Some(path) {
+            Some(Flavour::AppService)
+        } else {
+            None
+        }
+    }
+
+    async fn answer<B>(&self, request: Request<B>) -> Response
+    where
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let length = request.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+        if length > self.max_uri_bytes {
+            return uri_too_long(length, self.max_uri_bytes);
+        }
+        if let Some(flavour) = self.flavour(request.uri().path()) {
+            if request.method() != Method::GET && request.method() != Method::HEAD {
+                return method_not_allowed();
+            }
+            // The body of a GET is never read.
+            let (parts, _body) = request.into_parts();
+            return match flavour {
+                Flavour::Imds => imds::handle(&self.state, &parts).await,
+                Flavour::AppService => app_service::handle(&self.state, &parts).await,
+            };
+        }
+        match self.others.clone().oneshot(request.map(Body::new)).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+}
+
+impl<B> tower::Service<Request<B>> for Endpoints
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let inner = Arc::clone(&self.0);
+        Box::pin(async move { Ok(inner.answer(request).await) })
+    }
+}
+
+/// 414: hyper's own limit is 64 KiB, far beyond any token request, so the limit is ours.
+fn uri_too_long(length: usize, max: usize) -> Response {
+    ApiError {
+        status: StatusCode::URI_TOO_LONG,
+        error: "invalid_request",
+        description: format!("the request target is {length} bytes; the limit is {max}"),
+        retry_after: None,
+    }
+    .into_response()
+}
+
+/// 405 for anything but `GET` (and `HEAD`) on a token endpoint.
+fn method_not_allowed() -> Response {
+    let mut response = ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        error: "invalid_request",
+        description: "token endpoints answer GET only".to_owned(),
+        retry_after: None,
+    }
+    .into_response();
+    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET,HEAD"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inner(imds: bool, app_service: Option<&str>) -> Arc<Inner> {
+        use figment::providers::Format;
+        let figment =
+            figment::Figment::from(figment::providers::Serialized::defaults(crate::config::RawConfig::default()))
+                .merge(figment::providers::Toml::string("[dev]\nenabled = true"));
+        let config = crate::config::Config::from_figment(&figment, &Default::default()).unwrap();
+        let built = crate::app::build(&config, "http://127.0.0.1:8080").unwrap();
+        let state = AppState {
+            broker: built.broker,
+            identity_header: None,
+            probe_mode: config.server.imds_probe,
+            dev_issuer: None,
+            metrics: None,
+            request_timeout: std::time::Duration::from_secs(1),
+        };
+        Endpoints::new(state, imds, app_service, 100, Router::new()).0
+    }
+
+    #[test]
+    fn token_paths_are_found_with_any_leading_or_trailing_slashes() {
+        let both = inner(true, Some("/msi/token/"));
+        for path in [
+            "/metadata/identity/oauth2/token",
+            "//metadata/identity/oauth2/token/",
+            "/metadata/identity/oauth2/token//",
+        ] {
+            assert_eq!(both.flavour(path), Some(Flavour::Imds), "{path}");
+        }
+        for path in ["/msi/token", "/msi/token/", "//msi/token"] {
+            assert_eq!(both.flavour(path), Some(Flavour::AppService), "{path}");
+        }
+        for path in ["/", "/healthz", "/metadata/identity/oauth2", "/metadata//identity/oauth2/token", "/msi/tokens"] {
+            assert_eq!(both.flavour(path), None, "{path}");
+        }
+        let neither = inner(false, None);
+        assert_eq!(neither.flavour("/metadata/identity/oauth2/token"), None);
+        assert_eq!(neither.flavour("/msi/token"), None);
+    }
+}
