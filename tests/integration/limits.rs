@@ -39,6 +39,28 @@ async fn oversized_heads_and_targets_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn token_endpoints_answer_get_only_and_any_slash_variant() {
+    let entra = FakeEntra::start().await;
+    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let post = raw(
+        &relay,
+        b"POST /metadata/identity/oauth2/token?api-version=2018-02-01&resource=r HTTP/1.1\r\nHost: x\r\n\
+          Metadata: true\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(post.contains(" 405 "), "{post}");
+    // Leading and trailing slashes are the same endpoint; other paths are not.
+    let query = "api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net";
+    for path in ["//metadata/identity/oauth2/token", "/metadata/identity/oauth2/token/"] {
+        let response = relay.get(&format!("{path}?{query}"), &[("Metadata", "true")]).await;
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    let near_miss = relay.get(&format!("/metadata/identity/oauth2/tokens?{query}"), &[("Metadata", "true")]).await;
+    assert_eq!(near_miss.status(), 404);
+    assert_eq!(entra.requests(), 1, "POST and the unknown path never reach the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     let entra = FakeEntra::start().await;
     let relay = TestRelay::serve(&limited_config(&entra, "header_read_timeout_secs = 1"), &[]).await;
