@@ -1,10 +1,12 @@
 //! Logs, metrics and traces.
 //!
-//! Logs: human-readable on a terminal, JSON otherwise; `RUST_LOG` overrides the level.
+//! Logs: human-readable on a terminal, JSON lines otherwise ([`json_lines`]); `RUST_LOG`
+//! overrides the level.
 //! Metrics: a Prometheus recorder rendered at `GET /metrics` ([`metrics`]).
 //! Traces: OpenTelemetry over OTLP/HTTP, only when an endpoint is configured; otherwise no
 //! span is even created ([`span`]), so an unconfigured tracer costs nothing.
 
+mod json_lines;
 pub mod metrics;
 
 use std::io::IsTerminal;
@@ -18,6 +20,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogConfig, LogFormat, TraceExport};
+use json_lines::JsonLines;
 
 /// Whether spans are exported; read on every request, so it is an atomic, not a lock.
 static TRACING: AtomicBool = AtomicBool::new(false);
@@ -65,7 +68,7 @@ pub fn init(log: &LogConfig, traces: Option<&TraceExport>) -> TelemetryGuard {
             .with_ansi(terminal)
     });
     let json_layer =
-        json.then(|| tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(std::io::stderr));
+        json.then(|| tracing_subscriber::fmt::layer().event_format(JsonLines).with_writer(std::io::stderr));
 
     let provider = traces.and_then(|export| match tracer_provider(export) {
         Ok(provider) => Some(provider),
