@@ -8,14 +8,13 @@
 //! Failures name the `x-vss-e2eid` and `x-msedge-ref` response headers Azure DevOps support
 //! asks for.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest::{StatusCode, Url, header};
 use serde::Deserialize;
 
-use super::entra::{ClientAuth, EntraClient};
+use super::entra::{Application, ClientAuth};
 use super::jwt::{NO_MATCHING_FEDERATION, describe_federated_claims};
 use super::{AccessToken, Credential, CredentialError, LinkStatus};
 use crate::config::PipelinesConfig;
@@ -28,29 +27,21 @@ const MAX_QUOTED_BODY: usize = 300;
 
 /// A pipeline job federated with an application through a service connection.
 pub struct AzurePipelinesCredential {
-    entra: Arc<EntraClient>,
+    application: Application,
     http: reqwest::Client,
-    tenant_id: String,
-    client_id: String,
     config: PipelinesConfig,
 }
 
 impl AzurePipelinesCredential {
-    /// A credential for `client_id` in `tenant_id`; `timeout` bounds the OIDC request.
-    pub fn new(
-        entra: Arc<EntraClient>,
-        tenant_id: String,
-        client_id: String,
-        config: PipelinesConfig,
-        timeout: Duration,
-    ) -> Result<Self, String> {
+    /// A credential for `application`; `timeout` bounds the OIDC request.
+    pub fn new(application: Application, config: PipelinesConfig, timeout: Duration) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .user_agent(concat!("tokenrelay/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("building the HTTP client: {e}"))?;
-        Ok(Self { entra, http, tenant_id, client_id, config })
+        Ok(Self { application, http, config })
     }
 
     /// A fresh OIDC token from Azure DevOps.
@@ -128,16 +119,7 @@ impl Credential for AzurePipelinesCredential {
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {
         let oidc_token = self.oidc_token().await?;
-        let result = self
-            .entra
-            .client_credentials(
-                self.kind(),
-                &self.tenant_id,
-                &self.client_id,
-                resource,
-                ClientAuth::Assertion(&oidc_token),
-            )
-            .await;
+        let result = self.application.exchange(self.kind(), resource, ClientAuth::Assertion(&oidc_token)).await;
         result.map_err(|error| {
             error.with_detail(NO_MATCHING_FEDERATION, || {
                 format!(

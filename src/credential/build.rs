@@ -11,7 +11,7 @@ use super::certificate::CertificateCredential;
 use super::client_assertion::ClientAssertionCredential;
 use super::client_secret::ClientSecretCredential;
 use super::dev_issuer::{DevCredential, DevIssuer};
-use super::entra::EntraClient;
+use super::entra::{Application, EntraClient};
 use super::environment::EnvironmentCredential;
 use super::managed_identity::ManagedIdentityCredential;
 use super::user::{UserCredential, UserGrants};
@@ -37,24 +37,25 @@ pub struct BuildContext<'a> {
 
 /// Builds one credential. Fails only when an HTTP client cannot be created.
 pub fn build(config: &CredentialConfig, context: &BuildContext<'_>) -> Result<Box<dyn Credential>, String> {
-    let entra = || context.entra.clone();
-    let tenant = || context.tenant_id.unwrap_or_default().to_owned();
-    let client_id = || context.client_id.to_owned();
+    let application = || {
+        let tenant_id = context.tenant_id.unwrap_or_default().to_owned();
+        Application::new(context.entra.clone(), tenant_id, context.client_id.to_owned())
+    };
     let credential: Box<dyn Credential> = match config {
         CredentialConfig::ClientSecret { secret } => {
-            Box::new(ClientSecretCredential::new(entra(), tenant(), client_id(), secret.clone()))
+            Box::new(ClientSecretCredential::new(application(), secret.clone()))
         }
         CredentialConfig::WorkloadIdentity { token_file } => {
-            Box::new(WorkloadIdentityCredential::new(entra(), tenant(), client_id(), token_file.clone()))
+            Box::new(WorkloadIdentityCredential::new(application(), token_file.clone()))
         }
         CredentialConfig::ClientCertificate(certificate) => {
-            Box::new(CertificateCredential::new(entra(), tenant(), client_id(), certificate.clone()))
+            Box::new(CertificateCredential::new(application(), certificate.clone()))
         }
         CredentialConfig::ClientAssertion { source } => {
-            Box::new(ClientAssertionCredential::new(entra(), tenant(), client_id(), source.clone()))
+            Box::new(ClientAssertionCredential::new(application(), source.clone()))
         }
         CredentialConfig::AzurePipelines(pipelines) => {
-            Box::new(AzurePipelinesCredential::new(entra(), tenant(), client_id(), pipelines.clone(), context.timeout)?)
+            Box::new(AzurePipelinesCredential::new(application(), pipelines.clone(), context.timeout)?)
         }
         CredentialConfig::ManagedIdentity(managed) => {
             Box::new(ManagedIdentityCredential::new(managed.clone(), context.timeout)?)
@@ -66,12 +67,11 @@ pub fn build(config: &CredentialConfig, context: &BuildContext<'_>) -> Result<Bo
         )),
         CredentialConfig::Environment { source } => {
             let (inner, variables): (Box<dyn Credential>, _) = match source {
-                EnvironmentSource::ClientSecret { secret } => (
-                    Box::new(ClientSecretCredential::new(entra(), tenant(), client_id(), secret.clone())),
-                    "AZURE_CLIENT_SECRET",
-                ),
+                EnvironmentSource::ClientSecret { secret } => {
+                    (Box::new(ClientSecretCredential::new(application(), secret.clone())), "AZURE_CLIENT_SECRET")
+                }
                 EnvironmentSource::ClientCertificate(certificate) => (
-                    Box::new(CertificateCredential::new(entra(), tenant(), client_id(), certificate.clone())),
+                    Box::new(CertificateCredential::new(application(), certificate.clone())),
                     "AZURE_CLIENT_CERTIFICATE_PATH",
                 ),
             };
@@ -89,7 +89,7 @@ pub fn build(config: &CredentialConfig, context: &BuildContext<'_>) -> Result<Bo
             let issuer = context.dev_issuer.ok_or("development credentials need the development issuer")?;
             Box::new(DevCredential::new(
                 issuer.clone(),
-                client_id(),
+                context.client_id.to_owned(),
                 context.object_id.unwrap_or(context.client_id).to_owned(),
             ))
         }

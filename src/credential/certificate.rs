@@ -26,7 +26,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::Mutex;
 
-use super::entra::{ClientAuth, EntraClient};
+use super::entra::{Application, ClientAuth};
 use super::{AccessToken, Credential, CredentialError, LinkStatus};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{AssertionAlgorithm, CertificateConfig};
@@ -41,9 +41,7 @@ const ASSERTION_EXPIRED: u32 = 700024;
 
 /// An application authenticating with a certificate.
 pub struct CertificateCredential {
-    entra: Arc<EntraClient>,
-    tenant_id: String,
-    client_id: String,
+    application: Application,
     files: CertificateConfig,
     loaded: Mutex<Option<Loaded>>,
 }
@@ -57,9 +55,9 @@ struct Loaded {
 type FileTimes = (Option<SystemTime>, Option<SystemTime>);
 
 impl CertificateCredential {
-    /// A credential for `client_id` in `tenant_id` that signs with the certificate in `files`.
-    pub fn new(entra: Arc<EntraClient>, tenant_id: String, client_id: String, files: CertificateConfig) -> Self {
-        Self { entra, tenant_id, client_id, files, loaded: Mutex::new(None) }
+    /// A credential for `application` that signs with the certificate in `files`.
+    pub fn new(application: Application, files: CertificateConfig) -> Self {
+        Self { application, files, loaded: Mutex::new(None) }
     }
 
     /// The current material, read again from disk when a file's modification time changed.
@@ -123,26 +121,17 @@ impl Credential for CertificateCredential {
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {
         let material = self.material().await?;
-        let audience = self.entra.token_endpoint(&self.tenant_id);
+        let audience = self.application.token_endpoint();
         let assertion = material
             .assertion(
                 self.files.algorithm,
                 self.files.send_certificate_chain,
                 audience.as_str(),
-                &self.client_id,
+                self.application.client_id(),
                 SystemClock.now(),
             )
             .map_err(|problem| self.rejected(problem))?;
-        let result = self
-            .entra
-            .client_credentials(
-                self.kind(),
-                &self.tenant_id,
-                &self.client_id,
-                resource,
-                ClientAuth::Assertion(&assertion),
-            )
-            .await;
+        let result = self.application.exchange(self.kind(), resource, ClientAuth::Assertion(&assertion)).await;
         result.map_err(|error| {
             error
                 .with_detail(INVALID_SIGNATURE, || material.describe_for_support(self.files.algorithm))

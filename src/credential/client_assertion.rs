@@ -7,14 +7,13 @@
 //! it was replaced.
 
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
-use super::entra::{ClientAuth, EntraClient};
+use super::entra::{Application, ClientAuth};
 use super::jwt::{NO_MATCHING_FEDERATION, describe_federated_claims};
 use super::{AccessToken, Credential, CredentialError, LinkStatus};
 use crate::config::AssertionSource;
@@ -27,16 +26,14 @@ const MAX_QUOTED_STDERR: usize = 300;
 
 /// An application presenting an externally issued JWT.
 pub struct ClientAssertionCredential {
-    entra: Arc<EntraClient>,
-    tenant_id: String,
-    client_id: String,
+    application: Application,
     source: AssertionSource,
 }
 
 impl ClientAssertionCredential {
-    /// A credential for `client_id` in `tenant_id` presenting what `source` yields.
-    pub fn new(entra: Arc<EntraClient>, tenant_id: String, client_id: String, source: AssertionSource) -> Self {
-        Self { entra, tenant_id, client_id, source }
+    /// A credential for `application` presenting what `source` yields.
+    pub fn new(application: Application, source: AssertionSource) -> Self {
+        Self { application, source }
     }
 
     async fn assertion(&self) -> Result<Secret, CredentialError> {
@@ -78,16 +75,7 @@ impl Credential for ClientAssertionCredential {
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {
         let assertion = self.assertion().await?;
-        let result = self
-            .entra
-            .client_credentials(
-                self.kind(),
-                &self.tenant_id,
-                &self.client_id,
-                resource,
-                ClientAuth::Assertion(&assertion),
-            )
-            .await;
+        let result = self.application.exchange(self.kind(), resource, ClientAuth::Assertion(&assertion)).await;
         result.map_err(|error| {
             error
                 .with_detail(NO_MATCHING_FEDERATION, || format!("presented {}", describe_federated_claims(&assertion)))

@@ -1,25 +1,21 @@
 //! `client_secret`: the client-credentials grant with an application secret.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 
-use super::entra::{ClientAuth, EntraClient};
+use super::entra::{Application, ClientAuth};
 use super::{AccessToken, Credential, CredentialError, LinkStatus};
 use crate::secret::Secret;
 
 /// An application (service principal) authenticating with its secret.
 pub struct ClientSecretCredential {
-    entra: Arc<EntraClient>,
-    tenant_id: String,
-    client_id: String,
+    application: Application,
     secret: Secret,
 }
 
 impl ClientSecretCredential {
-    /// A credential for `client_id` in `tenant_id`.
-    pub fn new(entra: Arc<EntraClient>, tenant_id: String, client_id: String, secret: Secret) -> Self {
-        Self { entra, tenant_id, client_id, secret }
+    /// A credential for `application` that presents `secret`.
+    pub fn new(application: Application, secret: Secret) -> Self {
+        Self { application, secret }
     }
 }
 
@@ -30,18 +26,13 @@ impl Credential for ClientSecretCredential {
     }
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {
-        self.entra
-            .client_credentials(
-                self.kind(),
-                &self.tenant_id,
-                &self.client_id,
-                resource,
-                ClientAuth::Secret(&self.secret),
-            )
-            .await
+        self.application.exchange(self.kind(), resource, ClientAuth::Secret(&self.secret)).await
     }
 
     fn status(&self) -> LinkStatus {
-        LinkStatus::Usable(format!("client secret for application {} (validity is not checked)", self.client_id))
+        LinkStatus::Usable(format!(
+            "client secret for application {} (validity is not checked)",
+            self.application.client_id()
+        ))
     }
 }

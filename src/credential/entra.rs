@@ -4,6 +4,10 @@
 //! form-encoded; protocols.md 3a), with hard timeouts, bounded retries with exponential
 //! backoff and jitter on 429/5xx/network errors honouring `Retry-After`, and a global cap on
 //! concurrent requests that protects the authority when many identities refresh at once.
+//! Credentials reach it through [`Application`], which pairs the client with one tenant and
+//! client id.
+
+mod application;
 
 use std::time::Duration;
 
@@ -14,6 +18,8 @@ use tokio::sync::Semaphore;
 use super::{AccessToken, CredentialError};
 use crate::clock::{Clock, SystemClock};
 use crate::secret::Secret;
+
+pub use application::Application;
 
 /// `client_assertion_type` for every JWT assertion (certificate or federated).
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -75,7 +81,8 @@ impl EntraClient {
     }
 
     /// Runs the client-credentials grant for `resource`, retrying transient failures.
-    pub async fn client_credentials(
+    /// Private to this module: credentials go through [`Application::exchange`].
+    async fn client_credentials(
         &self,
         credential: &'static str,
         tenant: &str,

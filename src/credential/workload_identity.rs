@@ -6,13 +6,12 @@
 //! AADSTS700024 ("assertion expired"); protocols.md section 4, pitfall 5.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use tokio::sync::Mutex;
 
-use super::entra::{ClientAuth, EntraClient};
+use super::entra::{Application, ClientAuth};
 use super::jwt::{NO_MATCHING_FEDERATION, describe_federated_claims};
 use super::{AccessToken, Credential, CredentialError, LinkStatus};
 use crate::secret::Secret;
@@ -24,9 +23,7 @@ const ASSERTION_EXPIRED: u32 = 700024;
 
 /// An application federated with the cluster's service-account issuer.
 pub struct WorkloadIdentityCredential {
-    entra: Arc<EntraClient>,
-    tenant_id: String,
-    client_id: String,
+    application: Application,
     token_file: PathBuf,
     cached: Mutex<Option<CachedAssertion>>,
 }
@@ -38,9 +35,9 @@ struct CachedAssertion {
 }
 
 impl WorkloadIdentityCredential {
-    /// A credential that presents the token in `token_file`.
-    pub fn new(entra: Arc<EntraClient>, tenant_id: String, client_id: String, token_file: PathBuf) -> Self {
-        Self { entra, tenant_id, client_id, token_file, cached: Mutex::new(None) }
+    /// A credential for `application` that presents the token in `token_file`.
+    pub fn new(application: Application, token_file: PathBuf) -> Self {
+        Self { application, token_file, cached: Mutex::new(None) }
     }
 
     /// The current assertion, read from disk when it may have changed (or when `force`).
@@ -71,15 +68,7 @@ impl WorkloadIdentityCredential {
     }
 
     async fn exchange(&self, resource: &str, assertion: &Secret) -> Result<AccessToken, CredentialError> {
-        self.entra
-            .client_credentials(
-                self.kind(),
-                &self.tenant_id,
-                &self.client_id,
-                resource,
-                ClientAuth::Assertion(assertion),
-            )
-            .await
+        self.application.exchange(self.kind(), resource, ClientAuth::Assertion(assertion)).await
     }
 
     fn unavailable(&self, reason: String) -> CredentialError {
@@ -119,23 +108,12 @@ impl Credential for WorkloadIdentityCredential {
 
 #[cfg(test)]
 mod tests {
-    use super::super::entra::EntraSettings;
     use super::*;
 
     /// A credential whose authority refuses connections: reaching it would be a transient
     /// error, so an `Unavailable` proves the file was refused before anything was sent.
     fn credential(token_file: PathBuf) -> WorkloadIdentityCredential {
-        let entra = EntraClient::new(EntraSettings {
-            authority_host: reqwest::Url::parse("http://127.0.0.1:1/").unwrap(),
-            timeout: Duration::from_secs(1),
-            max_retries: 0,
-            retry_base: Duration::from_millis(1),
-            retry_max_delay: Duration::from_secs(1),
-            retry_budget: Duration::from_secs(1),
-            max_concurrent: 1,
-        })
-        .unwrap();
-        WorkloadIdentityCredential::new(Arc::new(entra), "tenant".into(), "client".into(), token_file)
+        WorkloadIdentityCredential::new(Application::unreachable(), token_file)
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::routing::post;
 
+use crate::support::fake_server::FakeServer;
 use crate::support::{FakeEntra, HEADER_SECRET, TestRelay, fake_entra, json, secret_config};
 
 const VAULT: &str = "api-version=2018-02-01&resource=https://vault.azure.net";
@@ -94,12 +95,10 @@ async fn traces_reach_an_otlp_receiver_and_continue_the_callers_trace() {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let receiver = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let receiver = FakeServer::serve(app).await;
 
     let entra = FakeEntra::start().await;
-    let toml = format!("{}\n[telemetry]\notlp_endpoint = \"{receiver}\"\n", secret_config(&entra, ""));
+    let toml = format!("{}\n[telemetry]\notlp_endpoint = \"{}\"\n", secret_config(&entra, ""), receiver.url());
     let mut relay = TestRelay::serve(&toml, &[]).await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");

@@ -6,7 +6,6 @@
 //! carry the `x-vss-e2eid` and `x-msedge-ref` headers; failures can also be scripted.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Query, State};
@@ -16,7 +15,8 @@ use axum::routing::post;
 use axum::{Json, Router};
 use base64::Engine;
 use serde_json::json;
-use tokio::task::JoinHandle;
+
+use super::fake_server::FakeServer;
 
 /// The job's System.AccessToken the fake accepts.
 pub const SYSTEM_ACCESS_TOKEN: &str = "system-access-token-of-the-job";
@@ -40,9 +40,8 @@ struct DevOpsState {
 
 /// A running fake; stops when dropped.
 pub struct FakeDevOps {
-    addr: SocketAddr,
+    server: FakeServer,
     state: Arc<Mutex<DevOpsState>>,
-    task: JoinHandle<()>,
 }
 
 impl FakeDevOps {
@@ -50,17 +49,12 @@ impl FakeDevOps {
     pub async fn start() -> Self {
         let state = Arc::new(Mutex::new(DevOpsState::default()));
         let app = Router::new().route("/oidctoken", post(oidc_token)).with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        Self { addr, state, task }
+        Self { server: FakeServer::serve(app).await, state }
     }
 
     /// The value of `SYSTEM_OIDCREQUESTURI`.
     pub fn oidc_request_uri(&self) -> String {
-        format!("http://{}/oidctoken", self.addr)
+        format!("{}/oidctoken", self.server.url())
     }
 
     /// The next requests answer these statuses (with an error body), in order.
@@ -76,12 +70,6 @@ impl FakeDevOps {
     /// Every OIDC token issued, in order.
     pub fn issued(&self) -> Vec<String> {
         self.state.lock().unwrap().issued.clone()
-    }
-}
-
-impl Drop for FakeDevOps {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

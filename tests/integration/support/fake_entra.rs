@@ -17,7 +17,6 @@
 //! instead of `axum::serve`.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,8 +32,9 @@ use http_body_util::BodyExt;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 use tower::ServiceExt;
+
+use super::fake_server::FakeServer;
 
 pub const TENANT: &str = "72f988bf-0000-4000-8000-00000000cafe";
 pub const CLIENT_ID: &str = "5e29463d-0000-4000-8000-0000000000a1";
@@ -104,9 +104,8 @@ struct Behaviour {
 
 /// A running fake authority; stops when dropped.
 pub struct FakeEntra {
-    addr: SocketAddr,
+    server: FakeServer,
     state: Arc<Mutex<Behaviour>>,
-    task: JoinHandle<()>,
 }
 
 impl FakeEntra {
@@ -129,16 +128,15 @@ impl FakeEntra {
             base_url: String::new(),
         }));
         let app = Router::new().route("/{tenant}/oauth2/v2.0/token", post(token)).with_state(state.clone());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        state.lock().unwrap().base_url = format!("http://{addr}");
-        let task = tokio::spawn(accept(listener, app, state.clone()));
-        Self { addr, state, task }
+        let server = FakeServer::start(|listener| accept(listener, app, state.clone())).await;
+        // Set before any test learns the address, so every request sees it.
+        state.lock().unwrap().base_url = server.url();
+        Self { server, state }
     }
 
     /// The authority host to configure (`http://127.0.0.1:PORT`).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     /// Lifetime (`expires_in`) of tokens issued from now on.
@@ -238,12 +236,6 @@ impl FakeEntra {
     /// How many tokens were issued.
     pub fn issued(&self) -> u64 {
         self.state.lock().unwrap().issued
-    }
-}
-
-impl Drop for FakeEntra {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

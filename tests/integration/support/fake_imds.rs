@@ -4,7 +4,6 @@
 //! `Retry-After`, 500); every request is recorded with its headers.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Query, State};
@@ -13,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
-use tokio::task::JoinHandle;
+
+use super::fake_server::FakeServer;
 
 /// The App Service secret the fake expects.
 pub const IDENTITY_HEADER: &str = "fake-imds-identity-header";
@@ -35,9 +35,8 @@ struct ImdsState {
 
 /// A running fake; stops when dropped.
 pub struct FakeImds {
-    addr: SocketAddr,
+    server: FakeServer,
     state: Arc<Mutex<ImdsState>>,
-    task: JoinHandle<()>,
 }
 
 impl FakeImds {
@@ -48,17 +47,12 @@ impl FakeImds {
             .route("/metadata/identity/oauth2/token", get(imds))
             .route("/msi/token", get(app_service))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        Self { addr, state, task }
+        Self { server: FakeServer::serve(app).await, state }
     }
 
     /// `http://127.0.0.1:PORT` (what `AZURE_POD_IDENTITY_AUTHORITY_HOST` would hold).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     /// The IMDS token endpoint.
@@ -79,12 +73,6 @@ impl FakeImds {
     /// Every request so far.
     pub fn seen(&self) -> Vec<SeenImds> {
         self.state.lock().unwrap().seen.clone()
-    }
-}
-
-impl Drop for FakeImds {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

@@ -3,7 +3,6 @@
 //! revocation.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Form, Path, State};
@@ -14,7 +13,8 @@ use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::json;
-use tokio::task::JoinHandle;
+
+use super::fake_server::FakeServer;
 
 pub const USER_CODE: &str = "ABCD-1234";
 pub const USERNAME: &str = "ada@contoso.com";
@@ -36,9 +36,8 @@ struct Behaviour {
 
 /// A running fake; stops when dropped.
 pub struct FakeLogin {
-    addr: SocketAddr,
+    server: FakeServer,
     state: Arc<Mutex<Behaviour>>,
-    task: JoinHandle<()>,
 }
 
 impl FakeLogin {
@@ -48,16 +47,11 @@ impl FakeLogin {
             .route("/{tenant}/oauth2/v2.0/devicecode", post(device_code))
             .route("/{tenant}/oauth2/v2.0/token", post(token))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        Self { addr, state, task }
+        Self { server: FakeServer::serve(app).await, state }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     /// The next device code polls get these OAuth errors, then the sign-in succeeds.
@@ -73,12 +67,6 @@ impl FakeLogin {
     /// Every token request's form, in order.
     pub fn seen(&self) -> Vec<HashMap<String, String>> {
         self.state.lock().unwrap().seen.clone()
-    }
-}
-
-impl Drop for FakeLogin {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

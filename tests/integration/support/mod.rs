@@ -6,6 +6,7 @@ pub mod fake_devops;
 pub mod fake_entra;
 pub mod fake_imds;
 pub mod fake_login;
+pub mod fake_server;
 pub mod private_mount;
 
 use std::path::{Path, PathBuf};
