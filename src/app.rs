@@ -111,6 +111,8 @@ pub fn build(config: &Config, base_url: &str) -> Result<Built, String> {
             refresh_backoff_secs: cache.refresh_backoff_secs,
             refresh_backoff_max_secs: cache.refresh_backoff_max_secs,
         },
+        // Half the upstream limit: the other half stays free for requests that wait.
+        max_background_refreshes: (config.upstream.max_concurrent / 2).max(1),
     };
     let broker = Arc::new(Broker::new(specs, settings, Arc::new(SystemClock)));
     Ok(Built { broker, dev_issuer })

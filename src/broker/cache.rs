@@ -66,6 +66,12 @@ impl CachedToken {
         self.refreshing.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 
+    /// Gives up a claim from [`Self::try_begin_refresh`] without trying: the next caller may
+    /// claim it at once. No failure is counted.
+    pub fn abandon_refresh(&self) {
+        self.refreshing.store(false, Ordering::Release);
+    }
+
     /// Records a failed refresh: no new attempt before `now + backoff(failures)`.
     /// Returns the number of consecutive failures.
     pub fn refresh_failed(&self, now: u64, backoff: impl Fn(u32) -> u64) -> u32 {

@@ -14,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use moka::future::Cache;
+use tokio::sync::Semaphore;
 
 pub use cache::CachedToken;
 pub use policy::Policy;
@@ -53,6 +54,11 @@ pub struct CacheSettings {
     pub negative_ttl: Duration,
     /// Refresh and serving policy.
     pub policy: Policy,
+    /// Background refreshes running at once. Beyond it, stale hits keep being served and a
+    /// later request tries again: refreshes that fall due together (a restart with a
+    /// persisted cache, a fleet's tokens issued at once) trickle out instead of queueing a task
+    /// each, and leave upstream capacity for first requests for new resources.
+    pub max_background_refreshes: usize,
 }
 
 /// One identity with its own cache.
@@ -156,6 +162,8 @@ pub struct Broker {
     readiness: Readiness,
     /// Where fetched tokens are persisted, when persistence is on.
     writer: OnceLock<Arc<Writer>>,
+    /// One permit per background refresh allowed to run (`max_background_refreshes`).
+    refresh_slots: Arc<Semaphore>,
 }
 
 /// What [`Broker::seed`] did with the persisted tokens it was given.
@@ -201,7 +209,16 @@ impl Broker {
                 })
             })
             .collect();
-        Self { identities, default, settings, clock, readiness: Readiness::new(prefetches), writer: OnceLock::new() }
+        let refresh_slots = Arc::new(Semaphore::new(settings.max_background_refreshes.max(1)));
+        Self {
+            identities,
+            default,
+            settings,
+            clock,
+            readiness: Readiness::new(prefetches),
+            writer: OnceLock::new(),
+            refresh_slots,
+        }
     }
 
     /// Persists every token fetched from now on through `writer` (write-through, batched,
@@ -394,11 +411,18 @@ impl Broker {
         if !entry.try_begin_refresh(now) {
             return;
         }
+        let Ok(slot) = Arc::clone(&self.refresh_slots).try_acquire_owned() else {
+            // Every slot is busy: serve the stale token and let a later request try again.
+            entry.abandon_refresh();
+            metrics::refresh_deferred();
+            return;
+        };
         let broker = Arc::clone(self);
         let identity = Arc::clone(identity);
         let entry = Arc::clone(entry);
         let resource = resource.to_owned();
         tokio::spawn(async move {
+            let _slot = slot;
             let span =
                 telemetry::span(|| tracing::info_span!("background_refresh", identity = %identity.name, resource));
             let result = broker.fetch(&identity, &resource).instrument(span).await;

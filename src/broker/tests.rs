@@ -73,6 +73,7 @@ fn broker(clock: &ManualClock, credential: Arc<Scripted>) -> Arc<Broker> {
         max_entries: 100,
         negative_ttl: Duration::from_secs(10),
         policy: Policy { serve_margin_secs: 60, refresh_backoff_secs: 30, refresh_backoff_max_secs: 300 },
+        max_background_refreshes: 1,
     };
     Arc::new(Broker::new(vec![spec], settings, Arc::new(clock.clone())))
 }
@@ -235,4 +236,47 @@ async fn an_already_expired_token_is_never_served() {
     let err = b.token(&id, "r").await.unwrap_err();
     assert!(err.to_string().contains("expired at"), "{err}");
     assert_eq!(b.token(&id, "r").await.unwrap().outcome, CacheOutcome::Miss);
+}
+
+#[tokio::test]
+async fn refreshes_beyond_the_limit_are_deferred_and_the_stale_token_served() {
+    let clock = ManualClock::new(START);
+    let gate = Arc::new(Notify::new());
+    let cred = Arc::new(Scripted { gate: Some(gate.clone()), clock: Some(clock.clone()), ..Scripted::default() });
+    let b = broker(&clock, cred.clone());
+    let id = b.resolve(&Selector::Default).unwrap().clone();
+    for resource in ["r1", "r2"] {
+        gate.notify_one();
+        b.token(&id, resource).await.unwrap();
+    }
+    clock.advance(3000);
+    // r1's refresh takes the only slot (max_background_refreshes = 1) and waits at the gate.
+    assert_eq!(b.token(&id, "r1").await.unwrap().outcome, CacheOutcome::Stale);
+    // r2 is stale too: served as it is, and no second refresh starts.
+    let r2 = b.token(&id, "r2").await.unwrap();
+    assert_eq!((r2.outcome, token_text(&r2)), (CacheOutcome::Stale, "token-1"));
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(cred.calls.load(Ordering::SeqCst), 3, "one refresh at a time");
+
+    // Once r1's refresh is done, the next stale hit on r2 refreshes it.
+    let finished = cred.finished.clone();
+    let done = finished.notified();
+    gate.notify_one();
+    done.await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(b.token(&id, "r1").await.unwrap().outcome, CacheOutcome::Hit);
+    let done = finished.notified();
+    assert_eq!(b.token(&id, "r2").await.unwrap().outcome, CacheOutcome::Stale);
+    gate.notify_one();
+    done.await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let fresh = b.token(&id, "r2").await.unwrap();
+    assert_eq!((fresh.outcome, token_text(&fresh)), (CacheOutcome::Hit, "token-3"));
+    assert_eq!(cred.calls.load(Ordering::SeqCst), 4);
 }

@@ -135,6 +135,11 @@ pub fn refresh(success: bool) {
     counter!(REFRESHES, "result" => if success { "success" } else { "failure" }).increment(1);
 }
 
+/// A due background refresh was put off because the most allowed were already running.
+pub fn refresh_deferred() {
+    counter!(REFRESHES, "result" => "deferred").increment(1);
+}
+
 /// One cached token, for the scrape-time gauges.
 pub struct CachedTokenSample<'a> {
     pub identity: &'a str,
