@@ -39,10 +39,10 @@ count() {
         sleep 0.2
     done
     wrk -t1 -c4 -d2s -H 'Metadata: true' "$url" >/dev/null
-    callgrind_control -i on "$pid" >/dev/null
+    callgrind_control -i on "$pid" >/dev/null 2>&1
     local requests
     requests=$(wrk -t1 -c4 -d5s -H 'Metadata: true' "$url" | awk '/requests in/ {print $1}')
-    callgrind_control -i off "$pid" >/dev/null
+    callgrind_control -i off "$pid" >/dev/null 2>&1
     kill -TERM "$pid"
     wait "$pid" || true
     local instructions
