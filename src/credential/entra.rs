@@ -304,13 +304,16 @@ struct TokenResponse {
 
 impl TokenResponse {
     fn into_access_token(self, issued_at: u64) -> AccessToken {
-        let expires_on = issued_at + self.expires_in;
+        // The seconds come off the network: an absurd lifetime saturates to "far future"
+        // rather than panicking (debug builds) or wrapping to a time in the past (release).
+        // The broker's refresh policy then treats it like any long-lived token.
+        let after = |seconds: u64| issued_at.saturating_add(seconds);
         AccessToken {
             token: Secret::new(self.access_token),
-            expires_on,
+            expires_on: after(self.expires_in),
             not_before: issued_at,
-            ext_expires_on: issued_at + self.ext_expires_in.unwrap_or(self.expires_in),
-            refresh_on: self.refresh_in.map(|r| issued_at + r),
+            ext_expires_on: after(self.ext_expires_in.unwrap_or(self.expires_in)),
+            refresh_on: self.refresh_in.map(after),
         }
     }
 }
@@ -443,6 +446,16 @@ mod tests {
         assert!(parse_token_response(br#"{"access_token":"tok"}"#, 1000).is_err(), "expires_in is required");
         assert!(parse_token_response(br#"{"access_token":"tok","expires_in":"soon"}"#, 1000).is_err());
         assert!(parse_token_response(b"<html>", 1000).is_err());
+    }
+
+    #[test]
+    fn an_absurd_lifetime_saturates_instead_of_overflowing() {
+        // Regression: `issued_at + expires_in` panicked in debug builds and wrapped to a
+        // time in the past in release builds for lifetimes near u64::MAX.
+        let body = br#"{"access_token":"t","expires_in":18446744073709551615,"refresh_in":"18446744073709551615"}"#;
+        let t = parse_token_response(body, 1_795_910_400).unwrap();
+        assert_eq!((t.expires_on, t.ext_expires_on, t.refresh_on), (u64::MAX, u64::MAX, Some(u64::MAX)));
+        assert_eq!(t.not_before, 1_795_910_400);
     }
 
     #[test]
