@@ -366,14 +366,17 @@ impl ErrorResponse {
     }
 
     /// `error: first line of the description`; Entra appends trace and correlation ids
-    /// on later lines, which the typed fields carry instead.
+    /// on later lines, which the typed fields carry instead. The code is cut to its first
+    /// line too: it comes off the network and ends up in logs, where a line break would let
+    /// a response forge log lines.
     pub fn first_line(&self) -> String {
-        let description = self.error_description.lines().next().unwrap_or("").trim();
-        match (self.error.is_empty(), description.is_empty()) {
+        let first = |text: &str| text.lines().next().unwrap_or("").trim().to_owned();
+        let (error, description) = (first(&self.error), first(&self.error_description));
+        match (error.is_empty(), description.is_empty()) {
             (true, true) => String::new(),
-            (false, true) => self.error.clone(),
-            (true, false) => description.to_owned(),
-            (false, false) => format!("{}: {description}", self.error),
+            (false, true) => error,
+            (true, false) => description,
+            (false, false) => format!("{error}: {description}"),
         }
     }
 
@@ -456,6 +459,15 @@ mod tests {
         let t = parse_token_response(body, 1_795_910_400).unwrap();
         assert_eq!((t.expires_on, t.ext_expires_on, t.refresh_on), (u64::MAX, u64::MAX, Some(u64::MAX)));
         assert_eq!(t.not_before, 1_795_910_400);
+    }
+
+    #[test]
+    fn first_line_is_one_line_even_when_the_code_is_not() {
+        // Regression (found by the entra_response fuzz target): a line break in `error`
+        // passed straight into the message.
+        let body = ErrorResponse::parse(br#"{"error":"invalid\nforged","error_description":"AADSTS70021: x\r\ny"}"#);
+        assert_eq!(body.first_line(), "invalid: AADSTS70021: x");
+        assert_eq!(ErrorResponse::parse(br#"{"error":"\nonly"}"#).first_line(), "");
     }
 
     #[test]
