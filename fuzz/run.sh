@@ -52,7 +52,15 @@ for target in "${targets[@]}"; do
     grep -E "^#[0-9]+.*(DONE|pulse)|^stat::" "$log" | tail -n 12 >&2
     if [[ "${MINIMIZE:-0}" == 1 ]]; then
         cp -n "work/$target"/* "corpus/$target"/ 2>/dev/null || true
+        seeds="$(mktemp -d)"
+        cp "corpus/$target"/seed-* "$seeds"/
         nice -n 19 cargo fuzz cmin --sanitizer address "$target" "corpus/$target" >"logs/$target.cmin.log" 2>&1
+        # cmin renames every input to its SHA-1; put the named seeds back in place of their copies.
+        for seed in "$seeds"/*; do
+            rm -f "corpus/$target/$(sha1sum <"$seed" | cut -c1-40)"
+            cp "$seed" "corpus/$target/"
+        done
+        rm -r "$seeds"
         echo "== $target corpus minimised: $(find "corpus/$target" -type f | wc -l) files" >&2
     fi
 done

@@ -73,6 +73,8 @@ const ENTRA: &[(&str, &str)] = &[
         r#"{"token_type":"Bearer","expires_in":86399,"ext_expires_in":86399,"refresh_in":43199,"access_token":"tok"}"#,
     ),
     ("success-padded-string", r#"{"access_token":"t","expires_in":" 60 ","refresh_in":"30"}"#),
+    // Overflowed issued_at + expires_in before the times saturated.
+    ("success-huge", r#"{"access_token":"t","expires_in":18446744073709551615,"refresh_in":"18446744073709551615"}"#),
     (
         "error-invalid-client",
         "{\"error\":\"invalid_client\",\"error_description\":\"AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '0f1c2d3e-4a5b-6c7d-8e9f-a0b1c2d3e4f5'.\\r\\nTrace ID: 5e1f0c9a-0000-4000-8000-000000000000\\r\\nCorrelation ID: 9a8b7c6d-0000-4000-8000-000000000000\\r\\nTimestamp: 2026-11-29 12:00:00Z\",\"error_codes\":[7000215],\"timestamp\":\"2026-11-29 12:00:00Z\",\"trace_id\":\"5e1f0c9a-0000-4000-8000-000000000000\",\"correlation_id\":\"9a8b7c6d-0000-4000-8000-000000000000\",\"error_uri\":\"https://login.microsoftonline.com/error?code=7000215\"}",
