@@ -36,14 +36,19 @@ fn seconds(value: &Value) -> Option<u64> {
 
 fn check_token_response(body: &[u8], issued_at: u64, json: Option<&Value>) {
     let Ok(token) = parse_token_response(body, issued_at) else { return };
-    let fields = json.and_then(Value::as_object).expect("an accepted body is a JSON object");
-    assert_eq!(Some(token.token.expose()), fields.get("access_token").and_then(Value::as_str));
-    let expires_in = seconds(&fields["expires_in"]).expect("an accepted expires_in is a number of seconds");
+    // serde's derive also reads a struct from a JSON array, its fields in declaration order.
+    let json = json.expect("an accepted body is JSON");
+    let field = |name: &str, position: usize| match json {
+        Value::Array(items) => items.get(position),
+        _ => json.get(name),
+    };
+    assert_eq!(Some(token.token.expose()), field("access_token", 0).and_then(Value::as_str));
+    let expires_in = field("expires_in", 1).and_then(seconds).expect("an accepted expires_in is a number of seconds");
     assert_eq!(token.not_before, issued_at);
     assert_eq!(token.expires_on, issued_at.saturating_add(expires_in));
-    let ext_expires_in = fields.get("ext_expires_in").map(|v| seconds(v).expect("readable ext_expires_in"));
+    let ext_expires_in = field("ext_expires_in", 2).map(|v| seconds(v).expect("readable ext_expires_in"));
     assert_eq!(token.ext_expires_on, issued_at.saturating_add(ext_expires_in.unwrap_or(expires_in)));
-    let refresh_in = fields.get("refresh_in").map(|v| seconds(v).expect("readable refresh_in"));
+    let refresh_in = field("refresh_in", 3).map(|v| seconds(v).expect("readable refresh_in"));
     assert_eq!(token.refresh_on, refresh_in.map(|r| issued_at.saturating_add(r)));
     // A token is never reported as expiring before it was issued.
     assert!(token.expires_on >= token.not_before && token.ext_expires_on >= token.not_before);
@@ -55,12 +60,16 @@ fn check_error_response(body: &[u8], json: Option<&Value>) {
     assert!(!line.contains('\n'), "first_line is one line: {line:?}");
     let Some(code) = parsed.aadsts() else { return };
     // A code comes from the body: from error_codes, or from the description's prefix.
-    let fields = json.and_then(Value::as_object).expect("a body with a code is a JSON object");
-    let first_code = fields.get("error_codes").and_then(Value::as_array).and_then(|codes| codes.first());
+    let json = json.expect("a body with a code is JSON");
+    let field = |name: &str, position: usize| match json {
+        Value::Array(items) => items.get(position),
+        _ => json.get(name),
+    };
+    let first_code = field("error_codes", 2).and_then(Value::as_array).and_then(|codes| codes.first());
     match first_code {
         Some(first) => assert_eq!(first.as_u64(), Some(u64::from(code))),
         None => {
-            let description = fields.get("error_description").and_then(Value::as_str).unwrap_or("");
+            let description = field("error_description", 1).and_then(Value::as_str).unwrap_or("");
             let digits: String =
                 description.strip_prefix("AADSTS").unwrap_or("").chars().take_while(char::is_ascii_digit).collect();
             assert_eq!(digits.parse::<u32>().ok(), Some(code), "{description:?}");
