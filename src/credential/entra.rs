@@ -175,13 +175,12 @@ impl EntraClient {
         })?;
 
         if status.is_success() {
-            let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
+            return parse_token_response(&body, issued_at).map_err(|e| {
                 Attempt::Fail(context.transient(format!("the authority sent an unreadable token response: {e}")))
-            })?;
-            return Ok(parsed.into_access_token(issued_at));
+            });
         }
 
-        let error_body: ErrorResponse = serde_json::from_slice(&body).unwrap_or_default();
+        let error_body = ErrorResponse::parse(&body);
         if status == StatusCode::TOO_MANY_REQUESTS {
             let error = CredentialError::Throttled {
                 credential: context.credential,
@@ -291,6 +290,12 @@ fn parse_retry_after(headers: &header::HeaderMap) -> Option<Duration> {
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
+/// Parses the body of a successful token response, requested at `issued_at` (epoch seconds).
+/// Public so the fuzz target `entra_response` runs exactly what `send_once` runs.
+pub fn parse_token_response(body: &[u8], issued_at: u64) -> Result<AccessToken, serde_json::Error> {
+    serde_json::from_slice::<TokenResponse>(body).map(|response| response.into_access_token(issued_at))
+}
+
 /// A successful token response (protocols.md 3a). Lifetimes may arrive as numbers or
 /// as numeric strings depending on the authority, so both are accepted.
 #[derive(Deserialize)]
@@ -306,13 +311,16 @@ struct TokenResponse {
 
 impl TokenResponse {
     fn into_access_token(self, issued_at: u64) -> AccessToken {
-        let expires_on = issued_at + self.expires_in;
+        // The seconds come off the network: an absurd lifetime saturates to "far future"
+        // rather than panicking (debug builds) or wrapping to a time in the past (release).
+        // The broker's refresh policy then treats it like any long-lived token.
+        let after = |seconds: u64| issued_at.saturating_add(seconds);
         AccessToken {
             token: Secret::new(self.access_token),
-            expires_on,
+            expires_on: after(self.expires_in),
             not_before: issued_at,
-            ext_expires_on: issued_at + self.ext_expires_in.unwrap_or(self.expires_in),
-            refresh_on: self.refresh_in.map(|r| issued_at + r),
+            ext_expires_on: after(self.ext_expires_in.unwrap_or(self.expires_in)),
+            refresh_on: self.refresh_in.map(after),
         }
     }
 }
@@ -335,9 +343,9 @@ fn optional_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::E
     seconds(d).map(Some)
 }
 
-/// An OAuth2 error response from Entra.
+/// An OAuth2 error response from Entra. Public (fields private) only for the fuzz target.
 #[derive(Default, Deserialize)]
-struct ErrorResponse {
+pub struct ErrorResponse {
     #[serde(default)]
     error: String,
     #[serde(default)]
@@ -349,8 +357,14 @@ struct ErrorResponse {
 }
 
 impl ErrorResponse {
+    /// Reads an error body; one that is not the JSON Entra sends reads as empty, so the
+    /// status code alone describes the failure.
+    pub fn parse(body: &[u8]) -> Self {
+        serde_json::from_slice(body).unwrap_or_default()
+    }
+
     /// The AADSTS number, from `error_codes` or else from the description's prefix.
-    fn aadsts(&self) -> Option<u32> {
+    pub fn aadsts(&self) -> Option<u32> {
         self.error_codes.first().copied().or_else(|| {
             let rest = self.error_description.strip_prefix("AADSTS")?;
             let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
@@ -359,14 +373,17 @@ impl ErrorResponse {
     }
 
     /// `error: first line of the description`; Entra appends trace and correlation ids
-    /// on later lines, which the typed fields carry instead.
-    fn first_line(&self) -> String {
-        let description = self.error_description.lines().next().unwrap_or("").trim();
-        match (self.error.is_empty(), description.is_empty()) {
+    /// on later lines, which the typed fields carry instead. The code is cut to its first
+    /// line too: it comes off the network and ends up in logs, where a line break would let
+    /// a response forge log lines.
+    pub fn first_line(&self) -> String {
+        let first = |text: &str| text.lines().next().unwrap_or("").trim().to_owned();
+        let (error, description) = (first(&self.error), first(&self.error_description));
+        match (error.is_empty(), description.is_empty()) {
             (true, true) => String::new(),
-            (false, true) => self.error.clone(),
-            (true, false) => description.to_owned(),
-            (false, false) => format!("{}: {description}", self.error),
+            (false, true) => error,
+            (true, false) => description,
+            (false, false) => format!("{error}: {description}"),
         }
     }
 
@@ -428,6 +445,44 @@ mod tests {
         .unwrap();
         let t = r.into_access_token(1000);
         assert_eq!((t.expires_on, t.ext_expires_on, t.refresh_on), (4599, 8199, Some(2800)));
+    }
+
+    #[test]
+    fn parse_token_response_is_what_send_once_reads() {
+        let t =
+            parse_token_response(br#"{"token_type":"Bearer","expires_in":3599,"access_token":"tok"}"#, 1000).unwrap();
+        assert_eq!(t.token.expose(), "tok");
+        assert_eq!((t.expires_on, t.not_before, t.ext_expires_on, t.refresh_on), (4599, 1000, 4599, None));
+        assert!(parse_token_response(br#"{"access_token":"tok"}"#, 1000).is_err(), "expires_in is required");
+        assert!(parse_token_response(br#"{"access_token":"tok","expires_in":"soon"}"#, 1000).is_err());
+        assert!(parse_token_response(b"<html>", 1000).is_err());
+    }
+
+    #[test]
+    fn an_absurd_lifetime_saturates_instead_of_overflowing() {
+        // Regression: `issued_at + expires_in` panicked in debug builds and wrapped to a
+        // time in the past in release builds for lifetimes near u64::MAX.
+        let body = br#"{"access_token":"t","expires_in":18446744073709551615,"refresh_in":"18446744073709551615"}"#;
+        let t = parse_token_response(body, 1_795_910_400).unwrap();
+        assert_eq!((t.expires_on, t.ext_expires_on, t.refresh_on), (u64::MAX, u64::MAX, Some(u64::MAX)));
+        assert_eq!(t.not_before, 1_795_910_400);
+    }
+
+    #[test]
+    fn first_line_is_one_line_even_when_the_code_is_not() {
+        // Regression (found by the entra_response fuzz target): a line break in `error`
+        // passed straight into the message.
+        let body = ErrorResponse::parse(br#"{"error":"invalid\nforged","error_description":"AADSTS70021: x\r\ny"}"#);
+        assert_eq!(body.first_line(), "invalid: AADSTS70021: x");
+        assert_eq!(ErrorResponse::parse(br#"{"error":"\nonly"}"#).first_line(), "");
+    }
+
+    #[test]
+    fn an_unreadable_error_body_reads_as_empty() {
+        let body = ErrorResponse::parse(b"<html>Bad Gateway</html>");
+        assert_eq!((body.aadsts(), body.first_line()), (None, String::new()));
+        let body = ErrorResponse::parse(br#"{"error":"invalid_scope","error_codes":[70011]}"#);
+        assert_eq!((body.aadsts(), body.first_line()), (Some(70011), "invalid_scope".to_owned()));
     }
 
     #[test]
