@@ -35,14 +35,18 @@ pub fn span(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
     if tracing_enabled() { make() } else { tracing::Span::none() }
 }
 
-/// Flushes and stops the trace exporter when dropped (at the end of `main`'s work).
+/// Flushes the log writer and stops the trace exporter when dropped (at the end of `main`'s
+/// work).
 #[must_use = "dropping the guard stops trace export"]
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    /// Writes the last buffered log lines when dropped.
+    log_writer: Option<tracing_appender::non_blocking::WorkerGuard>,
 }
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
+        drop(self.log_writer.take());
         if let Some(provider) = self.provider.take()
             && let Err(error) = provider.shutdown()
         {
@@ -67,8 +71,18 @@ pub fn init(log: &LogConfig, traces: Option<&TraceExport>) -> TelemetryGuard {
             // Colour codes only make sense on a terminal; in files and pipes they are noise.
             .with_ansi(terminal)
     });
-    let json_layer =
-        json.then(|| tracing_subscriber::fmt::layer().event_format(JsonLines).with_writer(std::io::stderr));
+    // JSON lines are what a pod writes at request rate: they go through a channel to a writer
+    // thread that batches them into one `write` per burst instead of one per line. Lossy: if
+    // the thread falls 128k lines behind, lines are dropped rather than requests slowed.
+    let (json_layer, log_writer) = if json {
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(true)
+            .thread_name("tokenrelay-log")
+            .finish(std::io::BufWriter::new(std::io::stderr()));
+        (Some(tracing_subscriber::fmt::layer().event_format(JsonLines).with_writer(writer)), Some(guard))
+    } else {
+        (None, None)
+    };
 
     let provider = traces.and_then(|export| match tracer_provider(export) {
         Ok(provider) => Some(provider),
@@ -84,7 +98,7 @@ pub fn init(log: &LogConfig, traces: Option<&TraceExport>) -> TelemetryGuard {
     }
     // A second initialisation (unit tests) is harmless; ignore it.
     let _ = tracing_subscriber::registry().with(filter).with(otel_layer).with(text_layer).with(json_layer).try_init();
-    TelemetryGuard { provider }
+    TelemetryGuard { provider, log_writer }
 }
 
 /// An OTLP/HTTP (protobuf) exporter behind the SDK's batch processor, which exports from its
