@@ -27,9 +27,11 @@ cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
 # tokenrelay with its embedded issuer (no upstream I/O after the first request) and its
-# default logging (one JSON line per request, to /dev/null here); BENCH_RUST_LOG=off measures
-# serving without the log line.
-RUST_LOG="${BENCH_RUST_LOG:-info}" "$bin" serve --dev --listen "127.0.0.1:$relay_port" --identity-header "$header_secret" >/dev/null 2>&1 &
+# default logging: one JSON line per request on stderr, which a reader drains through a pipe,
+# as a container runtime reads a container's stderr (writing to /dev/null would hide the
+# cost of the pipe). BENCH_RUST_LOG=off measures serving without the log line.
+RUST_LOG="${BENCH_RUST_LOG:-info}" "$bin" serve --dev --listen "127.0.0.1:$relay_port" --identity-header "$header_secret" \
+    >/dev/null 2> >(cat >/dev/null) &
 pids+=($!); relay_pid=$!
 imds_url="http://127.0.0.1:$relay_port/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net"
 app_url="http://127.0.0.1:$relay_port/msi/token?api-version=2019-08-01&resource=https%3A%2F%2Fvault.azure.net"
