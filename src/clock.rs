@@ -50,3 +50,49 @@ impl Clock for ManualClock {
         self.0.load(Ordering::SeqCst)
     }
 }
+
+/// The proleptic Gregorian `(year, month, day)` of day `days` after 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`, for days on or after the epoch). For timestamps in logs and
+/// `cache list`, without a date-time crate.
+pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod civil_tests {
+    use proptest::prelude::*;
+
+    use super::civil_from_days;
+
+    #[test]
+    fn known_days() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_786), (2026, 11, 29));
+    }
+
+    proptest! {
+        #[test]
+        fn the_inverse_gives_the_day_back(days in 0u64..200_000) {
+            // days_from_civil, the same paper's inverse.
+            let (year, month, day) = civil_from_days(days);
+            let y = year - u64::from(month <= 2);
+            let era = y / 400;
+            let year_of_era = y - era * 400;
+            let m = if month > 2 { month - 3 } else { month + 9 };
+            let day_of_year = (153 * m + 2) / 5 + day - 1;
+            let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+            prop_assert_eq!(era * 146_097 + day_of_era - 719_468, days);
+            prop_assert!((1..=12).contains(&month) && (1..=31).contains(&day));
+        }
+    }
+}

@@ -270,18 +270,8 @@ pub fn open(config: &PersistenceConfig) -> Result<Arc<FileStore>, Unavailable> {
 
 /// `2026-11-29T12:00:00Z` for an epoch second (UTC, proleptic Gregorian).
 pub fn utc(epoch: u64) -> String {
-    let days = (epoch / 86_400) as i64;
+    let (year, month, day) = crate::clock::civil_from_days(epoch / 86_400);
     let secs = epoch % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
 }
 
