@@ -35,12 +35,7 @@ pub struct AzurePipelinesCredential {
 impl AzurePipelinesCredential {
     /// A credential for `application`; `timeout` bounds the OIDC request.
     pub fn new(application: Application, config: PipelinesConfig, timeout: Duration) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .user_agent(concat!("tokenrelay/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        let http = super::http_client(timeout, |builder| builder)?;
         Ok(Self { application, http, config })
     }
 

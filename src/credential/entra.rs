@@ -62,12 +62,7 @@ pub struct EntraClient {
 impl EntraClient {
     /// Builds the HTTP client. Fails only if the TLS stack cannot initialise.
     pub fn new(settings: EntraSettings) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            .user_agent(concat!("tokenrelay/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        let http = super::http_client(settings.timeout, |builder| builder)?;
         let permits = Semaphore::new(settings.max_concurrent.max(1));
         Ok(Self { http, settings, permits })
     }

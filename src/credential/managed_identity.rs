@@ -45,15 +45,11 @@ pub struct ManagedIdentityCredential {
 impl ManagedIdentityCredential {
     /// A credential for the endpoint in `config`; `timeout` bounds one HTTP exchange.
     pub fn new(config: ManagedIdentityConfig, timeout: Duration) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
+        let http = super::http_client(timeout, |builder| {
             // IMDS is not meant to be reached through a proxy, and HTTP(S)_PROXY would send
             // link-local traffic to it.
-            .no_proxy()
-            .timeout(timeout)
-            .connect_timeout(CONNECT_TIMEOUT.min(timeout))
-            .user_agent(concat!("tokenrelay/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("building the HTTP client: {e}"))?;
+            builder.no_proxy().connect_timeout(CONNECT_TIMEOUT.min(timeout))
+        })?;
         let policy = RetryPolicy {
             base: Duration::from_millis(config.retry_base_ms),
             max_delay: MAX_DELAY,

@@ -140,3 +140,18 @@ pub trait Credential: Send + Sync {
         LinkStatus::Usable("configured".to_owned())
     }
 }
+
+/// The HTTP client every upstream call uses: `timeout` bounds each exchange and its connect,
+/// and requests name tokenrelay and its version. `adjust` adds what one caller needs beyond
+/// that (managed identity: no proxy, a shorter connect timeout). Fails only if the TLS stack
+/// cannot initialise.
+pub(crate) fn http_client(
+    timeout: Duration,
+    adjust: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
+) -> Result<reqwest::Client, String> {
+    let builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .user_agent(concat!("tokenrelay/", env!("CARGO_PKG_VERSION")));
+    adjust(builder).build().map_err(|e| format!("building the HTTP client: {e}"))
+}

@@ -129,12 +129,7 @@ pub struct UserGrants {
 impl UserGrants {
     /// A client for `authority_host` with a hard timeout per exchange.
     pub fn new(authority_host: Url, timeout: Duration) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .user_agent(concat!("tokenrelay/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        let http = super::http_client(timeout, |builder| builder)?;
         Ok(Self { http, authority_host })
     }
 
