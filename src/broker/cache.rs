@@ -19,16 +19,17 @@ pub struct CachedToken {
     pub credential: &'static str,
     /// The token's fingerprint for log lines, computed once rather than hashed per request.
     pub fingerprint: Box<str>,
-    /// The server's rendering of the response members that never change for this token
-    /// (`server::wire::render_token_body`), made on first use so that a cache hit copies
-    /// bytes instead of serialising. Opaque to the broker.
+    /// The server's rendering of the response members that never change for this token,
+    /// the token itself excepted (`server::wire::render_token_body`), made on first use so
+    /// that a cache hit copies bytes instead of serialising. Opaque to the broker.
     pub rendered: OnceLock<Box<[u8]>>,
     refreshing: AtomicBool,
     next_attempt: AtomicU64,
     failures: AtomicU32,
 }
 
-/// By hand, because `rendered` holds the token in clear: it must never reach `Debug` output.
+/// By hand: `AccessToken` redacts itself, and `rendered` is kept out so that no rendering of
+/// the response, whatever it holds, can reach `Debug` output.
 impl std::fmt::Debug for CachedToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CachedToken")

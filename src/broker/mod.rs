@@ -303,9 +303,9 @@ impl Broker {
 
     async fn lookup(self: &Arc<Self>, identity: &Arc<Identity>, resource: &str) -> Result<Served, BrokerError> {
         let now = self.clock.now();
-        let policy = &self.settings.policy;
+        let mut unservable = false;
         if let Some(entry) = identity.tokens.get(resource).await {
-            if policy.servable(entry.token.expires_on, now) {
+            if self.settings.policy.servable(entry.token.expires_on, now) {
                 let outcome = if now >= entry.refresh_on {
                     self.refresh_in_background(identity, resource, &entry, now);
                     CacheOutcome::Stale
@@ -314,6 +314,22 @@ impl Broker {
                 };
                 return Ok(Served { entry, outcome });
             }
+            unservable = true;
+        }
+        // Boxed: the wait for the upstream is a large state machine, and inline it would make
+        // every request's future, hits included, that large to create and move.
+        Box::pin(self.lookup_upstream(identity, resource, unservable)).await
+    }
+
+    /// The rest of a lookup when memory had nothing servable: a remembered refusal, or one
+    /// upstream fetch shared by every caller waiting for the same key.
+    async fn lookup_upstream(
+        self: &Arc<Self>,
+        identity: &Arc<Identity>,
+        resource: &str,
+        unservable: bool,
+    ) -> Result<Served, BrokerError> {
+        if unservable {
             // Too close to expiry to hand out: drop it and wait for a new one below.
             identity.tokens.invalidate(resource).await;
         }

@@ -71,7 +71,7 @@ pub async fn traced(
 
 /// Resolves the identity, gets the token from the broker and writes the wire body.
 /// Logs one line per request: never the token, only its fingerprint.
-pub async fn serve(state: &AppState, call: Call<'_>, query: TokenQuery) -> Response {
+pub async fn serve(state: &AppState, call: Call<'_>, query: TokenQuery<'_>) -> Response {
     let Some(resource) = query.resource.as_deref() else {
         return reject(call, ApiError::bad_request("Required query variable 'resource' is missing"));
     };
@@ -101,7 +101,7 @@ pub async fn serve(state: &AppState, call: Call<'_>, query: TokenQuery) -> Respo
                 method = "GET",
                 path = call.path,
                 flavour = call.flavour.as_str(),
-                identity = %identity.name,
+                identity = identity.name.as_str(),
                 resource,
                 status = 200,
                 cache = served.outcome.as_str(),

@@ -13,18 +13,32 @@ use crate::config::normalize_resource;
 /// The oldest `api-version` we accept; every SDK sends this or later.
 const OLDEST_API_VERSION: &str = "2017-09-01";
 
-/// A parsed token request.
+/// A parsed token request. The resource and `api-version` borrow from the query string
+/// unless decoding changed them, so a typical request allocates only for its escapes.
 #[derive(Debug, PartialEq, Eq)]
-pub struct TokenQuery {
+pub struct TokenQuery<'q> {
     /// The resource, `/.default` stripped; `None` when absent.
-    pub resource: Option<String>,
+    pub resource: Option<Cow<'q, str>>,
     /// Which identity.
     pub selector: Selector,
     /// The selector parameter as the caller spelled it, echoed in the response.
     pub echo: Option<(&'static str, String)>,
     /// The `api-version`, if given.
-    pub api_version: Option<String>,
+    pub api_version: Option<Cow<'q, str>>,
 }
+
+/// The parameters the service understands, in the order of the bits that mark them seen.
+const KNOWN_PARAMETERS: [&str; 9] = [
+    "resource",
+    "api-version",
+    "client_id",
+    "clientid",
+    "object_id",
+    "principal_id",
+    "msi_res_id",
+    "mi_res_id",
+    "msi-res-id",
+];
 
 /// What is wrong with a query; becomes a 400.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -37,65 +51,118 @@ pub enum QueryError {
     Empty(&'static str),
 }
 
-impl TokenQuery {
+impl<'q> TokenQuery<'q> {
     /// Parses a raw query string; values are percent-decoded (`+` is a space, as in forms).
-    pub fn parse(query: Option<&str>) -> Result<Self, QueryError> {
+    pub fn parse(query: Option<&'q str>) -> Result<Self, QueryError> {
         let mut resource = None;
         let mut api_version = None;
         let mut selector: Option<(&'static str, Selector, String)> = None;
-        let mut seen: Vec<Cow<'_, str>> = Vec::new();
-        for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-            if seen.contains(&key) {
-                return Err(QueryError::Duplicate(key.into_owned()));
-            }
-            let name: &'static str = match key.as_ref() {
-                "resource" => "resource",
-                "api-version" => "api-version",
-                "client_id" => "client_id",
-                "clientid" => "clientid",
-                "object_id" => "object_id",
-                "principal_id" => "principal_id",
-                "msi_res_id" => "msi_res_id",
-                "mi_res_id" => "mi_res_id",
-                "msi-res-id" => "msi-res-id",
-                _ => {
-                    // Unknown parameters are ignored, as IMDS ignores them.
-                    seen.push(key);
-                    continue;
+        // Known parameters are marked in a bit set; only unknown ones, which SDKs do not send,
+        // are remembered by name to find their duplicates.
+        let mut seen_known = 0u16;
+        let mut seen_unknown: Vec<Cow<'q, str>> = Vec::new();
+        for (key, value) in query_pairs(query.unwrap_or("")) {
+            let Some(index) = KNOWN_PARAMETERS.iter().position(|known| *known == key) else {
+                // Unknown parameters are ignored, as IMDS ignores them, but not repeated.
+                if seen_unknown.contains(&key) {
+                    return Err(QueryError::Duplicate(key.into_owned()));
                 }
+                seen_unknown.push(key);
+                continue;
             };
-            seen.push(key);
-            let value = value.trim();
+            let name = KNOWN_PARAMETERS[index];
+            if seen_known & (1 << index) != 0 {
+                return Err(QueryError::Duplicate(name.to_owned()));
+            }
+            seen_known |= 1 << index;
+            let value = map_cow(value, str::trim);
             if value.is_empty() {
                 return Err(QueryError::Empty(name));
             }
             let chosen = match name {
                 "resource" => {
-                    let normalized = normalize_resource(value);
+                    let normalized = map_cow(value, normalize_resource);
                     if normalized.is_empty() {
                         return Err(QueryError::Empty(name));
                     }
-                    resource = Some(normalized.to_owned());
+                    resource = Some(normalized);
                     continue;
                 }
                 "api-version" => {
-                    api_version = Some(value.to_owned());
+                    api_version = Some(value);
                     continue;
                 }
-                "client_id" | "clientid" => Selector::ClientId(value.to_owned()),
-                "object_id" | "principal_id" => Selector::ObjectId(value.to_owned()),
-                _ => Selector::ResourceId(value.to_owned()),
+                "client_id" | "clientid" => Selector::ClientId(value.clone().into_owned()),
+                "object_id" | "principal_id" => Selector::ObjectId(value.clone().into_owned()),
+                _ => Selector::ResourceId(value.clone().into_owned()),
             };
             if let Some((previous, ..)) = &selector {
                 return Err(QueryError::ConflictingSelectors(previous, name));
             }
-            selector = Some((name, chosen, value.to_owned()));
+            selector = Some((name, chosen, value.into_owned()));
         }
         let (selector, echo) = match selector {
             Some((name, selector, value)) => (selector, Some((name, value))),
             None => (Selector::Default, None),
         };
         Ok(Self { resource, selector, echo, api_version })
+    }
+}
+
+/// The `name=value` pairs of a query string, decoded as `application/x-www-form-urlencoded`
+/// (the WHATWG URL standard's parser, which form_urlencoded also follows): empty pairs are
+/// skipped, `+` is a space, `%XX` a byte, any other `%` itself, and bytes that are not UTF-8
+/// after decoding become U+FFFD. A part with nothing to decode is borrowed, not copied.
+fn query_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+    query.split('&').filter(|pair| !pair.is_empty()).map(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode_component(name), decode_component(value))
+    })
+}
+
+/// One decoded query component (see [`query_pairs`]).
+fn decode_component(text: &str) -> Cow<'_, str> {
+    if !text.bytes().any(|b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(text);
+    }
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let byte = match bytes[at] {
+            b'+' => b' ',
+            b'%' => match (bytes.get(at + 1).and_then(hex_value), bytes.get(at + 2).and_then(hex_value)) {
+                (Some(high), Some(low)) => {
+                    at += 2;
+                    high << 4 | low
+                }
+                _ => b'%',
+            },
+            other => other,
+        };
+        decoded.push(byte);
+        at += 1;
+    }
+    match String::from_utf8(decoded) {
+        Ok(text) => Cow::Owned(text),
+        Err(error) => Cow::Owned(String::from_utf8_lossy(error.as_bytes()).into_owned()),
+    }
+}
+
+/// The value of one hexadecimal digit, either case.
+fn hex_value(digit: &u8) -> Option<u8> {
+    (*digit as char).to_digit(16).map(|value| value as u8)
+}
+
+/// `f` applied to a decoded value, without copying a borrowed one; an owned one is copied
+/// only when `f` changed it.
+fn map_cow<'q>(value: Cow<'q, str>, f: impl Fn(&str) -> &str) -> Cow<'q, str> {
+    match value {
+        Cow::Borrowed(borrowed) => Cow::Borrowed(f(borrowed)),
+        Cow::Owned(owned) => {
+            let mapped = f(&owned);
+            if mapped.len() == owned.len() { Cow::Owned(owned) } else { Cow::Owned(mapped.to_owned()) }
+        }
     }
 }
 
@@ -112,10 +179,10 @@ pub fn api_version_supported(version: &str) -> bool {
 /// selector the caller used. Every number is a JSON string holding a decimal integer,
 /// because Rust's and other SDKs' parsers accept nothing else for `expires_on`.
 ///
-/// This is the cache-hit path, so it does not serialise: the fields that never change for a
-/// token are rendered once and kept with it, and each request copies them and appends the
-/// two relative lifetimes and the echo. Member order carries no meaning in JSON, and no SDK
-/// depends on it.
+/// This is the cache-hit path, so it does not serialise: the members that never change for
+/// a token are rendered once and kept with it, and each request copies the token and them
+/// and appends the two relative lifetimes and the echo. Member order carries no meaning in
+/// JSON, and no SDK depends on it.
 pub fn render_token_body(
     entry: &CachedToken,
     client_id: &str,
@@ -124,9 +191,19 @@ pub fn render_token_body(
     echo: Option<&(&'static str, String)>,
 ) -> Vec<u8> {
     let token = &entry.token;
-    let fixed = entry.rendered.get_or_init(|| render_fixed_fields(entry, client_id, resource));
+    let fixed = entry.rendered.get_or_init(|| render_fixed_members(entry, client_id, resource));
+    let secret = token.token.expose();
     // Room for the lifetimes and a typical echo, so the vector is allocated exactly once.
-    let mut body = Vec::with_capacity(fixed.len() + 128);
+    let mut body = Vec::with_capacity(secret.len() + fixed.len() + 160);
+    body.extend_from_slice(b"{\"access_token\":");
+    if needs_no_escaping(secret) {
+        // Every JWT: base64url and dots.
+        body.push(b'"');
+        body.extend_from_slice(secret.as_bytes());
+        body.push(b'"');
+    } else {
+        serde_json::to_writer(&mut body, secret).expect("writing a string to a Vec cannot fail");
+    }
     body.extend_from_slice(fixed);
     push_seconds(&mut body, "expires_in", token.expires_on.saturating_sub(now));
     push_seconds(&mut body, "ext_expires_in", token.ext_expires_on.saturating_sub(now));
@@ -143,12 +220,18 @@ pub fn render_token_body(
     body
 }
 
-/// The members that never change for a cached token, as `{"access_token":…,"token_type":"Bearer"`
-/// (the object left open for the rest).
-fn render_fixed_fields(entry: &CachedToken, client_id: &str, resource: &str) -> Box<[u8]> {
+/// Whether `s` goes into a JSON string as it is: no quote, backslash or control character.
+/// A fold rather than `all` so the compiler can check many bytes at once.
+fn needs_no_escaping(s: &str) -> bool {
+    !s.bytes().fold(false, |escape, b| escape | (b < 0x20) | (b == b'"') | (b == b'\\'))
+}
+
+/// The members after `access_token` that never change for a cached token, as
+/// `,"client_id":…,"token_type":"Bearer"`. The token itself is not repeated here: with ten
+/// thousand cached tokens a second copy of each would double the cache's memory.
+fn render_fixed_members(entry: &CachedToken, client_id: &str, resource: &str) -> Box<[u8]> {
     #[derive(Serialize)]
     struct Fixed<'a> {
-        access_token: &'a str,
         client_id: &'a str,
         expires_on: String,
         not_before: String,
@@ -157,7 +240,6 @@ fn render_fixed_fields(entry: &CachedToken, client_id: &str, resource: &str) -> 
     }
     let token = &entry.token;
     let fixed = Fixed {
-        access_token: token.token.expose(),
         client_id,
         expires_on: token.expires_on.to_string(),
         not_before: token.not_before.to_string(),
@@ -166,6 +248,7 @@ fn render_fixed_fields(entry: &CachedToken, client_id: &str, resource: &str) -> 
     };
     let mut rendered = serde_json::to_vec(&fixed).expect("plain strings always serialise");
     rendered.pop(); // the closing brace: the per-request members follow
+    rendered[0] = b','; // the opening brace: the token comes first
     rendered.into_boxed_slice()
 }
 
@@ -330,12 +413,35 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_token_that_needs_escaping_is_escaped() {
+        for token in ["a\"b", "back\\slash", "line\nbreak", "tab\there", "\u{7f}\u{e9}"] {
+            let json = body_json(&cached(token), None);
+            assert_eq!(json["access_token"], token, "{token:?}");
+            assert_eq!(needs_no_escaping(token), token.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\'));
+        }
+    }
+
     proptest! {
+        #[test]
+        fn any_token_is_written_as_valid_json(token in any::<String>()) {
+            let json = body_json(&cached(&token), Some(&("mi_res_id", "v".to_owned())));
+            prop_assert_eq!(json["access_token"].as_str(), Some(token.as_str()));
+            prop_assert_eq!(json["token_type"].as_str(), Some("Bearer"));
+        }
+
         #[test]
         fn any_echoed_value_is_escaped_into_valid_json(value in any::<String>()) {
             let json = body_json(&cached("tok"), Some(&("mi_res_id", value.clone())));
             prop_assert_eq!(json["mi_res_id"].as_str(), Some(value.as_str()));
             prop_assert_eq!(json["access_token"].as_str(), Some("tok"));
+        }
+
+        #[test]
+        fn decoding_agrees_with_form_urlencoded(query in "([a-z=&+%]|%[0-9a-fA-F]{2}|%[0-9a-fA-F]|%[cdefCDEF][0-9a-fA-F]|.){0,60}") {
+            let ours: Vec<_> = query_pairs(&query).collect();
+            let reference: Vec<_> = form_urlencoded::parse(query.as_bytes()).collect();
+            prop_assert_eq!(ours, reference);
         }
 
         #[test]
@@ -348,7 +454,8 @@ mod tests {
             let encoded: String = form_urlencoded::byte_serialize(resource.as_bytes()).collect();
             let expected = normalize_resource(resource.trim());
             prop_assume!(!expected.is_empty());
-            let q = TokenQuery::parse(Some(&format!("resource={encoded}"))).unwrap();
+            let query = format!("resource={encoded}");
+            let q = TokenQuery::parse(Some(&query)).unwrap();
             prop_assert_eq!(q.resource.as_deref(), Some(expected));
         }
     }

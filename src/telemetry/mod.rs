@@ -55,6 +55,12 @@ impl Drop for TelemetryGuard {
     }
 }
 
+/// Log lines queued for the writer thread before further lines are dropped. The queue is
+/// allocated and touched in full at start (32 bytes a line): tracing-appender's default of
+/// 128,000 lines cost 4 MiB of resident memory in an otherwise 11 MiB process. 16,384 lines
+/// are a quarter of a second at the highest request rate measured here (README, "Benchmarks").
+const LOG_BACKLOG_LINES: usize = 16_384;
+
 /// Installs the global subscriber: logs to stderr (stdout carries only what a user asked
 /// for: the `token` output, the `--dev` export lines), plus span export when configured.
 pub fn init(log: &LogConfig, traces: Option<&TraceExport>) -> TelemetryGuard {
@@ -73,9 +79,10 @@ pub fn init(log: &LogConfig, traces: Option<&TraceExport>) -> TelemetryGuard {
     });
     // JSON lines are what a pod writes at request rate: they go through a channel to a writer
     // thread that batches them into one `write` per burst instead of one per line. Lossy: if
-    // the thread falls 128k lines behind, lines are dropped rather than requests slowed.
+    // the thread falls `LOG_BACKLOG_LINES` behind, lines are dropped rather than requests slowed.
     let (json_layer, log_writer) = if json {
         let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .buffered_lines_limit(LOG_BACKLOG_LINES)
             .lossy(true)
             .thread_name("tokenrelay-log")
             .finish(std::io::BufWriter::new(std::io::stderr()));
