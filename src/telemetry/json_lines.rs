@@ -32,7 +32,7 @@ where
         write_rfc3339_micros(&mut writer, SystemTime::now())?;
         writer.write_str("\",\"level\":\"")?;
         writer.write_str(metadata.level().as_str())?;
-        writer.write_char('"')?;
+        writer.write_str("\"")?;
         let mut fields = Fields { out: &mut writer, result: Ok(()) };
         event.record(&mut fields);
         fields.result?;
@@ -59,9 +59,9 @@ impl<W: Write> Fields<'_, W> {
             return;
         }
         self.result = (|| {
-            self.out.write_char(',')?;
+            self.out.write_str(",")?;
             write_escaped(self.out, field.name())?;
-            self.out.write_char(':')?;
+            self.out.write_str(":")?;
             value(self.out)
         })();
     }
@@ -86,27 +86,43 @@ impl<W: Write> Visit for Fields<'_, W> {
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         self.member(field, |out| {
-            out.write_char('"')?;
+            out.write_str("\"")?;
             write!(Escaping(out), "{value}")?;
-            out.write_char('"')
+            out.write_str("\"")
         });
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.member(field, |out| {
-            out.write_char('"')?;
+            out.write_str("\"")?;
             write!(Escaping(out), "{value:?}")?;
-            out.write_char('"')
+            out.write_str("\"")
         });
     }
 }
 
-/// Writes `value` as a JSON string, quotes included.
+/// Writes `value` as a JSON string, quotes included. (`write_str` rather than `write_char`
+/// throughout: the writer is behind a `dyn`, and a `char` is UTF-8-encoded on every call.)
 fn write_escaped(out: &mut impl Write, value: &str) -> fmt::Result {
-    out.write_char('"')?;
+    out.write_str("\"")?;
     Escaping(out).write_str(value)?;
-    out.write_char('"')
+    out.write_str("\"")
 }
+
+/// Which bytes JSON strings must escape (RFC 8259 section 7), plus DEL, which terminals
+/// misread: one table lookup per byte.
+const MUST_ESCAPE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        table[byte] = true;
+        byte += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table[0x7f] = true;
+    table
+};
 
 /// Escapes what passes through it for the inside of a JSON string (RFC 8259 section 7):
 /// quotation mark, reverse solidus and control characters. Runs of plain text are passed on
@@ -116,10 +132,8 @@ struct Escaping<'a, W>(&'a mut W);
 impl<W: Write> Write for Escaping<'_, W> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
         // Nearly every value (paths, resources, names, fingerprints) has nothing to escape: one
-        // pass the compiler can vectorise finds that, and the text goes on whole.
-        let needs_escaping =
-            text.bytes().fold(false, |found, b| found | (b < 0x20) | (b == b'"') | (b == b'\\') | (b == 0x7f));
-        if !needs_escaping {
+        // quick pass finds that, and the text goes on whole.
+        if !text.bytes().any(|b| MUST_ESCAPE[usize::from(b)]) {
             return self.0.write_str(text);
         }
         let mut plain_from = 0;
