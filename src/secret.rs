@@ -28,8 +28,16 @@ impl Secret {
     /// A short, non-reversible fingerprint (first 8 hex digits of SHA-256) that lets an
     /// operator correlate log lines about the same token without seeing it.
     pub fn fingerprint(&self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let digest = digest::digest(&digest::SHA256, self.0.as_bytes());
-        digest.as_ref()[..4].iter().map(|b| format!("{b:02x}")).collect()
+        // Made for every token the broker caches, 10,000 of them before readiness after a
+        // start with a full store: one allocation, no formatter call per byte.
+        let mut hex = String::with_capacity(8);
+        for byte in &digest.as_ref()[..4] {
+            hex.push(char::from(HEX[usize::from(byte >> 4)]));
+            hex.push(char::from(HEX[usize::from(byte & 0x0f)]));
+        }
+        hex
     }
 
     /// Whether the value is empty (an empty secret file is a configuration error).
@@ -78,5 +86,7 @@ mod tests {
         assert_eq!(a.fingerprint().len(), 8);
         assert_eq!(a.fingerprint(), Secret::new("token-a").fingerprint());
         assert_ne!(a.fingerprint(), Secret::new("token-b").fingerprint());
+        // The first four bytes of SHA-256("abc"), in lower-case hex.
+        assert_eq!(Secret::new("abc").fingerprint(), "ba7816bf");
     }
 }

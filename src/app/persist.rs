@@ -10,7 +10,7 @@ use crate::broker::Broker;
 use crate::cli::CacheAction;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::store::{self, FileStore, OnUnreadable, Store, Writer};
+use crate::store::{self, FileStore, OnUnreadable, Snapshot, Store, StoreError, Writer};
 
 /// Longest wait for the last write at exit.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -19,11 +19,31 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// broker and persists every token fetched from now on. Never fails the start: a store that
 /// cannot work is logged and the service runs from memory.
 pub async fn attach(config: &Config, broker: &Arc<Broker>) {
-    let Some(store) = open(config) else { return };
+    attach_loaded(start_loading(config), broker).await;
+}
+
+/// A read of the persistent cache under way on a blocking thread ([`start_loading`]).
+pub struct Loading {
+    store: Arc<FileStore>,
+    started: Instant,
+    task: tokio::task::JoinHandle<Result<Snapshot, StoreError>>,
+}
+
+/// Opens the store and starts reading it on a blocking thread. Reading and decrypting a large
+/// store is most of the time to readiness and needs nothing but the configuration, so
+/// `serve` starts it first and binds its listeners and builds its credentials meanwhile.
+pub fn start_loading(config: &Config) -> Option<Loading> {
+    let store = open(config)?;
     let started = Instant::now();
     let loading = Arc::clone(&store);
-    let loaded = tokio::task::spawn_blocking(move || loading.load(OnUnreadable::MoveAside)).await;
-    let snapshot = match loaded {
+    let task = tokio::task::spawn_blocking(move || loading.load(OnUnreadable::MoveAside));
+    Some(Loading { store, started, task })
+}
+
+/// [`attach`] with the read already started.
+pub async fn attach_loaded(loading: Option<Loading>, broker: &Arc<Broker>) {
+    let Some(Loading { store, started, task }) = loading else { return };
+    let snapshot = match task.await {
         Ok(Ok(snapshot)) => snapshot,
         Ok(Err(error)) => {
             tracing::error!(%error, "persistent token cache unusable; tokens stay in memory for this run");
@@ -34,6 +54,7 @@ pub async fn attach(config: &Config, broker: &Arc<Broker>) {
             return;
         }
     };
+    let read_ms = started.elapsed().as_millis() as u64;
     let found = snapshot.tokens.len();
     let report = broker.seed(snapshot.tokens).await;
     tracing::info!(
@@ -42,6 +63,7 @@ pub async fn attach(config: &Config, broker: &Arc<Broker>) {
         loaded = report.loaded,
         expired = report.expired,
         unknown_identity = report.unknown_identity,
+        read_ms,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "loaded the persistent token cache"
     );

@@ -12,6 +12,9 @@ use crate::secret::Secret;
 use crate::server::{self, AppState, Limits, Server};
 
 pub(super) async fn serve(config: Config) -> ExitCode {
+    // First, so that reading a large persistent cache overlaps binding and building; the
+    // tokens go into the broker below, before anything is served.
+    let loading = persist::start_loading(&config);
     let server = match Server::bind(config.server.listen, limits(&config.server)).await {
         Ok(server) => server,
         Err(error) => {
@@ -109,7 +112,7 @@ pub(super) async fn serve(config: Config) -> ExitCode {
     let endpoints = server::endpoints(state, &config.server);
     // Before serving: the first requests after a restart are hits, and persisted prefetches
     // count as done.
-    persist::attach(&config, &built.broker).await;
+    persist::attach_loaded(loading, &built.broker).await;
     built.broker.start_prefetch();
     tracing::info!(%addr, identities = config.identities.len(), "serving");
     // One signal stops both listeners.

@@ -235,13 +235,26 @@ impl Broker {
     /// Puts persisted tokens into the caches, before serving starts, so the first requests
     /// after a restart are hits and a prefetch already held counts as done. Tokens are
     /// matched to identities by client id; those too close to expiry are skipped.
+    ///
+    /// This runs before readiness with up to `max_entries` tokens per identity, so the work per
+    /// token is kept to the cache entry itself: the store keeps tokens sorted by client id, so
+    /// the identity is looked up once per run of equal client ids rather than per token, and
+    /// the token and resource are moved into the cache, not cloned.
     pub async fn seed(&self, tokens: Vec<PersistedToken>) -> SeedReport {
         let now = self.clock.now();
         let mut report = SeedReport::default();
+        let mut resolved: Option<(String, Option<&Arc<Identity>>)> = None;
         for persisted in tokens {
-            let Some(identity) =
-                self.identities.iter().find(|i| i.client_id.eq_ignore_ascii_case(&persisted.client_id))
-            else {
+            let identity = match &resolved {
+                Some((client_id, identity)) if client_id.eq_ignore_ascii_case(&persisted.client_id) => *identity,
+                _ => {
+                    let identity =
+                        self.identities.iter().find(|i| i.client_id.eq_ignore_ascii_case(&persisted.client_id));
+                    resolved = Some((persisted.client_id, identity));
+                    identity
+                }
+            };
+            let Some(identity) = identity else {
                 report.unknown_identity += 1;
                 continue;
             };

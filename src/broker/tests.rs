@@ -280,3 +280,91 @@ async fn refreshes_beyond_the_limit_are_deferred_and_the_stale_token_served() {
     assert_eq!((fresh.outcome, token_text(&fresh)), (CacheOutcome::Hit, "token-3"));
     assert_eq!(cred.calls.load(Ordering::SeqCst), 4);
 }
+
+fn persisted(client_id: &str, resource: &str, expires_on: u64, value: &str) -> PersistedToken {
+    PersistedToken {
+        identity: "app".into(),
+        client_id: client_id.into(),
+        resource: resource.into(),
+        credential: "client_secret".into(),
+        refresh_on: expires_on - 600,
+        token: AccessToken {
+            token: Secret::new(value),
+            expires_on,
+            not_before: START - 600,
+            ext_expires_on: expires_on,
+            refresh_on: None,
+        },
+    }
+}
+
+#[tokio::test]
+async fn seeding_serves_persisted_tokens_and_counts_what_it_skips() {
+    let clock = ManualClock::new(START);
+    let cred = Arc::new(Scripted::default());
+    let b = broker(&clock, cred.clone());
+    // Runs of one client id alternate with unknown ones, as in a store shared with a process
+    // configured differently; the identity must be looked up again after each switch.
+    let tokens = vec![
+        persisted("client-a", "r1", START + 3600, "persisted-1"),
+        persisted("CLIENT-A", "r2", START + 30, "within-the-margin"),
+        persisted("gone", "r3", START + 3600, "unknown-1"),
+        persisted("gone", "r4", START + 3600, "unknown-2"),
+        persisted("Client-A", "r5", START + 3600, "persisted-5"),
+        persisted("other", "r6", START + 3600, "unknown-3"),
+    ];
+    let report = b.seed(tokens).await;
+    assert_eq!(report, SeedReport { loaded: 2, expired: 1, unknown_identity: 3 });
+    let id = b.resolve(&Selector::Default).unwrap().clone();
+    for (resource, value) in [("r1", "persisted-1"), ("r5", "persisted-5")] {
+        let served = b.token(&id, resource).await.unwrap();
+        assert_eq!((served.outcome, token_text(&served)), (CacheOutcome::Hit, value));
+        assert_eq!(served.entry.credential, PERSISTED);
+    }
+    assert_eq!(cred.calls.load(Ordering::SeqCst), 0, "persisted tokens need no upstream call");
+    let fetched = b.token(&id, "r2").await.unwrap();
+    assert_eq!(fetched.outcome, CacheOutcome::Miss, "a token within the serving margin is not seeded");
+}
+
+/// Prints how long loading a store of 10,000 realistic tokens (1.5 kB each) takes, split into
+/// reading and decoding the file and seeding the broker: the part of start-up before readiness.
+#[tokio::test]
+#[ignore = "a measurement: cargo test --release --lib -- --ignored --nocapture startup_load_time"]
+async fn startup_load_time() {
+    use crate::store::{Cipher, FileStore, OnUnreadable, Protection, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        FileStore::new(&dir.path().join("t.cache"), Protection::Encrypted(Cipher::new(&[3; 32])), String::new());
+    let tokens: Vec<_> = (0..10_000)
+        .map(|i| {
+            let value: String = (0..1500).map(|_| fastrand::alphanumeric()).collect();
+            persisted("client-a", &format!("https://r{i}.example"), START + 3000, &value)
+        })
+        .collect();
+    store.save(tokens, START).unwrap();
+    for _ in 0..3 {
+        let clock = ManualClock::new(START);
+        let mut b = broker(&clock, Arc::new(Scripted::default()));
+        let settings = CacheSettings { max_entries: 20_000, ..b.settings };
+        let spec = |credential| IdentitySpec {
+            name: "app".into(),
+            client_id: "Client-A".into(),
+            object_id: None,
+            resource_id: None,
+            is_default: true,
+            prefetch: vec![],
+            credential,
+        };
+        b = Arc::new(Broker::new(vec![spec(Box::new(Arc::new(Scripted::default())))], settings, Arc::new(clock)));
+        let started = std::time::Instant::now();
+        let snapshot = store.load(OnUnreadable::Report).unwrap();
+        let loaded = started.elapsed();
+        let started = std::time::Instant::now();
+        let report = b.seed(snapshot.tokens).await;
+        let seeded = started.elapsed();
+        assert_eq!(report.loaded, 10_000);
+        let started = std::time::Instant::now();
+        drop(b);
+        println!("10000 tokens: load {loaded:?}, seed {seeded:?}, drop {:?}", started.elapsed());
+    }
+}

@@ -17,12 +17,14 @@
 //! key" from "damaged" without trying to decrypt; it reveals nothing about a random key.
 //! A later release that changes the layout bumps the version and keeps a reader for 1.
 
+use std::borrow::Cow;
+
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::digest;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
-use super::{PersistedAccount, PersistedToken, Snapshot};
+use super::{PersistedAccount, PersistedToken, SaveReport, Snapshot};
 use crate::credential::AccessToken;
 use crate::secret::Secret;
 
@@ -108,139 +110,227 @@ pub enum DecodeError {
 pub fn encode(snapshot: &Snapshot, protection: &Protection, written_at: u64) -> Vec<u8> {
     let payload = Payload {
         written_at,
-        writer: concat!("tokenrelay ", env!("CARGO_PKG_VERSION")).to_owned(),
+        writer: Cow::Borrowed(WRITER),
         tokens: snapshot.tokens.iter().map(StoredToken::from_token).collect(),
         accounts: snapshot.accounts.iter().map(StoredAccount::from_account).collect(),
     };
-    let mut body = serde_json::to_vec(&payload).expect("a payload of strings and integers always serialises");
-    let mut out = Vec::with_capacity(HEADER_LEN + body.len() + AES_256_GCM.tag_len());
+    let mut out = Vec::new();
+    seal(&payload, protection, &mut out);
+    out
+}
+
+/// The release that writes a file, recorded in it for operators.
+const WRITER: &str = concat!("tokenrelay ", env!("CARGO_PKG_VERSION"));
+
+/// Serialises and protects a payload into `out` (cleared first; its allocation is reused):
+/// the header, then the JSON written straight from the borrowed strings, sealed in place,
+/// then the tag. A store of 10,000 tokens is ~17.5 MB and the writer rewrites it every batch;
+/// each extra copy (owned clones of every token, a separate JSON buffer, a second buffer for
+/// header + ciphertext) was another 17.5 MB allocated and freed per write.
+fn seal(payload: &Payload<'_>, protection: &Protection, out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(HEADER_LEN + estimated_len(payload) + AES_256_GCM.tag_len());
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
+    let mut nonce = [0u8; NONCE_LEN];
     match protection {
         Protection::Plaintext => {
             out.push(PLAINTEXT);
             out.extend_from_slice(&[0u8; KEY_ID_LEN + NONCE_LEN]);
-            out.append(&mut body);
         }
         Protection::Encrypted(cipher) => {
-            let mut nonce = [0u8; NONCE_LEN];
             // A 96-bit random nonce per write; a cache file is rewritten at most a few times a
             // minute, far below the 2^32 messages per key where random nonces get risky.
             SystemRandom::new().fill(&mut nonce).expect("the system random source works");
             out.push(AES_256_GCM_ID);
             out.extend_from_slice(&cipher.key_id);
             out.extend_from_slice(&nonce);
-            let aad = Aad::from(out[..HEADER_LEN].to_vec());
-            cipher
-                .key
-                .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), aad, &mut body)
-                .expect("AES-256-GCM sealing of an in-memory buffer cannot fail");
-            out.append(&mut body);
         }
     }
-    out
+    serde_json::to_writer(&mut *out, payload).expect("a payload of strings and integers always serialises");
+    if let Protection::Encrypted(cipher) = protection {
+        let (header, body) = out.split_at_mut(HEADER_LEN);
+        let tag = cipher
+            .key
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&*header), body)
+            .expect("AES-256-GCM sealing of an in-memory buffer cannot fail");
+        out.extend_from_slice(tag.as_ref());
+    }
 }
 
-/// Checks, decrypts and parses a file's bytes.
+/// A slight overestimate of the JSON's length, so that the buffer is allocated once instead
+/// of doubling (and copying) its way up to 17.5 MB. Besides its strings, a token's JSON is
+/// about 200 bytes of member names, punctuation and numbers; strings needing escapes (none in
+/// practice) only make the buffer grow once more.
+fn estimated_len(payload: &Payload<'_>) -> usize {
+    let tokens: usize = payload
+        .tokens
+        .iter()
+        .map(|t| {
+            256 + t.identity.len() + t.client_id.len() + t.resource.len() + t.credential.len() + t.access_token.len()
+        })
+        .sum();
+    let accounts: usize = payload
+        .accounts
+        .iter()
+        .map(|a| 256 + a.home_account_id.len() + a.client_id.len() + a.tenant_id.len() + a.refresh_token.len())
+        .sum();
+    256 + payload.writer.len() + tokens + accounts
+}
+
+/// Checks, decrypts and parses a file's bytes. Copies them once to decrypt; a caller that owns
+/// the bytes uses [`decode_in_place`].
 pub fn decode(bytes: &[u8], protection: &Protection) -> Result<Snapshot, DecodeError> {
-    if bytes.len() < MAGIC.len() {
-        return Err(DecodeError::Truncated(bytes.len()));
-    }
-    if &bytes[..MAGIC.len()] != MAGIC {
-        return Err(DecodeError::NotACacheFile);
-    }
-    if bytes.len() < HEADER_LEN {
-        return Err(DecodeError::Truncated(bytes.len()));
-    }
-    let version = bytes[8];
-    if version != VERSION {
-        return Err(DecodeError::UnknownVersion(version));
-    }
-    let (header, body) = bytes.split_at(HEADER_LEN);
-    let plaintext = match (header[9], protection) {
-        (PLAINTEXT, Protection::Plaintext) => body.to_vec(),
-        (PLAINTEXT, Protection::Encrypted(_)) => return Err(DecodeError::UnexpectedPlaintext),
-        (AES_256_GCM_ID, Protection::Plaintext) => return Err(DecodeError::NoKey),
-        (AES_256_GCM_ID, Protection::Encrypted(cipher)) => {
-            if header[10..10 + KEY_ID_LEN] != cipher.key_id {
-                return Err(DecodeError::WrongKey);
-            }
-            let mut nonce = [0u8; NONCE_LEN];
-            nonce.copy_from_slice(&header[10 + KEY_ID_LEN..HEADER_LEN]);
-            let mut sealed = body.to_vec();
-            let opened = cipher
-                .key
-                .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(header), &mut sealed)
-                .map_err(|_| DecodeError::Tampered)?;
-            opened.to_vec()
-        }
-        (other, _) => return Err(DecodeError::UnknownProtection(other)),
-    };
-    // serde_json's messages name positions and expected types, never the input's text.
-    let payload: Payload = serde_json::from_slice(&plaintext).map_err(|e| DecodeError::BadPayload(e.to_string()))?;
+    decode_in_place(&mut bytes.to_vec(), protection)
+}
+
+/// Checks, decrypts and parses a file's bytes without copying them: the ciphertext is
+/// decrypted where it lies and the JSON parsed from that slice, so loading a 17.5 MB store
+/// allocates the file's bytes once instead of three times. Afterwards `bytes` holds the
+/// plaintext (or, if the tag did not match, unspecified bytes); the caller drops it.
+pub fn decode_in_place(bytes: &mut [u8], protection: &Protection) -> Result<Snapshot, DecodeError> {
+    let payload = Contents::open(bytes, protection)?.0;
     Ok(Snapshot {
         tokens: payload.tokens.into_iter().map(StoredToken::into_token).collect(),
         accounts: payload.accounts.into_iter().map(StoredAccount::into_account).collect(),
     })
 }
 
-/// What the file holds once decrypted.
+/// A decrypted file whose strings still lie in its buffer: what a save merges into without
+/// allocating a `String` per member of every token it keeps.
+pub struct Contents<'a>(Payload<'a>);
+
+impl<'a> Contents<'a> {
+    /// Nothing: a missing file, or one set aside as unreadable.
+    pub fn empty() -> Self {
+        Self(Payload { written_at: 0, writer: Cow::Borrowed(""), tokens: Vec::new(), accounts: Vec::new() })
+    }
+
+    /// Checks and decrypts `bytes` in place and parses the JSON, borrowing its strings.
+    pub fn open(bytes: &'a mut [u8], protection: &Protection) -> Result<Self, DecodeError> {
+        if bytes.len() < MAGIC.len() {
+            return Err(DecodeError::Truncated(bytes.len()));
+        }
+        if &bytes[..MAGIC.len()] != MAGIC {
+            return Err(DecodeError::NotACacheFile);
+        }
+        if bytes.len() < HEADER_LEN {
+            return Err(DecodeError::Truncated(bytes.len()));
+        }
+        let version = bytes[8];
+        if version != VERSION {
+            return Err(DecodeError::UnknownVersion(version));
+        }
+        let (header, body) = bytes.split_at_mut(HEADER_LEN);
+        let plaintext: &'a [u8] = match (header[9], protection) {
+            (PLAINTEXT, Protection::Plaintext) => body,
+            (PLAINTEXT, Protection::Encrypted(_)) => return Err(DecodeError::UnexpectedPlaintext),
+            (AES_256_GCM_ID, Protection::Plaintext) => return Err(DecodeError::NoKey),
+            (AES_256_GCM_ID, Protection::Encrypted(cipher)) => {
+                if header[10..10 + KEY_ID_LEN] != cipher.key_id {
+                    return Err(DecodeError::WrongKey);
+                }
+                let mut nonce = [0u8; NONCE_LEN];
+                nonce.copy_from_slice(&header[10 + KEY_ID_LEN..HEADER_LEN]);
+                cipher
+                    .key
+                    .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(&*header), body)
+                    .map_err(|_| DecodeError::Tampered)?
+            }
+            (other, _) => return Err(DecodeError::UnknownProtection(other)),
+        };
+        // serde_json's messages name positions and expected types, never the input's text.
+        serde_json::from_slice(plaintext).map(Self).map_err(|e| DecodeError::BadPayload(e.to_string()))
+    }
+
+    /// The file's contents with `incoming` merged in ([`super::merge`]'s rule: per key the
+    /// token that expires last, expired ones dropped, sorted by key), serialised and
+    /// protected into `out`. The kept tokens are copied once, from this buffer into `out`.
+    pub fn merge(
+        self,
+        incoming: &[PersistedToken],
+        now: u64,
+        protection: &Protection,
+        out: &mut Vec<u8>,
+    ) -> SaveReport {
+        let Payload { accounts, tokens: existing, .. } = self.0;
+        let incoming = incoming.iter().map(StoredToken::from_token);
+        let (tokens, pruned) =
+            super::merge_by(existing.into_iter().chain(incoming), now, |t| t.expires_on, StoredToken::order);
+        let report = SaveReport { kept: tokens.len(), pruned };
+        let payload = Payload { written_at: now, writer: Cow::Borrowed(WRITER), tokens, accounts };
+        seal(&payload, protection, out);
+        report
+    }
+}
+
+/// What the file holds once decrypted. Strings borrow from the decrypted buffer when read
+/// (JSON strings without escapes, which is all of them in practice) and from the snapshot
+/// when written, so neither direction clones a token's strings in between.
 #[derive(Deserialize, Serialize)]
-struct Payload {
+struct Payload<'a> {
     /// When it was written (epoch seconds), for operators.
     #[serde(default)]
     written_at: u64,
     /// Which release wrote it.
-    #[serde(default)]
-    writer: String,
-    #[serde(default)]
-    tokens: Vec<StoredToken>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    accounts: Vec<StoredAccount>,
+    #[serde(default, borrow)]
+    writer: Cow<'a, str>,
+    #[serde(default, borrow)]
+    tokens: Vec<StoredToken<'a>>,
+    #[serde(default, borrow, skip_serializing_if = "Vec::is_empty")]
+    accounts: Vec<StoredAccount<'a>>,
 }
 
 /// A refresh token as serialised; like [`StoredToken`], the only place it is a plain string.
 #[derive(Deserialize, Serialize)]
-struct StoredAccount {
-    home_account_id: String,
-    client_id: String,
-    tenant_id: String,
-    refresh_token: String,
+struct StoredAccount<'a> {
+    #[serde(borrow)]
+    home_account_id: Cow<'a, str>,
+    #[serde(borrow)]
+    client_id: Cow<'a, str>,
+    #[serde(borrow)]
+    tenant_id: Cow<'a, str>,
+    #[serde(borrow)]
+    refresh_token: Cow<'a, str>,
     updated_at: u64,
 }
 
-impl StoredAccount {
-    fn from_account(account: &PersistedAccount) -> Self {
+impl<'a> StoredAccount<'a> {
+    fn from_account(account: &'a PersistedAccount) -> Self {
         Self {
-            home_account_id: account.home_account_id.clone(),
-            client_id: account.client_id.clone(),
-            tenant_id: account.tenant_id.clone(),
-            refresh_token: account.refresh_token.expose().to_owned(),
+            home_account_id: Cow::Borrowed(&account.home_account_id),
+            client_id: Cow::Borrowed(&account.client_id),
+            tenant_id: Cow::Borrowed(&account.tenant_id),
+            refresh_token: Cow::Borrowed(account.refresh_token.expose()),
             updated_at: account.updated_at,
         }
     }
 
     fn into_account(self) -> PersistedAccount {
         PersistedAccount {
-            home_account_id: self.home_account_id,
-            client_id: self.client_id,
-            tenant_id: self.tenant_id,
-            refresh_token: Secret::new(self.refresh_token),
+            home_account_id: self.home_account_id.into_owned(),
+            client_id: self.client_id.into_owned(),
+            tenant_id: self.tenant_id.into_owned(),
+            refresh_token: Secret::new(self.refresh_token.into_owned()),
             updated_at: self.updated_at,
         }
     }
 }
 
 /// One token as serialised. Only this private type ever holds the plaintext token as a plain
-/// `String`, and only between `encode`/`decode` and the cipher.
+/// string, and only between the cipher's buffer and a [`Secret`].
 #[derive(Deserialize, Serialize)]
-struct StoredToken {
-    identity: String,
-    client_id: String,
-    resource: String,
-    #[serde(default)]
-    credential: String,
-    access_token: String,
+struct StoredToken<'a> {
+    #[serde(borrow)]
+    identity: Cow<'a, str>,
+    #[serde(borrow)]
+    client_id: Cow<'a, str>,
+    #[serde(borrow)]
+    resource: Cow<'a, str>,
+    #[serde(default, borrow)]
+    credential: Cow<'a, str>,
+    #[serde(borrow)]
+    access_token: Cow<'a, str>,
     expires_on: u64,
     #[serde(default)]
     not_before: u64,
@@ -252,14 +342,14 @@ struct StoredToken {
     refresh_on: u64,
 }
 
-impl StoredToken {
-    fn from_token(token: &PersistedToken) -> Self {
+impl<'a> StoredToken<'a> {
+    fn from_token(token: &'a PersistedToken) -> Self {
         Self {
-            identity: token.identity.clone(),
-            client_id: token.client_id.clone(),
-            resource: token.resource.clone(),
-            credential: token.credential.clone(),
-            access_token: token.token.token.expose().to_owned(),
+            identity: Cow::Borrowed(&token.identity),
+            client_id: Cow::Borrowed(&token.client_id),
+            resource: Cow::Borrowed(&token.resource),
+            credential: Cow::Borrowed(&token.credential),
+            access_token: Cow::Borrowed(token.token.token.expose()),
             expires_on: token.token.expires_on,
             not_before: token.token.not_before,
             ext_expires_on: token.token.ext_expires_on,
@@ -268,15 +358,22 @@ impl StoredToken {
         }
     }
 
+    /// The order of [`super::merge`], on borrowed strings.
+    fn order(a: &Self, b: &Self) -> std::cmp::Ordering {
+        super::key_order((&a.client_id, &a.resource), (&b.client_id, &b.resource))
+    }
+
+    /// One allocation per string, from the buffer into the token (serde_json made the same
+    /// one when it parsed into `String`s).
     fn into_token(self) -> PersistedToken {
         PersistedToken {
-            identity: self.identity,
-            client_id: self.client_id,
-            resource: self.resource,
-            credential: self.credential,
+            identity: self.identity.into_owned(),
+            client_id: self.client_id.into_owned(),
+            resource: self.resource.into_owned(),
+            credential: self.credential.into_owned(),
             refresh_on: self.refresh_on,
             token: AccessToken {
-                token: Secret::new(self.access_token),
+                token: Secret::new(self.access_token.into_owned()),
                 expires_on: self.expires_on,
                 not_before: self.not_before,
                 ext_expires_on: self.ext_expires_on,
@@ -356,6 +453,106 @@ mod tests {
         let mut plain = encode(&snapshot(), &Protection::Plaintext, 1);
         plain.truncate(plain.len() - 3);
         assert!(matches!(decode(&plain, &Protection::Plaintext), Err(DecodeError::BadPayload(_))));
+    }
+
+    /// Files written before the write path borrowed instead of cloning must read the same, and
+    /// files written now must read in older releases: member names, order and omissions.
+    #[test]
+    fn the_json_layout_is_stable() {
+        let bytes = encode(&snapshot(), &Protection::Plaintext, 1);
+        let expected = concat!(
+            r#"{"written_at":1,"writer":"tokenrelay "#,
+            env!("CARGO_PKG_VERSION"),
+            r#"","tokens":[{"identity":"app","client_id":"app","resource":"https://vault.azure.net","#,
+            r#""credential":"client_secret","access_token":"secret-token-abc","expires_on":5000,"not_before":0,"#,
+            r#""ext_expires_on":5000,"refresh_on":4000}],"accounts":[{"home_account_id":"oid.tid","client_id":"c","#,
+            r#""tenant_id":"tid","refresh_token":"refresh-token-xyz","updated_at":1}]}"#
+        );
+        assert_eq!(std::str::from_utf8(&bytes[HEADER_LEN..]).unwrap(), expected);
+        let mut no_accounts = snapshot();
+        no_accounts.accounts.clear();
+        no_accounts.tokens[0].token.refresh_on = Some(4500);
+        let text = String::from_utf8(encode(&no_accounts, &Protection::Plaintext, 1)[HEADER_LEN..].to_vec()).unwrap();
+        assert!(text.contains(r#""ext_expires_on":5000,"upstream_refresh_on":4500,"refresh_on":4000}]}"#), "{text}");
+        assert!(!text.contains("accounts"), "{text}");
+    }
+
+    #[test]
+    fn the_buffer_is_allocated_once_for_realistic_tokens() {
+        let value = "t".repeat(1500);
+        let tokens =
+            (0..100).map(|i| super::super::tests::token("app", &format!("https://r{i}.example"), 5000, &value));
+        let snapshot = Snapshot { tokens: tokens.collect(), accounts: Vec::new() };
+        let bytes = encode(&snapshot, &cipher(7), 1);
+        let payload = Payload {
+            written_at: 1,
+            writer: Cow::Borrowed(WRITER),
+            tokens: snapshot.tokens.iter().map(StoredToken::from_token).collect(),
+            accounts: Vec::new(),
+        };
+        let estimate = HEADER_LEN + estimated_len(&payload) + AES_256_GCM.tag_len();
+        assert!(bytes.len() <= estimate, "{} > {estimate}: the estimate is low, the buffer grew", bytes.len());
+        assert!(bytes.capacity() <= estimate, "the buffer was reallocated");
+        assert_eq!(decode(&bytes, &cipher(7)).unwrap().tokens.len(), 100);
+    }
+
+    #[test]
+    fn decodes_in_place_and_leaves_no_ciphertext_to_reuse() {
+        let mut bytes = encode(&snapshot(), &cipher(7), 1);
+        let back = decode_in_place(&mut bytes, &cipher(7)).unwrap();
+        assert_eq!(back.tokens[0].token.token.expose(), "secret-token-abc");
+        // The buffer now holds the plaintext the caller must drop, not a file to decode again.
+        assert_eq!(decode_in_place(&mut bytes, &cipher(7)).err(), Some(DecodeError::Tampered));
+        let mut plain = encode(&snapshot(), &Protection::Plaintext, 1);
+        assert_eq!(decode_in_place(&mut plain, &Protection::Plaintext).unwrap().accounts.len(), 1);
+    }
+
+    /// Merging where the tokens lie in the decrypted file gives the file that decoding,
+    /// [`super::super::merge`] and encoding give, accounts included.
+    #[test]
+    fn merging_in_place_matches_merging_decoded_tokens() {
+        use super::super::tests::token;
+        let mut existing = snapshot();
+        existing.tokens = vec![
+            token("App", "r1", 5000, "old-1"),
+            token("app", "r2", 9000, "keeps-2"),
+            token("b", "r3", 50, "expired-3"),
+            token("c\u{e9}", "r\"4", 5000, "escaped-4"),
+        ];
+        let incoming = vec![
+            token("APP", "r1", 6000, "new-1"),
+            token("app", "r2", 8000, "older-2"),
+            token("b", "r0", 7000, "new-0"),
+        ];
+        let file = encode(&existing, &Protection::Plaintext, 1);
+
+        let mut bytes = file.clone();
+        // Whatever the output buffer held is replaced.
+        let mut merged_file = vec![1, 2, 3];
+        let report = Contents::open(&mut bytes, &Protection::Plaintext).unwrap().merge(
+            &incoming,
+            100,
+            &Protection::Plaintext,
+            &mut merged_file,
+        );
+        let (expected, pruned) = super::super::merge(existing.tokens.clone(), incoming, 100);
+        assert_eq!(report, SaveReport { kept: expected.len(), pruned });
+        let back = decode(&merged_file, &Protection::Plaintext).unwrap();
+        let view = |tokens: &[PersistedToken]| -> Vec<(String, String, String, u64)> {
+            tokens
+                .iter()
+                .map(|t| {
+                    (t.client_id.clone(), t.resource.clone(), t.token.token.expose().to_owned(), t.token.expires_on)
+                })
+                .collect()
+        };
+        assert_eq!(view(&back.tokens), view(&expected));
+        assert_eq!(back.account("oid.tid", "c").unwrap().refresh_token.expose(), "refresh-token-xyz");
+        let mut empty = Vec::new();
+        assert!(Contents::open(&mut empty, &Protection::Plaintext).is_err());
+        let mut fresh = Vec::new();
+        let report = Contents::empty().merge(&[token("a", "r", 5000, "t")], 100, &cipher(7), &mut fresh);
+        assert_eq!((report, decode(&fresh, &cipher(7)).unwrap().tokens.len()), (SaveReport { kept: 1, pruned: 0 }, 1));
     }
 
     #[test]

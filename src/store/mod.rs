@@ -49,11 +49,14 @@ pub struct PersistedToken {
     pub token: AccessToken,
 }
 
-impl PersistedToken {
-    /// The cache key: client ids compare case-insensitively, as Azure's do.
-    fn key(&self) -> (String, String) {
-        (self.client_id.to_ascii_lowercase(), self.resource.clone())
-    }
+/// The order of tokens in a store, which is also what makes two tokens the same key: client
+/// ids compare case-insensitively, as Azure's do, then resources exactly. Byte-wise, so it
+/// is the order of `(client_id.to_ascii_lowercase(), resource)` without allocating either.
+pub(crate) fn key_order(a: (&str, &str), b: (&str, &str)) -> std::cmp::Ordering {
+    a.0.bytes()
+        .map(|b| b.to_ascii_lowercase())
+        .cmp(b.0.bytes().map(|b| b.to_ascii_lowercase()))
+        .then_with(|| a.1.cmp(b.1))
 }
 
 /// A signed-in user's refresh token (`tokenrelay login`), keyed by the account and the
@@ -171,25 +174,46 @@ pub fn merge_account(accounts: &mut Vec<PersistedAccount>, account: PersistedAcc
 /// expired by `now` are dropped. Returns the merged set (sorted, for stable files) and how
 /// many were pruned.
 pub fn merge(existing: Vec<PersistedToken>, incoming: Vec<PersistedToken>, now: u64) -> (Vec<PersistedToken>, usize) {
-    let mut merged: std::collections::BTreeMap<(String, String), PersistedToken> = std::collections::BTreeMap::new();
+    merge_by(
+        existing.into_iter().chain(incoming),
+        now,
+        |t| t.token.expires_on,
+        |a, b| key_order((&a.client_id, &a.resource), (&b.client_id, &b.resource)),
+    )
+}
+
+/// [`merge`] for any representation of a token (the file format merges tokens whose strings
+/// still lie in the decrypted file): `tokens` in arrival order, existing before incoming;
+/// per key under `order`, the one that expires last wins, a later arrival on a tie.
+pub(crate) fn merge_by<T>(
+    tokens: impl IntoIterator<Item = T>,
+    now: u64,
+    expires_on: impl Fn(&T) -> u64,
+    order: impl Fn(&T, &T) -> std::cmp::Ordering,
+) -> (Vec<T>, usize) {
+    let mut live = Vec::new();
     let mut pruned = 0;
-    for token in existing.into_iter().chain(incoming) {
-        if token.token.expires_on <= now {
+    for token in tokens {
+        if expires_on(&token) <= now {
             pruned += 1;
-            continue;
-        }
-        match merged.entry(token.key()) {
-            std::collections::btree_map::Entry::Vacant(slot) => {
-                slot.insert(token);
-            }
-            std::collections::btree_map::Entry::Occupied(mut slot) => {
-                if token.token.expires_on >= slot.get().token.expires_on {
-                    slot.insert(token);
-                }
-            }
+        } else {
+            live.push(token);
         }
     }
-    (merged.into_values().collect(), pruned)
+    // Stable, so tokens of one key stay in arrival order for the fold below.
+    live.sort_by(&order);
+    let mut merged: Vec<T> = Vec::with_capacity(live.len());
+    for token in live {
+        match merged.last_mut() {
+            Some(last) if order(last, &token).is_eq() => {
+                if expires_on(&token) >= expires_on(last) {
+                    *last = token;
+                }
+            }
+            _ => merged.push(token),
+        }
+    }
+    (merged, pruned)
 }
 
 /// Why persistence is off for this run.
@@ -306,6 +330,45 @@ pub(crate) mod tests {
         assert_eq!(pruned, 1);
         let values: Vec<_> = merged.iter().map(|t| (t.resource.as_str(), t.token.token.expose())).collect();
         assert_eq!(values, [("r1", "new"), ("r3", "x")]);
+    }
+
+    proptest::proptest! {
+        /// The sort-based merge keeps exactly what the earlier map-based one kept, in the same
+        /// order: per lower-cased client id and resource, the token that expires last (the
+        /// later one on a tie), without the expired.
+        #[test]
+        fn merge_matches_a_map_keyed_by_the_lower_cased_client_id(
+            existing in proptest::collection::vec((0usize..4, 0usize..3, 0u64..8), 0..12),
+            incoming in proptest::collection::vec((0usize..4, 0usize..3, 0u64..8), 0..12),
+        ) {
+            let clients = ["a", "A", "b", "ab"];
+            let resources = ["r1", "R1", "r2"];
+            let make = |offset: usize, list: &[(usize, usize, u64)]| -> Vec<PersistedToken> {
+                list.iter()
+                    .enumerate()
+                    .map(|(n, &(c, r, e))| token(clients[c], resources[r], e, &format!("v{}", offset + n)))
+                    .collect()
+            };
+            let (existing, incoming) = (make(0, &existing), make(100, &incoming));
+            let mut map = std::collections::BTreeMap::new();
+            let mut expected_pruned = 0;
+            for t in existing.iter().chain(&incoming) {
+                if t.token.expires_on <= 3 {
+                    expected_pruned += 1;
+                    continue;
+                }
+                let key = (t.client_id.to_ascii_lowercase(), t.resource.clone());
+                let replace = map.get(&key).is_none_or(|kept: &&PersistedToken| t.token.expires_on >= kept.token.expires_on);
+                if replace {
+                    map.insert(key, t);
+                }
+            }
+            let expected: Vec<&str> = map.values().map(|t| t.token.token.expose()).collect();
+            let (merged, pruned) = merge(existing.clone(), incoming.clone(), 3);
+            let got: Vec<&str> = merged.iter().map(|t| t.token.token.expose()).collect();
+            proptest::prop_assert_eq!(got, expected);
+            proptest::prop_assert_eq!(pruned, expected_pruned);
+        }
     }
 
     #[test]
