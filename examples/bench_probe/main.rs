@@ -100,12 +100,12 @@ async fn memory(bin: &str) {
         let client = relay::client();
         relay.wait_ready(&client).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let idle = relay.rss_mib();
+        let idle = relay.memory();
 
         let calls_before = authority.calls();
         let filled = relay::sweep(&client, &relay.url, TOKENS, 50).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let holding = relay.rss_mib();
+        let holding = relay.memory();
         let fill_calls = authority.calls() - calls_before;
         let held = relay.cached_tokens(&client).await;
 
@@ -114,12 +114,12 @@ async fn memory(bin: &str) {
             load_failures += relay::failures(&relay::sweep(&client, &relay.url, TOKENS, 256).await);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let after_load = relay.rss_mib();
+        let after_load = relay.memory();
         let load_calls = authority.calls() - calls_before - fill_calls;
         println!(
-            "  run {run}: idle {idle:.1} MiB | holding {held} tokens ({fill_calls} upstream calls, {} failures) \
-             {holding:.1} MiB | after {} cache-hit requests, 256 at a time ({load_calls} upstream calls, \
-             {load_failures} failures) {after_load:.1} MiB",
+            "  run {run}: idle {idle} | holding {held} tokens ({fill_calls} upstream calls, {} failures) \
+             {holding} | after {} cache-hit requests, 256 at a time ({load_calls} upstream calls, \
+             {load_failures} failures) {after_load}",
             relay::failures(&filled),
             LOAD_SWEEPS * TOKENS,
         );

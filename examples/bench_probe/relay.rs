@@ -135,6 +135,11 @@ impl Relay {
         rss_mib(self.pid())
     }
 
+    /// Resident set size and its anonymous part, in MiB, as `"12.0 MiB (anonymous 1.9)"`.
+    pub fn memory(&self) -> String {
+        format!("{:.1} MiB (anonymous {:.1})", rss_mib(self.pid()), anon_mib(self.pid()))
+    }
+
     /// Tokens held in the cache, from `/metrics` (which also runs the cache's pending
     /// evictions).
     pub async fn cached_tokens(&self, client: &reqwest::Client) -> u64 {
@@ -161,10 +166,21 @@ impl Relay {
 
 /// Resident set size of process `pid` in MiB (0 once it is gone).
 pub fn rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmRSS:")
+}
+
+/// The anonymous part of the resident set in MiB: the heap, stacks and other private
+/// memory, without the pages of the binary and libraries mapped from the page cache.
+pub fn anon_mib(pid: u32) -> f64 {
+    status_mib(pid, "RssAnon:")
+}
+
+/// A `kB` line of `/proc/{pid}/status` in MiB.
+fn status_mib(pid: u32, key: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib: u64 = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(key))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
