@@ -89,7 +89,11 @@ impl FileStore {
             return Ok(Snapshot::default());
         }
         // In place: the file's bytes are the only buffer besides the tokens parsed from it.
-        match format::decode_in_place(&mut bytes, &self.protection) {
+        let decoded = format::decode_in_place(&mut bytes, &self.protection);
+        // Decrypted, the buffer holds every token in plaintext; do not leave that to the
+        // allocator's free lists.
+        bytes.fill(0);
+        match decoded {
             Ok(snapshot) => Ok(snapshot),
             Err(error) => self.unreadable(error.to_string(), on_unreadable),
         }
@@ -176,21 +180,24 @@ impl Store for FileStore {
         with_lock(&self.path, || {
             let mut buffers = self.buffers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let SaveBuffers { read, write } = &mut *buffers;
-            let existing = match self.read_locked(read, OnUnreadable::MoveAside)? {
-                false => Ok(Contents::empty()),
-                true => Contents::open(read, &self.protection),
-            };
-            let existing = match existing {
-                Ok(contents) => contents,
-                Err(error) => {
-                    self.unreadable(error.to_string(), OnUnreadable::MoveAside)?;
-                    Contents::empty()
-                }
-            };
-            let report = existing.merge(&tokens, now, &self.protection, write);
-            // The read buffer now holds every token in plaintext; it stays allocated, so it
-            // must not stay readable.
+            let merged = (|| {
+                let existing = match self.read_locked(read, OnUnreadable::MoveAside)? {
+                    false => Ok(Contents::empty()),
+                    true => Contents::open(read, &self.protection),
+                };
+                let existing = match existing {
+                    Ok(contents) => contents,
+                    Err(error) => {
+                        self.unreadable(error.to_string(), OnUnreadable::MoveAside)?;
+                        Contents::empty()
+                    }
+                };
+                Ok(existing.merge(&tokens, now, &self.protection, write))
+            })();
+            // The read buffer may now hold every token in plaintext, whether the merge worked
+            // or not; it stays allocated, so it must not stay readable.
             read.fill(0);
+            let report = merged?;
             self.replace_locked(write)?;
             Ok(report)
         })
