@@ -9,15 +9,12 @@
 //! developer runs it: that is where its login lives.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Deserialize;
-use tokio::io::AsyncReadExt;
-use tokio::process::Command;
 
-use super::client_assertion::quote_stderr;
+use super::process::{self, Output, RunError, quote_stderr};
 use super::{AccessToken, Credential, CredentialError, LinkStatus};
 use crate::clock::{Clock, SystemClock};
 use crate::secret::Secret;
@@ -40,48 +37,28 @@ impl AzureCliCredential {
         Self { tenant_id, timeout, search_path }
     }
 
-    fn arguments(&self, resource: &str) -> Vec<String> {
-        let mut args: Vec<String> =
-            ["account", "get-access-token", "--resource", resource].iter().map(|s| (*s).to_owned()).collect();
+    fn arguments<'a>(&'a self, resource: &'a str) -> Vec<&'a str> {
+        let mut args = vec!["account", "get-access-token", "--resource", resource];
         if let Some(tenant) = &self.tenant_id {
-            args.extend(["--tenant".to_owned(), tenant.clone()]);
+            args.extend(["--tenant", tenant.as_str()]);
         }
-        args.extend(["-o".to_owned(), "json".to_owned()]);
+        args.extend(["-o", "json"]);
         args
     }
 
-    async fn run(&self, resource: &str) -> Result<(std::process::ExitStatus, String, String), CredentialError> {
-        let mut child = Command::new(PROGRAM)
-            .args(self.arguments(resource))
-            .env("AZURE_CORE_NO_COLOR", "true")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => self.unavailable(
-                    "the Azure CLI (az) is not on PATH; install it, or remove azure_cli from the chain".to_owned(),
-                ),
-                _ => self.transient(format!("cannot run az: {e}")),
-            })?;
-        let mut stdout = child.stdout.take().expect("stdout is piped");
-        let mut stderr = child.stderr.take().expect("stderr is piped");
-        let work = async {
-            let mut out = String::new();
-            let mut err = String::new();
-            let (_, _, status) =
-                tokio::join!(stdout.read_to_string(&mut out), stderr.read_to_string(&mut err), child.wait());
-            status.map(|status| (status, out, err))
-        };
-        match tokio::time::timeout(self.timeout, work).await {
-            Ok(Ok(outcome)) => Ok(outcome),
-            Ok(Err(e)) => Err(self.transient(format!("waiting for az: {e}"))),
-            Err(_) => Err(self.transient(format!(
+    async fn run(&self, resource: &str) -> Result<Output, CredentialError> {
+        let args = self.arguments(resource);
+        process::run(PROGRAM, &args, &[("AZURE_CORE_NO_COLOR", "true")], self.timeout).await.map_err(|e| match e {
+            RunError::NotFound => self.unavailable(
+                "the Azure CLI (az) is not on PATH; install it, or remove azure_cli from the chain".to_owned(),
+            ),
+            RunError::Start(e) => self.transient(format!("cannot run az: {e}")),
+            RunError::Wait(e) => self.transient(format!("waiting for az: {e}")),
+            RunError::TimedOut => self.transient(format!(
                 "az account get-access-token did not finish within {} s and was stopped",
                 self.timeout.as_secs()
-            ))),
-        }
+            )),
+        })
     }
 
     fn unavailable(&self, reason: String) -> CredentialError {
@@ -105,7 +82,7 @@ impl Credential for AzureCliCredential {
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {
         let issued_at = SystemClock.now();
-        let (status, stdout, stderr) = self.run(resource).await?;
+        let Output { status, stdout, stderr } = self.run(resource).await?;
         if !status.success() {
             let said = quote_stderr(&stderr);
             if stderr.contains("az login") {
@@ -196,7 +173,7 @@ mod tests {
             "account get-access-token --resource https://vault.azure.net --tenant contoso.onmicrosoft.com -o json"
         );
         let cli = AzureCliCredential::new(None, Duration::from_secs(10), None);
-        assert!(!cli.arguments("r").contains(&"--tenant".to_owned()));
+        assert!(!cli.arguments("r").contains(&"--tenant"));
     }
 
     #[test]

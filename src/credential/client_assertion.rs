@@ -6,23 +6,19 @@
 //! with a timeout. Nothing is cached here, so an assertion is never presented twice after
 //! it was replaced.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::io::AsyncReadExt;
-use tokio::process::Command;
 
 use super::entra::{Application, ClientAuth};
 use super::jwt::{NO_MATCHING_FEDERATION, describe_federated_claims};
+use super::process::{self, RunError, quote_stderr};
 use super::{AccessToken, Credential, CredentialError, LinkStatus};
 use crate::config::AssertionSource;
 use crate::secret::Secret;
 
 /// AADSTS code for an assertion outside its validity window.
 const ASSERTION_EXPIRED: u32 = 700024;
-/// The most of a failing command's stderr quoted in an error.
-const MAX_QUOTED_STDERR: usize = 300;
 
 /// An application presenting an externally issued JWT.
 pub struct ClientAssertionCredential {
@@ -110,57 +106,25 @@ enum Failure {
 
 /// Runs `command` (program and arguments, no shell) and returns its stdout.
 async fn run(command: &[String], timeout: Duration) -> Result<String, Failure> {
-    let program = &command[0];
-    let mut child = Command::new(program)
-        .args(&command[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Failure::NotFound(format!("assertion command {program:?} not found")),
-            _ => Failure::Failed(format!("cannot run assertion command {program:?}: {e}")),
-        })?;
-    let mut stdout = child.stdout.take().expect("stdout is piped");
-    let mut stderr = child.stderr.take().expect("stderr is piped");
-    let work = async {
-        let mut out = String::new();
-        let mut err = String::new();
-        let (read_out, read_err, status) =
-            tokio::join!(stdout.read_to_string(&mut out), stderr.read_to_string(&mut err), child.wait());
-        read_out.map_err(|e| Failure::Failed(format!("reading the output of {program:?}: {e}")))?;
-        let _ = read_err;
-        let status = status.map_err(|e| Failure::Failed(format!("waiting for {program:?}: {e}")))?;
-        if !status.success() {
-            return Err(Failure::Failed(format!(
-                "assertion command {program:?} failed ({status}){}",
-                quote_stderr(&err)
-            )));
-        }
-        Ok(out)
-    };
-    match tokio::time::timeout(timeout, work).await {
-        Ok(result) => result,
-        // Dropping the future drops the child, which kill_on_drop ends.
-        Err(_) => Err(Failure::Failed(format!(
+    let program = command[0].as_str();
+    let args: Vec<&str> = command[1..].iter().map(String::as_str).collect();
+    let output = process::run(program, &args, &[], timeout).await.map_err(|e| match e {
+        RunError::NotFound => Failure::NotFound(format!("assertion command {program:?} not found")),
+        RunError::Start(e) => Failure::Failed(format!("cannot run assertion command {program:?}: {e}")),
+        RunError::Wait(e) => Failure::Failed(format!("waiting for assertion command {program:?}: {e}")),
+        RunError::TimedOut => Failure::Failed(format!(
             "assertion command {program:?} did not finish within {} s and was stopped",
             timeout.as_secs()
-        ))),
+        )),
+    })?;
+    if !output.status.success() {
+        return Err(Failure::Failed(format!(
+            "assertion command {program:?} failed ({}){}",
+            output.status,
+            quote_stderr(&output.stderr)
+        )));
     }
-}
-
-/// `: first line of stderr`, shortened; empty when there is none.
-pub(crate) fn quote_stderr(stderr: &str) -> String {
-    let line = stderr.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
-    if line.is_empty() {
-        return String::new();
-    }
-    let mut shortened: String = line.chars().take(MAX_QUOTED_STDERR).collect();
-    if shortened.len() < line.len() {
-        shortened.push('…');
-    }
-    format!(": {shortened}")
+    Ok(output.stdout)
 }
 
 #[cfg(test)]

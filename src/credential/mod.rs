@@ -16,6 +16,7 @@ pub mod entra;
 pub mod environment;
 mod jwt;
 pub mod managed_identity;
+mod process;
 pub mod user;
 pub mod workload_identity;
 
