@@ -11,6 +11,7 @@ use crate::support::{
 const VAULT: &str = "api-version=2018-02-01&resource=https://vault.azure.net";
 const OTHER: &str = "api-version=2018-02-01&resource=https://storage.azure.com";
 const THIRD: &str = "api-version=2018-02-01&resource=https://graph.microsoft.com";
+const FOURTH: &str = "api-version=2018-02-01&resource=https://management.azure.com";
 
 /// What `secret_config` allows: one try and `max_retries = 2`.
 const ATTEMPTS: usize = 3;
@@ -76,14 +77,16 @@ async fn an_authority_that_goes_away_and_comes_back_needs_no_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn reset_or_unanswered_connections_are_retried_within_the_limit_and_recovered_from() {
+async fn reset_unanswered_or_cut_short_connections_are_retried_within_the_limit_and_recovered_from() {
     let entra = FakeEntra::start().await;
     let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
     let cached = json(relay.imds(VAULT).await).await;
 
-    for (fault, words, resource) in
-        [(ConnectionFault::Reset, "reset", OTHER), (ConnectionFault::CloseWithoutResponse, "closed", THIRD)]
-    {
+    for (fault, words, resource) in [
+        (ConnectionFault::Reset, "reset", OTHER),
+        (ConnectionFault::CloseWithoutResponse, "closed", THIRD),
+        (ConnectionFault::ResetMidBody, "body", FOURTH),
+    ] {
         entra.set_connection_fault(Some(fault));
         let before = entra.faulted();
         let failed = tokio::time::timeout(NO_HANG, relay.imds(resource)).await.expect("no hang");

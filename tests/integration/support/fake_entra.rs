@@ -64,7 +64,14 @@ pub enum ConnectionFault {
     Reset,
     /// Reads the request, then closes the connection cleanly (FIN) without a response.
     CloseWithoutResponse,
+    /// Answers 200 with the status line, the headers and the first bytes of a token body,
+    /// then resets the connection: the body ends short of its `Content-Length`.
+    ResetMidBody,
 }
+
+/// What [`ConnectionFault::ResetMidBody`] sends of the body before the reset.
+const PARTIAL_BODY: &[u8] =
+    br#"{"token_type":"Bearer","expires_in":3599,"access_token":"eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9."#;
 
 /// One request as the fake saw it.
 #[derive(Clone, Debug)]
@@ -266,11 +273,55 @@ async fn serve_connection(stream: TcpStream, app: Router, state: Arc<Mutex<Behav
             };
             // The whole request is in, so the client has sent it and waits for an answer.
             let _ = request.into_body().collect().await;
-            reset.store(fault == ConnectionFault::Reset, Ordering::SeqCst);
+            reset.store(fault != ConnectionFault::CloseWithoutResponse, Ordering::SeqCst);
+            if fault == ConnectionFault::ResetMidBody {
+                let body = axum::body::Body::new(PartialThenFail::new());
+                let mut response = axum::http::Response::new(body);
+                let length = axum::http::HeaderValue::from(PARTIAL_BODY.len() + 1000);
+                response.headers_mut().insert(axum::http::header::CONTENT_LENGTH, length);
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
+                return Ok(response);
+            }
             Err(std::io::Error::other(format!("injected {fault:?}")))
         }
     });
     let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+}
+
+/// A response body that yields [`PARTIAL_BODY`], waits, and then fails, so hyper, having sent
+/// the head and that much, abandons the connection (reset, as the fault sets `reset`). The
+/// wait lets the client read the head first: a reset that arrives with unread data in the
+/// client's receive buffer discards it, and the client would see a reset before any answer.
+struct PartialThenFail {
+    sent: bool,
+    pause: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl PartialThenFail {
+    fn new() -> Self {
+        Self { sent: false, pause: Box::pin(tokio::time::sleep(Duration::from_millis(200))) }
+    }
+}
+
+impl hyper::body::Body for PartialThenFail {
+    type Data = axum::body::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        if !self.sent {
+            self.sent = true;
+            return Poll::Ready(Some(Ok(hyper::body::Frame::data(axum::body::Bytes::from_static(PARTIAL_BODY)))));
+        }
+        match self.pause.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => Poll::Ready(Some(Err(std::io::Error::other("injected ResetMidBody")))),
+        }
+    }
 }
 
 /// The accepted socket; when `reset` is set, dropping it aborts the connection with a RST
