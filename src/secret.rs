@@ -8,6 +8,7 @@ use std::fmt;
 
 use aws_lc_rs::digest;
 use serde::{Serialize, Serializer};
+use subtle::ConstantTimeEq;
 
 /// Text that must never reach logs, errors, metrics or `Debug` output.
 #[derive(Clone, PartialEq, Eq)]
@@ -38,6 +39,16 @@ impl Secret {
             hex.push(char::from(HEX[usize::from(byte & 0x0f)]));
         }
         hex
+    }
+
+    /// Whether `presented` is this secret, in time that depends on neither: both are hashed
+    /// with SHA-256 and the digests compared with `subtle`, so neither the length nor the
+    /// position of the first differing byte shows. For the App Service header secret, which
+    /// any caller can guess at. (`benches/hot_path.rs` times matching and differing values.)
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let expected = digest::digest(&digest::SHA256, self.0.as_bytes());
+        let presented = digest::digest(&digest::SHA256, presented);
+        expected.as_ref().ct_eq(presented.as_ref()).into()
     }
 
     /// Whether the value is empty (an empty secret file is a configuration error).
@@ -78,6 +89,16 @@ mod tests {
         let json = serde_json::to_string(&secret).unwrap();
         assert_eq!(json, "\"<redacted>\"");
         assert_eq!(secret.expose(), "hunter2-very-secret");
+    }
+
+    #[test]
+    fn matches_only_the_whole_value() {
+        let secret = Secret::new("s3cret");
+        assert!(secret.matches(b"s3cret"));
+        assert!(!secret.matches(b"s3cre"));
+        assert!(!secret.matches(b"s3cret "));
+        assert!(!secret.matches(b"S3cret"));
+        assert!(!secret.matches(b""));
     }
 
     #[test]

@@ -3,17 +3,14 @@
 
 use std::time::Instant;
 
-use aws_lc_rs::digest;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
-use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use super::state::AppState;
 use super::token::{self, Call, Flavour};
 use super::wire::{TokenQuery, api_version_supported};
-use crate::secret::Secret;
 
 /// Handles one App Service style request.
 pub async fn handle(state: &AppState, request: &Parts) -> Response {
@@ -32,7 +29,7 @@ async fn checked(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Response {
     };
     match presented {
         None => return reject(ApiError::unauthorized("X-IDENTITY-HEADER is required")),
-        Some(value) if !secret_matches(expected, value) => {
+        Some(value) if !expected.matches(value) => {
             return reject(ApiError::unauthorized("X-IDENTITY-HEADER does not match IDENTITY_HEADER"));
         }
         Some(_) => {}
@@ -47,26 +44,4 @@ async fn checked(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Response {
         return reject(ApiError::bad_request(format!("api-version {version:?} is not supported; use 2019-08-01")));
     }
     token::serve(state, Call::new(Flavour::AppService, uri, started), query).await
-}
-
-/// Compares in constant time. Hashing first makes the comparison independent of the
-/// secret's length as well as its content.
-fn secret_matches(expected: &Secret, presented: &[u8]) -> bool {
-    let a = digest::digest(&digest::SHA256, expected.expose().as_bytes());
-    let b = digest::digest(&digest::SHA256, presented);
-    a.as_ref().ct_eq(b.as_ref()).into()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn compares_whole_values() {
-        let secret = Secret::new("s3cret");
-        assert!(secret_matches(&secret, b"s3cret"));
-        assert!(!secret_matches(&secret, b"s3cre"));
-        assert!(!secret_matches(&secret, b"s3cret "));
-        assert!(!secret_matches(&secret, b""));
-    }
 }
