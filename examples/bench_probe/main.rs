@@ -123,7 +123,8 @@ async fn memory(bin: &str) {
             relay::failures(&filled),
             LOAD_SWEEPS * TOKENS,
         );
-        relay.kill().await;
+        // SIGTERM rather than SIGKILL, so a heap profiler wrapped around the relay writes its report.
+        relay.stop().await;
     }
 }
 
