@@ -19,9 +19,10 @@ pub struct CachedToken {
     pub credential: &'static str,
     /// The token's fingerprint for log lines, computed once rather than hashed per request.
     pub fingerprint: Box<str>,
-    /// The server's rendering of the response members that never change for this token,
-    /// the token itself excepted (`server::wire::render_token_body`), made on first use so
-    /// that a cache hit copies bytes instead of serialising. Opaque to the broker.
+    /// The server's rendering of the response members that never change for this token
+    /// (`server::wire::render_token_body`; the token itself only if it needed escaping), made
+    /// on first use so that a cache hit copies bytes instead of serialising. Opaque to the
+    /// broker.
     pub rendered: OnceLock<Box<[u8]>>,
     refreshing: AtomicBool,
     next_attempt: AtomicU64,

@@ -195,16 +195,15 @@ pub fn render_token_body(
     let secret = token.token.expose();
     // Room for the lifetimes and a typical echo, so the vector is allocated exactly once.
     let mut body = Vec::with_capacity(secret.len() + fixed.len() + 160);
-    body.extend_from_slice(b"{\"access_token\":");
-    if needs_no_escaping(secret) {
-        // Every JWT: base64url and dots.
-        body.push(b'"');
+    if fixed.first() == Some(&b'{') {
+        // A token that needed escaping was rendered into the opening (see below).
+        body.extend_from_slice(fixed);
+    } else {
+        body.extend_from_slice(b"{\"access_token\":\"");
         body.extend_from_slice(secret.as_bytes());
         body.push(b'"');
-    } else {
-        serde_json::to_writer(&mut body, secret).expect("writing a string to a Vec cannot fail");
+        body.extend_from_slice(fixed);
     }
-    body.extend_from_slice(fixed);
     push_seconds(&mut body, "expires_in", token.expires_on.saturating_sub(now));
     push_seconds(&mut body, "ext_expires_in", token.ext_expires_on.saturating_sub(now));
     if let Some((name, value)) = echo
@@ -226,12 +225,17 @@ fn needs_no_escaping(s: &str) -> bool {
     !s.bytes().fold(false, |escape, b| escape | (b < 0x20) | (b == b'"') | (b == b'\\'))
 }
 
-/// The members after `access_token` that never change for a cached token, as
-/// `,"client_id":…,"token_type":"Bearer"`. The token itself is not repeated here: with ten
-/// thousand cached tokens a second copy of each would double the cache's memory.
+/// The members that never change for a cached token. For a token that goes into JSON as it
+/// is (every JWT: base64url and dots) that is the members after `access_token`, as
+/// `,"client_id":…,"token_type":"Bearer"`, and each request writes the token in front: with
+/// ten thousand cached tokens a second copy of each would double the cache's memory. Any
+/// other token is rendered escaped, once, with the opening: `{"access_token":"…",…`.
+/// Either way the object is left open for the per-request members.
 fn render_fixed_members(entry: &CachedToken, client_id: &str, resource: &str) -> Box<[u8]> {
     #[derive(Serialize)]
     struct Fixed<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        access_token: Option<&'a str>,
         client_id: &'a str,
         expires_on: String,
         not_before: String,
@@ -239,7 +243,10 @@ fn render_fixed_members(entry: &CachedToken, client_id: &str, resource: &str) ->
         token_type: &'static str,
     }
     let token = &entry.token;
+    let secret = token.token.expose();
+    let plain = needs_no_escaping(secret);
     let fixed = Fixed {
+        access_token: (!plain).then_some(secret),
         client_id,
         expires_on: token.expires_on.to_string(),
         not_before: token.not_before.to_string(),
@@ -248,7 +255,9 @@ fn render_fixed_members(entry: &CachedToken, client_id: &str, resource: &str) ->
     };
     let mut rendered = serde_json::to_vec(&fixed).expect("plain strings always serialise");
     rendered.pop(); // the closing brace: the per-request members follow
-    rendered[0] = b','; // the opening brace: the token comes first
+    if plain {
+        rendered[0] = b','; // the opening brace: the token comes first
+    }
     rendered.into_boxed_slice()
 }
 
