@@ -181,7 +181,11 @@ fn estimated_len(payload: &Payload<'_>) -> usize {
 /// Checks, decrypts and parses a file's bytes. Copies them once to decrypt; a caller that owns
 /// the bytes uses [`decode_in_place`].
 pub fn decode(bytes: &[u8], protection: &Protection) -> Result<Snapshot, DecodeError> {
-    decode_in_place(&mut bytes.to_vec(), protection)
+    let mut copy = bytes.to_vec();
+    let decoded = decode_in_place(&mut copy, protection);
+    // Decrypted, the copy holds every token in plaintext, as `FileStore`'s buffers do.
+    copy.fill(0);
+    decoded
 }
 
 /// Checks, decrypts and parses a file's bytes without copying them: the ciphertext is
