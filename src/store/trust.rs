@@ -97,8 +97,20 @@ pub fn check(metadata: &Metadata, euid: u32, owners: Owners) -> Result<(), Untru
 /// without blocking on a FIFO, then checks the descriptor.
 #[cfg(unix)]
 pub fn open(path: &Path, options: &mut OpenOptions, owners: Owners) -> Opened {
+    open_with(path, options, owners, rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK)
+}
+
+/// [`open`], following symbolic links: for a file the operator names and the platform may
+/// provide through links, such as a Kubernetes Secret's `key -> ..data/key`. What is checked
+/// is the file finally opened.
+#[cfg(unix)]
+pub fn open_following(path: &Path, options: &mut OpenOptions, owners: Owners) -> Opened {
+    open_with(path, options, owners, rustix::fs::OFlags::NONBLOCK)
+}
+
+#[cfg(unix)]
+fn open_with(path: &Path, options: &mut OpenOptions, owners: Owners, flags: rustix::fs::OFlags) -> Opened {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
     let file = match options.custom_flags(flags.bits() as i32).open(path) {
         Ok(file) => file,
         Err(error) if error.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
@@ -155,6 +167,11 @@ pub fn open(path: &Path, options: &mut OpenOptions, _owners: Owners) -> Opened {
         Ok(file) => Opened::Trusted(file),
         Err(error) => Opened::Failed(error),
     }
+}
+
+#[cfg(not(unix))]
+pub fn open_following(path: &Path, options: &mut OpenOptions, owners: Owners) -> Opened {
+    open(path, options, owners)
 }
 
 #[cfg(not(unix))]
