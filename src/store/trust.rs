@@ -113,13 +113,17 @@ fn open_with(path: &Path, options: &mut OpenOptions, owners: Owners, flags: rust
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let file = match options.custom_flags(flags.bits() as i32).open(path) {
         Ok(file) => file,
-        Err(error) if error.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
-            return Opened::Refused { why: Untrusted::Symlink, identity: identity_of_name(path) };
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
-            // Not opened, so nothing was read from it; the name's metadata only explains why
-            // (typically a file of another user with mode 0600).
-            return match std::fs::symlink_metadata(path) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Opened::Failed(error),
+        Err(error) => {
+            // Not opened, so nothing was read from it; the name's metadata only explains why:
+            // a symbolic link (ELOOP under O_NOFOLLOW), a file of another user with mode 0600
+            // (EACCES), a directory (EISDIR). An error on a file that passes is passed on.
+            let following = !flags.contains(rustix::fs::OFlags::NOFOLLOW);
+            let metadata = if following { std::fs::metadata(path) } else { std::fs::symlink_metadata(path) };
+            return match metadata {
+                Ok(metadata) if metadata.file_type().is_symlink() => {
+                    Opened::Refused { why: Untrusted::Symlink, identity: Some((metadata.dev(), metadata.ino())) }
+                }
                 Ok(metadata) => match check(&metadata, euid(), owners) {
                     Err(why) => Opened::Refused { why, identity: Some((metadata.dev(), metadata.ino())) },
                     Ok(()) => Opened::Failed(error),
@@ -127,7 +131,6 @@ fn open_with(path: &Path, options: &mut OpenOptions, owners: Owners, flags: rust
                 Err(_) => Opened::Failed(error),
             };
         }
-        Err(error) => return Opened::Failed(error),
     };
     let metadata = match file.metadata() {
         Ok(metadata) => metadata,
@@ -276,6 +279,20 @@ pub(crate) mod tests {
         };
         assert_eq!(why, Untrusted::Symlink);
         assert_eq!(identity, identity_of_name(&link), "judged by the link itself");
+    }
+
+    #[test]
+    fn a_directory_where_a_file_belongs_is_refused_even_when_it_cannot_be_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d");
+        std::fs::create_dir(&path).unwrap();
+        let mut write = OpenOptions::new();
+        write.read(true).write(true).create(true).truncate(false);
+        // Opening a directory for writing fails (EISDIR); for reading it succeeds.
+        for options in [&mut write, &mut read()] {
+            let why = refused(open(&path, options, Owners::RunningUser));
+            assert!(matches!(why, Untrusted::NotRegular { .. }), "{why:?}");
+        }
     }
 
     #[test]
