@@ -264,7 +264,7 @@ impl Store for FileStore {
 /// directory (0700) and lock file (0600) when missing.
 ///
 /// A lock file another user could have planted is refused before it is locked, so one that
-/// is held open does not stall this process for [`LOCK_TIMEOUT`]: it is moved aside and a
+/// is held open does not stall this process for the lock timeout: it is moved aside and a
 /// fresh one is created, or, where the directory does not allow that, the call fails at once.
 pub fn with_lock<T>(path: &Path, work: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
     let dir = parent(path);

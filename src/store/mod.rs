@@ -141,7 +141,7 @@ impl StoreError {
 pub struct SaveReport {
     /// Tokens in the file afterwards.
     pub kept: usize,
-    /// Expired tokens dropped.
+    /// Expired tokens dropped (and any expiring [implausibly](implausible) far ahead).
     pub pruned: usize,
 }
 
@@ -188,8 +188,8 @@ pub fn implausible(expires_on: u64, now: u64) -> bool {
 }
 
 /// Merges two token sets: per (client id, resource) the one that expires last; tokens that
-/// expired by `now`, or that expire implausibly far ahead of it, are dropped. Returns the merged set (sorted, for stable files) and how
-/// many were pruned.
+/// expired by `now`, or that expire implausibly far after it, are dropped. Returns the merged
+/// set (sorted, for stable files) and how many were pruned.
 pub fn merge(existing: Vec<PersistedToken>, incoming: Vec<PersistedToken>, now: u64) -> (Vec<PersistedToken>, usize) {
     merge_by(
         existing.into_iter().chain(incoming),
