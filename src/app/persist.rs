@@ -56,18 +56,38 @@ pub async fn attach_loaded(loading: Option<Loading>, broker: &Arc<Broker>) {
     };
     let read_ms = started.elapsed().as_millis() as u64;
     let found = snapshot.tokens.len();
-    let report = broker.seed(snapshot.tokens).await;
+    let mut tokens = snapshot.tokens;
+    let implausible = drop_implausible(&mut tokens, broker.now());
+    if implausible > 0 {
+        tracing::warn!(
+            store = %store.describe(),
+            implausible,
+            "ignored {implausible} persisted token(s) that expire more than {} h ahead, further than Entra issues \
+             tokens for: a forged cache file, or one written while the clock was wrong. They are fetched anew",
+            store::MAX_PLAUSIBLE_LIFETIME / 3600
+        );
+    }
+    let report = broker.seed(tokens).await;
     tracing::info!(
         store = %store.describe(),
         found,
         loaded = report.loaded,
         expired = report.expired,
+        implausible,
         unknown_identity = report.unknown_identity,
         read_ms,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "loaded the persistent token cache"
     );
     broker.persist_to(Arc::new(Writer::start(store, Arc::new(SystemClock))));
+}
+
+/// Removes the tokens that expire implausibly far after `now` ([`store::implausible`]);
+/// returns how many.
+fn drop_implausible(tokens: &mut Vec<store::PersistedToken>, now: u64) -> usize {
+    let before = tokens.len();
+    tokens.retain(|t| !store::implausible(t.token.expires_on, now));
+    before - tokens.len()
 }
 
 /// Writes what is still queued; called once serving has stopped.
@@ -86,6 +106,9 @@ fn open(config: &Config) -> Option<Arc<FileStore>> {
         // verify after a restart; and real tokens must not be served in development mode.
         tracing::info!("persistent token cache not used under --dev");
         return None;
+    }
+    if let Some(warning) = persistence.key.as_ref().and_then(|key| key.warning()) {
+        tracing::warn!("{warning}");
     }
     match store::open(persistence) {
         Ok(store) => {
@@ -136,49 +159,94 @@ pub async fn cache(config: &Config, action: CacheAction) -> ExitCode {
 fn run_cache(store: &dyn Store, action: CacheAction) -> Result<(), String> {
     match action {
         CacheAction::List { .. } => {
-            let snapshot = store.load(OnUnreadable::Report).map_err(|e| {
-                format!(
+            let snapshot = store.load(OnUnreadable::Report).map_err(|e| match e {
+                StoreError::Unreadable { .. } => format!(
                     "{e}; `tokenrelay serve` would move it aside and start empty, `tokenrelay cache clear` empties it"
-                )
+                ),
+                e => e.to_string(),
             })?;
-            println!("# {}: {} token(s)", store.describe(), snapshot.tokens.len());
+            println!("# {}: {} token(s)", printable(&store.describe()), snapshot.tokens.len());
             print!("{}", table(&snapshot.tokens, SystemClock.now()));
             for account in &snapshot.accounts {
-                println!(
-                    "# sign-in {} (client {}, refresh token stored {}; `tokenrelay login`)",
-                    account.home_account_id,
-                    account.client_id,
-                    store::utc(account.updated_at)
-                );
+                println!("{}", sign_in(account));
             }
             Ok(())
         }
         CacheAction::Clear { identity, .. } => {
             let removed = store.clear(identity.as_deref()).map_err(|e| e.to_string())?;
             match identity {
-                Some(identity) => {
-                    println!("removed {removed} token(s) of identity {identity:?} from {}", store.describe())
-                }
-                None => println!("removed {removed} token(s) from {}", store.describe()),
+                Some(identity) => println!(
+                    "removed {removed} token(s) of identity {} from {}",
+                    printable(&identity),
+                    printable(&store.describe())
+                ),
+                None => println!("removed {removed} token(s) from {}", printable(&store.describe())),
             }
             Ok(())
         }
     }
 }
 
-/// The listing: one row per token with its fingerprint, never the token.
+/// The line for a stored sign-in.
+fn sign_in(account: &store::PersistedAccount) -> String {
+    format!(
+        "# sign-in {} (client {}, refresh token stored {}; `tokenrelay login`)",
+        printable(&account.home_account_id),
+        printable(&account.client_id),
+        store::utc(account.updated_at)
+    )
+}
+
+/// `text` safe to print to a terminal: whatever is in the file, a field stays on its line
+/// and sends the terminal nothing but text. Control characters become escapes (`\n`, `\t`,
+/// `\x1b`, `\u{9b}`), as do the invisible characters that reorder or hide text (bidi
+/// controls such as `\u{202e}`, zero-width characters, line separators); a backslash is
+/// doubled so that no escape is ambiguous.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    fn hidden(c: char) -> bool {
+        c.is_control()
+            || matches!(
+                c,
+                '\u{ad}' | '\u{61c}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}'
+            )
+    }
+    if !text.chars().any(|c| c == '\\' || hidden(c)) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x80 && hidden(c) => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if hidden(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// The listing: one row per token with its fingerprint, never the token. Every field read
+/// from the file is [`printable`].
 fn table(tokens: &[store::PersistedToken], now: u64) -> String {
     let header = ["IDENTITY", "CLIENT_ID", "RESOURCE", "EXPIRES_ON", "FINGERPRINT"].map(str::to_owned);
     let rows: Vec<[String; 5]> = tokens
         .iter()
         .map(|t| {
             let expires_on = t.token.expires_on;
-            let left =
-                if expires_on > now { format!("in {} min", (expires_on - now) / 60) } else { "expired".to_owned() };
+            let left = if store::implausible(expires_on, now) {
+                format!("implausible: more than {} h ahead, never served", store::MAX_PLAUSIBLE_LIFETIME / 3600)
+            } else if expires_on > now {
+                format!("in {} min", (expires_on - now) / 60)
+            } else {
+                "expired".to_owned()
+            };
             [
-                t.identity.clone(),
-                t.client_id.clone(),
-                t.resource.clone(),
+                printable(&t.identity).into_owned(),
+                printable(&t.client_id).into_owned(),
+                printable(&t.resource).into_owned(),
                 format!("{} ({left})", store::utc(expires_on)),
                 t.token.token.fingerprint(),
             ]
@@ -187,7 +255,7 @@ fn table(tokens: &[store::PersistedToken], now: u64) -> String {
     let mut widths = header.clone().map(|h| h.len());
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
+            *width = (*width).max(cell.chars().count());
         }
     }
     let mut out = String::new();
@@ -224,5 +292,72 @@ mod tests {
         let text = table(std::slice::from_ref(&token), 3600);
         assert!(!text.contains("eyJ0eXAi"), "{text}");
         assert!(text.contains(&token.token.token.fingerprint()) && text.contains("1970-01-01T02:00:00Z (in 60 min)"));
+    }
+
+    fn token(identity: &str, client_id: &str, resource: &str, expires_on: u64) -> store::PersistedToken {
+        store::PersistedToken {
+            identity: identity.into(),
+            client_id: client_id.into(),
+            resource: resource.into(),
+            credential: "client_secret".into(),
+            refresh_on: 0,
+            token: AccessToken {
+                token: Secret::new("t"),
+                expires_on,
+                not_before: 0,
+                ext_expires_on: expires_on,
+                refresh_on: None,
+            },
+        }
+    }
+
+    #[test]
+    fn printable_escapes_controls_and_invisible_characters() {
+        assert!(matches!(printable("https://vault.azure.net/é"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(printable("a\nb\r\tc"), "a\\nb\\r\\tc");
+        assert_eq!(printable("\u{1b}[2J\u{7}\u{7f}"), "\\x1b[2J\\x07\\x7f");
+        assert_eq!(printable("\u{9b}31m"), "\\u{9b}31m", "the 8-bit CSI");
+        assert_eq!(printable("x\u{202e}y\u{200b}\u{2028}\u{feff}"), "x\\u{202e}y\\u{200b}\\u{2028}\\u{feff}");
+        assert_eq!(printable("C:\\n"), "C:\\\\n", "a backslash is doubled, so no escape is ambiguous");
+    }
+
+    #[test]
+    fn the_listing_escapes_every_field_read_from_the_file() {
+        let forged = token(
+            "app\u{1b}]0;owned\u{7}",
+            "c1\u{202e}",
+            "https://r.example\napp  c1  https://vault.azure.net  2099-01-01T00:00:00Z  forged-row",
+            7200,
+        );
+        let text = table(&[forged], 3600);
+        assert_eq!(text.lines().count(), 2, "one header and one row:\n{text}");
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+        assert!(!text.contains('\u{202e}'), "{text:?}");
+        assert!(text.contains("app\\x1b]0;owned\\x07") && text.contains("c1\\u{202e}"), "{text}");
+        assert!(text.contains("https://r.example\\napp  c1"), "{text}");
+
+        let account = store::PersistedAccount {
+            home_account_id: "oid.tid\n# sign-in forged".into(),
+            client_id: "\u{1b}[31mred".into(),
+            tenant_id: "tid".into(),
+            refresh_token: Secret::new("refresh-token-value"),
+            updated_at: 0,
+        };
+        let line = sign_in(&account);
+        assert!(!line.contains('\n') && !line.contains('\u{1b}') && !line.contains("refresh-token-value"), "{line:?}");
+        assert!(line.contains("oid.tid\\n# sign-in forged") && line.contains("\\x1b[31mred"), "{line}");
+    }
+
+    #[test]
+    fn the_listing_marks_implausible_expiries_and_they_are_not_loaded() {
+        let now = 1_000_000;
+        let far = now + store::MAX_PLAUSIBLE_LIFETIME + 1;
+        let text = table(&[token("app", "c1", "r", far)], now);
+        assert!(text.contains("implausible: more than 48 h ahead, never served"), "{text}");
+
+        let mut tokens = vec![token("app", "c1", "r1", far), token("app", "c1", "r2", now + 3600)];
+        assert_eq!(drop_implausible(&mut tokens, now), 1);
+        assert_eq!(tokens.len(), 1);
+        assert_eq!(tokens[0].resource, "r2");
     }
 }

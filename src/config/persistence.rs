@@ -78,12 +78,19 @@ pub enum PersistenceBackend {
 pub struct CacheKey {
     source: String,
     bytes: [u8; 32],
+    /// Something the operator should fix about how the key is kept, for a warning at start.
+    warning: Option<String>,
 }
 
 impl CacheKey {
     /// `key_file /path` or `environment variable NAME`.
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// A weakness in how the key is kept (a key file others can read), if any.
+    pub fn warning(&self) -> Option<&str> {
+        self.warning.as_deref()
     }
 
     /// The key material. Only the cipher calls this.
@@ -229,10 +236,12 @@ impl Validator<'_> {
 
     fn key_from_file(&self, file: &Path) -> Result<CacheKey, ConfigError> {
         let key = "cache.persistence.key_file";
-        let bytes = std::fs::read(file).map_err(|e| self.error(key, format!("cannot read {}: {e}", file.display())))?;
-        let decoded =
-            decode_key(&bytes).ok_or_else(|| self.error(key, format!("{}: {KEY_FORMATS}", file.display())))?;
-        Ok(CacheKey { source: format!("key_file {}", file.display()), bytes: decoded })
+        let (mut bytes, warning) =
+            read_key_file(file).map_err(|problem| self.error(key, format!("{}: {problem}", file.display())))?;
+        let decoded = decode_key(&bytes);
+        bytes.fill(0);
+        let decoded = decoded.ok_or_else(|| self.error(key, format!("{}: {KEY_FORMATS}", file.display())))?;
+        Ok(CacheKey { source: format!("key_file {}", file.display()), bytes: decoded, warning })
     }
 
     fn key_from_env(&self, variable: &str) -> Result<CacheKey, ConfigError> {
@@ -242,8 +251,53 @@ impl Validator<'_> {
             .ok_or_else(|| self.error(key, format!("the environment variable {variable} is not set or empty")))?;
         let decoded = decode_key(value.as_bytes())
             .ok_or_else(|| self.error(key, format!("the value of {variable}: {KEY_FORMATS}")))?;
-        Ok(CacheKey { source: format!("environment variable {variable}"), bytes: decoded })
+        Ok(CacheKey { source: format!("environment variable {variable}"), bytes: decoded, warning: None })
     }
+}
+
+/// The largest key file read: a key in any accepted form, with whitespace, is under 100 bytes.
+const MAX_KEY_FILE: u64 = 4096;
+
+/// Reads a key file the running user or root owns and no one else can write: whoever can
+/// write it chooses the key, and so can read the cache and forge tokens in it. Symbolic
+/// links are followed (a Kubernetes Secret's file is one); the file finally opened is
+/// checked. Returns its bytes and a warning when others can read it, which is not refused:
+/// a Secret mounted for a non-root user is group-readable by design.
+fn read_key_file(path: &Path) -> Result<(Vec<u8>, Option<String>), String> {
+    use std::io::Read;
+
+    use crate::store::trust::{self, Opened, Owners};
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    let file = match trust::open_following(path, &mut options, Owners::RunningUserOrRoot) {
+        Opened::Trusted(file) => file,
+        Opened::Failed(error) => return Err(format!("cannot read it: {error}")),
+        Opened::Refused { why, .. } => {
+            return Err(format!(
+                "refusing the key file: it {why}, so another user may have written it and would know the key. Use a \
+                 key file owned by uid {} (or root) that no one else can write (mode 0600)",
+                trust::euid()
+            ));
+        }
+    };
+    let warning = file.metadata().ok().and_then(|metadata| {
+        let (uid, mode) = trust::readable_by_others(&metadata)?;
+        (uid == trust::euid()).then(|| {
+            format!(
+                "the key file {} is readable by other users (mode {:04o}); anyone who can read it can decrypt the token \
+                 cache. chmod 600 it",
+                path.display(),
+                mode & 0o7777
+            )
+        })
+    });
+    let mut bytes = Vec::new();
+    file.take(MAX_KEY_FILE + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read it: {e}"))?;
+    if bytes.len() as u64 > MAX_KEY_FILE {
+        bytes.fill(0);
+        return Err(format!("larger than {MAX_KEY_FILE} bytes, so not a key file; {KEY_FORMATS}"));
+    }
+    Ok((bytes, warning))
 }
 
 /// What a key file or variable may hold (the message never shows what it did hold).
@@ -343,8 +397,54 @@ mod tests {
     }
 
     #[test]
+    fn a_key_file_another_user_owns_or_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("k");
+        std::fs::write(&file, base64::engine::general_purpose::STANDARD.encode([7u8; 32])).unwrap();
+        let chmod = |mode| std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let config = format!("enabled = true\npath = \"/x/c\"\nkey_file = {file:?}");
+
+        chmod(0o600);
+        let key = load(&config, &[]).unwrap().cache.persistence.unwrap().key.unwrap();
+        assert_eq!((key.bytes(), key.warning()), (&[7u8; 32], None));
+
+        // Readable by others: used, with a warning (a Secret mounted for a non-root user is).
+        chmod(0o640);
+        let key = load(&config, &[]).unwrap().cache.persistence.unwrap().key.unwrap();
+        assert!(key.warning().unwrap().contains("readable by other users (mode 0640)"), "{:?}", key.warning());
+
+        // Through a symbolic link, as a Kubernetes Secret's file is reached.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let linked = format!("enabled = true\npath = \"/x/c\"\nkey_file = {link:?}");
+        assert_eq!(load(&linked, &[]).unwrap().cache.persistence.unwrap().key.unwrap().bytes(), &[7u8; 32]);
+
+        chmod(0o666);
+        let error = load(&config, &[]).unwrap_err().to_string();
+        assert!(error.contains("cache.persistence.key_file") && error.contains("refusing the key file"), "{error}");
+        assert!(error.contains("writable by other users") && error.contains("mode 0666"), "{error}");
+
+        chmod(0o600);
+        if crate::store::trust::tests::give_away(&file) {
+            let error = load(&linked, &[]).unwrap_err().to_string();
+            assert!(error.contains("owned by uid 65534") && error.contains("mode 0600"), "{error}");
+            assert!(!error.contains(&base64::engine::general_purpose::STANDARD.encode([7u8; 32])), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_key_file_is_read_with_a_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("k");
+        std::fs::write(&file, vec![b'A'; 1 << 20]).unwrap();
+        let error = load(&format!("enabled = true\npath = \"/x/c\"\nkey_file = {file:?}"), &[]).unwrap_err();
+        assert!(error.to_string().contains("larger than 4096 bytes"), "{error}");
+    }
+
+    #[test]
     fn debug_and_serialize_hide_the_key() {
-        let key = CacheKey { source: "key_file /k".into(), bytes: [0xAB; 32] };
+        let key = CacheKey { source: "key_file /k".into(), bytes: [0xAB; 32], warning: None };
         let debug = format!("{key:?}");
         assert!(!debug.contains("171") && !debug.to_lowercase().contains("abab"), "{debug}");
         assert_eq!(serde_json::to_string(&key).unwrap(), "\"<redacted> (from key_file /k)\"");

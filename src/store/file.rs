@@ -7,6 +7,13 @@
 //! while holding an exclusive `flock` on `<file>.lock` (the lock file is never deleted,
 //! which would let two processes lock different inodes), so two tokenrelay processes sharing
 //! a file merge their tokens instead of losing one another's.
+//!
+//! The cache file and the lock file are opened without following symbolic links and used
+//! only when the running user owns them and no one else can write them ([`super::trust`]):
+//! in a shared directory another user could have planted either. A refused file is renamed
+//! to `<file>.refused-<UTC time>` where the directory allows, and a fresh one is used;
+//! where it does not, the operation fails with [`StoreError::Refused`], which turns
+//! persistence off for the run rather than trusting the file or waiting on its lock.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -15,6 +22,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::format::{self, Contents, Protection};
+use super::trust::{self, Opened, Owners, Untrusted};
 use super::{OnUnreadable, PersistedAccount, PersistedToken, SaveReport, Snapshot, Store, StoreError};
 use crate::clock::{Clock, SystemClock};
 
@@ -57,27 +65,61 @@ impl FileStore {
         matches!(self.protection, Protection::Plaintext)
     }
 
-    /// A warning when the directory lets other users replace or delete the file.
+    /// A warning when the directory lets other users replace, delete or plant files: writable
+    /// by others without the sticky bit, shared with the sticky bit (such as `/tmp`), or
+    /// owned by another user who is not root.
     pub fn directory_warning(&self) -> Option<String> {
         let dir = parent(&self.path);
-        let mode = permissions_mode(dir)?;
-        (mode & 0o022 != 0 && mode & 0o1000 == 0).then(|| {
-            format!(
-                "the directory {} of the token cache is writable by other users (mode {:o}); they can delete or \
-                 replace the cache file. Use a directory only tokenrelay's user can write (0700)",
-                dir.display(),
+        let (mode, uid) = directory_mode_and_owner(dir)?;
+        let shown = dir.display();
+        let advice = "Use a directory only tokenrelay's user can write (0700), such as the default under \
+                      $XDG_CACHE_HOME or $HOME/.cache";
+        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            return Some(format!(
+                "the directory {shown} of the token cache is writable by other users (mode {:o}); they can delete or \
+                 replace the cache file. {advice}",
                 mode & 0o7777
+            ));
+        }
+        if mode & 0o022 != 0 {
+            return Some(format!(
+                "the directory {shown} of the token cache is shared with other users (mode {:o}, sticky); they can \
+                 create the cache file or its lock file before tokenrelay does. tokenrelay refuses such files (and \
+                 runs without persistence when it cannot move them aside). {advice}",
+                mode & 0o7777
+            ));
+        }
+        let euid = trust::euid();
+        (uid != euid && uid != 0).then(|| {
+            format!(
+                "the directory {shown} of the token cache belongs to uid {uid}, not to uid {euid} that tokenrelay runs \
+                 as; its owner can replace the cache file. {advice}"
             )
         })
     }
 
     /// Reads the file into `into` (replacing what it held); must run under the lock. False
-    /// when there is none, or when it could not be read and was moved aside.
+    /// when there is none, or when it could not be read or was refused and was moved aside.
     fn read_locked(&self, into: &mut Vec<u8>, on_unreadable: OnUnreadable) -> Result<bool, StoreError> {
         into.clear();
-        match File::open(&self.path).and_then(|mut file| file.read_to_end(into)) {
+        let mut options = OpenOptions::new();
+        options.read(true);
+        let mut file = match trust::open(&self.path, &mut options, Owners::RunningUser) {
+            Opened::Trusted(file) => file,
+            Opened::Failed(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Opened::Failed(error) => {
+                return self.unreadable(format!("cannot read it: {error}"), on_unreadable).map(|_| false);
+            }
+            Opened::Refused { why, .. } if on_unreadable == OnUnreadable::Report => {
+                return Err(refused(CACHE_FILE, &self.path, &why, None));
+            }
+            Opened::Refused { why, identity } => {
+                set_aside_refused(CACHE_FILE, &self.path, &why, identity)?;
+                return Ok(false);
+            }
+        };
+        match file.read_to_end(into) {
             Ok(_) => Ok(true),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(error) => self.unreadable(format!("cannot read it: {error}"), on_unreadable).map(|_| false),
         }
     }
@@ -104,7 +146,7 @@ impl FileStore {
         if on_unreadable == OnUnreadable::Report {
             return Err(StoreError::Unreadable { path, reason });
         }
-        let aside = self.move_aside().map_err(|source| StoreError::CannotMoveAside {
+        let aside = move_aside(&self.path, "unreadable").map_err(|source| StoreError::CannotMoveAside {
             path: path.clone(),
             reason: reason.clone(),
             source,
@@ -116,21 +158,6 @@ impl FileStore {
             "the token cache could not be read; moved it aside and starting with an empty cache"
         );
         Ok(Snapshot::default())
-    }
-
-    /// Renames the file to `<file>.unreadable-<UTC time>` (plus a counter if taken).
-    fn move_aside(&self) -> std::io::Result<PathBuf> {
-        let stamp: String = super::utc(SystemClock.now()).chars().filter(|c| c.is_ascii_alphanumeric()).collect();
-        let base = format!("{}.unreadable-{stamp}", self.path.display());
-        let mut target = PathBuf::from(&base);
-        let mut n = 1;
-        while target.exists() {
-            n += 1;
-            target = PathBuf::from(format!("{base}-{n}"));
-        }
-        fs::rename(&self.path, &target)?;
-        sync_directory(parent(&self.path));
-        Ok(target)
     }
 
     /// Replaces the file with `snapshot`; must run under the lock.
@@ -235,13 +262,17 @@ impl Store for FileStore {
 
 /// Runs `work` while holding the exclusive lock of the cache file at `path`, creating its
 /// directory (0700) and lock file (0600) when missing.
+///
+/// A lock file another user could have planted is refused before it is locked, so one that
+/// is held open does not stall this process for the lock timeout: it is moved aside and a
+/// fresh one is created, or, where the directory does not allow that, the call fails at once.
 pub fn with_lock<T>(path: &Path, work: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
     let dir = parent(path);
     if !dir.exists() {
         create_private_dir(dir).map_err(|e| StoreError::io("create the directory", dir, e))?;
     }
     let lock_path = PathBuf::from(format!("{}.lock", path.display()));
-    let lock = open_lock_file(&lock_path).map_err(|e| StoreError::io("open the lock file", &lock_path, e))?;
+    let lock = open_lock_file(&lock_path)?;
     let deadline = std::time::Instant::now() + LOCK_TIMEOUT;
     loop {
         match lock.try_lock() {
@@ -263,6 +294,91 @@ pub fn with_lock<T>(path: &Path, work: impl FnOnce() -> Result<T, StoreError>) -
     // Closing the file releases the lock as well; unlocking first makes the order explicit.
     let _ = lock.unlock();
     result
+}
+
+/// What the cache file is called in messages.
+const CACHE_FILE: &str = "token cache";
+/// What the lock file is called in messages.
+const LOCK_FILE: &str = "token cache's lock file";
+
+/// Opens (creating it 0600 if missing) the lock file, refusing one the running user does not
+/// own or others can write: it is moved aside and a new one created. A second refusal means
+/// someone is planting files as fast as they are moved, and is an error.
+fn open_lock_file(lock_path: &Path) -> Result<File, StoreError> {
+    match open_lock_file_once(lock_path) {
+        Opened::Trusted(file) => return Ok(file),
+        Opened::Failed(error) => return Err(StoreError::io("open the lock file", lock_path, error)),
+        Opened::Refused { why, identity } => {
+            set_aside_refused(LOCK_FILE, lock_path, &why, identity)?;
+        }
+    }
+    match open_lock_file_once(lock_path) {
+        Opened::Trusted(file) => Ok(file),
+        Opened::Failed(error) => Err(StoreError::io("open the lock file", lock_path, error)),
+        Opened::Refused { why, .. } => Err(refused(LOCK_FILE, lock_path, &why, Some("a new one was refused as well"))),
+    }
+}
+
+/// Renames a refused file to `<file>.refused-<UTC time>`, if its name still refers to the
+/// file that was judged (`identity`, when known): a file put there since is not touched.
+/// In a sticky directory only the file's owner (or root) may rename it; then this fails with
+/// [`StoreError::Refused`], saying why.
+fn set_aside_refused(
+    what: &'static str,
+    path: &Path,
+    why: &Untrusted,
+    identity: Option<(u64, u64)>,
+) -> Result<PathBuf, StoreError> {
+    let moved = match identity {
+        Some(judged) if trust::identity_of_name(path) != Some(judged) => {
+            Err(std::io::Error::other("it was replaced while it was being checked"))
+        }
+        _ => move_aside(path, "refused"),
+    };
+    match moved {
+        Ok(aside) => {
+            tracing::warn!(
+                path = %path.display(),
+                moved_to = %aside.display(),
+                reason = %why,
+                "refused the {what}: it {why}, so another user may have planted it; moved it aside and carried on \
+                 with a new one"
+            );
+            Ok(aside)
+        }
+        Err(error) => Err(refused(what, path, why, Some(&format!("it could not be moved aside ({error})")))),
+    }
+}
+
+/// The error for a refused file that stays where it is.
+fn refused(what: &'static str, path: &Path, why: &Untrusted, detail: Option<&str>) -> StoreError {
+    let detail = detail.map(|d| format!("; {d}")).unwrap_or_default();
+    StoreError::Refused {
+        what,
+        path: path.display().to_string(),
+        reason: format!(
+            "it {why}, so another user may have planted it{detail}. Remove it (or, if it is genuine, give it to uid \
+             {} with mode 0600), and keep the cache in a directory only tokenrelay's user can write (0700), not a \
+             shared one such as /tmp",
+            trust::euid()
+        ),
+    }
+}
+
+/// Renames `path` to `<path>.<label>-<UTC time>` (plus a counter if taken), in the same
+/// directory; a rename moves a symbolic link itself, never what it points to.
+fn move_aside(path: &Path, label: &str) -> std::io::Result<PathBuf> {
+    let stamp: String = super::utc(SystemClock.now()).chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let base = format!("{}.{label}-{stamp}", path.display());
+    let mut target = PathBuf::from(&base);
+    let mut n = 1;
+    while fs::symlink_metadata(&target).is_ok() {
+        n += 1;
+        target = PathBuf::from(format!("{base}-{n}"));
+    }
+    fs::rename(path, &target)?;
+    sync_directory(parent(path));
+    Ok(target)
 }
 
 fn parent(path: &Path) -> &Path {
@@ -302,15 +418,12 @@ fn create_private(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().write(true).create_new(true).open(path)
 }
 
-#[cfg(unix)]
-fn open_lock_file(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)
-}
-
-#[cfg(not(unix))]
-fn open_lock_file(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)
+fn open_lock_file_once(path: &Path) -> Opened {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    trust::open(path, &mut options, Owners::RunningUser)
 }
 
 #[cfg(unix)]
@@ -325,13 +438,13 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 #[cfg(unix)]
-fn permissions_mode(path: &Path) -> Option<u32> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::metadata(path).ok().map(|m| m.permissions().mode())
+fn directory_mode_and_owner(path: &Path) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).ok().map(|m| (m.mode(), m.uid()))
 }
 
 #[cfg(not(unix))]
-fn permissions_mode(_path: &Path) -> Option<u32> {
+fn directory_mode_and_owner(_path: &Path) -> Option<(u32, u32)> {
     None
 }
 
@@ -402,6 +515,144 @@ mod tests {
         let aside = names.iter().find(|n| n.starts_with("tokens.cache.unreadable-")).expect("moved aside");
         assert_eq!(fs::read(dir.path().join("sub").join(aside)).unwrap(), original, "kept byte for byte");
         assert_eq!(wrong.load(OnUnreadable::Report).unwrap().tokens.len(), 1, "the new file holds only the new token");
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn refused_names(dir: &Path, prefix: &str) -> Vec<String> {
+        files(dir).into_iter().filter(|n| n.starts_with(&format!("{prefix}.refused-"))).collect()
+    }
+
+    #[test]
+    fn a_cache_file_others_can_write_is_reported_or_moved_aside_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), 1);
+        s.save(vec![token("a", "r1", 5000, "t1")], 100).unwrap();
+        let original = fs::read(s.path()).unwrap();
+        chmod(s.path(), 0o666);
+
+        let error = s.load(OnUnreadable::Report).unwrap_err().to_string();
+        assert!(error.contains("refusing the token cache") && error.contains("mode 0666"), "{error}");
+        assert!(error.contains(&s.path().display().to_string()) && error.contains("Remove it"), "{error}");
+        assert_eq!(fs::read(s.path()).unwrap(), original, "Report leaves the file alone");
+
+        assert!(s.load(OnUnreadable::MoveAside).unwrap().tokens.is_empty(), "its tokens are not used");
+        let sub = dir.path().join("sub");
+        let aside = refused_names(&sub, "tokens.cache");
+        assert_eq!(aside.len(), 1, "{:?}", files(&sub));
+        assert_eq!(fs::read(sub.join(&aside[0])).unwrap(), original, "kept byte for byte");
+        assert!(!s.path().exists());
+    }
+
+    #[test]
+    fn a_cache_file_of_another_user_is_moved_aside_and_a_fresh_one_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), 1);
+        s.save(vec![token("a", "r1", 5000, "planted")], 100).unwrap();
+        if !trust::tests::give_away(s.path()) {
+            return;
+        }
+        let error = s.load(OnUnreadable::Report).unwrap_err().to_string();
+        assert!(error.contains("owned by uid 65534") && error.contains("mode 0600"), "{error}");
+
+        s.save(vec![token("a", "r2", 5000, "mine")], 100).unwrap();
+        let loaded = s.load(OnUnreadable::Report).unwrap();
+        let values: Vec<_> = loaded.tokens.iter().map(|t| t.token.token.expose()).collect();
+        assert_eq!(values, ["mine"], "nothing of the planted file was merged");
+        assert_eq!(refused_names(&dir.path().join("sub"), "tokens.cache").len(), 1);
+    }
+
+    #[test]
+    fn a_symlinked_cache_file_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = store(dir.path(), 1);
+        elsewhere.save(vec![token("a", "r1", 5000, "t1")], 100).unwrap();
+        let other = dir.path().join("other");
+        fs::create_dir(&other).unwrap();
+        let s =
+            FileStore::new(&other.join("tokens.cache"), Protection::Encrypted(Cipher::new(&[1; 32])), String::new());
+        std::os::unix::fs::symlink(elsewhere.path(), s.path()).unwrap();
+        let error = s.load(OnUnreadable::Report).unwrap_err().to_string();
+        assert!(error.contains("symbolic link"), "{error}");
+        assert!(s.load(OnUnreadable::MoveAside).unwrap().tokens.is_empty());
+        assert_eq!(elsewhere.load(OnUnreadable::Report).unwrap().tokens.len(), 1, "the target is untouched");
+    }
+
+    #[test]
+    fn a_symlinked_lock_file_is_moved_aside_and_its_target_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), 1);
+        let sub = dir.path().join("sub");
+        fs::create_dir(&sub).unwrap();
+        chmod(&sub, 0o700);
+        let target = dir.path().join("victim");
+        fs::write(&target, "keep me").unwrap();
+        chmod(&target, 0o644);
+        std::os::unix::fs::symlink(&target, sub.join("tokens.cache.lock")).unwrap();
+
+        s.save(vec![token("a", "r1", 5000, "t1")], 100).unwrap();
+        let lock = fs::symlink_metadata(sub.join("tokens.cache.lock")).unwrap();
+        assert!(lock.file_type().is_file() && lock.permissions().mode() & 0o777 == 0o600, "a fresh lock file");
+        let aside = refused_names(&sub, "tokens.cache.lock");
+        assert_eq!(aside.len(), 1, "{:?}", files(&sub));
+        assert!(fs::symlink_metadata(sub.join(&aside[0])).unwrap().file_type().is_symlink(), "the link moved");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "keep me");
+        assert_eq!(fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o644);
+    }
+
+    /// A lock file another user planted and holds would make every start-up wait for
+    /// [`LOCK_TIMEOUT`]; it is refused before it is locked.
+    #[test]
+    fn a_held_lock_file_of_another_user_does_not_stall() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), 1);
+        let sub = dir.path().join("sub");
+        fs::create_dir(&sub).unwrap();
+        let lock_path = sub.join("tokens.cache.lock");
+        let planted = File::create(&lock_path).unwrap();
+        chmod(&lock_path, 0o666);
+        if !trust::tests::give_away(&lock_path) {
+            return;
+        }
+        planted.lock().unwrap();
+
+        let started = std::time::Instant::now();
+        s.save(vec![token("a", "r1", 5000, "t1")], 100).unwrap();
+        assert!(started.elapsed() < LOCK_TIMEOUT / 2, "took {:?}", started.elapsed());
+        assert_eq!(s.load(OnUnreadable::Report).unwrap().tokens.len(), 1);
+        assert_eq!(refused_names(&sub, "tokens.cache.lock").len(), 1);
+        drop(planted);
+    }
+
+    #[test]
+    fn a_refused_file_that_changed_since_it_was_judged_is_not_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.cache.lock");
+        fs::write(&path, "").unwrap();
+        let why = Untrusted::Writable { uid: 0, mode: 0o100_666 };
+        let error = set_aside_refused(LOCK_FILE, &path, &why, Some((u64::MAX, u64::MAX))).unwrap_err().to_string();
+        assert!(error.contains("could not be moved aside (it was replaced while it was being checked)"), "{error}");
+        assert!(error.contains("writable by other users") && error.contains("Remove it"), "{error}");
+        assert_eq!(files(dir.path()), ["tokens.cache.lock"]);
+    }
+
+    #[test]
+    fn warns_about_directories_other_users_can_write_or_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::new(&dir.path().join("tokens.cache"), Protection::Plaintext, String::new());
+        chmod(dir.path(), 0o700);
+        assert_eq!(s.directory_warning(), None);
+        chmod(dir.path(), 0o777);
+        assert!(s.directory_warning().unwrap().contains("can delete or replace the cache file"));
+        chmod(dir.path(), 0o1777);
+        let warning = s.directory_warning().unwrap();
+        assert!(warning.contains("shared with other users (mode 1777, sticky)"), "{warning}");
+        chmod(dir.path(), 0o755);
+        if trust::tests::give_away(dir.path()) {
+            assert!(s.directory_warning().unwrap().contains("belongs to uid 65534"));
+        }
     }
 
     /// Prints how long saving and loading take for realistic tokens (1.5 kB each).

@@ -18,6 +18,7 @@
 pub mod file;
 pub mod format;
 pub mod keyring;
+pub mod trust;
 pub mod writer;
 
 use std::fmt;
@@ -122,6 +123,10 @@ pub enum StoreError {
     /// and nothing is written over it.
     #[error("cannot move the unreadable token cache {path} aside ({reason}): {source}")]
     CannotMoveAside { path: String, reason: String, source: std::io::Error },
+    /// A file another user could have planted ([`trust`]) that is left where it is; nothing
+    /// is read from it, locked on it or written over it.
+    #[error("refusing the {what} {path}: {reason}")]
+    Refused { what: &'static str, path: String, reason: String },
 }
 
 impl StoreError {
@@ -136,7 +141,7 @@ impl StoreError {
 pub struct SaveReport {
     /// Tokens in the file afterwards.
     pub kept: usize,
-    /// Expired tokens dropped.
+    /// Expired tokens dropped (and any expiring [implausibly](implausible) far ahead).
     pub pruned: usize,
 }
 
@@ -170,9 +175,21 @@ pub fn merge_account(accounts: &mut Vec<PersistedAccount>, account: PersistedAcc
     }
 }
 
+/// How far ahead a persisted token may expire and still be believed: two days. Entra issues
+/// access tokens for at most 28 hours (continuous access evaluation; a managed identity's
+/// last 24). A token that expires later was not issued that way: a forged file, or one
+/// written under a clock that was far wrong. It is not served, and a save drops it, since a
+/// merge would otherwise keep it over every genuine token for its key.
+pub const MAX_PLAUSIBLE_LIFETIME: u64 = 2 * 86_400;
+
+/// Whether a token expiring at `expires_on` is further ahead of `now` than any Entra issues.
+pub fn implausible(expires_on: u64, now: u64) -> bool {
+    expires_on > now.saturating_add(MAX_PLAUSIBLE_LIFETIME)
+}
+
 /// Merges two token sets: per (client id, resource) the one that expires last; tokens that
-/// expired by `now` are dropped. Returns the merged set (sorted, for stable files) and how
-/// many were pruned.
+/// expired by `now`, or that expire implausibly far after it, are dropped. Returns the merged
+/// set (sorted, for stable files) and how many were pruned.
 pub fn merge(existing: Vec<PersistedToken>, incoming: Vec<PersistedToken>, now: u64) -> (Vec<PersistedToken>, usize) {
     merge_by(
         existing.into_iter().chain(incoming),
@@ -194,7 +211,7 @@ pub(crate) fn merge_by<T>(
     let mut live = Vec::new();
     let mut pruned = 0;
     for token in tokens {
-        if expires_on(&token) <= now {
+        if expires_on(&token) <= now || implausible(expires_on(&token), now) {
             pruned += 1;
         } else {
             live.push(token);
@@ -330,6 +347,19 @@ pub(crate) mod tests {
         assert_eq!(pruned, 1);
         let values: Vec<_> = merged.iter().map(|t| (t.resource.as_str(), t.token.token.expose())).collect();
         assert_eq!(values, [("r1", "new"), ("r3", "x")]);
+    }
+
+    #[test]
+    fn merge_drops_tokens_that_expire_implausibly_far_ahead() {
+        let now = 1_000_000;
+        let forged = token("a", "r1", now + MAX_PLAUSIBLE_LIFETIME + 1, "forged");
+        let genuine = token("a", "r1", now + 3600, "genuine");
+        let longest = token("a", "r2", now + MAX_PLAUSIBLE_LIFETIME, "two-days");
+        let (merged, pruned) = merge(vec![forged, longest], vec![genuine], now);
+        let values: Vec<_> = merged.iter().map(|t| t.token.token.expose()).collect();
+        assert_eq!(values, ["genuine", "two-days"], "the forged expiry does not win the merge");
+        assert_eq!(pruned, 1);
+        assert!(!implausible(u64::MAX, u64::MAX), "no overflow");
     }
 
     proptest::proptest! {

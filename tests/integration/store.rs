@@ -357,3 +357,46 @@ async fn persistence_writes_are_counted() {
     })
     .await;
 }
+
+/// Fields read from the file reach the operator's terminal escaped: a newline in a resource
+/// cannot forge a row, an escape sequence cannot drive the terminal.
+#[tokio::test(flavor = "multi_thread")]
+async fn cache_list_escapes_control_characters_from_the_file() {
+    let entra = FakeEntra::start().await;
+    let cache = CacheDir::new();
+    let expires_on = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let token = |identity: &str, resource: &str| PersistedToken {
+        identity: identity.into(),
+        client_id: fake_entra::CLIENT_ID.into(),
+        resource: resource.into(),
+        credential: "client_secret".into(),
+        refresh_on: expires_on,
+        token: AccessToken {
+            token: Secret::new("persisted-token"),
+            expires_on,
+            not_before: 0,
+            ext_expires_on: expires_on,
+            refresh_on: None,
+        },
+    };
+    let tokens = vec![
+        token("app\u{1b}]0;pwned\u{7}", "https://a.example\napp  forged-client  https://forged.example  row"),
+        token("app", "https://b.example/\u{1b}[2J\u{9b}31m\u{202e}"),
+    ];
+    let bytes =
+        format::encode(&Snapshot { tokens, ..Snapshot::default() }, &Protection::Encrypted(Cipher::new(&cache.key)), 0);
+    std::fs::create_dir_all(cache.file().parent().unwrap()).unwrap();
+    std::fs::write(cache.file(), bytes).unwrap();
+    std::fs::set_permissions(cache.file(), std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let config = cache.config_file(&cache.config(&entra, ""));
+    let output = run(&["cache", "list", "--config", config.to_str().unwrap()]).await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 4, "a summary, a header and two rows:\n{stdout}");
+    assert!(!stdout.chars().any(|c| c.is_control() && c != '\n'), "{stdout:?}");
+    assert!(!stdout.contains('\u{202e}'), "{stdout:?}");
+    assert!(stdout.contains("https://a.example\\napp  forged-client"), "{stdout}");
+    assert!(stdout.contains("app\\x1b]0;pwned\\x07"), "{stdout}");
+    assert!(stdout.contains("https://b.example/\\x1b[2J\\u{9b}31m\\u{202e}"), "{stdout}");
+}
