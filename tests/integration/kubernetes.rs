@@ -133,6 +133,22 @@ async fn a_misspelt_nested_key_still_stops_it() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn variables_naming_a_top_level_key_stay_configuration() {
+    let output = command()
+        .args(["check", "--dev"])
+        .env("TOKENRELAY_IDENTITIES", r#"[{ client_id = "11111111-2222-3333-4444-555555555555", name = "batch" }]"#)
+        .env("TOKENRELAY_LOG", r#"{ level = "warn" }"#)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("# identity \"batch\" (client_id 11111111-2222-3333-4444-555555555555)"), "{stdout}");
+    assert!(stdout.contains("level = \"warn\""), "{stdout}");
+    assert!(!stdout.contains("# ignored"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_single_underscore_is_a_warning_naming_the_nested_variable() {
     let output = command()
         .args(["check", "--dev"])
