@@ -406,6 +406,17 @@ mod tests {
     }
 
     #[test]
+    fn each_identity_reports_its_own_first_problem() {
+        let keys = Case::new(
+            "[server]\napp_service = false\n\
+             [[identities]]\nclient_id = \"a\"\ntenant_id = \"not a tenant\"\ncredentials = [{ kind = \"azure_cli\" }]\n\
+             [[identities]]\nclient_id = \" \"\n",
+        )
+        .keys();
+        assert_eq!(keys, ["identities.0.tenant_id", "identities.1.client_id"]);
+    }
+
+    #[test]
     fn one_problem_reads_as_before_and_the_first_is_the_test_seam() {
         let case = Case::new(&format!("{VALID}[server]\nlisten = \"nowhere\"\n"));
         let errors = case.problems();
