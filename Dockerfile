@@ -5,37 +5,63 @@
 #   docker build -t tokenrelay:dev .
 #   docker run --rm --network host tokenrelay:dev serve --dev   # try it (dev issuer, loopback)
 #
-# The image is built for linux/amd64. No Docker engine runs in this project's CI, so
-# `DEPLOY_CHECK_BUILD=1 .ci/deploy-check` replays this build stage's ARG/WORKDIR/COPY/RUN
-# lines on the (Debian 12) CI machine itself. Keep RUN lines free of absolute output paths and
-# of anything that only works inside Docker, so that replay stays meaningful.
+# A release, for both architectures, with its OCI labels (see the runtime stage):
+#
+#   docker buildx build --platform linux/amd64,linux/arm64 \
+#     --build-arg VERSION=0.1.0 --build-arg REVISION="$(git rev-parse HEAD)" \
+#     --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+#     --build-arg SOURCE=https://<where the repository lives> \
+#     -t myregistry.azurecr.io/tokenrelay:0.1.0 --push .
+#
+# No Docker engine runs in this project's CI, so `DEPLOY_CHECK_BUILD=1 .ci/deploy-check`
+# replays this build stage's ARG/SHELL/WORKDIR/COPY/RUN lines on the (Debian 12, amd64) CI
+# machine itself. Keep RUN lines free of absolute output paths and of anything that only works
+# inside Docker, so that replay stays meaningful.
 
 # ---------------------------------------------------------------------------------------------
 # Build stage
 # ---------------------------------------------------------------------------------------------
-# rust:1-bookworm follows the newest stable 1.x toolchain (Cargo.toml asks for at least 1.88).
+# rust:1-bookworm follows the newest stable 1.x toolchain (Cargo.toml asks for at least 1.89).
 # For reproducible releases pin it by digest (rust:1-bookworm@sha256:...), e.g. with Renovate.
 FROM rust:1-bookworm AS builder
 
-# The target triple. A musl target gives a fully static binary, so the runtime image needs no
-# libc at all. On an arm64 build host, aarch64-unknown-linux-musl is the matching value (not
-# tested by CI).
-ARG RUST_TARGET=x86_64-unknown-linux-musl
-
-# musl-tools provides musl-gcc, which the C parts of the dependency tree (aws-lc-sys, the
-# crypto library behind rustls) compile with. The Rust standard library for the musl target
-# comes from rustup. The apt package is deliberately not pinned to a version (hadolint DL3008):
-# the builder should get Debian's updates, and it ships nothing into the runtime image.
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends musl-tools \
-    && rm -rf /var/lib/apt/lists/* \
-    && rustup target add "${RUST_TARGET}"
+# The platform's architecture, which buildx sets per --platform (amd64, arm64). Each platform
+# is built by a builder of that architecture (natively, or emulated by QEMU), so the compiler,
+# musl-gcc and the Rust target all match it and no cross toolchain is involved. A plain
+# `docker build` leaves it empty: the build machine's architecture is used then.
+ARG TARGETARCH
+# Overrides the Rust target triple derived from TARGETARCH below.
+ARG RUST_TARGET=
 
 # Fail a RUN line when any command of a pipe fails, not only the last one.
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 WORKDIR /build
+
+# The Rust target of this platform, kept in ./rust-target for the RUN lines below. A musl target
+# gives a fully static binary, so the runtime image needs no libc at all.
+RUN arch="${TARGETARCH:-$(dpkg --print-architecture)}" \
+    && case "${arch}" in \
+         amd64) target=x86_64-unknown-linux-musl ;; \
+         arm64) target=aarch64-unknown-linux-musl ;; \
+         *) target="" ;; \
+       esac \
+    && target="${RUST_TARGET:-${target}}" \
+    && if [ -z "${target}" ]; then echo "unsupported architecture ${arch}: amd64 and arm64 are built" >&2; exit 1; fi \
+    && echo "${target}" > rust-target \
+    && echo "architecture ${arch}: Rust target ${target}"
+
+# musl-tools provides musl-gcc, which the C parts of the dependency tree (aws-lc-sys, the
+# crypto library behind rustls) compile with (CC_<target> below names it for the cc crate,
+# which would otherwise look for <arch>-linux-musl-gcc on arm64). The Rust standard library for
+# the musl target comes from rustup. The apt package is deliberately not pinned to a version
+# (hadolint DL3008): the builder should get Debian's updates, and it ships nothing into the
+# runtime image.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends musl-tools \
+    && rm -rf /var/lib/apt/lists/* \
+    && rustup target add "$(cat rust-target)"
 
 # --no-default-features leaves out the "keyring" feature (the OS keyring for the persistent
 # cache's key): the default seccomp profiles of Docker and Kubernetes block the kernel keyutils
@@ -62,15 +88,26 @@ RUN mkdir -p src \
        | while read -r target; do \
             if [ ! -e "${target}" ]; then mkdir -p "$(dirname "${target}")" && echo 'fn main() {}' > "${target}"; fi; \
          done \
-    && cargo build --release --locked --no-default-features --target "${RUST_TARGET}" \
+    && target="$(cat rust-target)" \
+    && env "CC_${target//-/_}=musl-gcc" cargo build --release --locked --no-default-features --target "${target}" \
     && rm -rf src
 
 # 2. The real sources. COPY keeps the files' own timestamps, which can be older than the
 #    stand-ins built above; touching the crate roots makes cargo rebuild tokenrelay itself.
+# 3. distroless/static has no libc and no dynamic loader: a binary that needs either would not
+#    start there. readelf (binutils, in the rust image) lists what the kernel would have to
+#    load: a program interpreter or NEEDED libraries fail the build here instead. (grep reads
+#    a file, not a pipe, so no SIGPIPE under pipefail can hide a match.)
 COPY src ./src
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked --no-default-features --target "${RUST_TARGET}" \
-    && cp "target/${RUST_TARGET}/release/tokenrelay" ./tokenrelay \
+    && target="$(cat rust-target)" \
+    && env "CC_${target//-/_}=musl-gcc" cargo build --release --locked --no-default-features --target "${target}" \
+    && cp "target/${target}/release/tokenrelay" ./tokenrelay \
+    && readelf --program-headers --dynamic --wide tokenrelay > tokenrelay.elf \
+    && if grep -E 'program interpreter|\(NEEDED\)' tokenrelay.elf >&2; then \
+         echo "tokenrelay is not statically linked (above: what it would load)" >&2; exit 1; \
+       fi \
+    && echo "tokenrelay is statically linked" \
     && ./tokenrelay --version
 
 # ---------------------------------------------------------------------------------------------
@@ -81,9 +118,22 @@ RUN touch src/main.rs src/lib.rs \
 # tzdata, /etc/passwd with the `nonroot` user (65532) and /tmp. Pin by digest for releases.
 FROM gcr.io/distroless/static-debian12:nonroot
 
+# OCI annotations (https://github.com/opencontainers/image-spec/blob/main/annotations.md),
+# given as build arguments (see the buildx command at the top). SOURCE's default is a
+# placeholder (example.com), like the chart's image repository; the others stay empty unless
+# given, rather than claim a version, commit or date the image does not have.
+ARG SOURCE=https://git.example.com/tokenrelay/tokenrelay
+ARG VERSION=
+ARG REVISION=
+ARG CREATED=
+
 LABEL org.opencontainers.image.title="tokenrelay" \
       org.opencontainers.image.description="Sidecar token server: Azure managed-identity endpoints backed by a cached upstream credential chain" \
-      org.opencontainers.image.licenses="MIT"
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}"
 
 COPY --from=builder /build/tokenrelay /usr/local/bin/tokenrelay
 

@@ -35,6 +35,9 @@ pub fn run(cli: Cli) -> ExitCode {
         }
     };
     let _telemetry = crate::telemetry::init(&config.log, config.telemetry.traces.as_ref());
+    // Once per process, now that there is a log: TOKENRELAY_* variables that are not
+    // configuration (Kubernetes service links, or a single `_` where `__` belongs).
+    config::log_ignored_variables();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {

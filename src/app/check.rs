@@ -23,6 +23,11 @@ pub(super) async fn check(config: &Config, fetch: bool, resource: Option<&str>) 
         }
     };
     println!("# effective configuration (secrets redacted)\n{text}");
+    let ignored = config::ignored_variables();
+    if !ignored.is_empty() {
+        let names: Vec<&str> = ignored.iter().map(|v| v.name.as_str()).collect();
+        println!("# ignored, not configuration (configuration variables join keys with `__`): {}", names.join(", "));
+    }
     let entra = match entra_client(&config.upstream) {
         Ok(entra) => entra,
         Err(error) => {

@@ -3,11 +3,13 @@
 //!
 //! Parse, don't validate: after `load`, addresses are `SocketAddr`s, secrets are [`Secret`]s
 //! read from their files, and every identity has a credential it can run. A bad value fails
-//! with a [`ConfigError`] naming the key, the layer that set it and what is wrong.
+//! with a [`ConfigError`] naming the key, the layer that set it and what is wrong; `load`
+//! reports every such problem at once ([`ConfigErrors`], see `report`).
 
 mod credentials;
 mod persistence;
 mod raw;
+mod report;
 mod sources;
 
 use std::collections::{HashMap, HashSet};
@@ -24,7 +26,11 @@ pub use credentials::{
 };
 pub use persistence::{CacheKey, PersistenceBackend, PersistenceConfig, RawPersistence, UserConfig};
 pub use raw::RawConfig;
-pub use sources::{CacheFlags, DevFlags, FlagOverrides, PersistenceFlags, ServerFlags};
+pub use report::ConfigErrors;
+pub use sources::{
+    CacheFlags, DevFlags, FlagOverrides, IgnoredVariable, PersistenceFlags, ServerFlags, ignored_variables,
+    log_ignored_variables,
+};
 
 use crate::secret::Secret;
 
@@ -269,8 +275,8 @@ const OTHER_VARIABLES: [&str; 5] =
     ["IDENTITY_ENDPOINT", "IDENTITY_HEADER", "SYSTEM_OIDCREQUESTURI", "SYSTEM_ACCESSTOKEN", "PATH"];
 
 /// Loads the configuration the program runs with: the file, `TOKENRELAY_*` and the standard
-/// `AZURE_*` variables of this process, and the flags.
-pub fn load(options: &LoadOptions) -> Result<Config, ConfigError> {
+/// `AZURE_*` variables of this process, and the flags. The error lists every problem found.
+pub fn load(options: &LoadOptions) -> Result<Config, ConfigErrors> {
     if let Some(path) = &options.file
         && !path.is_file()
     {
@@ -278,7 +284,8 @@ pub fn load(options: &LoadOptions) -> Result<Config, ConfigError> {
             key: "--config".into(),
             origin: "command line or TOKENRELAY_CONFIG".into(),
             problem: format!("configuration file {} does not exist or is not a file", path.display()),
-        });
+        }
+        .into());
     }
     let figment = sources::figment(options.file.as_deref(), &options.flags);
     // The standard variables we interpret: the Azure SDKs' identity settings and the
@@ -287,24 +294,31 @@ pub fn load(options: &LoadOptions) -> Result<Config, ConfigError> {
         .filter(|(k, _)| k.starts_with("AZURE_") || k.starts_with("OTEL_") || OTHER_VARIABLES.contains(&k.as_str()))
         .collect();
     azure_env.extend(persistence::environment(&figment));
-    Config::from_figment(&figment, &azure_env)
+    Config::from_figment_all(&figment, &azure_env)
 }
 
 impl Config {
     /// Extracts and validates a configuration from any figment; `azure_env` holds the
-    /// standard `AZURE_*` variables. This is the seam tests use.
+    /// standard `AZURE_*` variables. This is the seam tests use; the error is the first
+    /// problem of [`Config::from_figment_all`].
     pub fn from_figment(figment: &Figment, azure_env: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        let raw: RawConfig = figment.extract().map_err(|error| {
-            // figment reports the first error of possibly several; that one is enough.
-            let first = error.into_iter().next().expect("a figment error has at least one entry");
-            let key = if first.path.is_empty() { "configuration".to_owned() } else { first.path.join(".") };
-            ConfigError {
-                origin: sources::describe_metadata(first.metadata.as_ref(), &first.path),
-                key,
-                problem: first.kind.to_string(),
+        Self::from_figment_all(figment, azure_env).map_err(ConfigErrors::into_first)
+    }
+
+    /// Like [`Config::from_figment`], reporting every problem: each unknown key and mistyped
+    /// value, and the first failed check of each section and each identity.
+    pub fn from_figment_all(figment: &Figment, azure_env: &HashMap<String, String>) -> Result<Self, ConfigErrors> {
+        let extracted = report::extract(figment)?;
+        let validated = Validator { figment, azure_env }.validate(extracted.raw, &extracted.disturbed);
+        let mut problems = extracted.problems;
+        match validated {
+            Ok(config) if problems.is_empty() => Ok(config),
+            Ok(_) => Err(ConfigErrors::new(problems)),
+            Err(more) => {
+                problems.extend(more);
+                Err(ConfigErrors::new(problems))
             }
-        })?;
-        Validator { figment, azure_env }.validate(raw)
+        }
     }
 
     /// Whether the embedded development issuer is on.
@@ -328,33 +342,69 @@ impl Validator<'_> {
         self.azure_env.get(name).map(String::as_str).filter(|v| !v.trim().is_empty())
     }
 
-    fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+    /// Validates every section that `disturbed` does not exclude, each independently: the
+    /// error lists the first problem of each section and of each identity.
+    fn validate(&self, raw: RawConfig, disturbed: &report::Disturbed) -> Result<Config, Vec<ConfigError>> {
+        /// The section's value, or `None` when it is skipped or its check failed (recorded).
+        fn checked<T>(
+            problems: &mut Vec<ConfigError>,
+            skip: bool,
+            check: impl FnOnce() -> Result<T, Vec<ConfigError>>,
+        ) -> Option<T> {
+            if skip {
+                return None;
+            }
+            check().map_err(|mut more| problems.append(&mut more)).ok()
+        }
+        let one = |problem| vec![problem];
+        let mut problems = Vec::new();
+        let p = &mut problems;
         let dev = raw.dev.enabled;
-        let (identity_source, identities) = if dev {
-            (IdentitySource::Dev, self.dev_identities(raw.identities, &raw.dev)?)
-        } else if raw.identities.is_empty() {
-            (IdentitySource::AzureEnvironment, vec![self.identity_from_azure_env()?])
-        } else {
-            let identities = raw
-                .identities
-                .into_iter()
-                .enumerate()
-                .map(|(i, identity)| self.identity(i, identity))
-                .collect::<Result<Vec<_>, _>>()?;
-            (IdentitySource::Configuration, identities)
-        };
-        let identities = self.check_identities(identities)?;
-        let server = self.server(raw.server, dev)?;
-        let upstream = self.upstream(raw.upstream)?;
-        let cache = self.cache(raw.cache)?;
-        let log = self.log(raw.log)?;
-        let telemetry = self.telemetry(raw.telemetry)?;
+        let identities = checked(p, disturbed.contains("identities"), || self.identities(raw.identities, &raw.dev));
+        let server = checked(p, disturbed.contains("server"), || self.server(raw.server, dev).map_err(one));
+        let upstream = checked(p, disturbed.contains("upstream"), || self.upstream(raw.upstream).map_err(one));
+        let cache = checked(p, disturbed.contains("cache"), || self.cache(raw.cache).map_err(one));
+        let log = checked(p, disturbed.contains("log"), || self.log(raw.log).map_err(one));
+        let telemetry = checked(p, disturbed.contains("telemetry"), || self.telemetry(raw.telemetry).map_err(one));
         let dev =
             dev.then_some(DevConfig { tenant_id: raw.dev.tenant_id, token_lifetime_secs: raw.dev.token_lifetime_secs });
-        if dev.as_ref().is_some_and(|dev| dev.token_lifetime_secs < 300) {
-            return Err(self.error("dev.token_lifetime_secs", "must be at least 300 seconds"));
+        if !disturbed.contains("dev") && dev.as_ref().is_some_and(|dev| dev.token_lifetime_secs < 300) {
+            problems.push(self.error("dev.token_lifetime_secs", "must be at least 300 seconds"));
         }
-        Ok(Config { server, upstream, cache, dev, log, telemetry, identity_source, identities })
+        match (server, upstream, cache, log, telemetry, identities) {
+            (
+                Some(server),
+                Some(upstream),
+                Some(cache),
+                Some(log),
+                Some(telemetry),
+                Some((identity_source, identities)),
+            ) if problems.is_empty() => {
+                Ok(Config { server, upstream, cache, dev, log, telemetry, identity_source, identities })
+            }
+            _ => Err(problems),
+        }
+    }
+
+    /// The identities: the first problem of each configured one, or of the whole list.
+    fn identities(
+        &self,
+        raw: Vec<raw::RawIdentity>,
+        dev: &raw::RawDev,
+    ) -> Result<(IdentitySource, Vec<IdentityConfig>), Vec<ConfigError>> {
+        let (source, identities) = if dev.enabled {
+            (IdentitySource::Dev, self.dev_identities(raw, dev).map_err(|e| vec![e])?)
+        } else if raw.is_empty() {
+            (IdentitySource::AzureEnvironment, vec![self.identity_from_azure_env().map_err(|e| vec![e])?])
+        } else {
+            let (identities, problems): (Vec<_>, Vec<_>) =
+                raw.into_iter().enumerate().map(|(i, identity)| self.identity(i, identity)).partition(Result::is_ok);
+            if !problems.is_empty() {
+                return Err(problems.into_iter().filter_map(Result::err).collect());
+            }
+            (IdentitySource::Configuration, identities.into_iter().filter_map(Result::ok).collect())
+        };
+        Ok((source, self.check_identities(identities).map_err(|e| vec![e])?))
     }
 
     fn server(&self, raw: raw::RawServer, dev: bool) -> Result<ServerConfig, ConfigError> {

@@ -11,6 +11,7 @@ mod credentials;
 mod dev;
 mod faults;
 mod imds;
+mod kubernetes;
 mod limits;
 mod login;
 mod persistence_faults;

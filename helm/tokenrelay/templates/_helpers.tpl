@@ -62,6 +62,29 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- default (printf "%s-identity-header" (include "tokenrelay.fullname" .)) .values.identityHeader.existingSecret -}}
 {{- end -}}
 
+{{/*
+The value (base64, as Secret data) of the identity-header Secret the chart generates: the one
+already in the cluster (`lookup`), else a new random one. Memoized for the whole render in
+.Release, the one map every template of a release shares (this chart's and a parent chart's
+alike; Helm builds it once per render), so that the Secret and the pod annotation
+checksum/identity-header agree even when the value is new. Only for a chart-generated Secret.
+*/}}
+{{- define "tokenrelay.identityHeaderValue" -}}
+{{- $name := include "tokenrelay.identityHeaderSecretName" . -}}
+{{- $memo := printf "tokenrelay.identityHeader/%s/%s" .root.Release.Namespace $name -}}
+{{- if not (hasKey .root.Release $memo) -}}
+{{- $value := randAlphaNum 48 | b64enc -}}
+{{- $existing := lookup "v1" "Secret" .root.Release.Namespace $name -}}
+{{- if and $existing $existing.data -}}
+{{- with index $existing.data .values.identityHeader.key -}}
+{{- $value = . -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set .root.Release $memo $value -}}
+{{- end -}}
+{{- index .root.Release $memo -}}
+{{- end -}}
+
 {{- define "tokenrelay.cacheKeySecretName" -}}
 {{- default (printf "%s-cache-key" (include "tokenrelay.fullname" .)) .values.persistence.encryptionKey.existingSecret -}}
 {{- end -}}
@@ -351,6 +374,21 @@ azure.workload.identity/skip-containers: {{ join ";" $names | quote }}
 {{- with include "tokenrelay.configToml" . | trim }}
 checksum/tokenrelay-config: {{ . | sha256sum }}
 {{- end }}
+{{- /*
+tokenrelay reads the header from its file and the app from IDENTITY_HEADER, both at start: a
+changed Secret must restart every container of the pod together (a lone tokenrelay restart
+would answer the app's old value with 401). Chart-generated: the hash of the value (48 random
+characters; the hash gives nothing away). existingSecret: the hash of the Secret's uid and
+resourceVersion, which change with its data and reveal nothing about a value the chart did not
+choose; without cluster access (helm template) there is nothing to look up and no annotation.
+*/}}
+{{- if .values.identityHeader.existingSecret }}
+{{- with lookup "v1" "Secret" .root.Release.Namespace .values.identityHeader.existingSecret }}
+checksum/identity-header: {{ printf "%s/%s" .metadata.uid .metadata.resourceVersion | sha256sum }}
+{{- end }}
+{{- else }}
+checksum/identity-header: {{ include "tokenrelay.identityHeaderValue" . | sha256sum }}
+{{- end }}
 {{- if and .values.metrics.enabled .values.metrics.scrapeAnnotations }}
 prometheus.io/scrape: "true"
 prometheus.io/port: {{ int .values.admin.port | quote }}
@@ -404,6 +442,9 @@ metadata:
 spec:
   serviceAccountName: {{ include "tokenrelay.serviceAccountName" . }}
   automountServiceAccountToken: {{ $w.automountServiceAccountToken }}
+  # No TOKENRELAY_* (or other) variables for the namespace's Services: the kubelet derives them
+  # from Service names, and one named tokenrelay-<anything> yields TOKENRELAY_<ANYTHING>_...
+  enableServiceLinks: false
   terminationGracePeriodSeconds: {{ int $w.terminationGracePeriodSeconds }}
   {{- if eq $w.kind "Job" }}
   restartPolicy: {{ $w.job.restartPolicy }}
