@@ -35,7 +35,7 @@ pub struct ClientAssertionCredential {
 }
 
 enum Source {
-    File(WatchedFiles<Secret>),
+    File(Box<WatchedFiles<Secret>>),
     Command { command: Vec<String>, timeout: Duration },
 }
 
@@ -43,11 +43,12 @@ impl ClientAssertionCredential {
     /// A credential for `application` presenting what `source` yields.
     pub fn new(application: Application, source: AssertionSource) -> Self {
         let source = match source {
-            AssertionSource::File { file } => {
-                Source::File(WatchedFiles::new("client assertion file", vec![file], Some(MAX_FILE_AGE), |contents| {
-                    non_empty_text(&contents[0]).map(Secret::new)
-                }))
-            }
+            AssertionSource::File { file } => Source::File(Box::new(WatchedFiles::new(
+                "client assertion file",
+                vec![file],
+                Some(MAX_FILE_AGE),
+                |contents| non_empty_text(&contents[0]).map(Secret::new),
+            ))),
             AssertionSource::Command { command, timeout_secs } => {
                 Source::Command { command, timeout: Duration::from_secs(timeout_secs) }
             }
@@ -56,7 +57,7 @@ impl ClientAssertionCredential {
     }
 
     /// Runs the command and presents what it printed.
-    async fn from_command(
+    async fn run_command(
         &self,
         command: &[String],
         timeout: Duration,
@@ -110,7 +111,7 @@ impl Credential for ClientAssertionCredential {
                 let exchange = |assertion: Secret| async move { self.exchange(resource, &assertion).await };
                 file.exchange(&STALE_ASSERTION, exchange).await.map_err(|e| self.unreadable(e))?
             }
-            Source::Command { command, timeout } => self.from_command(command, *timeout, resource).await?,
+            Source::Command { command, timeout } => self.run_command(command, *timeout, resource).await?,
         };
         result.map_err(|error| {
             error

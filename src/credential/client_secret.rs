@@ -1,10 +1,11 @@
 //! `client_secret`: the client-credentials grant with an application secret.
 //!
 //! A secret from `secret_file` is read again when the file changes (a Kubernetes Secret
-//! update, a secret manager's agent rewriting it), before the exchange that needs it, and once
-//! more before the single retry after AADSTS7000215 (not a valid secret of the application) or
+//! update, a secret manager's agent rewriting it), checked before every exchange, and once
+//! more, unconditionally, after AADSTS7000215 (not a valid secret of the application) or
 //! AADSTS7000222 (expired): the refusal may mean the secret was rotated while the exchange was
-//! under way. An inline secret or `AZURE_CLIENT_SECRET` is fixed for the process lifetime.
+//! under way, and when the file now holds another secret the exchange is retried once with it.
+//! An inline secret or `AZURE_CLIENT_SECRET` is fixed for the process lifetime.
 
 use std::path::PathBuf;
 
@@ -29,7 +30,7 @@ enum Source {
     /// Inline in the configuration or from the environment.
     Fixed(Secret),
     /// `secret_file`, trimmed.
-    File(WatchedFiles<Secret>),
+    File(Box<WatchedFiles<Secret>>),
 }
 
 impl ClientSecretCredential {
@@ -44,7 +45,7 @@ impl ClientSecretCredential {
         let watched = WatchedFiles::new("client secret file", vec![file], None, |contents| {
             non_empty_text(&contents[0]).map(Secret::new)
         });
-        Self { application, secret: Source::File(watched) }
+        Self { application, secret: Source::File(Box::new(watched)) }
     }
 
     fn unavailable(&self, error: LoadError) -> CredentialError {

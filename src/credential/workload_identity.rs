@@ -2,9 +2,10 @@
 //!
 //! The projected service-account token in `token_file` is the client assertion. The kubelet
 //! rotates that file (typically hourly, by the same `..data` symlink swap as a Secret), so it
-//! is read again whenever it changes, at least every five minutes, and always before the
-//! single retry that follows an AADSTS700024 ("assertion expired") or AADSTS700027 (signature
-//! not accepted); protocols.md section 4, pitfall 5. [`WatchedFiles`] does all three.
+//! is read again whenever it changes, at least every five minutes, and unconditionally after
+//! an AADSTS700024 ("assertion expired") or AADSTS700027 (signature not accepted) refusal,
+//! followed by a single retry when that read found a new token. [`WatchedFiles`] does all
+//! three.
 
 use std::path::PathBuf;
 use std::time::Duration;

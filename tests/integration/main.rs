@@ -14,6 +14,7 @@ mod imds;
 mod limits;
 mod login;
 mod persistence_faults;
+mod rotation;
 mod store;
 mod telemetry;
 mod upstream;
