@@ -43,6 +43,9 @@ pub struct CertificateConfig {
     /// The PKCS#12 password.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<Secret>,
+    /// Where the password came from, when a file: read again with the certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
     pub algorithm: AssertionAlgorithm,
     /// Adds the `x5c` header (subject name / issuer authentication).
     pub send_certificate_chain: bool,
@@ -144,12 +147,12 @@ impl Validator<'_> {
     ) -> Result<CredentialConfig, ConfigError> {
         match raw {
             raw::RawCredential::ClientSecret { secret, secret_file } => {
-                let secret = match (secret, secret_file) {
+                let secret = match (secret, &secret_file) {
                     (Some(_), Some(_)) => {
                         return Err(self.error(key, "client_secret: set secret or secret_file, not both"));
                     }
                     (Some(value), None) => self.non_empty_secret(&format!("{key}.secret"), value)?,
-                    (None, Some(path)) => self.secret_file(&format!("{key}.secret_file"), &path)?,
+                    (None, Some(path)) => self.secret_file(&format!("{key}.secret_file"), path)?,
                     (None, None) => match self.env("AZURE_CLIENT_SECRET") {
                         Some(value) => Secret::new(value),
                         None => {
@@ -159,7 +162,7 @@ impl Validator<'_> {
                         }
                     },
                 };
-                Ok(CredentialConfig::ClientSecret { secret })
+                Ok(CredentialConfig::ClientSecret { secret, secret_file })
             }
             raw::RawCredential::WorkloadIdentity { token_file } => {
                 let token_file = match token_file {
@@ -190,12 +193,12 @@ impl Validator<'_> {
                         }
                     },
                 };
-                let password = match (password, password_file) {
+                let password = match (password, &password_file) {
                     (Some(_), Some(_)) => {
                         return Err(self.error(key, "client_certificate: set password or password_file, not both"));
                     }
                     (Some(value), None) => Some(Secret::new(value)),
-                    (None, Some(path)) => Some(self.secret_file(&format!("{key}.password_file"), &path)?),
+                    (None, Some(path)) => Some(self.secret_file(&format!("{key}.password_file"), path)?),
                     (None, None) if from_env => self.env("AZURE_CLIENT_CERTIFICATE_PASSWORD").map(Secret::new),
                     (None, None) => None,
                 };
@@ -219,6 +222,7 @@ impl Validator<'_> {
                     certificate_file,
                     private_key_file,
                     password,
+                    password_file,
                     algorithm,
                     send_certificate_chain,
                 }))
@@ -418,6 +422,7 @@ impl Validator<'_> {
                     certificate_file: PathBuf::from(path),
                     private_key_file: None,
                     password: self.env("AZURE_CLIENT_CERTIFICATE_PASSWORD").map(Secret::new),
+                    password_file: None,
                     algorithm: AssertionAlgorithm::Ps256,
                     send_certificate_chain: self.env_flag("AZURE_CLIENT_SEND_CERTIFICATE_CHAIN"),
                 }),

@@ -199,7 +199,11 @@ pub struct IdentityConfig {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum CredentialConfig {
     ClientSecret {
+        /// The secret as read while loading the configuration.
         secret: Secret,
+        /// Where it came from, when a file: the credential reads it again when it changes.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        secret_file: Option<PathBuf>,
     },
     WorkloadIdentity {
         token_file: PathBuf,

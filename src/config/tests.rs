@@ -40,7 +40,7 @@ fn a_complete_file_loads_with_defaults_filled_in() {
     assert!(identity.default, "a lone identity is the default");
     assert_eq!(identity.prefetch, ["https://vault.azure.net"]);
     assert!(
-        matches!(&identity.credentials[0], CredentialConfig::ClientSecret { secret } if secret.expose() == "s3cret")
+        matches!(&identity.credentials[0], CredentialConfig::ClientSecret { secret, secret_file: None } if secret.expose() == "s3cret")
     );
 }
 

@@ -42,9 +42,10 @@ pub fn build(config: &CredentialConfig, context: &BuildContext<'_>) -> Result<Bo
         Application::new(context.entra.clone(), tenant_id, context.client_id.to_owned())
     };
     let credential: Box<dyn Credential> = match config {
-        CredentialConfig::ClientSecret { secret } => {
-            Box::new(ClientSecretCredential::new(application(), secret.clone()))
-        }
+        CredentialConfig::ClientSecret { secret, secret_file } => match secret_file {
+            Some(file) => Box::new(ClientSecretCredential::from_file(application(), file.clone())),
+            None => Box::new(ClientSecretCredential::new(application(), secret.clone())),
+        },
         CredentialConfig::WorkloadIdentity { token_file } => {
             Box::new(WorkloadIdentityCredential::new(application(), token_file.clone()))
         }

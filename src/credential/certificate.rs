@@ -8,13 +8,15 @@
 //! exchange.
 //!
 //! The certificate comes from PEM (certificate and key in one file, or two) or PKCS#12/PFX
-//! with an optional password. The files are read again whenever their modification time
-//! changes, so a rotated certificate (a Kubernetes Secret update, a renewed file) is used
-//! without a restart. RSA keys only; signing uses aws-lc-rs, never OpenSSL.
+//! with an optional password. The files (and `password_file`) are read again whenever they
+//! change, so a rotated certificate (a Kubernetes Secret update, cert-manager or the Secrets
+//! Store CSI driver renewing it) is used without a restart; a new set that does not parse
+//! (half written, a key that does not match) keeps the previous certificate. A refusal with
+//! AADSTS700027 reads them once more and, if they changed, retries once. RSA keys only;
+//! signing uses aws-lc-rs, never OpenSSL.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use async_trait::async_trait;
 use aws_lc_rs::digest;
@@ -24,9 +26,9 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::sync::Mutex;
 
 use super::entra::{Application, ClientAuth};
+use super::watched::{FileContent, LoadError, WatchedFiles, non_empty_text};
 use super::{AccessToken, Credential, CredentialError, LinkStatus};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{AssertionAlgorithm, CertificateConfig};
@@ -34,7 +36,8 @@ use crate::secret::Secret;
 
 /// How long an assertion is valid; Entra's documentation suggests 5 to 10 minutes.
 const ASSERTION_LIFETIME_SECS: u64 = 600;
-/// AADSTS code for an assertion whose signature (or certificate) Entra does not accept.
+/// AADSTS code for an assertion whose signature (or certificate) Entra does not accept: what
+/// an application answers once its old certificate is removed, so a rotated file may cure it.
 const INVALID_SIGNATURE: u32 = 700027;
 /// AADSTS code for an assertion outside its validity window.
 const ASSERTION_EXPIRED: u32 = 700024;
@@ -43,69 +46,64 @@ const ASSERTION_EXPIRED: u32 = 700024;
 pub struct CertificateCredential {
     application: Application,
     files: CertificateConfig,
-    loaded: Mutex<Option<Loaded>>,
+    material: WatchedFiles<Arc<Material>>,
 }
 
-/// The certificate material last read, with the modification times it was read at.
-struct Loaded {
-    material: Arc<Material>,
-    modified: FileTimes,
+impl FileContent for Arc<Material> {
+    fn describe(&self) -> Option<String> {
+        Some(self.summary())
+    }
 }
-
-type FileTimes = (Option<SystemTime>, Option<SystemTime>);
 
 impl CertificateCredential {
     /// A credential for `application` that signs with the certificate in `files`.
     pub fn new(application: Application, files: CertificateConfig) -> Self {
-        Self { application, files, loaded: Mutex::new(None) }
+        // The contents arrive in this order: certificate, then the key, then the password.
+        let mut paths = vec![files.certificate_file.clone()];
+        paths.extend(files.private_key_file.clone());
+        paths.extend(files.password_file.clone());
+        let has_key = files.private_key_file.is_some();
+        let password_file = files.password_file.clone();
+        let fixed_password = files.password.clone();
+        let material = WatchedFiles::new("certificate", paths, None, move |contents| {
+            let key = has_key.then(|| contents[1].as_slice());
+            let from_file = match &password_file {
+                Some(path) => Some(
+                    non_empty_text(&contents[contents.len() - 1])
+                        .map_err(|problem| format!("password file {} {problem}", path.display()))?,
+                ),
+                None => None,
+            };
+            let password = from_file.as_deref().or(fixed_password.as_ref().map(Secret::expose));
+            Material::parse(&contents[0], key, password).map(Arc::new)
+        });
+        Self { application, files, material }
     }
 
-    /// The current material, read again from disk when a file's modification time changed.
-    async fn material(&self) -> Result<Arc<Material>, CredentialError> {
-        let modified = self.modification_times().await?;
-        let mut loaded = self.loaded.lock().await;
-        if let Some(current) = loaded.as_ref()
-            && current.modified == modified
-        {
-            return Ok(current.material.clone());
+    async fn exchange(&self, resource: &str, material: &Material) -> Result<AccessToken, CredentialError> {
+        let audience = self.application.token_endpoint();
+        let assertion = material
+            .assertion(
+                self.files.algorithm,
+                self.files.send_certificate_chain,
+                audience.as_str(),
+                self.application.client_id(),
+                SystemClock.now(),
+            )
+            .map_err(|problem| self.rejected(problem))?;
+        self.application.exchange(self.kind(), resource, ClientAuth::Assertion(&assertion)).await
+    }
+
+    fn unreadable(&self, error: LoadError) -> CredentialError {
+        match error {
+            LoadError::Read { path, reason } => CredentialError::Unavailable {
+                credential: self.kind(),
+                reason: format!("cannot read certificate file {}: {reason}", path.display()),
+            },
+            LoadError::Invalid(problem) => {
+                self.rejected(format!("{}: {problem}", self.files.certificate_file.display()))
+            }
         }
-        let certificate = read(&self.files.certificate_file).await.map_err(|e| self.unavailable(e))?;
-        let key = match &self.files.private_key_file {
-            Some(path) => Some(read(path).await.map_err(|e| self.unavailable(e))?),
-            None => None,
-        };
-        let password = self.files.password.as_ref().map(Secret::expose);
-        let material = Material::parse(&certificate, key.as_deref(), password)
-            .map_err(|problem| self.rejected(format!("{}: {problem}", self.files.certificate_file.display())))?;
-        let material = Arc::new(material);
-        if loaded.is_some() {
-            tracing::info!(
-                file = %self.files.certificate_file.display(),
-                thumbprint = %material.sha1_hex(),
-                "certificate changed on disk; using the new one"
-            );
-        }
-        *loaded = Some(Loaded { material: material.clone(), modified });
-        Ok(material)
-    }
-
-    async fn modification_times(&self) -> Result<FileTimes, CredentialError> {
-        let stat = |path: PathBuf| async move {
-            tokio::fs::metadata(&path)
-                .await
-                .map(|m| m.modified().ok())
-                .map_err(|e| format!("cannot read certificate file {}: {e}", path.display()))
-        };
-        let certificate = stat(self.files.certificate_file.clone()).await.map_err(|e| self.unavailable(e))?;
-        let key = match &self.files.private_key_file {
-            Some(path) => stat(path.clone()).await.map_err(|e| self.unavailable(e))?,
-            None => None,
-        };
-        Ok((certificate, key))
-    }
-
-    fn unavailable(&self, reason: String) -> CredentialError {
-        CredentialError::Unavailable { credential: self.kind(), reason }
     }
 
     fn rejected(&self, message: String) -> CredentialError {
@@ -120,18 +118,9 @@ impl Credential for CertificateCredential {
     }
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {
-        let material = self.material().await?;
-        let audience = self.application.token_endpoint();
-        let assertion = material
-            .assertion(
-                self.files.algorithm,
-                self.files.send_certificate_chain,
-                audience.as_str(),
-                self.application.client_id(),
-                SystemClock.now(),
-            )
-            .map_err(|problem| self.rejected(problem))?;
-        let result = self.application.exchange(self.kind(), resource, ClientAuth::Assertion(&assertion)).await;
+        let exchange = |material: Arc<Material>| async move { self.exchange(resource, &material).await };
+        let (result, material) =
+            self.material.exchange(&[INVALID_SIGNATURE], exchange).await.map_err(|e| self.unreadable(e))?;
         result.map_err(|error| {
             error
                 .with_detail(INVALID_SIGNATURE, || material.describe_for_support(self.files.algorithm))
@@ -157,10 +146,6 @@ impl Credential for CertificateCredential {
             Err(problem) => LinkStatus::NotUsable(problem),
         }
     }
-}
-
-async fn read(path: &Path) -> Result<Vec<u8>, String> {
-    tokio::fs::read(path).await.map_err(|e| format!("cannot read certificate file {}: {e}", path.display()))
 }
 
 /// A parsed certificate with its private key: everything needed to sign assertions.

@@ -1,10 +1,13 @@
 //! `client_assertion`: the client-credentials grant with a JWT from somewhere else.
 //!
 //! For any identity provider Entra trusts through a federated identity credential (GitHub
-//! Actions, GitLab, SPIFFE, another cloud): the assertion is read from a file for every
-//! exchange (a sidecar or agent keeps the file fresh), or printed on stdout by a command run
-//! with a timeout. Nothing is cached here, so an assertion is never presented twice after
-//! it was replaced.
+//! Actions, GitLab, SPIFFE, another cloud): the assertion is read from a file, or printed on
+//! stdout by a command run with a timeout for every exchange.
+//!
+//! A file is read again whenever it changes (a sidecar or agent keeps it fresh; a replaced
+//! file is never presented again), at least every five minutes, and once more before the
+//! single retry after AADSTS700024 (expired) or AADSTS700027 (signature not accepted), as
+//! workload identity does. A new file that is empty keeps the previous assertion.
 
 use std::time::Duration;
 
@@ -13,53 +16,86 @@ use async_trait::async_trait;
 use super::entra::{Application, ClientAuth};
 use super::jwt::{NO_MATCHING_FEDERATION, describe_federated_claims};
 use super::process::{self, RunError, quote_stderr};
+use super::watched::{LoadError, WatchedFiles, non_empty_text};
 use super::{AccessToken, Credential, CredentialError, LinkStatus};
 use crate::config::AssertionSource;
 use crate::secret::Secret;
 
 /// AADSTS code for an assertion outside its validity window.
 const ASSERTION_EXPIRED: u32 = 700024;
+/// AADSTS codes a newer assertion file may cure: expired, or a signature not accepted.
+const STALE_ASSERTION: [u32; 2] = [ASSERTION_EXPIRED, 700027];
+/// Longest time a file's contents are trusted without reading it again.
+const MAX_FILE_AGE: Duration = Duration::from_secs(300);
 
 /// An application presenting an externally issued JWT.
 pub struct ClientAssertionCredential {
     application: Application,
-    source: AssertionSource,
+    source: Source,
+}
+
+enum Source {
+    File(Box<WatchedFiles<Secret>>),
+    Command { command: Vec<String>, timeout: Duration },
 }
 
 impl ClientAssertionCredential {
     /// A credential for `application` presenting what `source` yields.
     pub fn new(application: Application, source: AssertionSource) -> Self {
+        let source = match source {
+            AssertionSource::File { file } => Source::File(Box::new(WatchedFiles::new(
+                "client assertion file",
+                vec![file],
+                Some(MAX_FILE_AGE),
+                |contents| non_empty_text(&contents[0]).map(Secret::new),
+            ))),
+            AssertionSource::Command { command, timeout_secs } => {
+                Source::Command { command, timeout: Duration::from_secs(timeout_secs) }
+            }
+        };
         Self { application, source }
     }
 
-    async fn assertion(&self) -> Result<Secret, CredentialError> {
-        let text = match &self.source {
-            AssertionSource::File { file } => tokio::fs::read_to_string(file).await.map_err(|e| {
-                self.unavailable(format!("cannot read the client assertion file {}: {e}", file.display()))
-            })?,
-            AssertionSource::Command { command, timeout_secs } => {
-                run(command, Duration::from_secs(*timeout_secs)).await.map_err(|failure| match failure {
-                    Failure::NotFound(reason) => self.unavailable(reason),
-                    Failure::Failed(reason) => CredentialError::Transient { credential: self.kind(), reason },
-                })?
-            }
-        };
+    /// Runs the command and presents what it printed.
+    async fn run_command(
+        &self,
+        command: &[String],
+        timeout: Duration,
+        resource: &str,
+    ) -> Result<(Result<AccessToken, CredentialError>, Secret), CredentialError> {
+        let text = run(command, timeout).await.map_err(|failure| match failure {
+            Failure::NotFound(reason) => self.unavailable(reason),
+            Failure::Failed(reason) => CredentialError::Transient { credential: self.kind(), reason },
+        })?;
         let assertion = Secret::new(text.trim());
         if assertion.is_empty() {
             return Err(self.unavailable(format!("{} produced an empty assertion", self.source_name())));
         }
-        Ok(assertion)
+        Ok((self.exchange(resource, &assertion).await, assertion))
+    }
+
+    async fn exchange(&self, resource: &str, assertion: &Secret) -> Result<AccessToken, CredentialError> {
+        self.application.exchange(self.kind(), resource, ClientAuth::Assertion(assertion)).await
     }
 
     fn source_name(&self) -> String {
         match &self.source {
-            AssertionSource::File { file } => format!("client assertion file {}", file.display()),
-            AssertionSource::Command { command, .. } => format!("assertion command {:?}", command[0]),
+            Source::File(file) => format!("client assertion file {}", file.paths()[0].display()),
+            Source::Command { command, .. } => format!("assertion command {:?}", command[0]),
         }
     }
 
     fn unavailable(&self, reason: String) -> CredentialError {
         CredentialError::Unavailable { credential: self.kind(), reason }
+    }
+
+    fn unreadable(&self, error: LoadError) -> CredentialError {
+        self.unavailable(match error {
+            LoadError::Read { path, reason } => {
+                format!("cannot read the client assertion file {}: {reason}", path.display())
+            }
+            LoadError::Invalid(problem) => format!("{} {problem}", self.source_name()),
+        })
     }
 }
 
@@ -70,8 +106,13 @@ impl Credential for ClientAssertionCredential {
     }
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {
-        let assertion = self.assertion().await?;
-        let result = self.application.exchange(self.kind(), resource, ClientAuth::Assertion(&assertion)).await;
+        let (result, assertion) = match &self.source {
+            Source::File(file) => {
+                let exchange = |assertion: Secret| async move { self.exchange(resource, &assertion).await };
+                file.exchange(&STALE_ASSERTION, exchange).await.map_err(|e| self.unreadable(e))?
+            }
+            Source::Command { command, timeout } => self.run_command(command, *timeout, resource).await?,
+        };
         result.map_err(|error| {
             error
                 .with_detail(NO_MATCHING_FEDERATION, || format!("presented {}", describe_federated_claims(&assertion)))
@@ -83,13 +124,14 @@ impl Credential for ClientAssertionCredential {
 
     fn status(&self) -> LinkStatus {
         match &self.source {
-            AssertionSource::File { file } if file.is_file() => {
-                LinkStatus::Usable(format!("client assertion file {} exists", file.display()))
+            Source::File(file) if file.paths()[0].is_file() => {
+                LinkStatus::Usable(format!("client assertion file {} exists", file.paths()[0].display()))
             }
-            AssertionSource::File { file } => {
-                LinkStatus::NotUsable(format!("client assertion file {} does not exist (yet)", file.display()))
-            }
-            AssertionSource::Command { command, .. } => {
+            Source::File(file) => LinkStatus::NotUsable(format!(
+                "client assertion file {} does not exist (yet)",
+                file.paths()[0].display()
+            )),
+            Source::Command { command, .. } => {
                 LinkStatus::Usable(format!("runs {:?} for every exchange (not run by check)", command[0]))
             }
         }

@@ -18,6 +18,7 @@ mod jwt;
 pub mod managed_identity;
 mod process;
 pub mod user;
+mod watched;
 pub mod workload_identity;
 
 use std::time::Duration;

@@ -1,77 +1,53 @@
 //! `workload_identity`: Kubernetes workload identity federation.
 //!
 //! The projected service-account token in `token_file` is the client assertion. The kubelet
-//! rotates that file (typically hourly), so it is re-read whenever its modification time
-//! changes, at least every five minutes, and always before the retry that follows an
-//! AADSTS700024 ("assertion expired"); protocols.md section 4, pitfall 5.
+//! rotates that file (typically hourly, by the same `..data` symlink swap as a Secret), so it
+//! is read again whenever it changes, at least every five minutes, and unconditionally after
+//! an AADSTS700024 ("assertion expired") or AADSTS700027 (signature not accepted) refusal,
+//! followed by a single retry when that read found a new token. [`WatchedFiles`] does all
+//! three.
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::Mutex;
 
 use super::entra::{Application, ClientAuth};
 use super::jwt::{NO_MATCHING_FEDERATION, describe_federated_claims};
+use super::watched::{LoadError, WatchedFiles, non_empty_text};
 use super::{AccessToken, Credential, CredentialError, LinkStatus};
 use crate::secret::Secret;
 
 /// Longest time a token file's contents are trusted without reading it again.
 const MAX_FILE_AGE: Duration = Duration::from_secs(300);
-/// AADSTS code for an expired or not-yet-valid assertion.
-const ASSERTION_EXPIRED: u32 = 700024;
+/// AADSTS codes a newer token may cure: expired or not yet valid (700024), a signature the
+/// authority does not accept, as after the issuer's signing key rotated (700027).
+const STALE_ASSERTION: [u32; 2] = [700024, 700027];
 
 /// An application federated with the cluster's service-account issuer.
 pub struct WorkloadIdentityCredential {
     application: Application,
     token_file: PathBuf,
-    cached: Mutex<Option<CachedAssertion>>,
-}
-
-struct CachedAssertion {
-    assertion: Secret,
-    modified: Option<SystemTime>,
-    read_at: tokio::time::Instant,
+    assertion: WatchedFiles<Secret>,
 }
 
 impl WorkloadIdentityCredential {
     /// A credential for `application` that presents the token in `token_file`.
     pub fn new(application: Application, token_file: PathBuf) -> Self {
-        Self { application, token_file, cached: Mutex::new(None) }
+        let assertion =
+            WatchedFiles::new("federated token file", vec![token_file.clone()], Some(MAX_FILE_AGE), |contents| {
+                non_empty_text(&contents[0]).map(Secret::new)
+            });
+        Self { application, token_file, assertion }
     }
 
-    /// The current assertion, read from disk when it may have changed (or when `force`).
-    async fn assertion(&self, force: bool) -> Result<Secret, CredentialError> {
-        let modified = tokio::fs::metadata(&self.token_file).await.and_then(|m| m.modified()).map_err(|e| {
-            self.unavailable(format!("cannot read federated token file {}: {e}", self.token_file.display()))
-        })?;
-        let mut cached = self.cached.lock().await;
-        if let Some(current) = cached.as_ref() {
-            let unchanged = current.modified == Some(modified);
-            if !force && unchanged && current.read_at.elapsed() < MAX_FILE_AGE {
-                return Ok(current.assertion.clone());
+    fn unavailable(&self, error: LoadError) -> CredentialError {
+        let reason = match error {
+            LoadError::Read { path, reason } => {
+                format!("cannot read federated token file {}: {reason}", path.display())
             }
-        }
-        let text = tokio::fs::read_to_string(&self.token_file).await.map_err(|e| {
-            self.unavailable(format!("cannot read federated token file {}: {e}", self.token_file.display()))
-        })?;
-        let assertion = Secret::new(text.trim());
-        if assertion.is_empty() {
-            return Err(self.unavailable(format!("federated token file {} is empty", self.token_file.display())));
-        }
-        *cached = Some(CachedAssertion {
-            assertion: assertion.clone(),
-            modified: Some(modified),
-            read_at: tokio::time::Instant::now(),
-        });
-        Ok(assertion)
-    }
-
-    async fn exchange(&self, resource: &str, assertion: &Secret) -> Result<AccessToken, CredentialError> {
-        self.application.exchange(self.kind(), resource, ClientAuth::Assertion(assertion)).await
-    }
-
-    fn unavailable(&self, reason: String) -> CredentialError {
+            LoadError::Invalid(problem) => format!("federated token file {} {problem}", self.token_file.display()),
+        };
         CredentialError::Unavailable { credential: self.kind(), reason }
     }
 }
@@ -83,13 +59,11 @@ impl Credential for WorkloadIdentityCredential {
     }
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {
-        let mut assertion = self.assertion(false).await?;
-        let mut result = self.exchange(resource, &assertion).await;
-        if let Err(CredentialError::Rejected { aadsts: Some(ASSERTION_EXPIRED), .. }) = &result {
-            tracing::info!(file = %self.token_file.display(), "federated token expired; re-reading the file and retrying once");
-            assertion = self.assertion(true).await?;
-            result = self.exchange(resource, &assertion).await;
-        }
+        let exchange = |assertion: Secret| async move {
+            self.application.exchange(self.kind(), resource, ClientAuth::Assertion(&assertion)).await
+        };
+        let (result, assertion) =
+            self.assertion.exchange(&STALE_ASSERTION, exchange).await.map_err(|e| self.unavailable(e))?;
         // Name what was presented: the three values Entra matched against the federated
         // identity credential.
         result.map_err(|error| {

@@ -39,7 +39,7 @@ async fn description(response: reqwest::Response) -> String {
 // ---- client_assertion ----
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_client_assertion_file_is_read_for_every_exchange() {
+async fn a_client_assertion_file_is_read_again_when_replaced() {
     let entra = FakeEntra::start().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("assertion.jwt");

@@ -16,6 +16,7 @@ mod limits;
 mod login;
 mod persistence_faults;
 mod shared_cache_dir;
+mod rotation;
 mod store;
 mod telemetry;
 mod upstream;

@@ -3,8 +3,8 @@
 use std::time::{Duration, SystemTime};
 
 use crate::support::{
-    FakeEntra, Scripted, TestRelay, fake_entra, json, secret_config, service_account_token, workload_identity_config,
-    write,
+    FakeEntra, ProjectedVolume, Scripted, TestRelay, eventually, fake_entra, json, secret_config,
+    service_account_token, workload_identity_config, write,
 };
 
 const VAULT: &str = "api-version=2018-02-01&resource=https://vault.azure.net";
@@ -37,29 +37,28 @@ async fn workload_identity_presents_the_projected_token_and_follows_rotation() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_expired_assertion_is_re_read_and_retried_once() {
     let entra = FakeEntra::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
     let old = service_account_token("old");
-    write(&token_file, &old);
+    let mut volume = ProjectedVolume::new(&[("azure-identity-token", old.as_bytes())]);
     entra.accept_assertion(&old, 700024);
-    let relay = TestRelay::serve(&workload_identity_config(&entra, &token_file), &[]).await;
+    let relay = TestRelay::serve(&workload_identity_config(&entra, &volume.path("azure-identity-token")), &[]).await;
     assert_eq!(relay.imds(VAULT).await.status(), 200);
 
-    // The file changes but its modification time does not (as on some volume types), so
-    // only the AADSTS700024 answer can make tokenrelay read it again.
-    let modified = std::fs::metadata(&token_file).unwrap().modified().unwrap();
+    // The kubelet rotates the token while an exchange with the old one is in flight, so the
+    // check before the exchange could not see it, and by then the authority finds the old one
+    // expired: only the AADSTS700024 answer can make tokenrelay read the file again.
     let new = service_account_token("new");
-    write(&token_file, &new);
-    std::fs::File::options().write(true).open(&token_file).unwrap().set_modified(modified).unwrap();
-    entra.accept_assertion(&new, 700024);
-
-    let before = entra.requests();
-    let response = relay.imds("api-version=2018-02-01&resource=https://storage.azure.com").await;
+    entra.hold();
+    let (response, ()) = tokio::join!(relay.imds("api-version=2018-02-01&resource=https://storage.azure.com"), async {
+        eventually("the exchange reaches the authority", async || entra.requests() == 2).await;
+        entra.accept_assertion(&new, 700024);
+        volume.update(&[("azure-identity-token", new.as_bytes())]);
+        entra.release();
+    });
     assert_eq!(response.status(), 200);
     let seen = entra.seen();
-    assert_eq!(seen.len(), before + 2);
-    assert_eq!(seen[before].form["client_assertion"], old);
-    assert_eq!(seen[before + 1].form["client_assertion"], new);
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[1].form["client_assertion"], old);
+    assert_eq!(seen[2].form["client_assertion"], new);
 }
 
 #[tokio::test(flavor = "multi_thread")]

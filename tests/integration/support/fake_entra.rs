@@ -4,6 +4,14 @@
 //! client id, scope, secret or assertion), answers with Entra's JSON shapes and AADSTS codes,
 //! and can be scripted to be slow, fail, throttle with `Retry-After`, or go down.
 //!
+//! Client secrets: Entra accepts any unexpired secret registered on the application and
+//! answers anything else with 401 `invalid_client` AADSTS7000215 ("Invalid client secret
+//! provided. Ensure the secret being sent in the request is the client secret value, not the
+//! client secret ID"). The fake holds the application's current secrets (`CLIENT_SECRET` at
+//! first); `replace_client_secret` models the end of a rotation, when the old secret has been
+//! removed, so a relay still presenting the old value is refused as Entra would refuse it.
+//! Certificates likewise: only those registered now are accepted (`unregister_certificates`).
+//!
 //! Certificate assertions are verified as Entra does: the `x5t#S256` (PS256) or `x5t` (RS256)
 //! header must name a certificate registered with `register_certificate`, the signature must
 //! verify with that certificate's public key, `aud` must be this token endpoint, `iss` and
@@ -32,6 +40,7 @@ use http_body_util::BodyExt;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tower::ServiceExt;
 
 use super::fake_server::FakeServer;
@@ -94,6 +103,10 @@ struct Behaviour {
     connection_fault: Option<ConnectionFault>,
     /// Requests answered with a connection fault instead of a response.
     faulted: usize,
+    /// The application's client secrets; any of them is accepted.
+    client_secrets: Vec<String>,
+    /// While true, requests wait (counted, not yet judged) until it turns false.
+    held: watch::Sender<bool>,
     /// The assertion accepted for federated credentials; `None` accepts the client secret only.
     accepted_assertion: Option<String>,
     /// AADSTS code answered for any other assertion (70021 mismatch, 700024 expired).
@@ -125,6 +138,8 @@ impl FakeEntra {
             down: false,
             connection_fault: None,
             faulted: 0,
+            client_secrets: vec![CLIENT_SECRET.to_owned()],
+            held: watch::Sender::new(false),
             accepted_assertion: None,
             wrong_assertion_code: 70021,
             script: VecDeque::new(),
@@ -174,6 +189,24 @@ impl FakeEntra {
     /// How many requests got a connection fault: one per attempt of the client.
     pub fn faulted(&self) -> usize {
         self.state.lock().unwrap().faulted
+    }
+
+    /// Removes every client secret of the application and adds `secret`: the old value is
+    /// refused with AADSTS7000215 from now on.
+    pub fn replace_client_secret(&self, secret: &str) {
+        self.state.lock().unwrap().client_secrets = vec![secret.to_owned()];
+    }
+
+    /// Holds every request from now on, after it is counted in [`FakeEntra::requests`] and
+    /// before it is judged, until [`FakeEntra::release`]: a test can change what the authority
+    /// accepts (and what is on disk) while an exchange is in flight.
+    pub fn hold(&self) {
+        self.state.lock().unwrap().held.send_replace(true);
+    }
+
+    /// Lets held requests (and every later one) proceed.
+    pub fn release(&self) {
+        self.state.lock().unwrap().held.send_replace(false);
     }
 
     /// Accepts this federated token as `client_assertion`; any other gets `wrong_code`.
@@ -377,10 +410,15 @@ async fn token(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let (delay, scripted, down) = {
+    let mut held = {
         let mut s = state.lock().unwrap();
         let assertion_header = form.get("client_assertion").and_then(|a| jwt_part(a, 0));
         s.seen.push(SeenRequest { tenant: tenant.clone(), form: form.clone(), assertion_header });
+        s.held.subscribe()
+    };
+    let _ = held.wait_for(|held| !*held).await;
+    let (delay, scripted, down) = {
+        let mut s = state.lock().unwrap();
         (s.delay, s.script.pop_front(), s.down)
     };
     if !delay.is_zero() {
@@ -437,9 +475,10 @@ async fn token(
             "The provided value for the input parameter 'scope' is not valid.",
         );
     };
-    let (accepted_assertion, wrong_code, lifetime, refresh_in, certificates, federations, base_url) = {
+    let (secrets, accepted_assertion, wrong_code, lifetime, refresh_in, certificates, federations, base_url) = {
         let s = state.lock().unwrap();
         (
+            s.client_secrets.clone(),
             s.accepted_assertion.clone(),
             s.wrong_assertion_code,
             s.lifetime_secs,
@@ -451,8 +490,14 @@ async fn token(
     };
     match (form.get("client_secret"), form.get("client_assertion"), form.get("client_assertion_type")) {
         (Some(secret), None, None) => {
-            if secret != CLIENT_SECRET {
-                return entra_error(401, "invalid_client", 7000215, "Invalid client secret provided.");
+            if !secrets.contains(secret) {
+                return entra_error(
+                    401,
+                    "invalid_client",
+                    7000215,
+                    "Invalid client secret provided. Ensure the secret being sent in the request is the client \
+                     secret value, not the client secret ID.",
+                );
             }
         }
         (None, Some(assertion), Some(kind)) if kind == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" => {

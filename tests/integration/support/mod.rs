@@ -8,6 +8,7 @@ pub mod fake_imds;
 pub mod fake_login;
 pub mod fake_server;
 pub mod private_mount;
+pub mod projected_volume;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -20,6 +21,7 @@ use tokio::process::{Child, Command};
 pub use cache_dir::CacheDir;
 pub use fake_entra::{ConnectionFault, FakeEntra, Scripted};
 pub use private_mount::PrivateMount;
+pub use projected_volume::ProjectedVolume;
 
 /// The App Service secret every test relay uses.
 pub const HEADER_SECRET: &str = "test-identity-header-secret";
