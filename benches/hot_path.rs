@@ -20,7 +20,7 @@ const QUERY: &str =
 
 fn dev_config() -> Config {
     let figment = Figment::from(Serialized::defaults(RawConfig::default()))
-        .merge(Toml::string("[dev]\nenabled = true\n[server]\nidentity_header = \"bench\""));
+        .merge(Toml::string("[dev]\nenabled = true\n[server]\nidentity_header = \"bench-0123456789abcdef\""));
     Config::from_figment(&figment, &HashMap::new()).expect("the bench configuration is valid")
 }
 
