@@ -9,8 +9,9 @@
 //! time what it cannot see: a name that resolves differently later, a listen port chosen
 //! by the system, or a loop through another tokenrelay.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
-use std::sync::mpsc;
+use std::sync::{Mutex, PoisonError, mpsc};
 use std::time::Duration;
 
 use reqwest::Url;
@@ -48,8 +49,29 @@ fn addresses(url: &Url, port: u16) -> Vec<IpAddr> {
     }
 }
 
-/// Resolves `name` with the system resolver, giving up after [`RESOLVE_TIMEOUT`].
+/// Resolves `name` with the system resolver, giving up after [`RESOLVE_TIMEOUT`]. Answers
+/// (timeouts included) are remembered for the process: every identity's default chain
+/// names the same endpoint, and a slow resolver should delay start-up once, not once per
+/// identity.
 fn resolve(name: String, port: u16) -> Vec<IpAddr> {
+    /// Endpoints come from the configuration, a handful at most; past this many the
+    /// oldest answer is forgotten.
+    const REMEMBERED: usize = 16;
+    static ANSWERS: Mutex<VecDeque<(String, u16, Vec<IpAddr>)>> = Mutex::new(VecDeque::new());
+    let answers = || ANSWERS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((.., found)) = answers().iter().find(|(n, p, _)| *n == name && *p == port) {
+        return found.clone();
+    }
+    let found = resolve_now(name.clone(), port);
+    let mut remembered = answers();
+    if remembered.len() == REMEMBERED {
+        remembered.pop_front();
+    }
+    remembered.push_back((name, port, found.clone()));
+    found
+}
+
+fn resolve_now(name: String, port: u16) -> Vec<IpAddr> {
     let (sender, receiver) = mpsc::channel();
     let spawned = std::thread::Builder::new().name("resolve-endpoint".into()).spawn(move || {
         let found = (name.as_str(), port).to_socket_addrs().map(|addrs| addrs.map(|a| a.ip()).collect::<Vec<_>>());
@@ -146,8 +168,9 @@ mod tests {
     #[test]
     fn a_name_is_resolved() {
         // `localhost` without the RFC 6761 shortcut: the system resolver's answer.
-        let addresses = resolve("localhost".to_owned(), 8080);
+        let addresses = resolve_now("localhost".to_owned(), 8080);
         assert!(addresses.iter().any(IpAddr::is_loopback), "{addresses:?}");
         assert!(resolve("name.invalid".to_owned(), 8080).is_empty(), ".invalid never resolves");
+        assert!(resolve("name.invalid".to_owned(), 8080).is_empty(), "nor does it the second time");
     }
 }

@@ -28,7 +28,8 @@ const IMDS_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254));
 /// The longest `Host` quoted in an error: a DNS name is at most 253 bytes.
 const MAX_QUOTED_HOST: usize = 253;
 
-/// Which hosts a token request may name.
+/// Which hosts a token request may name. The `Default` has no listen address and so admits
+/// any address (and of names only `localhost`): for a listener without token endpoints.
 #[derive(Debug, Default)]
 pub struct AllowedHosts {
     /// The listen address, canonical; `None` when it is unspecified (any address admitted).
