@@ -51,7 +51,7 @@ impl Settings<'_> {
         let path = dir.join("config.toml");
         let prefetch = self.prefetch.as_ref().map(|r| format!("prefetch = [\"{r}\"]\n")).unwrap_or_default();
         let text = format!(
-            "[server]\nidentity_header = \"x\"\n[upstream]\nauthority_host = \"{}\"\nmax_concurrent = {}\n\
+            "[server]\nidentity_header = \"bench-probe-0123456789\"\n[upstream]\nauthority_host = \"{}\"\nmax_concurrent = {}\n\
              [cache]\nmax_entries = 20000\n{}\n[[identities]]\nname = \"app\"\nclient_id = \"{}\"\n\
              tenant_id = \"{}\"\ndefault = true\n{prefetch}credentials = [{{ kind = \"client_secret\", secret = \"s\" }}]\n",
             self.authority,

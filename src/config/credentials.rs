@@ -508,15 +508,14 @@ impl Validator<'_> {
         Ok(url.to_string())
     }
 
-    /// Why `endpoint` would reach this tokenrelay itself (its own listen port on loopback),
-    /// which would make every token request ask itself again.
+    /// Why `endpoint` would reach this tokenrelay itself (its own listener, by any spelling
+    /// of a local address or a name resolving to one; `super::self_call`), which would make
+    /// every token request ask itself again.
     fn calls_itself(&self, endpoint: &str) -> Option<String> {
         let listen: SocketAddr = self.figment.extract_inner::<String>("server.listen").ok()?.trim().parse().ok()?;
         let url = Url::parse(endpoint).ok()?;
-        let local = super::is_loopback_host(&url) || url.host_str() == Some(&listen.ip().to_string());
-        let same_port = url.port_or_known_default() == Some(listen.port());
-        (listen.port() != 0 && local && same_port)
-            .then(|| format!("points at tokenrelay's own listener {listen}; it would ask itself for tokens"))
+        super::self_call::reaches_listener(&url, listen)
+            .then(|| format!("points at tokenrelay's own listener {listen}; it would ask itself for tokens (a loop)"))
     }
 
     /// Additional tenants an identity may get tokens for (`token --tenant`).

@@ -152,6 +152,33 @@ fn a_managed_identity_endpoint_that_is_tokenrelay_itself_is_refused() {
 }
 
 #[test]
+fn every_spelling_of_the_own_listener_is_refused_as_a_managed_identity_endpoint() {
+    // The listener is the default 127.0.0.1:8080.
+    for host in ["0.0.0.0", "localhost.", "LocalHost", "[::ffff:127.0.0.1]", "127.1"] {
+        let explicit = identity(
+            &format!(
+                "credentials = [{{ kind = \"managed_identity\", endpoint = \"http://{host}:8080/metadata/identity/oauth2/token\" }}]"
+            ),
+            None,
+        );
+        let error = load(&explicit, &[]).unwrap_err();
+        assert!(error.problem.contains("own listener 127.0.0.1:8080"), "{host}: {error}");
+    }
+    let env = [("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://0.0.0.0:8080")];
+    let chain = credentials(&identity("", Some("t")), &env);
+    assert!(
+        matches!(&chain[2], CredentialConfig::NotConfigured { credential: "managed_identity", reason } if reason.contains("own listener")),
+        "{chain:?}"
+    );
+    // Another loopback address is another socket: nothing listens there for this relay.
+    let other = identity(
+        "credentials = [{ kind = \"managed_identity\", endpoint = \"http://127.0.0.2:8080/metadata/identity/oauth2/token\" }]",
+        None,
+    );
+    assert!(load(&other, &[]).is_ok());
+}
+
+#[test]
 fn the_default_chain_follows_default_azure_credential() {
     let toml = identity("", Some("t"));
     let chain = credentials(&toml, &[]);

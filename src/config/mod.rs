@@ -10,6 +10,7 @@ mod credentials;
 mod persistence;
 mod raw;
 mod report;
+mod self_call;
 mod sources;
 
 use std::collections::{HashMap, HashSet};
@@ -88,7 +89,18 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub max_header_bytes: usize,
     pub max_uri_bytes: usize,
+    /// Names and addresses, besides the built-in ones, that a token request's `Host` may
+    /// name (the DNS rebinding guard, `server::host`): names lowercase without a trailing
+    /// dot, addresses in their canonical form (IPv4-mapped IPv6 as IPv4, IPv6 without
+    /// brackets).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
 }
+
+/// The shortest App Service header secret accepted. Anything that can reach the listener
+/// may guess at it, as fast as the server answers (some 100,000 guesses a second on one
+/// core): 16 random bytes put it out of reach, a word or a short string does not.
+pub const MIN_IDENTITY_HEADER_BYTES: usize = 16;
 
 /// How the IMDS flavour answers a request without `Metadata: true` (protocols.md 2.5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -433,8 +445,14 @@ impl Validator<'_> {
                     self.error("server.identity_header", "set identity_header or identity_header_file, not both")
                 );
             }
-            (Some(value), None) => Some(self.non_empty_secret("server.identity_header", value)?),
-            (None, Some(path)) => Some(self.secret_file("server.identity_header_file", &path)?),
+            (Some(value), None) => Some(self.long_identity_header(
+                "server.identity_header",
+                self.non_empty_secret("server.identity_header", value)?,
+            )?),
+            (None, Some(path)) => Some(self.long_identity_header(
+                "server.identity_header_file",
+                self.secret_file("server.identity_header_file", &path)?,
+            )?),
             (None, None) => None,
         };
         if raw.app_service && identity_header.is_none() && !dev {
@@ -505,7 +523,58 @@ impl Validator<'_> {
             max_connections: raw.max_connections,
             max_header_bytes: raw.max_header_bytes,
             max_uri_bytes: raw.max_uri_bytes,
+            allowed_hosts: self.allowed_hosts(raw.allowed_hosts)?,
         })
+    }
+
+    /// The App Service header secret, refused when short enough to guess. The message gives
+    /// the length, never the value.
+    fn long_identity_header(&self, key: &str, secret: Secret) -> Result<Secret, ConfigError> {
+        let length = secret.expose().len();
+        if length < MIN_IDENTITY_HEADER_BYTES {
+            return Err(self.error(
+                key,
+                format!(
+                    "the secret is {length} bytes long; it must be at least {MIN_IDENTITY_HEADER_BYTES} bytes, as \
+                     anything that reaches the listener can guess at it (generate one with `openssl rand -hex 32`)"
+                ),
+            ));
+        }
+        Ok(secret)
+    }
+
+    /// `server.allowed_hosts`, normalised for the per-request comparison: a name lowercase
+    /// without its trailing dot, an address in canonical form. A port is refused rather
+    /// than dropped, so that nobody expects it to be compared.
+    fn allowed_hosts(&self, raw: Vec<String>) -> Result<Vec<String>, ConfigError> {
+        let key = "server.allowed_hosts";
+        let mut hosts = Vec::with_capacity(raw.len());
+        for entry in raw {
+            let text = entry.trim();
+            let unbracketed = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
+            let normalised = if let Ok(ip) = unbracketed.parse::<IpAddr>() {
+                ip.to_canonical().to_string()
+            } else {
+                let name = text.strip_suffix('.').unwrap_or(text).to_ascii_lowercase();
+                let valid = !name.is_empty()
+                    && name.len() <= 253
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+                if !valid {
+                    return Err(self.error(
+                        key,
+                        format!(
+                            "{entry:?} is not a host name or IP address; give names such as host.docker.internal \
+                             without a scheme or port (ports are not compared)"
+                        ),
+                    ));
+                }
+                name
+            };
+            if !hosts.contains(&normalised) {
+                hosts.push(normalised);
+            }
+        }
+        Ok(hosts)
     }
 
     fn upstream(&self, raw: raw::RawUpstream) -> Result<UpstreamConfig, ConfigError> {

@@ -352,7 +352,7 @@ mod tests {
     fn load(persistence: &str, env: &[(&str, &str)]) -> Result<super::super::Config, ConfigError> {
         use figment::providers::{Format, Serialized, Toml};
         let toml = format!(
-            "[server]\nidentity_header = \"h\"\n[[identities]]\nclient_id = \"c1\"\ntenant_id = \"t1\"\n\
+            "[server]\nidentity_header = \"h-0123456789abcdef\"\n[[identities]]\nclient_id = \"c1\"\ntenant_id = \"t1\"\n\
              credentials = [{{ kind = \"client_secret\", secret = \"s\" }}]\n[cache.persistence]\n{persistence}\n"
         );
         let figment =

@@ -41,6 +41,27 @@ pub struct RawServer {
     pub max_connections: usize,
     pub max_header_bytes: usize,
     pub max_uri_bytes: usize,
+    /// Host names (and addresses) besides loopback that token requests may name in `Host`.
+    /// A list, or one comma-separated string (what a `TOKENRELAY_SERVER__ALLOWED_HOSTS`
+    /// variable holds).
+    #[serde(deserialize_with = "list_or_commas", skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
+}
+
+/// A list of strings, or one string of comma-separated items.
+fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrCommas {
+        List(Vec<String>),
+        Commas(String),
+    }
+    Ok(match ListOrCommas::deserialize(d)? {
+        ListOrCommas::List(items) => items,
+        ListOrCommas::Commas(text) => {
+            text.split(',').map(str::trim).filter(|item| !item.is_empty()).map(str::to_owned).collect()
+        }
+    })
 }
 
 impl Default for RawServer {
@@ -60,6 +81,7 @@ impl Default for RawServer {
             max_connections: 1024,
             max_header_bytes: 16 * 1024,
             max_uri_bytes: 8 * 1024,
+            allowed_hosts: Vec::new(),
         }
     }
 }

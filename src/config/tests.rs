@@ -19,7 +19,7 @@ fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
 
 const SECRET_IDENTITY: &str = r#"
 [server]
-identity_header = "hdr"
+identity_header = "hdr-0123456789abcdef"
 
 [[identities]]
 name = "app"
@@ -48,7 +48,7 @@ fn a_complete_file_loads_with_defaults_filled_in() {
 fn check_output_redacts_every_secret() {
     let config = load(SECRET_IDENTITY, &[]).unwrap();
     let printed = toml::to_string_pretty(&config).unwrap();
-    assert!(!printed.contains("s3cret") && !printed.contains("\"hdr\""), "{printed}");
+    assert!(!printed.contains("s3cret") && !printed.contains("hdr-0123456789abcdef"), "{printed}");
     assert!(printed.contains("<redacted>"));
     assert!(!format!("{config:?}").contains("s3cret"));
 }
@@ -61,7 +61,7 @@ fn the_identity_comes_from_the_azure_environment_when_none_is_configured() {
         ("AZURE_FEDERATED_TOKEN_FILE", "/var/run/secrets/azure/tokens/azure-identity-token"),
         ("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.us/"),
     ];
-    let config = load("[server]\nidentity_header = \"h\"", &env).unwrap();
+    let config = load("[server]\nidentity_header = \"h-0123456789abcdef\"", &env).unwrap();
     assert_eq!(config.identity_source, IdentitySource::AzureEnvironment);
     assert_eq!(config.upstream.authority_host, "https://login.microsoftonline.us/");
     let identity = &config.identities[0];
@@ -82,7 +82,7 @@ fn nothing_configured_says_what_to_do() {
 
 #[test]
 fn errors_name_the_key_and_the_file() {
-    let mut file = tempfile("[server]\nlisten = \"not an address\"\nidentity_header = \"h\"\n");
+    let mut file = tempfile("[server]\nlisten = \"not an address\"\nidentity_header = \"h-0123456789abcdef\"\n");
     file.flush().unwrap();
     let path = file.path.clone();
     let figment = Figment::from(Serialized::defaults(RawConfig::default())).merge(Toml::file(&path));
@@ -119,11 +119,11 @@ fn invalid_values_are_refused() {
     ];
     for (extra, key) in cases {
         // Later tables of the same name are not valid TOML, so build each case on its own.
-        let toml = format!("{extra}\n{}", base.replace("[server]\nidentity_header = \"hdr\"\n", ""));
+        let toml = format!("{extra}\n{}", base.replace("[server]\nidentity_header = \"hdr-0123456789abcdef\"\n", ""));
         let toml = if extra.starts_with("[server]") {
-            toml.replacen("[server]\n", "[server]\nidentity_header = \"hdr\"\n", 1)
+            toml.replacen("[server]\n", "[server]\nidentity_header = \"hdr-0123456789abcdef\"\n", 1)
         } else {
-            format!("[server]\nidentity_header = \"hdr\"\n{toml}")
+            format!("[server]\nidentity_header = \"hdr-0123456789abcdef\"\n{toml}")
         };
         let error = load(&toml, &[]).unwrap_err();
         assert_eq!(&error.key, key, "{toml}\n=> {error}");
@@ -140,7 +140,7 @@ fn loopback_http_authorities_are_allowed_for_tests() {
 
 #[test]
 fn the_app_service_flavour_needs_a_secret_except_in_dev() {
-    let without_header = SECRET_IDENTITY.replace("[server]\nidentity_header = \"hdr\"\n", "");
+    let without_header = SECRET_IDENTITY.replace("[server]\nidentity_header = \"hdr-0123456789abcdef\"\n", "");
     let error = load(&without_header, &[]).unwrap_err();
     assert_eq!(error.key, "server.identity_header");
     assert!(load(&format!("[server]\napp_service = false\n{without_header}"), &[]).is_ok());
@@ -149,14 +149,14 @@ fn the_app_service_flavour_needs_a_secret_except_in_dev() {
 
 #[test]
 fn secrets_come_from_files_and_empty_files_are_refused() {
-    let file = tempfile("  from-file\n");
+    let file = tempfile("  from-file-0123456789\n");
     let toml = format!(
         "[server]\nidentity_header_file = \"{}\"\n[[identities]]\nclient_id = \"c\"\ntenant_id = \"t\"\ncredentials = [{{ kind = \"client_secret\", secret_file = \"{}\" }}]",
         file.path.display(),
         file.path.display()
     );
     let config = load(&toml, &[]).unwrap();
-    assert_eq!(config.server.identity_header.as_ref().unwrap().expose(), "from-file");
+    assert_eq!(config.server.identity_header.as_ref().unwrap().expose(), "from-file-0123456789");
 
     let empty = tempfile("\n");
     let toml = toml.replacen(&file.path.display().to_string(), &empty.path.display().to_string(), 1);
@@ -170,10 +170,53 @@ fn secrets_come_from_files_and_empty_files_are_refused() {
 }
 
 #[test]
+fn a_short_identity_header_is_refused_with_its_length_and_not_its_value() {
+    let short = SECRET_IDENTITY.replace("hdr-0123456789abcdef", "x");
+    let error = load(&short, &[]).unwrap_err();
+    assert_eq!(error.key, "server.identity_header");
+    assert!(error.problem.contains("1 bytes long") && error.problem.contains("at least 16"), "{error}");
+    assert!(!error.to_string().contains("\"x\""), "{error}");
+    let fifteen = SECRET_IDENTITY.replace("hdr-0123456789abcdef", "0123456789abcde");
+    assert!(load(&fifteen, &[]).unwrap_err().problem.contains("15 bytes long"));
+    let sixteen = SECRET_IDENTITY.replace("hdr-0123456789abcdef", "0123456789abcdef");
+    assert!(load(&sixteen, &[]).is_ok());
+    // Surrounding blanks are trimmed before counting, as before use.
+    let padded = SECRET_IDENTITY.replace("hdr-0123456789abcdef", "   0123456789abcde   ");
+    assert!(load(&padded, &[]).is_err());
+
+    let file = tempfile("short\n");
+    let toml = SECRET_IDENTITY.replace(
+        "identity_header = \"hdr-0123456789abcdef\"",
+        &format!("identity_header_file = \"{}\"", file.path.display()),
+    );
+    let error = load(&toml, &[]).unwrap_err();
+    assert_eq!(error.key, "server.identity_header_file");
+    assert!(error.problem.contains("5 bytes long"), "{error}");
+}
+
+#[test]
+fn allowed_hosts_are_normalised_and_checked() {
+    let with = |hosts: &str| {
+        load(&SECRET_IDENTITY.replacen("[server]\n", &format!("[server]\nallowed_hosts = {hosts}\n"), 1), &[])
+    };
+    let config =
+        with(r#"["Host.Docker.Internal.", "tokenrelay_1", "[::ffff:10.0.0.5]", "FD00::1", "tokenrelay_1"]"#).unwrap();
+    assert_eq!(config.server.allowed_hosts, ["host.docker.internal", "tokenrelay_1", "10.0.0.5", "fd00::1"]);
+    // One string of comma-separated names: what an environment variable holds.
+    let config = with(r#""host.docker.internal, relay""#).unwrap();
+    assert_eq!(config.server.allowed_hosts, ["host.docker.internal", "relay"]);
+    for bad in [r#"["relay:8080"]"#, r#"["http://relay"]"#, r#"[""]"#, r#"["*.example"]"#, r#"["a b"]"#] {
+        let error = with(bad).unwrap_err();
+        assert_eq!(error.key, "server.allowed_hosts", "{bad}");
+        assert!(error.problem.contains("without a scheme or port"), "{bad}: {error}");
+    }
+}
+
+#[test]
 fn identities_must_be_unambiguous() {
     let two = |default_a: bool, default_b: bool, id_b: &str| {
         format!(
-            "[server]\nidentity_header = \"h\"\n\
+            "[server]\nidentity_header = \"h-0123456789abcdef\"\n\
              [[identities]]\nname = \"a\"\nclient_id = \"A\"\ntenant_id = \"t\"\ndefault = {default_a}\ncredentials = [{{ kind = \"client_secret\", secret = \"s\" }}]\n\
              [[identities]]\nname = \"b\"\nclient_id = \"{id_b}\"\ntenant_id = \"t\"\ndefault = {default_b}\ncredentials = [{{ kind = \"client_secret\", secret = \"s\" }}]\n"
         )

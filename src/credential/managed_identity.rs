@@ -11,6 +11,13 @@
 //! are retried with exponential backoff honouring `Retry-After`. An endpoint that refuses
 //! connections is remembered for a minute, so a default chain on a laptop does not wait for
 //! it on every miss.
+//!
+//! Every request carries [`HOP_HEADER`], which IMDS and App Service ignore (as they ignore
+//! the `x-ms-client-request-id` the Azure SDKs send) and a tokenrelay refuses with 508 Loop
+//! Detected: a link that leads back to a tokenrelay (its own, by a
+//! name the configuration check cannot see through, or another whose link leads back)
+//! fails at once with an error naming the loop, where it would otherwise wait on itself
+//! until the request timeout.
 
 use std::time::Duration;
 
@@ -33,6 +40,10 @@ const MAX_DELAY: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The most of an error body quoted in a message.
 const MAX_QUOTED_BODY: usize = 300;
+
+/// The header that marks a request from a tokenrelay's `managed_identity` link; a tokenrelay
+/// answers one with 508 and never serves it (`server::token::admit`).
+pub const HOP_HEADER: &str = "x-tokenrelay-hop";
 
 /// A managed identity reached over HTTP.
 pub struct ManagedIdentityCredential {
@@ -98,7 +109,7 @@ impl ManagedIdentityCredential {
     }
 
     async fn send(&self, url: &Url) -> Result<reqwest::Response, reqwest::Error> {
-        let mut request = self.http.get(url.clone()).header("Metadata", "true");
+        let mut request = self.http.get(url.clone()).header("Metadata", "true").header(HOP_HEADER, "1");
         if let Some(secret) = &self.config.identity_header {
             request = request.header("X-IDENTITY-HEADER", secret.expose());
         }
@@ -176,6 +187,15 @@ impl Credential for ManagedIdentityCredential {
                                 self.policy.gone_budget.as_secs()
                             ));
                             (self.policy.after_gone(count, first.elapsed()), error)
+                        }
+                        StatusCode::LOOP_DETECTED => {
+                            // Only a tokenrelay answers the hop header so; retrying cannot help.
+                            return Err(self.rejected(format!(
+                                "the managed identity endpoint at {} answered 508 Loop Detected: it is a \
+                                 tokenrelay, and a managed_identity link must lead to IMDS or an App Service \
+                                 endpoint, never to a tokenrelay (this one or another), which would loop",
+                                self.host()
+                            )));
                         }
                         StatusCode::TOO_MANY_REQUESTS => {
                             let error = CredentialError::Throttled {

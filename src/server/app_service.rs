@@ -8,28 +8,41 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 
 use super::error::ApiError;
+use super::host::AllowedHosts;
 use super::state::AppState;
 use super::token::{self, Call, Flavour};
 use super::wire::{TokenQuery, api_version_supported};
+use crate::telemetry::metrics;
 
 /// Handles one App Service style request.
-pub async fn handle(state: &AppState, request: &Parts) -> Response {
-    token::traced(Flavour::AppService, &request.headers, &request.uri, checked(state, &request.headers, &request.uri))
-        .await
+pub async fn handle(state: &AppState, hosts: &AllowedHosts, request: &Parts) -> Response {
+    let checked = checked(state, hosts, &request.headers, &request.uri);
+    token::traced(Flavour::AppService, &request.headers, &request.uri, checked).await
 }
 
-async fn checked(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Response {
+async fn checked(state: &AppState, hosts: &AllowedHosts, headers: &HeaderMap, uri: &Uri) -> Response {
     let started = Instant::now();
     let reject = |error| token::reject(Call::new(Flavour::AppService, uri, started), error);
 
+    if let Err(error) = token::admit(hosts, uri, headers) {
+        return reject(error);
+    }
     let presented = headers.get("x-identity-header").map(|v| v.as_bytes());
     let Some(expected) = state.identity_header.as_deref() else {
         // The router only mounts this flavour with a secret configured.
         return reject(ApiError::unauthorized("the App Service endpoint is not configured"));
     };
+    // Refusals are counted, not slowed: a wrong guess costs the guesser no more than a
+    // right answer costs a client, and what keeps guessing hopeless is the secret's length
+    // (`config::MIN_IDENTITY_HEADER_BYTES`). A delay here would hold a connection slot per
+    // guess, which hurts the clients sharing the listener more than the guesser.
     match presented {
-        None => return reject(ApiError::unauthorized("X-IDENTITY-HEADER is required")),
+        None => {
+            metrics::identity_header_refused(metrics::HeaderRefusal::Missing);
+            return reject(ApiError::unauthorized("X-IDENTITY-HEADER is required"));
+        }
         Some(value) if !expected.matches(value) => {
+            metrics::identity_header_refused(metrics::HeaderRefusal::Mismatch);
             return reject(ApiError::unauthorized("X-IDENTITY-HEADER does not match IDENTITY_HEADER"));
         }
         Some(_) => {}

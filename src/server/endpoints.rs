@@ -20,6 +20,7 @@ use tower::{Layer, ServiceExt};
 use tower_http::normalize_path::{NormalizePath, NormalizePathLayer};
 
 use super::error::ApiError;
+use super::host::AllowedHosts;
 use super::state::AppState;
 use super::token::Flavour;
 use super::{app_service, imds};
@@ -37,6 +38,8 @@ struct Inner {
     app_service_path: Option<Box<str>>,
     /// Longest request target (path and query) accepted; longer gets 414.
     max_uri_bytes: usize,
+    /// The hosts a token request may name (the DNS rebinding guard).
+    hosts: AllowedHosts,
     /// Everything that is not a token request.
     others: NormalizePath<Router>,
 }
@@ -48,6 +51,7 @@ impl Endpoints {
         imds: bool,
         app_service_path: Option<&str>,
         max_uri_bytes: usize,
+        hosts: AllowedHosts,
         others: Router,
     ) -> Self {
         Self(Arc::new(Inner {
@@ -55,6 +59,7 @@ impl Endpoints {
             imds_path: imds.then(|| IMDS_PATH.trim_matches('/')),
             app_service_path: app_service_path.map(|p| p.trim_matches('/').into()),
             max_uri_bytes,
+            hosts,
             others: NormalizePathLayer::trim_trailing_slash().layer(others),
         }))
     }
@@ -90,8 +95,8 @@ impl Inner {
             // The body of a GET is never read.
             let (parts, _body) = request.into_parts();
             return match flavour {
-                Flavour::Imds => imds::handle(&self.state, &parts).await,
-                Flavour::AppService => app_service::handle(&self.state, &parts).await,
+                Flavour::Imds => imds::handle(&self.state, &self.hosts, &parts).await,
+                Flavour::AppService => app_service::handle(&self.state, &self.hosts, &parts).await,
             };
         }
         // Boxed so that the router's future does not inflate every token request's.
@@ -164,7 +169,7 @@ mod tests {
             metrics: None,
             request_timeout: std::time::Duration::from_secs(1),
         };
-        Endpoints::new(state, imds, app_service, 100, Router::new()).0
+        Endpoints::new(state, imds, app_service, 100, AllowedHosts::default(), Router::new()).0
     }
 
     #[test]

@@ -8,6 +8,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::host::Refusal;
 use super::wire::ErrorBody;
 use crate::broker::BrokerError;
 use crate::credential::CredentialError;
@@ -48,6 +49,36 @@ impl ApiError {
             status: StatusCode::UNAUTHORIZED,
             error: "unauthorized_client",
             description: description.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A 400 for a token request whose `Host` is not admitted (the DNS rebinding guard).
+    /// Names the setting that admits a host, since a legitimate client reaching the
+    /// listener by a new name (a compose service, `host.docker.internal`) lands here.
+    pub fn host_refused(refusal: Refusal<'_>) -> Self {
+        let what = match refusal {
+            Refusal::NotAllowed(host) => format!("Host {host:?} is not allowed"),
+            Refusal::Malformed => "the Host header is not one plain ASCII host name".to_owned(),
+        };
+        Self::bad_request(format!(
+            "{what}: tokens are served only to requests for a loopback address, localhost, 169.254.169.254, \
+             the listen address or a name in server.allowed_hosts (so that a web page cannot reach them through \
+             DNS rebinding); add the name this client uses to server.allowed_hosts"
+        ))
+    }
+
+    /// A 508 for a request from a tokenrelay's `managed_identity` link, which a tokenrelay
+    /// never serves, so that a loop fails at once (see `token::admit`). Only a tokenrelay
+    /// sends the hop header, and its link treats 508 as final.
+    pub fn loop_detected() -> Self {
+        Self {
+            status: StatusCode::LOOP_DETECTED,
+            error: "loop_detected",
+            description: "refused: the request comes from a tokenrelay's managed_identity link (it carries \
+                          X-Tokenrelay-Hop), which a tokenrelay never serves, so that a link leading back to a \
+                          tokenrelay fails at once as a loop"
+                .to_owned(),
             retry_after: None,
         }
     }

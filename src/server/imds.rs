@@ -7,20 +7,25 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 
 use super::error::ApiError;
+use super::host::AllowedHosts;
 use super::state::AppState;
 use super::token::{self, Call, Flavour};
 use super::wire::{TokenQuery, api_version_supported};
 use crate::config::ProbeMode;
 
 /// Handles one IMDS-style request. Caller checks come first and never cause upstream I/O.
-pub async fn handle(state: &AppState, request: &Parts) -> Response {
-    token::traced(Flavour::Imds, &request.headers, &request.uri, checked(state, &request.headers, &request.uri)).await
+pub async fn handle(state: &AppState, hosts: &AllowedHosts, request: &Parts) -> Response {
+    let checked = checked(state, hosts, &request.headers, &request.uri);
+    token::traced(Flavour::Imds, &request.headers, &request.uri, checked).await
 }
 
-async fn checked(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Response {
+async fn checked(state: &AppState, hosts: &AllowedHosts, headers: &HeaderMap, uri: &Uri) -> Response {
     let started = Instant::now();
     let reject = |error| token::reject(Call::new(Flavour::Imds, uri, started), error);
 
+    if let Err(error) = token::admit(hosts, uri, headers) {
+        return reject(error);
+    }
     // IMDS refuses anything that came through a proxy; so do we.
     if headers.contains_key("x-forwarded-for") {
         return reject(ApiError::bad_request("Requests with an X-Forwarded-For header are not accepted"));

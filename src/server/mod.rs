@@ -5,6 +5,7 @@ mod app_service;
 mod endpoints;
 mod error;
 mod health;
+mod host;
 mod imds;
 mod state;
 mod token;
@@ -47,7 +48,7 @@ pub fn endpoints(state: AppState, server: &ServerConfig) -> Endpoints {
     }
     let others = others.fallback(health::fallback).with_state(state.clone());
     let app_service_path = server.app_service.then_some(server.app_service_path.as_str());
-    Endpoints::new(state, server.imds, app_service_path, server.max_uri_bytes, others)
+    Endpoints::new(state, server.imds, app_service_path, server.max_uri_bytes, host::AllowedHosts::new(server), others)
 }
 
 /// The admin listener's service: health, readiness and metrics only, never a token endpoint,
@@ -58,7 +59,7 @@ pub fn admin_endpoints(state: AppState, server: &ServerConfig) -> Endpoints {
         others = others.route("/metrics", get(health::metrics));
     }
     let others = others.fallback(health::fallback).with_state(state.clone());
-    Endpoints::new(state, false, None, server.max_uri_bytes, others)
+    Endpoints::new(state, false, None, server.max_uri_bytes, host::AllowedHosts::default(), others)
 }
 
 /// Connection-level limits (design.md section 7): they bound what a misbehaving or hostile

@@ -22,7 +22,7 @@ fn dev_router() -> &'static (Endpoints, tokio::runtime::Runtime) {
 
 fn build_dev_router() -> (Endpoints, tokio::runtime::Runtime) {
     let figment = Figment::from(Serialized::defaults(RawConfig::default()))
-        .merge(Toml::string("[dev]\nenabled = true\n[server]\nidentity_header = \"secret\""));
+        .merge(Toml::string("[dev]\nenabled = true\n[server]\nidentity_header = \"secret-0123456789abcdef\""));
     let config = Config::from_figment(&figment, &HashMap::new()).unwrap();
     let built = crate::app::build(&config, "http://127.0.0.1:8080").unwrap();
     let state = AppState {
@@ -62,7 +62,7 @@ proptest! {
         for path in ["/metadata/identity/oauth2/token", "/msi/token"] {
             let request = Request::get(format!("{path}?{query}"))
                 .header("Metadata", "true")
-                .header("X-IDENTITY-HEADER", "secret")
+                .header("X-IDENTITY-HEADER", "secret-0123456789abcdef")
                 .body(Body::empty())
                 .unwrap();
             check(router, runtime, request)?;

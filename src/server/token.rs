@@ -10,8 +10,10 @@ use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
 use super::error::ApiError;
+use super::host::AllowedHosts;
 use super::state::AppState;
 use super::wire::{TokenQuery, render_token_body};
+use crate::credential::managed_identity::HOP_HEADER;
 use crate::telemetry::{self, metrics};
 
 /// Which endpoint a request came through.
@@ -67,6 +69,23 @@ pub async fn traced(
     let response = handler.instrument(span.clone()).await;
     span.record("http.response.status_code", response.status().as_u16());
     response
+}
+
+/// The checks every token request passes before its flavour's own, in this order:
+///
+/// 1. It is not a tokenrelay's `managed_identity` link (it carries no [`HOP_HEADER`]). A
+///    tokenrelay never serves one, so a link that leads back to its own tokenrelay, by any
+///    name or through another tokenrelay, fails at once with an error naming the loop,
+///    instead of waiting out the request timeout on itself.
+/// 2. Its host is admitted (`server.allowed_hosts`; the DNS rebinding guard, see
+///    [`super::host`]).
+///
+/// Neither allocates when the request passes.
+pub fn admit(hosts: &AllowedHosts, uri: &Uri, headers: &HeaderMap) -> Result<(), ApiError> {
+    if headers.contains_key(HOP_HEADER) {
+        return Err(ApiError::loop_detected());
+    }
+    hosts.check(uri, headers).map_err(ApiError::host_refused)
 }
 
 /// Resolves the identity, gets the token from the broker and writes the wire body.

@@ -24,6 +24,7 @@ pub const REFRESHES: &str = "tokenrelay_background_refreshes_total";
 pub const TOKEN_EXPIRY: &str = "tokenrelay_token_expires_in_seconds";
 pub const BUILD_INFO: &str = "tokenrelay_build_info";
 pub const PERSISTENCE_WRITES: &str = "tokenrelay_persistence_writes_total";
+pub const IDENTITY_HEADER_REFUSED: &str = "tokenrelay_identity_header_refused_total";
 
 /// Latency buckets: cache hits take microseconds, upstream calls up to the timeout.
 const REQUEST_BUCKETS: &[f64] = &[0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -55,6 +56,14 @@ pub fn install() -> Result<PrometheusHandle, String> {
     describe_gauge!(BUILD_INFO, "Always 1; the labels carry the version.");
     describe_counter!(PERSISTENCE_WRITES, "Batched writes of the persistent cache, by result.");
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    describe_counter!(
+        IDENTITY_HEADER_REFUSED,
+        "App Service requests refused for their X-IDENTITY-HEADER, by reason: missing, or mismatch (a wrong guess)."
+    );
+    // Present from the start at 0, so that an alert on its rate sees the first guess.
+    for refusal in [HeaderRefusal::Missing, HeaderRefusal::Mismatch] {
+        header_refusals()[refusal as usize].increment(0);
+    }
     // Histogram samples pile up until upkeep drains them; `install_recorder` leaves upkeep
     // to us, and without it memory grows with every request between scrapes.
     let upkeep = handle.clone();
@@ -105,6 +114,27 @@ pub fn request(flavour: &'static str, status: u16, elapsed: Duration) {
             histogram!(REQUEST_DURATION, "flavour" => flavour).record(elapsed.as_secs_f64());
         }
     }
+}
+
+/// Why an App Service request's `X-IDENTITY-HEADER` was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderRefusal {
+    /// No header: usually a misconfigured client.
+    Missing = 0,
+    /// A wrong value: a misconfigured client or a guess.
+    Mismatch = 1,
+}
+
+/// The refusal counters, registered once: guesses arrive as fast as the listener answers,
+/// and each should not build and hash a labelled key.
+fn header_refusals() -> &'static [Counter; 2] {
+    static COUNTERS: OnceLock<[Counter; 2]> = OnceLock::new();
+    COUNTERS.get_or_init(|| ["missing", "mismatch"].map(|reason| counter!(IDENTITY_HEADER_REFUSED, "reason" => reason)))
+}
+
+/// An App Service request was refused for its `X-IDENTITY-HEADER`.
+pub fn identity_header_refused(refusal: HeaderRefusal) {
+    header_refusals()[refusal as usize].increment(1);
 }
 
 /// A cache lookup ended with `outcome` (hit, stale, miss, coalesced).
@@ -183,6 +213,7 @@ fn status_label(status: u16) -> &'static str {
         429 => "429",
         500 => "500",
         503 => "503",
+        508 => "508",
         _ => "other",
     }
 }

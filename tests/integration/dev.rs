@@ -58,8 +58,8 @@ fn decode_segment(segment: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_given_identity_header_is_used_instead_of_a_generated_one() {
-    let relay = TestRelay::serve_dev(&["--identity-header", "chosen-secret"]).await;
-    let ok = relay.get("/msi/token?resource=r", &[("X-IDENTITY-HEADER", "chosen-secret")]).await;
+    let relay = TestRelay::serve_dev(&["--identity-header", "chosen-secret-0123456789"]).await;
+    let ok = relay.get("/msi/token?resource=r", &[("X-IDENTITY-HEADER", "chosen-secret-0123456789")]).await;
     assert_eq!(ok.status(), 200);
-    assert!(relay.stdout_lines.iter().any(|l| l.ends_with("IDENTITY_HEADER=chosen-secret")));
+    assert!(relay.stdout_lines.iter().any(|l| l.ends_with("IDENTITY_HEADER=chosen-secret-0123456789")));
 }

@@ -26,7 +26,7 @@ impl Laptop {
         let toml = format!(
             r#"
 [server]
-identity_header = "h"
+identity_header = "h-0123456789abcdef"
 
 [upstream]
 authority_host = "{}"

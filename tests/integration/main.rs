@@ -5,6 +5,7 @@ mod support;
 
 mod app_service;
 mod cache;
+mod callers;
 mod certificates;
 mod cli;
 mod credentials;
