@@ -1,10 +1,11 @@
 //! Scenario probes against the real tokenrelay binary, each with a stand-in Entra authority
 //! on loopback that counts what reaches it. Every token is a 1.5 KB JWT-shaped string
-//! ([`tokens`]). Loopback only; every loop is bounded. Figures: bench/README-section.md.
+//! ([`tokens`]). Loopback only; every loop is bounded. How to run each probe and the latest
+//! figures: docs/benchmarks.md.
 //!
 //! ```text
-//! cargo build --release --bin tokenrelay --example bench_probe
-//! target/release/examples/bench_probe PROBE [PATH_TO_TOKENRELAY]
+//! bash bench/build.sh
+//! target/release/bench_probe PROBE [PATH_TO_TOKENRELAY]
 //! ```
 
 mod authority;
