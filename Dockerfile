@@ -13,7 +13,7 @@
 # ---------------------------------------------------------------------------------------------
 # Build stage
 # ---------------------------------------------------------------------------------------------
-# rust:1-bookworm follows the newest stable 1.x toolchain (Cargo.toml asks for at least 1.88).
+# rust:1-bookworm follows the newest stable 1.x toolchain (Cargo.toml asks for at least 1.89).
 # For reproducible releases pin it by digest (rust:1-bookworm@sha256:...), e.g. with Renovate.
 FROM rust:1-bookworm AS builder
 

@@ -19,7 +19,8 @@ checked_by_binary = 0
 monitors = 0
 
 # Variables that make an Azure SDK sign in by itself instead of asking tokenrelay
-# (shared/docs/protocols.md 2.7), or select another managed-identity flavour.
+# (docs/protocols.md#variables-that-bypass-the-sidecar), or select another managed-identity
+# flavour.
 FORBIDDEN_IN_APPS = {
     "AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_CLIENT_SECRET",
     "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_AUTHORITY_HOST", "MSI_ENDPOINT", "MSI_SECRET",
