@@ -84,7 +84,7 @@ pub struct ServerConfig {
     pub max_uri_bytes: usize,
 }
 
-/// How the IMDS flavour answers a request without `Metadata: true` (protocols.md 2.5).
+/// How the IMDS flavour answers a request without `Metadata: true` (docs/protocols.md#sdk-probes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProbeMode {

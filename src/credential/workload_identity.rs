@@ -3,7 +3,7 @@
 //! The projected service-account token in `token_file` is the client assertion. The kubelet
 //! rotates that file (typically hourly), so it is re-read whenever its modification time
 //! changes, at least every five minutes, and always before the retry that follows an
-//! AADSTS700024 ("assertion expired"); protocols.md section 4, pitfall 5.
+//! AADSTS700024 ("assertion expired"); docs/protocols.md#projected-service-account-token.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
