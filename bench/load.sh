@@ -19,7 +19,7 @@ if ! command -v wrk >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
 fi
 
-cargo build --release --quiet --bin tokenrelay --example baseline_server
+bash bench/build.sh --quiet
 bin=target/release/tokenrelay
 
 pids=()
@@ -38,7 +38,7 @@ app_url="http://127.0.0.1:$relay_port/msi/token?api-version=2019-08-01&resource=
 for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$relay_port/healthz" && break; sleep 0.05; done
 body_bytes=$(curl -fs -H 'Metadata: true' "$imds_url" | wc -c)
 
-target/release/examples/baseline_server "127.0.0.1:$baseline_port" "$body_bytes" >/dev/null &
+target/release/baseline_server "127.0.0.1:$baseline_port" "$body_bytes" >/dev/null &
 pids+=($!); baseline_pid=$!
 for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$baseline_port/" && break; sleep 0.05; done
 

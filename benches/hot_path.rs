@@ -96,8 +96,8 @@ fn hot_path(c: &mut Criterion) {
 
 /// The App Service header secret's comparison, with the right value and with wrong ones that
 /// differ at the first byte, at the last byte, or in length: if the comparison leaked where
-/// a guess goes wrong, the times would differ (they are the same within noise; README,
-/// "Benchmarks").
+/// a guess goes wrong, the times would differ (they are the same within noise;
+/// docs/benchmarks.md).
 fn header_secret(c: &mut Criterion) {
     let secret = tokenrelay::secret::Secret::new("x".repeat(32));
     let mut group = c.benchmark_group("header_secret");

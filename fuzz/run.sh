@@ -6,17 +6,17 @@
 #
 # Environment:
 #   FUZZ_TARGETS  space-separated subset of targets (default: all three)
-#   MINIMIZE=1    after a clean run, merge what the run found into corpus/<target> and
-#                 minimise it with `cargo fuzz cmin`
+#   MINIMIZE=1    after a clean run, minimise the local corpus work/<target> with
+#                 `cargo fuzz cmin`
 #
 # Why RUSTC_BOOTSTRAP=1: cargo-fuzz builds with nightly-only flags (-Zsanitizer=address,
-# -Cpasses=sancov-module and friends). This machine has only the stable toolchain and cannot
-# fetch a nightly; stable rustc ships the sanitizer runtimes and honours -Z flags when
-# RUSTC_BOOTSTRAP=1 is set. It is set only for these fuzz builds, never for the product.
+# -Cpasses=sancov-module and friends). With only a stable toolchain installed, stable rustc
+# still ships the sanitizer runtimes and honours -Z flags when RUSTC_BOOTSTRAP=1 is set. It
+# is set only for these fuzz builds, never for the product.
 #
-# New inputs a run discovers go to work/<target> (ignored by git), so the committed seeds
-# in corpus/<target> only change when MINIMIZE=1 is asked for. A crash stops the script with
-# a non-zero exit and prints where libFuzzer saved the crashing input.
+# corpus/<target> holds the committed seeds and regression inputs and is only read. What a
+# run discovers goes to work/<target> (ignored by git), which later runs start from too. A
+# crash stops the script with a non-zero exit and prints where libFuzzer saved the input.
 set -euo pipefail
 
 seconds="${1:-600}"
@@ -51,17 +51,8 @@ for target in "${targets[@]}"; do
     fi
     grep -E "^#[0-9]+.*(DONE|pulse)|^stat::" "$log" | tail -n 12 >&2
     if [[ "${MINIMIZE:-0}" == 1 ]]; then
-        cp -n "work/$target"/* "corpus/$target"/ 2>/dev/null || true
-        seeds="$(mktemp -d)"
-        cp "corpus/$target"/seed-* "$seeds"/
-        nice -n 19 cargo fuzz cmin --sanitizer address "$target" "corpus/$target" >"logs/$target.cmin.log" 2>&1
-        # cmin renames every input to its SHA-1; put the named seeds back in place of their copies.
-        for seed in "$seeds"/*; do
-            rm -f "corpus/$target/$(sha1sum <"$seed" | cut -c1-40)"
-            cp "$seed" "corpus/$target/"
-        done
-        rm -r "$seeds"
-        echo "== $target corpus minimised: $(find "corpus/$target" -type f | wc -l) files" >&2
+        nice -n 19 cargo fuzz cmin --sanitizer address "$target" "work/$target" >"logs/$target.cmin.log" 2>&1
+        echo "== $target local corpus minimised: $(find "work/$target" -type f | wc -l) files in fuzz/work/$target" >&2
     fi
 done
 echo "== all targets ran ${seconds}s without a crash" >&2

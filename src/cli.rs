@@ -17,7 +17,7 @@ use crate::config::{CacheFlags, DevFlags, FlagOverrides, LoadOptions, Persistenc
 #[derive(Debug, Parser)]
 #[command(name = "tokenrelay", version, propagate_version = true)]
 pub struct Cli {
-    /// TOML configuration file (see the README for every key).
+    /// TOML configuration file (docs/configuration.md lists every key).
     #[arg(long, global = true, env = "TOKENRELAY_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
 

@@ -2,7 +2,7 @@
 //!
 //! It knows nothing of HTTP. The server asks it for a token for (identity, resource); it
 //! answers from memory when it can, and otherwise makes exactly one upstream call per key
-//! however many callers are waiting (design.md section 4).
+//! however many callers are waiting (docs/caching.md#single-flight).
 
 mod cache;
 mod policy;
@@ -81,7 +81,7 @@ impl fmt::Debug for Identity {
     }
 }
 
-/// How a request names the identity it wants (protocols.md section 0, item 2).
+/// How a request names the identity it wants (docs/protocols.md#identity-selectors).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Selector {
     /// No selector: the default identity.

@@ -1,5 +1,5 @@
 //! When a cached token should be refreshed and when it may still be served
-//! (design.md section 4, protocols.md 3d).
+//! (docs/caching.md#refresh-point, docs/protocols.md#client-refresh-rules).
 
 use crate::credential::AccessToken;
 

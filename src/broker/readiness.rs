@@ -1,7 +1,8 @@
 //! Readiness: a one-way latch that opens once every prefetch is in the cache.
 //!
 //! It never closes again: an Entra outage after start is ridden out by the cache, and
-//! pulling the pod out of service would only make it worse (style.md 6.2, principle 8).
+//! pulling the pod out of service would only make it worse
+//! (docs/architecture.md#start-up-readiness-and-shutdown).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

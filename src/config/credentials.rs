@@ -61,7 +61,7 @@ pub enum AssertionSource {
     Command { command: Vec<String>, timeout_secs: u64 },
 }
 
-/// An Azure Pipelines service connection (protocols.md 3c).
+/// An Azure Pipelines service connection (docs/protocols.md#azure-devops-oidc).
 #[derive(Clone, Debug, Serialize)]
 pub struct PipelinesConfig {
     pub service_connection_id: String,
@@ -124,7 +124,7 @@ pub enum EnvironmentSource {
     ClientCertificate(CertificateConfig),
 }
 
-/// The Azure clouds that have names, and their authority hosts (protocols.md 3a).
+/// The Azure clouds that have names, and their authority hosts (docs/protocols.md#entra-token-endpoint).
 const CLOUDS: [(&str, &str); 3] = [
     ("public", "https://login.microsoftonline.com"),
     ("usgovernment", "https://login.microsoftonline.us"),

@@ -102,7 +102,7 @@ pub struct ServerConfig {
 /// core): 16 random bytes put it out of reach, a word or a short string does not.
 pub const MIN_IDENTITY_HEADER_BYTES: usize = 16;
 
-/// How the IMDS flavour answers a request without `Metadata: true` (protocols.md 2.5).
+/// How the IMDS flavour answers a request without `Metadata: true` (docs/protocols.md#sdk-probes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProbeMode {

@@ -1,6 +1,6 @@
 //! `azure_cli`: tokens from the developer's Azure CLI login, for laptops.
 //!
-//! Runs `az account get-access-token --resource R [--tenant T] -o json` (protocols.md 3f)
+//! Runs `az account get-access-token --resource R [--tenant T] -o json` (docs/protocols.md#azure-cli)
 //! with a timeout and reads `accessToken` and `expires_on` (epoch seconds, printed by CLI
 //! 2.54.0 and later; the local-time `expiresOn` string is never parsed). A missing `az` or
 //! a CLI that is not logged in is "unavailable", so a chain moves on.

@@ -1,6 +1,6 @@
 //! `azure_pipelines`: workload identity federation from an Azure Pipelines job.
 //!
-//! Before every exchange (protocols.md 3c) tokenrelay asks Azure DevOps for a fresh OIDC
+//! Before every exchange (docs/protocols.md#azure-devops-oidc) tokenrelay asks Azure DevOps for a fresh OIDC
 //! token: `POST {SYSTEM_OIDCREQUESTURI}?api-version=7.1&serviceConnectionId=<id>` with the
 //! job's `System.AccessToken` as a bearer token, then presents the returned `oidcToken` as
 //! the client assertion. The OIDC token is never reused: Azure DevOps tokens expire after

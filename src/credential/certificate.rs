@@ -1,11 +1,11 @@
 //! `client_certificate`: the client-credentials grant with a certificate assertion.
 //!
 //! The application proves itself with a JWT signed by the certificate's private key
-//! (protocols.md 3a): header `alg` PS256 with `x5t#S256` (what Entra's current documentation
-//! recommends) or RS256 with the SHA-1 `x5t` (what older SDKs send), optionally `x5c` with the
-//! chain; claims `aud` = the token endpoint, `iss` = `sub` = the client id, a fresh `jti`,
-//! `nbf`/`iat` = now and `exp` ten minutes later. A new assertion is signed for every
-//! exchange.
+//! (docs/protocols.md#certificate-assertions): header `alg` PS256 with `x5t#S256` (what
+//! Entra's current documentation recommends) or RS256 with the SHA-1 `x5t` (what older SDKs
+//! send), optionally `x5c` with the chain; claims `aud` = the token endpoint, `iss` = `sub` =
+//! the client id, a fresh `jti`, `nbf`/`iat` = now and `exp` ten minutes later. A new
+//! assertion is signed for every exchange.
 //!
 //! The certificate comes from PEM (certificate and key in one file, or two) or PKCS#12/PFX
 //! with an optional password. The files (and `password_file`) are read again whenever they

@@ -1,9 +1,10 @@
 //! The Entra ID client: the only code that speaks OAuth2 to the authority.
 //!
 //! One operation, the client-credentials grant (`POST {authority}/{tenant}/oauth2/v2.0/token`,
-//! form-encoded; protocols.md 3a), with hard timeouts, bounded retries with exponential
-//! backoff and jitter on 429/5xx/network errors honouring `Retry-After`, and a global cap on
-//! concurrent requests that protects the authority when many identities refresh at once.
+//! form-encoded; docs/protocols.md#entra-token-endpoint), with hard timeouts, bounded
+//! retries with exponential backoff and jitter on 429/5xx/network errors honouring
+//! `Retry-After`, and a global cap on concurrent requests that protects the authority when
+//! many identities refresh at once.
 //! Credentials reach it through [`Application`], which pairs the client with one tenant and
 //! client id.
 
@@ -291,8 +292,8 @@ pub fn parse_token_response(body: &[u8], issued_at: u64) -> Result<AccessToken, 
     serde_json::from_slice::<TokenResponse>(body).map(|response| response.into_access_token(issued_at))
 }
 
-/// A successful token response (protocols.md 3a). Lifetimes may arrive as numbers or
-/// as numeric strings depending on the authority, so both are accepted.
+/// A successful token response (docs/protocols.md#entra-token-response). Lifetimes may arrive
+/// as numbers or as numeric strings depending on the authority, so both are accepted.
 #[derive(Deserialize)]
 struct TokenResponse {
     access_token: String,

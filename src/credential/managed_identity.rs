@@ -5,7 +5,7 @@
 //! (`IDENTITY_ENDPOINT` with `X-IDENTITY-HEADER`, api-version 2019-08-01). This lets
 //! tokenrelay put its cache in front of a node's identity.
 //!
-//! IMDS rules (protocols.md 1a): never through a proxy (the client is built with
+//! IMDS rules (docs/protocols.md#imds-token-endpoint): never through a proxy (the client is built with
 //! `no_proxy`), never with `X-Forwarded-For` (nothing here adds it), 410 means "updating,
 //! back within 70 seconds" so it is retried for at least that long, 404/429/5xx and timeouts
 //! are retried with exponential backoff honouring `Retry-After`. An endpoint that refuses
@@ -295,7 +295,7 @@ impl RetryPolicy {
     }
 }
 
-/// A token response from IMDS or App Service (protocols.md 1a, 1b): numbers may be strings.
+/// A token response from IMDS or App Service (docs/protocols.md#token-response-body): numbers may be strings.
 #[derive(Deserialize)]
 struct TokenResponse {
     access_token: String,

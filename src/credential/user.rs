@@ -1,6 +1,7 @@
 //! User sign-in for laptops: the device code flow (`tokenrelay login --device-code`), the
 //! refresh-token grant that later obtains tokens silently, the non-secret
-//! AuthenticationRecord that names the account (protocols.md 3e), and the `user` credential.
+//! AuthenticationRecord that names the account (docs/protocols.md#authenticationrecord), and
+//! the `user` credential.
 //!
 //! The refresh token lives only in the persistent store (encrypted unless the operator
 //! allowed plaintext); the record is plain JSON. Entra rotates refresh tokens, so every
@@ -33,8 +34,9 @@ const CREDENTIAL: &str = "user";
 /// What the error says when only a new sign-in helps.
 const LOGIN_AGAIN: &str = "run `tokenrelay login --device-code` again";
 
-/// Identifies a signed-in account; not secret (protocols.md 3e). Serialised with the Azure
-/// SDKs' field names, so their `AuthenticationRecord.deserialize` reads it too.
+/// Identifies a signed-in account; not secret (docs/protocols.md#authenticationrecord).
+/// Serialised with the Azure SDKs' field names, so their `AuthenticationRecord.deserialize`
+/// reads it too.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthenticationRecord {

@@ -5,7 +5,7 @@
 //! is read again whenever it changes, at least every five minutes, and unconditionally after
 //! an AADSTS700024 ("assertion expired") or AADSTS700027 (signature not accepted) refusal,
 //! followed by a single retry when that read found a new token. [`WatchedFiles`] does all
-//! three.
+//! three (docs/protocols.md#projected-service-account-token).
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,4 +1,5 @@
-//! The App Service flavour: `GET $IDENTITY_ENDPOINT` with `X-IDENTITY-HEADER` (protocols.md 1b).
+//! The App Service flavour: `GET $IDENTITY_ENDPOINT` with `X-IDENTITY-HEADER`
+//! (docs/protocols.md#app-service-endpoint).
 //! `Metadata` is not required: msal-node and MSAL Go do not send it.
 
 use std::time::Instant;

@@ -2,9 +2,9 @@
 //! comparisons and go straight to their flavour's handler; everything else (health,
 //! readiness, metrics, discovery, unknown paths) goes through the axum router.
 //!
-//! Routing, path normalisation, the URI limit and the request timeout used to be four tower
-//! layers around the router. On a cache hit they cost more than the token lookup itself
-//! (README, "Benchmarks"), so the token path does the same work inline, once.
+//! Routing, path normalisation, the URI limit and the request timeout as four tower layers
+//! around the router would cost more per cache hit than the token lookup itself
+//! (docs/architecture.md#the-request-path), so the token path does the same work inline, once.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -67,7 +67,7 @@ impl Endpoints {
 
 impl Inner {
     /// Which token endpoint `path` names. Leading and trailing slashes are ignored, as the
-    /// SDKs send `//metadata/...` and `.../token/` (protocols.md 2.5).
+    /// SDKs send `//metadata/...` and `.../token/` (docs/protocols.md#paths-the-sdks-send).
     fn flavour(&self, path: &str) -> Option<Flavour> {
         let path = path.trim_matches('/');
         if self.imds_path == Some(path) {

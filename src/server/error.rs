@@ -1,6 +1,6 @@
 //! `ApiError`: the one mapping from failures to HTTP responses.
 //!
-//! Status codes follow protocols.md section 0, item 4: 400 for anything retrying will not fix
+//! Status codes follow docs/protocols.md#status-codes-clients-act-on: 400 for anything retrying will not fix
 //! (clients stop; most treat it as "unavailable"), 401 for a bad App Service secret, 429 and
 //! 503 with a `Retry-After` of a few seconds for transient trouble, never 404 or 403 for an
 //! identity problem.
@@ -113,7 +113,7 @@ impl From<BrokerError> for ApiError {
     fn from(error: BrokerError) -> Self {
         let description = error.to_string();
         match &error {
-            // "Identity not found" is the phrase .NET's probe looks for (protocols.md 2.4).
+            // "Identity not found" is the phrase .NET's probe looks for (docs/protocols.md#sdk-probes).
             BrokerError::UnknownIdentity(_) => Self::bad_request(format!("Identity not found: {description}")),
             BrokerError::NoDefaultIdentity => Self::bad_request(description),
             BrokerError::Upstream { source, .. } => match source.as_ref() {

@@ -1,4 +1,5 @@
-//! The IMDS flavour: `GET /metadata/identity/oauth2/token` (protocols.md 1a and 2.5).
+//! The IMDS flavour: `GET /metadata/identity/oauth2/token` (docs/protocols.md#imds-token-endpoint
+//! and docs/protocols.md#sdk-probes).
 
 use std::time::Instant;
 
@@ -38,7 +39,7 @@ async fn checked(state: &AppState, hosts: &AllowedHosts, headers: &HeaderMap, ur
         headers.get("metadata").and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
     if !has_metadata {
         // SDK probes (JS and Go send no query at all) get real IMDS's answer at once.
-        // `compatible` serves .NET's probe, which carries a resource (protocols.md 2.5).
+        // `compatible` serves .NET's probe, which carries a resource (docs/protocols.md#sdk-probes).
         let serve_probe = state.probe_mode == ProbeMode::Compatible && query.resource.is_some();
         if !serve_probe {
             return reject(ApiError::missing_metadata_header());

@@ -62,8 +62,8 @@ pub fn admin_endpoints(state: AppState, server: &ServerConfig) -> Endpoints {
     Endpoints::new(state, false, None, server.max_uri_bytes, host::AllowedHosts::default(), others)
 }
 
-/// Connection-level limits (design.md section 7): they bound what a misbehaving or hostile
-/// client can hold, before any request reaches the router.
+/// Connection-level limits (docs/threat-model.md#defences-and-their-limits): they bound what a
+/// misbehaving or hostile client can hold, before any request reaches the router.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// Connections served at once; further ones wait in the kernel's accept queue.

@@ -1,4 +1,4 @@
-//! The wire format: query parameters in, the token body out (protocols.md section 0).
+//! The wire format: query parameters in, the token body out (docs/protocols.md#what-every-client-needs).
 //!
 //! Pure data and parsing, no I/O, so the rules that every Azure SDK depends on are tested
 //! here exhaustively.

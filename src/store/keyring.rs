@@ -1,7 +1,7 @@
 //! The cache file's key kept in the OS keyring, generated on first use.
 //!
 //! Built with the `keyring` cargo feature (on by default): keyring-core with the kernel
-//! keyutils store on Linux (stack.md section 3). keyutils keeps keys in memory only and
+//! keyutils store on Linux (docs/protocols.md#kernel-keyring). keyutils keeps keys in memory only and
 //! links them into the user's persistent keyring, so the key survives restarts of tokenrelay
 //! but not a reboot; after one, the old file cannot be decrypted, is moved aside, and the
 //! cache starts empty. A container's seccomp profile usually blocks keyutils; there the key
@@ -33,7 +33,7 @@ pub fn cache_key(name: &str) -> Result<[u8; 32], String> {
     SystemRandom::new().fill(&mut key).map_err(|_| "no randomness for a new key".to_owned())?;
     entry.set_secret(&key).map_err(|e| describe(&e))?;
     // Read it back: keyutils can add a key and then refuse to link it where a later process
-    // would find it (stack.md section 3), which would lose the key at exit.
+    // would find it (docs/protocols.md#kernel-keyring), which would lose the key at exit.
     let stored = entry.get_secret().map_err(|e| describe(&e))?;
     if stored != key {
         return Err("the keyring did not keep the new key".to_owned());

@@ -1,5 +1,5 @@
 //! The persistent token cache: tokens kept across restarts, so a restarted tokenrelay serves
-//! at once and keeps serving through an Entra outage (design.md section 5).
+//! at once and keeps serving through an Entra outage (docs/persistent-cache.md).
 //!
 //! One [`Store`] trait with one real backend, a file ([`file::FileStore`]) written atomically
 //! under an advisory lock, in the format of [`format`]: AES-256-GCM with a key from
@@ -249,7 +249,7 @@ impl fmt::Display for Unavailable {
     }
 }
 
-/// Opens the store the configuration describes (design.md section 5):
+/// Opens the store the configuration describes (docs/persistent-cache.md):
 ///
 /// - `file`: the configured key (`key_file` or `key_env`); else a key kept in the OS keyring;
 ///   else plaintext if `allow_unencrypted_storage`; else off.
@@ -363,8 +363,8 @@ pub(crate) mod tests {
     }
 
     proptest::proptest! {
-        /// The sort-based merge keeps exactly what the earlier map-based one kept, in the same
-        /// order: per lower-cased client id and resource, the token that expires last (the
+        /// The sort-based merge keeps exactly what a map keyed by lower-cased client id and
+        /// resource keeps, in the same order: per key, the token that expires last (the
         /// later one on a tie), without the expired.
         #[test]
         fn merge_matches_a_map_keyed_by_the_lower_cased_client_id(

@@ -1,10 +1,10 @@
 //! The JSON log line: one flat object per event, written straight into the line buffer.
 //!
 //! tracing-subscriber's own JSON format goes through serde_json and an adaptor that checks
-//! every chunk for UTF-8 again; measured with callgrind it took about 22,000 instructions for
-//! the one line a cache hit logs, over a third of the whole request (README, "Benchmarks").
+//! every chunk for UTF-8 again, which made the one line a cache hit logs a large part of the
+//! whole request (docs/benchmarks.md measures a cache hit with and without the log line).
 //! This formatter writes the same members (`timestamp`, `level`, `message`, the event's
-//! fields, `target`, and `span` when one is current) in about a tenth of that.
+//! fields, `target`, and `span` when one is current) with a fraction of that work.
 
 use std::fmt::{self, Write};
 use std::time::{SystemTime, UNIX_EPOCH};

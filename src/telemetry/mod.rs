@@ -56,9 +56,10 @@ impl Drop for TelemetryGuard {
 }
 
 /// Log lines queued for the writer thread before further lines are dropped. The queue is
-/// allocated and touched in full at start (32 bytes a line): tracing-appender's default of
-/// 128,000 lines cost 4 MiB of resident memory in an otherwise 11 MiB process. 16,384 lines
-/// are a quarter of a second at the highest request rate measured here (README, "Benchmarks").
+/// allocated and touched in full at start (32 bytes a line), so its length is resident memory
+/// from the first moment: tracing-appender's default of 128,000 lines would be 4 MiB, these
+/// 16,384 lines are 512 KiB and cover a short stall of the writer at the highest request
+/// rates measured (docs/benchmarks.md).
 const LOG_BACKLOG_LINES: usize = 16_384;
 
 /// Installs the global subscriber: logs to stderr (stdout carries only what a user asked

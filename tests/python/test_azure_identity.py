@@ -19,7 +19,6 @@ import pytest
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import ClientAuthenticationError
 from azure.identity import (
-    CredentialUnavailableError,
     DefaultAzureCredential,
     ManagedIdentityCredential,
 )

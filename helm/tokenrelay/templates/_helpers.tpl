@@ -351,7 +351,8 @@ tokenrelay/instance: {{ include "tokenrelay.fullname" . }}
 
 {{/*
 skip-containers keeps the webhook's AZURE_* variables and projected token out of every
-container except tokenrelay (shared/docs protocols.md 2.7: they would make SDKs bypass it).
+container except tokenrelay (they would make SDKs bypass it:
+docs/protocols.md#variables-that-bypass-the-sidecar).
 */}}
 {{- define "tokenrelay.podAnnotations" -}}
 {{- include "tokenrelay.podAnnotationLines" . | trim -}}

@@ -1,0 +1,457 @@
+//! Scenario probes against the real tokenrelay binary, each with a stand-in Entra authority
+//! on loopback that counts what reaches it. Every token is a 1.5 KB JWT-shaped string
+//! ([`tokens`]). Loopback only; every loop is bounded. How to run each probe and the latest
+//! figures: docs/benchmarks.md.
+//!
+//! ```text
+//! bash bench/build.sh
+//! target/release/bench_probe PROBE [PATH_TO_TOKENRELAY]
+//! ```
+
+mod authority;
+mod relay;
+mod tokens;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use authority::{Authority, epoch_now};
+use relay::{Relay, Scratch, Settings};
+use tokens::{StoreFile, TOKEN_BYTES};
+
+const USAGE: &str = "usage: bench_probe PROBE [PATH_TO_TOKENRELAY]   (default target/release/tokenrelay)
+
+probes (each takes under about two minutes):
+  stampede       1,000 concurrent requests over 100 new resources, authority answering in 200 ms:
+                 upstream calls (must be 100) and latency
+  memory         RSS idle, holding 10,000 tokens, and after a load run (5 x 10,000 cache hits,
+                 256 at a time); 3 fresh processes. The relay inherits the environment, so
+                 MALLOC_ARENA_MAX=2 bench_probe memory ... measures that allocator setting
+  startup        spawn to the first /readyz 200 and to the first served token, with 10,000
+                 persisted tokens (encrypted store) and without; 10 runs each; RSS when ready
+  refresh-storm  10,000 persisted tokens sharing one refresh point, swept by 32 clients while
+                 an authority answering in 50 ms counts calls, concurrency and arrival times;
+                 then the refresh points written back to the store";
+
+/// Distinct tokens held by the memory, startup and refresh-storm probes.
+const TOKENS: usize = 10_000;
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let probe = args.next().unwrap_or_default();
+    let bin = args.next().unwrap_or_else(|| "target/release/tokenrelay".into());
+    match probe.as_str() {
+        "stampede" => stampede(&bin).await,
+        "memory" => memory(&bin).await,
+        "startup" => startup(&bin).await,
+        "refresh-storm" => refresh_storm(&bin).await,
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Many callers, few keys, a slow authority: exactly one upstream call per key.
+async fn stampede(bin: &str) {
+    let authority = Authority::start(Duration::from_millis(200)).await;
+    let scratch = Scratch::new("stampede");
+    let settings = Settings { authority: &authority.url, max_concurrent: 100, persistence: None, prefetch: None };
+    let relay = Relay::spawn(bin, &settings.write(&scratch.0), &[]);
+    let client = relay::client();
+    relay.wait_ready(&client).await;
+    let started = Instant::now();
+    let requests: Vec<_> = (0..1000)
+        .map(|i| {
+            let (client, url) = (client.clone(), relay.url.clone());
+            tokio::spawn(async move { relay::get_token(&client, &url, &tokens::resource(i % 100)).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for request in requests {
+        outcomes.push(request.await.unwrap());
+    }
+    let latencies = sorted_latencies(&outcomes);
+    println!(
+        "stampede: 1,000 requests over 100 new resources, upstream 200 ms: {} upstream calls, {} failures, \
+         p50 {} ms, p99 {} ms, wall {} ms",
+        authority.calls(),
+        relay::failures(&outcomes),
+        percentile(&latencies, 50.0).as_millis(),
+        percentile(&latencies, 99.0).as_millis(),
+        started.elapsed().as_millis()
+    );
+    relay.kill().await;
+}
+
+/// RSS idle, holding 10,000 tokens, and after a load run, in three fresh processes.
+async fn memory(bin: &str) {
+    const RUNS: usize = 3;
+    const LOAD_SWEEPS: usize = 5;
+    let authority = Authority::start(Duration::ZERO).await;
+    let arenas = std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "unset (glibc default)".into());
+    println!("memory: {TOKENS} tokens of {TOKEN_BYTES} bytes; MALLOC_ARENA_MAX {arenas}");
+    for run in 1..=RUNS {
+        let scratch = Scratch::new("memory");
+        let settings = Settings { authority: &authority.url, max_concurrent: 16, persistence: None, prefetch: None };
+        let relay = Relay::spawn(bin, &settings.write(&scratch.0), &[]);
+        let client = relay::client();
+        relay.wait_ready(&client).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let idle = relay.memory();
+
+        let calls_before = authority.calls();
+        let filled = relay::sweep(&client, &relay.url, TOKENS, 50).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let holding = relay.memory();
+        let fill_calls = authority.calls() - calls_before;
+        let held = relay.cached_tokens(&client).await;
+
+        let mut load_failures = 0;
+        for _ in 0..LOAD_SWEEPS {
+            load_failures += relay::failures(&relay::sweep(&client, &relay.url, TOKENS, 256).await);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after_load = relay.memory();
+        let load_calls = authority.calls() - calls_before - fill_calls;
+        println!(
+            "  run {run}: idle {idle} | holding {held} tokens ({fill_calls} upstream calls, {} failures) \
+             {holding} | after {} cache-hit requests, 256 at a time ({load_calls} upstream calls, \
+             {load_failures} failures) {after_load}",
+            relay::failures(&filled),
+            LOAD_SWEEPS * TOKENS,
+        );
+        // SIGTERM rather than SIGKILL, so a heap profiler wrapped around the relay writes its report.
+        relay.stop().await;
+    }
+}
+
+/// Spawn to ready and to the first token, with 10,000 persisted tokens and without.
+async fn startup(bin: &str) {
+    const RUNS: usize = 10;
+    let authority = Authority::start(Duration::ZERO).await;
+    let scratch = Scratch::new("startup");
+    let now = epoch_now();
+    // Fetched ten minutes ago, an hour's lifetime: valid, not yet due for refresh.
+    let persisted = tokens::persisted(TOKENS, now - 600, now + 2400, now + 2999);
+    let expected: Vec<String> = persisted.iter().map(|t| t.token.token.expose().to_owned()).collect();
+    let store = StoreFile::write(&scratch.0, persisted, now);
+    let store_bytes = std::fs::metadata(&store.path).unwrap().len();
+    let decode = (0..3)
+        .map(|_| {
+            let started = Instant::now();
+            assert_eq!(store.read().len(), TOKENS);
+            started.elapsed()
+        })
+        .min()
+        .unwrap();
+    println!(
+        "startup: store of {TOKENS} tokens, {:.1} MB encrypted; decoding it in this process takes {} ms",
+        store_bytes as f64 / 1e6,
+        decode.as_millis()
+    );
+
+    for with_store in [true, false] {
+        let calls_before = authority.calls();
+        let settings = Settings {
+            authority: &authority.url,
+            max_concurrent: 16,
+            persistence: with_store.then(|| store.config()),
+            prefetch: Some(tokens::resource(0)),
+        };
+        let config = settings.write(&scratch.0);
+        let (mut ready, mut first_token, mut rss, mut load) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..RUNS {
+            let client = relay::client();
+            // At info the relay logs how long loading the store took (one line; no request logs
+            // before the first token).
+            let relay = Relay::spawn(bin, &config, &[("RUST_LOG", "info")]);
+            ready.push(relay.wait_ready(&client).await);
+            let index = fastrand::usize(..TOKENS);
+            let outcome = relay::get_token(&client, &relay.url, &tokens::resource(index)).await;
+            first_token.push(relay.spawned.elapsed());
+            assert_eq!(outcome.status, Some(200), "{:?}", relay.log());
+            if with_store {
+                assert_eq!(outcome.token.as_ref(), Some(&expected[index]), "served from the persisted set");
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            rss.push(relay.rss_mib());
+            load.extend(relay.log().iter().filter(|l| l.contains("loaded the persistent token cache")).find_map(|l| {
+                let digits = l.split("elapsed_ms").nth(1)?.trim_start_matches(|c: char| !c.is_ascii_digit());
+                digits.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok().map(Duration::from_millis)
+            }));
+            relay.kill().await;
+        }
+        let label = if with_store { "with 10,000 persisted tokens" } else { "without a store (baseline)" };
+        println!(
+            "  {label}, {RUNS} runs: spawn to /readyz 200 {}; to the first token {}; upstream calls {}; \
+             RSS when ready {}",
+            spread_ms(&mut ready),
+            spread_ms(&mut first_token),
+            authority.calls() - calls_before,
+            spread_mib(&mut rss)
+        );
+        if !load.is_empty() {
+            println!("    of which loading and seeding the store, as the relay logs it: {}", spread_ms(&mut load));
+        }
+    }
+}
+
+/// 10,000 persisted tokens whose refresh points coincide: one refresh per key, never more than
+/// the upstream limit at once, stale tokens served meanwhile, and new refresh points spread.
+async fn refresh_storm(bin: &str) {
+    const LIMIT: usize = 16;
+    const CLIENTS: usize = 32;
+    const LEAD_SECS: u64 = 8;
+    const GIVE_UP: Duration = Duration::from_secs(150);
+    const COLD: usize = 5;
+    let delay = Duration::from_millis(50);
+    let authority = Authority::start(delay).await;
+    let scratch = Scratch::new("refresh-storm");
+    let now = epoch_now();
+    let due = now + LEAD_SECS;
+    let persisted = tokens::persisted(TOKENS, now - 60, due, now + 3600);
+    let stale: HashSet<String> = persisted.iter().map(|t| t.token.token.expose().to_owned()).collect();
+    let store = StoreFile::write(&scratch.0, persisted, now);
+    let settings = Settings {
+        authority: &authority.url,
+        max_concurrent: LIMIT,
+        persistence: Some(store.config()),
+        prefetch: None,
+    };
+    let relay = Relay::spawn(bin, &settings.write(&scratch.0), &[]);
+    let client = relay::client();
+    relay.wait_ready(&client).await;
+    let due_at = instant_of(due);
+
+    // RSS every 100 ms: what 10,000 queued refreshes and the store rewrites cost.
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (pid, sampling) = (relay.pid(), sampling.clone());
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while sampling.load(Ordering::Relaxed) {
+                samples.push((Instant::now(), relay::rss_mib(pid)));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            samples
+        })
+    };
+
+    // A second into the storm, a few first requests for resources nobody holds: they need
+    // an upstream call too, and share the upstream limit with the queued refreshes.
+    let cold = {
+        let (client, url) = (client.clone(), relay.url.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep_until((due_at + Duration::from_secs(1)).into()).await;
+            let requests: Vec<_> = (0..COLD)
+                .map(|k| {
+                    let (client, url) = (client.clone(), url.clone());
+                    tokio::spawn(
+                        async move { relay::get_token(&client, &url, &format!("https://cold{k}.example")).await },
+                    )
+                })
+                .collect();
+            let mut outcomes = Vec::new();
+            for request in requests {
+                outcomes.push(request.await.unwrap());
+            }
+            outcomes
+        })
+    };
+
+    // Sweep every resource, again and again, until every key was refreshed.
+    let give_up = Instant::now() + GIVE_UP;
+    let mut requests = Vec::new();
+    let mut sweeps = 0;
+    loop {
+        let batch = relay::sweep(&client, &relay.url, TOKENS, CLIENTS).await;
+        requests.extend(batch.into_iter().map(|o| Request::of(o, &stale)));
+        sweeps += 1;
+        let settled = Instant::now() > due_at && authority.calls() >= TOKENS + COLD && authority.in_flight() == 0;
+        if settled || Instant::now() > give_up {
+            break;
+        }
+    }
+    let last_sweep: Vec<_> =
+        relay::sweep(&client, &relay.url, TOKENS, CLIENTS).await.into_iter().map(|o| Request::of(o, &stale)).collect();
+    sampling.store(false, Ordering::Relaxed);
+    let rss = sampler.await.unwrap();
+
+    let cold = cold.await.unwrap();
+    let calls: Vec<_> = authority.log().into_iter().filter(|c| !c.scope.starts_with("https://cold")).collect();
+    let distinct: HashSet<&str> = calls.iter().map(|c| c.scope.as_str()).collect();
+    let first_call = calls.iter().map(|c| c.arrived).min();
+    let last_answer = calls.iter().map(|c| c.answered).max();
+    println!(
+        "refresh-storm: {TOKENS} persisted tokens, one refresh point {LEAD_SECS} s after start, authority {} ms per \
+         call, upstream.max_concurrent {LIMIT}, {CLIENTS} clients, {sweeps} sweeps",
+        delay.as_millis()
+    );
+    println!(
+        "  upstream calls for the persisted resources {} for {} distinct resources; most in flight at once {} \
+         (limit {LIMIT})",
+        calls.len(),
+        distinct.len(),
+        authority.max_in_flight()
+    );
+    if let (Some(first), Some(last)) = (first_call, last_answer) {
+        println!(
+            "  storm: first call {} ms after the refresh point, last answer {} ms after it: {:.1} s for {} calls \
+             ({:.0} calls/s; {LIMIT} x 1 s / {} ms = {:.0}/s at most)",
+            signed_ms(first, due_at),
+            signed_ms(last, due_at),
+            (last - first).as_secs_f64(),
+            calls.len(),
+            calls.len() as f64 / (last - first).as_secs_f64(),
+            delay.as_millis(),
+            LIMIT as f64 / delay.as_secs_f64()
+        );
+        let during: Vec<&Request> = requests.iter().filter(|r| r.finished >= first && r.finished <= last).collect();
+        let before: Vec<&Request> = requests.iter().filter(|r| r.finished < first).collect();
+        println!("  client requests before the storm: {}", Request::summary(&before));
+        println!("  client requests during the storm: {}", Request::summary(&during));
+    }
+    let cold_latencies = sorted_latencies(&cold);
+    println!(
+        "  {COLD} first requests for new resources, 1 s into the storm: {} failures, latency min {:.0} / max {:.0} ms",
+        relay::failures(&cold),
+        ms(cold_latencies[0]),
+        ms(cold_latencies[cold_latencies.len() - 1])
+    );
+    let last_refs: Vec<&Request> = last_sweep.iter().collect();
+    println!("  one sweep after it: {}", Request::summary(&last_refs));
+    let rss_at = |at: Instant| rss.iter().rev().find(|(t, _)| *t <= at).map_or(0.0, |(_, mib)| *mib);
+    let peak = rss.iter().map(|(_, mib)| *mib).fold(0.0, f64::max);
+    println!(
+        "  relay RSS: 1 s before the refresh point {:.1} MiB, 2 s after {:.1} MiB, peak {peak:.1} MiB, at the end {:.1} MiB",
+        rss_at(due_at - Duration::from_secs(1)),
+        rss_at(due_at + Duration::from_secs(2)),
+        rss.last().map_or(0.0, |(_, mib)| *mib)
+    );
+
+    relay_log_summary(&relay.log());
+    relay.stop().await;
+    refresh_points(&store, due);
+}
+
+/// The refresh points the relay wrote back on its way out: spread, not coinciding.
+fn refresh_points(store: &StoreFile, old_due: u64) {
+    let tokens: Vec<_> = store.read().into_iter().filter(|t| !t.resource.starts_with("https://cold")).collect();
+    let refreshed: Vec<_> = tokens.iter().filter(|t| t.refresh_on > old_due).collect();
+    let mut per_second: BTreeMap<u64, usize> = BTreeMap::new();
+    for token in &refreshed {
+        *per_second.entry(token.refresh_on).or_default() += 1;
+    }
+    // For a 1-hour token the relay plans the refresh 10 minutes before expiry and moves it
+    // earlier by a random jitter of up to 60 s (src/broker/policy.rs).
+    let mut jitter: Vec<u64> =
+        refreshed.iter().map(|t| t.token.expires_on.saturating_sub(600).saturating_sub(t.refresh_on)).collect();
+    jitter.sort_unstable();
+    let (Some(first), Some(last)) = (per_second.keys().next(), per_second.keys().last()) else {
+        println!("  store after SIGTERM: {} tokens, none refreshed", tokens.len());
+        return;
+    };
+    println!(
+        "  store after SIGTERM: {} tokens, {} with a new refresh point; before: all {TOKENS} at one second; after: \
+         over {} s ({} distinct seconds, at most {} in one second); jitter (expires_on - 10 min - refresh_on) \
+         min {} / median {} / max {} s",
+        tokens.len(),
+        refreshed.len(),
+        last - first + 1,
+        per_second.len(),
+        per_second.values().max().unwrap(),
+        jitter[0],
+        jitter[jitter.len() / 2],
+        jitter[jitter.len() - 1]
+    );
+}
+
+/// A storm request, without the token text (10,000 of them per sweep add up).
+struct Request {
+    finished: Instant,
+    latency: Duration,
+    ok: bool,
+    stale: bool,
+}
+
+impl Request {
+    fn of(outcome: relay::Outcome, stale: &HashSet<String>) -> Self {
+        let ok = outcome.status == Some(200) && outcome.token.is_some();
+        let is_stale = outcome.token.as_ref().is_some_and(|t| stale.contains(t));
+        Self { finished: outcome.finished, latency: outcome.latency, ok, stale: is_stale }
+    }
+
+    fn summary(requests: &[&Request]) -> String {
+        let mut latencies: Vec<Duration> = requests.iter().map(|r| r.latency).collect();
+        latencies.sort();
+        if latencies.is_empty() {
+            return "none".into();
+        }
+        format!(
+            "{} requests, {} failures, {} served the persisted (stale) token, p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms",
+            requests.len(),
+            requests.iter().filter(|r| !r.ok).count(),
+            requests.iter().filter(|r| r.stale).count(),
+            ms(percentile(&latencies, 50.0)),
+            ms(percentile(&latencies, 99.0)),
+            ms(latencies[latencies.len() - 1])
+        )
+    }
+}
+
+/// Prints how much the relay logged at warn or above, and the first line.
+fn relay_log_summary(log: &[String]) {
+    match log.first() {
+        None => println!("  relay log at warn: nothing"),
+        Some(first) => println!("  relay log at warn: {} lines, the first: {first}", log.len()),
+    }
+}
+
+/// The monotonic instant at which the wall clock reaches epoch second `epoch`.
+fn instant_of(epoch: u64) -> Instant {
+    let target = UNIX_EPOCH + Duration::from_secs(epoch);
+    let now = SystemTime::now();
+    match target.duration_since(now) {
+        Ok(ahead) => Instant::now() + ahead,
+        Err(behind) => Instant::now() - behind.duration(),
+    }
+}
+
+fn signed_ms(at: Instant, reference: Instant) -> i128 {
+    match at.checked_duration_since(reference) {
+        Some(after) => after.as_millis() as i128,
+        None => -((reference - at).as_millis() as i128),
+    }
+}
+
+fn sorted_latencies(outcomes: &[relay::Outcome]) -> Vec<Duration> {
+    let mut latencies: Vec<Duration> = outcomes.iter().map(|o| o.latency).collect();
+    latencies.sort();
+    latencies
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 * p / 100.0).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// `min a / median b / max c ms`.
+fn spread_ms(values: &mut [Duration]) -> String {
+    values.sort();
+    let median = values[values.len() / 2];
+    format!("min {:.1} / median {:.1} / max {:.1} ms", ms(values[0]), ms(median), ms(values[values.len() - 1]))
+}
+
+/// `min a / median b / max c MiB`.
+fn spread_mib(values: &mut [f64]) -> String {
+    values.sort_by(f64::total_cmp);
+    format!("min {:.1} / median {:.1} / max {:.1} MiB", values[0], values[values.len() / 2], values[values.len() - 1])
+}
