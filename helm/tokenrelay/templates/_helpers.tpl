@@ -145,7 +145,7 @@ from the AZURE_* variables the webhook injects.
 {{- fail "tokenrelay: azure.credential clientSecret needs azure.clientId (the application id), azure.tenantId and azure.clientSecret.existingSecret (a Secret with the secret's value)" -}}
 {{- end }}
 # The app registration tokenrelay signs in as, with a client secret mounted from the Secret
-# {{ $v.azure.clientSecret.existingSecret }} (read at start).
+# {{ $v.azure.clientSecret.existingSecret }} (read again whenever the Secret changes).
 [[identities]]
 name = "app"
 client_id = {{ $v.azure.clientId | toJson }}
