@@ -93,6 +93,7 @@ pub struct Request<'a> {
     pub tenant: &'a str,
     /// The application (client) id, named by advice about the refusal.
     pub client_id: &'a str,
+    /// The endpoint of `tenant` the form goes to.
     pub endpoint: Endpoint,
     /// The form; values of [`SECRET_FIELDS`] are scrubbed from whatever the authority says.
     pub form: &'a [(&'a str, &'a str)],
