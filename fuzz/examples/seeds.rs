@@ -96,6 +96,20 @@ const ENTRA: &[(&str, &str)] = &[
         r#"{"error":"temporarily_unavailable","error_description":"AADSTS50196: The server terminated an operation because it encountered a client request loop.","error_codes":[]}"#,
     ),
     ("error-html", "<html><body>502 Bad Gateway</body></html>"),
+    // User grants (device code, refresh token): client_info and the ID token name the account.
+    (
+        "success-user-client-info",
+        "{\"token_type\":\"Bearer\",\"scope\":\"https://management.azure.com/user_impersonation\",\"expires_in\":4737,\"ext_expires_in\":4737,\"access_token\":\"eyJ0eXAi.eyJhdWQi.c2ln\",\"refresh_token\":\"1.AXEAv4j5cvGGr0GRqy180BHbRw\",\"id_token\":\"eyJ0eXAiOiJKV1QifQ.eyJvaWQiOiIwYjFjMmQzZS0wMDAwLTQwMDAtODAwMC0wMDAwMDAwMDAwYjEiLCJ0aWQiOiI3MmY5ODhiZi0wMDAwLTQwMDAtODAwMC0wMDAwMDAwMGNhZmUiLCJwcmVmZXJyZWRfdXNlcm5hbWUiOiJhZGFAY29udG9zby5jb20ifQ.c2ln\",\"client_info\":\"eyJ1aWQiOiIwYjFjMmQzZS0wMDAwLTQwMDAtODAwMC0wMDAwMDAwMDAwYjEiLCJ1dGlkIjoiNzJmOTg4YmYtMDAwMC00MDAwLTgwMDAtMDAwMDAwMDBjYWZlIn0\"}",
+    ),
+    (
+        "success-user-id-token-only",
+        "{\"token_type\":\"Bearer\",\"expires_in\":\"3599\",\"access_token\":\"tok\",\"refresh_token\":\"r\",\"id_token\":\"eyJ0eXAiOiJKV1QifQ.eyJvaWQiOiIwYjFjMmQzZS0wMDAwLTQwMDAtODAwMC0wMDAwMDAwMDAwYjEiLCJ0aWQiOiI3MmY5ODhiZi0wMDAwLTQwMDAtODAwMC0wMDAwMDAwMGNhZmUiLCJwcmVmZXJyZWRfdXNlcm5hbWUiOiJhZGFAY29udG9zby5jb20ifQ.c2ln\"}",
+    ),
+    // A misconfigured authority quoting the request body, with its secret form-encoded.
+    (
+        "error-echoed-request",
+        "{\"error\":\"invalid_request\",\"error_description\":\"AADSTS900144: Bad request body: grant_type=refresh_token&client_id=c&refresh_token=fuzz-secret%7Evalue&client_info=1 fuzz-secret~value\\r\\nTrace ID: 0\",\"error_codes\":[900144],\"correlation_id\":\"fuzz-secret~value\"}",
+    ),
 ];
 
 fn main() {

@@ -3,9 +3,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
-
-use reqwest::Url;
 
 use crate::cli::LoginArgs;
 use crate::clock::{Clock, SystemClock};
@@ -33,8 +30,8 @@ async fn run(config: &Config, args: LoginArgs) -> Result<(), String> {
     let store = store::open(persistence).map_err(|unavailable| {
         format!("the refresh token needs the persistent cache, which cannot be used here: {unavailable}")
     })?;
-    let authority = Url::parse(&config.upstream.authority_host).map_err(|e| format!("authority host: {e}"))?;
-    let grants = UserGrants::new(authority, Duration::from_secs(config.upstream.timeout_secs))?;
+    // The same client, retries and concurrency cap as every other request to the authority.
+    let grants = UserGrants::new(super::entra_client(&config.upstream)?);
     let tenant = args.tenant.as_deref().unwrap_or(DEFAULT_TENANT);
     let client_id = args.client_id.as_deref().unwrap_or(DEFAULT_CLIENT_ID);
     let scope = scope(args.scope.as_deref().unwrap_or(DEFAULT_SCOPE));
@@ -46,7 +43,9 @@ async fn run(config: &Config, args: LoginArgs) -> Result<(), String> {
         eprintln!("{}", code.message);
     }
     let tokens = grants.complete_device_code(tenant, client_id, &code).await.map_err(|e| e.to_string())?;
-    let account = tokens.account.ok_or("the authority did not say which account signed in (no client_info)")?;
+    let account = tokens.account.ok_or(
+        "the authority did not say which account signed in (neither client_info nor an ID token with oid and tid)",
+    )?;
     let refresh_token =
         tokens.refresh_token.ok_or("the authority issued no refresh token (offline_access refused?)")?;
 

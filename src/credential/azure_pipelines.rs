@@ -7,6 +7,11 @@
 //! about ten minutes to an hour (AADSTS700024), and a fresh one costs one local round trip.
 //! Failures name the `x-vss-e2eid` and `x-msedge-ref` response headers Azure DevOps support
 //! asks for.
+//!
+//! The request has no body, and says so with `Content-Length: 0`: Azure DevOps sits behind
+//! IIS and Azure Front Door, which answer a POST that has neither a length nor a chunked body
+//! with `411 Length Required`, and an HTTP client sends no length for an absent body by
+//! itself. The Azure SDKs send the same header (Rust explicitly; Python through `requests`).
 
 use std::time::Duration;
 
@@ -14,7 +19,7 @@ use async_trait::async_trait;
 use reqwest::{StatusCode, Url, header};
 use serde::Deserialize;
 
-use super::entra::{Application, ClientAuth};
+use super::entra::{Application, ClientAuth, relayed};
 use super::jwt::{NO_MATCHING_FEDERATION, describe_federated_claims};
 use super::{AccessToken, Credential, CredentialError, LinkStatus};
 use crate::config::PipelinesConfig;
@@ -52,6 +57,7 @@ impl AzurePipelinesCredential {
             .bearer_auth(self.config.system_access_token.expose())
             .header("X-TFS-FedAuthRedirect", "Suppress")
             .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_LENGTH, "0")
             .header(header::ACCEPT, "application/json")
             .send()
             .await
@@ -79,7 +85,7 @@ impl AzurePipelinesCredential {
 
     /// The error for a non-success answer from the OIDC endpoint.
     fn refusal(&self, status: StatusCode, body: &[u8], ids: &str) -> CredentialError {
-        let said = quote_body(body);
+        let said = quote_body(body, self.config.system_access_token.expose());
         let connection = &self.config.service_connection_id;
         match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => self.rejected(format!(
@@ -153,8 +159,10 @@ fn support_ids(headers: &header::HeaderMap) -> String {
     if ids.is_empty() { String::new() } else { format!(" ({})", ids.join(", ")) }
 }
 
-/// `": <message>"` from an Azure DevOps error body (JSON `message`, else the text), shortened.
-fn quote_body(body: &[u8]) -> String {
+/// `": <message>"` from an Azure DevOps error body (JSON `message`, else the text), scrubbed of
+/// the System.AccessToken the request carried (whatever `SYSTEM_OIDCREQUESTURI` points at
+/// may echo it) and shortened.
+fn quote_body(body: &[u8], access_token: &str) -> String {
     let text = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
@@ -163,7 +171,8 @@ fn quote_body(body: &[u8]) -> String {
     if line.is_empty() || line.starts_with('<') {
         return String::new();
     }
-    let short: String = line.chars().take(MAX_QUOTED_BODY).collect();
+    let scrubbed = relayed::scrub(line, &[access_token]);
+    let short: String = scrubbed.chars().take(MAX_QUOTED_BODY).collect();
     format!(": {short}")
 }
 
@@ -184,10 +193,16 @@ mod tests {
     #[test]
     fn quotes_the_devops_message_but_not_html() {
         assert_eq!(
-            quote_body(br#"{"$id":"1","message":"TF400813: not authorized.\nmore"}"#),
+            quote_body(br#"{"$id":"1","message":"TF400813: not authorized.\nmore"}"#, "tok"),
             ": TF400813: not authorized."
         );
-        assert_eq!(quote_body(b"<html><body>sign in</body></html>"), "");
-        assert_eq!(quote_body(b""), "");
+        assert_eq!(quote_body(b"<html><body>sign in</body></html>", "tok"), "");
+        assert_eq!(quote_body(b"", "tok"), "");
+    }
+
+    #[test]
+    fn an_echoed_access_token_is_scrubbed_from_the_quote() {
+        let quoted = quote_body(br#"{"message":"bad token system-access-token"}"#, "system-access-token");
+        assert_eq!(quoted, ": bad token <redacted>");
     }
 }

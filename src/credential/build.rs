@@ -83,8 +83,7 @@ pub fn build(config: &CredentialConfig, context: &BuildContext<'_>) -> Result<Bo
         }
         CredentialConfig::User(user) => {
             let store = crate::store::open(&user.persistence).map_err(|problem| format!("user: {problem}"))?;
-            let grants = UserGrants::new(super::user::authority_host(context.entra), context.timeout)?;
-            Box::new(UserCredential::new(grants, user.record.clone(), store))
+            Box::new(UserCredential::new(UserGrants::new(context.entra.clone()), user.record.clone(), store))
         }
         CredentialConfig::Dev => {
             let issuer = context.dev_issuer.ok_or("development credentials need the development issuer")?;

@@ -1,14 +1,16 @@
 //! The Entra ID client: the only code that speaks OAuth2 to the authority.
 //!
-//! One operation, the client-credentials grant (`POST {authority}/{tenant}/oauth2/v2.0/token`,
-//! form-encoded; docs/protocols.md#entra-token-endpoint), with hard timeouts, bounded
-//! retries with exponential backoff and jitter on 429/5xx/network errors honouring
-//! `Retry-After`, and a global cap on concurrent requests that protects the authority when
-//! many identities refresh at once.
-//! Credentials reach it through [`Application`], which pairs the client with one tenant and
-//! client id.
+//! Every request to the authority goes through [`EntraClient::post`]: the client-credentials
+//! grant (`POST {authority}/{tenant}/oauth2/v2.0/token`, form-encoded; docs/protocols.md#entra-token-endpoint) and the
+//! user sign-in grants (device code, refresh token) alike. So they all share hard timeouts,
+//! bounded retries with exponential backoff and jitter on 429/5xx/network errors honouring
+//! `Retry-After`, a global cap on concurrent requests that protects the authority when many
+//! identities refresh at once, typed errors with AADSTS advice, and the scrubbing of the
+//! authority's text ([`relayed`]). Credentials reach it through [`Application`], which pairs
+//! the client with one tenant and client id, or through the user grants (`credential::user`).
 
 mod application;
+pub mod relayed;
 
 use std::time::Duration;
 
@@ -24,6 +26,10 @@ pub use application::Application;
 
 /// `client_assertion_type` for every JWT assertion (certificate or federated).
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// Form fields whose values are credentials. Whatever the authority says back is scrubbed of
+/// them before it is relayed: a misconfigured authority may echo the request body.
+const SECRET_FIELDS: [&str; 4] = ["client_secret", "client_assertion", "refresh_token", "device_code"];
 
 /// How the upstream is reached and how hard we try.
 #[derive(Clone, Debug)]
@@ -53,6 +59,120 @@ pub enum ClientAuth<'a> {
     Assertion(&'a Secret),
 }
 
+/// Which of a tenant's OAuth endpoints a request goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `oauth2/v2.0/token`: every grant.
+    Token,
+    /// `oauth2/v2.0/devicecode`: the start of the device code flow (RFC 8628 section 3.1).
+    DeviceCode,
+}
+
+impl Endpoint {
+    fn path(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::DeviceCode => "devicecode",
+        }
+    }
+
+    /// What a successful answer is, for the message when it cannot be read.
+    fn answer(self) -> &'static str {
+        match self {
+            Self::Token => "token response",
+            Self::DeviceCode => "device code response",
+        }
+    }
+}
+
+/// One form POST to the authority.
+pub struct Request<'a> {
+    /// The calling credential's kind, which every error names.
+    pub credential: &'static str,
+    /// The tenant whose endpoint is called.
+    pub tenant: &'a str,
+    /// The application (client) id, named by advice about the refusal.
+    pub client_id: &'a str,
+    /// The endpoint of `tenant` the form goes to.
+    pub endpoint: Endpoint,
+    /// The form; values of [`SECRET_FIELDS`] are scrubbed from whatever the authority says.
+    pub form: &'a [(&'a str, &'a str)],
+}
+
+/// Why a request yielded nothing.
+#[derive(Debug)]
+pub enum Failure {
+    /// The authority refused the request with an OAuth error: a 4xx other than 408 and 429,
+    /// never retried. The caller decides what it means (RFC 8628 polling answers are refusals).
+    Refused(Refusal),
+    /// Anything else, after the retries: throttling, 5xx, network errors, an unreadable answer.
+    Failed(CredentialError),
+}
+
+impl Failure {
+    /// The typed error, with advice for a refusal's AADSTS code.
+    pub fn into_error(self) -> CredentialError {
+        match self {
+            Self::Refused(refusal) => refusal.into_error(),
+            Self::Failed(error) => error,
+        }
+    }
+}
+
+/// The authority's OAuth error answer, its text already scrubbed of the request's credentials.
+#[derive(Debug)]
+pub struct Refusal {
+    status: StatusCode,
+    body: ErrorResponse,
+    credential: &'static str,
+    tenant: String,
+    client_id: String,
+}
+
+impl Refusal {
+    /// The OAuth `error` code, such as `invalid_grant` or `authorization_pending`.
+    pub fn error(&self) -> &str {
+        first_line_of(&self.body.error)
+    }
+
+    /// `error: first line of the description`, safe to relay.
+    pub fn detail(&self) -> String {
+        self.body.first_line()
+    }
+
+    /// What to tell an operator: the advice for a known AADSTS code, with the authority's
+    /// words, or the status and those words.
+    pub fn message(&self) -> String {
+        let advice = self.body.aadsts().and_then(|code| advice(code, &self.client_id, &self.tenant));
+        let detail = self.detail();
+        let status = self.status;
+        match (advice, detail.is_empty()) {
+            (Some(advice), true) => advice,
+            (Some(advice), false) => format!("{advice} (authority said: {detail})"),
+            (None, false) => format!("the authority refused the request ({status}): {detail}"),
+            (None, true) => format!("the authority refused the request ({status})"),
+        }
+    }
+
+    /// The rejection with `message` instead of [`Refusal::message`], keeping the AADSTS code
+    /// and correlation id.
+    pub fn reject(self, message: String) -> CredentialError {
+        let aadsts = self.body.aadsts();
+        CredentialError::Rejected {
+            credential: self.credential,
+            aadsts,
+            message,
+            correlation_id: self.body.correlation_id,
+        }
+    }
+
+    /// The rejection an operator reads: [`Refusal::message`].
+    pub fn into_error(self) -> CredentialError {
+        let message = self.message();
+        self.reject(message)
+    }
+}
+
 /// A client for one authority, shared by every credential that talks to it.
 pub struct EntraClient {
     http: reqwest::Client,
@@ -68,11 +188,20 @@ impl EntraClient {
         Ok(Self { http, settings, permits })
     }
 
+    /// The authority host, as configured.
+    pub fn authority_host(&self) -> &Url {
+        &self.settings.authority_host
+    }
+
     /// The token endpoint of `tenant`: also the `aud` of certificate assertions.
     pub fn token_endpoint(&self, tenant: &str) -> Url {
+        self.endpoint(tenant, Endpoint::Token)
+    }
+
+    fn endpoint(&self, tenant: &str, endpoint: Endpoint) -> Url {
         let mut url = self.settings.authority_host.clone();
         let base = url.path().trim_end_matches('/').to_owned();
-        url.set_path(&format!("{base}/{tenant}/oauth2/v2.0/token"));
+        url.set_path(&format!("{base}/{tenant}/oauth2/v2.0/{}", endpoint.path()));
         url
     }
 
@@ -98,31 +227,40 @@ impl EntraClient {
                 form.push(("client_assertion", assertion.expose()));
             }
         }
-        let url = self.token_endpoint(tenant);
-        let context = ErrorContext { credential, tenant, client_id };
+        let request = Request { credential, tenant, client_id, endpoint: Endpoint::Token, form: &form };
+        self.post(&request, parse_token_response).await.map_err(Failure::into_error)
+    }
 
+    /// Posts `request` and reads a successful answer with `parse` (given the body and the
+    /// request time in epoch seconds), retrying throttling, 5xx and network errors within the
+    /// limits, under the concurrency cap. A refusal comes back as [`Failure::Refused`] for the
+    /// caller to interpret.
+    pub async fn post<T>(
+        &self,
+        request: &Request<'_>,
+        parse: fn(&[u8], u64) -> Result<T, serde_json::Error>,
+    ) -> Result<T, Failure> {
+        let url = self.endpoint(request.tenant, request.endpoint);
         let mut attempt = 0;
         let started = tokio::time::Instant::now();
         loop {
-            let outcome = self.send_once(&url, &form, &context).await;
-            let error = match outcome {
-                Ok(token) => return Ok(token),
+            let error = match self.send_once(&url, request, parse).await {
+                Ok(answer) => return Ok(answer),
                 Err(error) => error,
             };
-            let wait = match &error {
+            let wait = match error {
                 Attempt::Retry { error, retry_after } if attempt < self.settings.max_retries => {
-                    match self
-                        .backoff(attempt, *retry_after)
-                        .filter(|wait| self.within_budget(started.elapsed(), *wait))
+                    match self.backoff(attempt, retry_after).filter(|wait| self.within_budget(started.elapsed(), *wait))
                     {
                         Some(wait) => {
                             tracing::debug!(%error, attempt, wait_ms = wait.as_millis() as u64, "retrying the authority");
                             wait
                         }
-                        None => return Err(error.clone()),
+                        None => return Err(Failure::Failed(error)),
                     }
                 }
-                Attempt::Retry { error, .. } | Attempt::Fail(error) => return Err(error.clone()),
+                Attempt::Retry { error, .. } | Attempt::Fail(error) => return Err(Failure::Failed(error)),
+                Attempt::Refused(refusal) => return Err(Failure::Refused(refusal)),
             };
             tokio::time::sleep(wait).await;
             attempt += 1;
@@ -147,83 +285,72 @@ impl EntraClient {
         Some(jittered.min(max))
     }
 
-    async fn send_once(
+    async fn send_once<T>(
         &self,
         url: &Url,
-        form: &[(&str, &str)],
-        context: &ErrorContext<'_>,
-    ) -> Result<AccessToken, Attempt> {
+        request: &Request<'_>,
+        parse: fn(&[u8], u64) -> Result<T, serde_json::Error>,
+    ) -> Result<T, Attempt> {
+        let credential = request.credential;
+        let transient = |reason: String| CredentialError::Transient { credential, reason };
         let _permit = self
             .permits
             .acquire()
             .await
-            .map_err(|_| Attempt::Fail(context.transient("the upstream client is shutting down".into())))?;
+            .map_err(|_| Attempt::Fail(transient("the upstream client is shutting down".into())))?;
         let issued_at = SystemClock.now();
-        let response =
-            self.http.post(url.clone()).header(header::ACCEPT, "application/json").form(form).send().await.map_err(
-                |e| Attempt::Retry { error: context.transient(describe_reqwest_error(&e, url)), retry_after: None },
-            )?;
+        let response = self
+            .http
+            .post(url.clone())
+            .header(header::ACCEPT, "application/json")
+            .form(request.form)
+            .send()
+            .await
+            .map_err(|e| Attempt::Retry { error: transient(describe_reqwest_error(&e, url)), retry_after: None })?;
         let status = response.status();
         let retry_after = parse_retry_after(response.headers());
         let body = response.bytes().await.map_err(|e| Attempt::Retry {
-            error: context.transient(format!("reading the authority's response: {e}")),
+            error: transient(format!("reading the authority's response: {e}")),
             retry_after: None,
         })?;
 
         if status.is_success() {
-            return parse_token_response(&body, issued_at).map_err(|e| {
-                Attempt::Fail(context.transient(format!("the authority sent an unreadable token response: {e}")))
+            return parse(&body, issued_at).map_err(|e| {
+                let what = request.endpoint.answer();
+                Attempt::Fail(transient(format!("the authority sent an unreadable {what}: {e}")))
             });
         }
 
-        let error_body = ErrorResponse::parse(&body);
+        let secrets: Vec<&str> =
+            request.form.iter().filter(|(name, _)| SECRET_FIELDS.contains(name)).map(|(_, value)| *value).collect();
+        let error_body = ErrorResponse::parse(&body).scrubbed(&secrets);
         if status == StatusCode::TOO_MANY_REQUESTS {
-            let error = CredentialError::Throttled {
-                credential: context.credential,
-                retry_after: retry_after.unwrap_or(Duration::from_secs(5)),
-            };
+            let error =
+                CredentialError::Throttled { credential, retry_after: retry_after.unwrap_or(Duration::from_secs(5)) };
             return Err(Attempt::Retry { error, retry_after });
         }
         if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
             let reason = format!("the authority answered {status}{}", error_body.summary_suffix());
-            return Err(Attempt::Retry { error: context.transient(reason), retry_after });
+            return Err(Attempt::Retry { error: transient(reason), retry_after });
         }
-        Err(Attempt::Fail(context.rejected(status, error_body)))
+        Err(Attempt::Refused(Refusal {
+            status,
+            body: error_body,
+            credential,
+            tenant: request.tenant.to_owned(),
+            client_id: request.client_id.to_owned(),
+        }))
     }
 }
 
-/// The result of one attempt that did not yield a token.
+/// The result of one attempt that did not yield an answer.
 enum Attempt {
     /// Worth another try (throttling, 5xx, network).
     Retry { error: CredentialError, retry_after: Option<Duration> },
     /// Not worth another try.
     Fail(CredentialError),
-}
-
-/// What an error message needs to name.
-struct ErrorContext<'a> {
-    credential: &'static str,
-    tenant: &'a str,
-    client_id: &'a str,
-}
-
-impl ErrorContext<'_> {
-    fn transient(&self, reason: String) -> CredentialError {
-        CredentialError::Transient { credential: self.credential, reason }
-    }
-
-    fn rejected(&self, status: StatusCode, body: ErrorResponse) -> CredentialError {
-        let aadsts = body.aadsts();
-        let advice = aadsts.and_then(|code| advice(code, self.client_id, self.tenant));
-        let detail = body.first_line();
-        let message = match (advice, detail.is_empty()) {
-            (Some(advice), true) => advice,
-            (Some(advice), false) => format!("{advice} (authority said: {detail})"),
-            (None, false) => format!("the authority refused the request ({status}): {detail}"),
-            (None, true) => format!("the authority refused the request ({status})"),
-        };
-        CredentialError::Rejected { credential: self.credential, aadsts, message, correlation_id: body.correlation_id }
-    }
+    /// The authority's OAuth refusal: never retried here.
+    Refused(Refusal),
 }
 
 /// What to tell an operator for the AADSTS codes that mean "fix your configuration".
@@ -292,8 +419,37 @@ pub fn parse_token_response(body: &[u8], issued_at: u64) -> Result<AccessToken, 
     serde_json::from_slice::<TokenResponse>(body).map(|response| response.into_access_token(issued_at))
 }
 
-/// A successful token response (docs/protocols.md#entra-token-response). Lifetimes may arrive
-/// as numbers or as numeric strings depending on the authority, so both are accepted.
+/// A successful answer to a user grant (device code, refresh token): the access token and what
+/// comes with it for a person.
+#[derive(Debug)]
+pub struct UserTokenResponse {
+    pub access: AccessToken,
+    /// Sent only when the grant's scopes included `offline_access`.
+    pub refresh_token: Option<Secret>,
+    /// Sent only when the scopes included `openid`; its claims name the account.
+    pub id_token: Option<Secret>,
+    /// base64url `{"uid","utid"}`; sent only when the request asked with `client_info=1`.
+    pub client_info: Option<String>,
+}
+
+/// Parses a successful user-grant token response, read exactly as [`parse_token_response`]
+/// reads the access token. Public for the fuzz target `entra_response`.
+pub fn parse_user_token_response(body: &[u8], issued_at: u64) -> Result<UserTokenResponse, serde_json::Error> {
+    let mut response = serde_json::from_slice::<TokenResponse>(body)?;
+    let (refresh_token, id_token, client_info) =
+        (response.refresh_token.take(), response.id_token.take(), response.client_info.take());
+    Ok(UserTokenResponse {
+        access: response.into_access_token(issued_at),
+        refresh_token: refresh_token.map(Secret::new),
+        id_token: id_token.map(Secret::new),
+        client_info,
+    })
+}
+
+/// A successful token response (docs/protocols.md#entra-token-response). Lifetimes may arrive as numbers or
+/// as numeric strings depending on the authority, so both are accepted. The last three
+/// fields come only with user grants; any of them that is not a string reads as absent, so
+/// they can never make a client-credentials answer unreadable.
 #[derive(Deserialize)]
 struct TokenResponse {
     access_token: String,
@@ -303,6 +459,12 @@ struct TokenResponse {
     ext_expires_in: Option<u64>,
     #[serde(default, deserialize_with = "optional_seconds")]
     refresh_in: Option<u64>,
+    #[serde(default, deserialize_with = "text")]
+    refresh_token: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    id_token: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    client_info: Option<String>,
 }
 
 impl TokenResponse {
@@ -339,8 +501,23 @@ fn optional_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::E
     seconds(d).map(Some)
 }
 
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TextOrOther {
+    Text(String),
+    Other(serde::de::IgnoredAny),
+}
+
+/// A string, or `None` for any other JSON value.
+fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match TextOrOther::deserialize(d)? {
+        TextOrOther::Text(text) => Some(text),
+        TextOrOther::Other(_) => None,
+    })
+}
+
 /// An OAuth2 error response from Entra. Public (fields private) only for the fuzz target.
-#[derive(Default, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct ErrorResponse {
     #[serde(default)]
     error: String,
@@ -359,6 +536,23 @@ impl ErrorResponse {
         serde_json::from_slice(body).unwrap_or_default()
     }
 
+    /// The same answer with every value of `secrets` scrubbed from its text, and the
+    /// correlation id cut to one bounded line: everything of it that may be relayed.
+    /// Scrubbing the decoded JSON strings, not the raw body, catches a secret written with
+    /// JSON escapes too.
+    pub fn scrubbed(self, secrets: &[&str]) -> Self {
+        let scrub = |text: String| relayed::scrub(&text, secrets);
+        Self {
+            error: scrub(self.error),
+            error_description: scrub(self.error_description),
+            error_codes: self.error_codes,
+            correlation_id: self
+                .correlation_id
+                .map(|id| relayed::relayable(first_line_of(&id), secrets))
+                .filter(|id| !id.is_empty()),
+        }
+    }
+
     /// The AADSTS number, from `error_codes` or else from the description's prefix.
     pub fn aadsts(&self) -> Option<u32> {
         self.error_codes.first().copied().or_else(|| {
@@ -368,25 +562,30 @@ impl ErrorResponse {
         })
     }
 
-    /// `error: first line of the description`; Entra appends trace and correlation ids
-    /// on later lines, which the typed fields carry instead. The code is cut to its first
-    /// line too: it comes off the network and ends up in logs, where a line break would let
-    /// a response forge log lines.
+    /// `error: first line of the description`, at most [`relayed::MAX_RELAYED_CHARS`]
+    /// characters. Entra appends trace and correlation ids on later lines, which the typed
+    /// fields carry instead. The code is cut to its first line too: it comes off the network
+    /// and ends up in logs, where a line break would let a response forge log lines.
     pub fn first_line(&self) -> String {
-        let first = |text: &str| text.lines().next().unwrap_or("").trim().to_owned();
-        let (error, description) = (first(&self.error), first(&self.error_description));
-        match (error.is_empty(), description.is_empty()) {
-            (true, true) => String::new(),
-            (false, true) => error,
-            (true, false) => description,
+        let (error, description) = (first_line_of(&self.error), first_line_of(&self.error_description));
+        let line = match (error.is_empty(), description.is_empty()) {
+            (true, true) => return String::new(),
+            (false, true) => error.to_owned(),
+            (true, false) => description.to_owned(),
             (false, false) => format!("{error}: {description}"),
-        }
+        };
+        relayed::bound(&line)
     }
 
     fn summary_suffix(&self) -> String {
         let line = self.first_line();
         if line.is_empty() { line } else { format!(": {line}") }
     }
+}
+
+/// The text before the first line break (CR or LF), trimmed.
+fn first_line_of(text: &str) -> &str {
+    text.split(['\r', '\n']).next().unwrap_or("").trim()
 }
 
 #[cfg(test)]
@@ -496,15 +695,74 @@ mod tests {
         assert_eq!(body.aadsts(), Some(90002));
     }
 
+    fn refusal(body: &str) -> Refusal {
+        Refusal {
+            status: StatusCode::BAD_REQUEST,
+            body: ErrorResponse::parse(body.as_bytes()),
+            credential: "client_secret",
+            tenant: "t1".into(),
+            client_id: "c1".into(),
+        }
+    }
+
     #[test]
     fn rejection_names_what_to_check() {
-        let context = ErrorContext { credential: "client_secret", tenant: "t1", client_id: "c1" };
-        let body: ErrorResponse =
-            serde_json::from_str(r#"{"error":"unauthorized_client","error_codes":[700016],"correlation_id":"corr"}"#)
-                .unwrap();
-        let error = context.rejected(StatusCode::BAD_REQUEST, body);
+        let refusal = refusal(r#"{"error":"unauthorized_client","error_codes":[700016],"correlation_id":"corr"}"#);
+        assert_eq!(refusal.error(), "unauthorized_client");
+        let error = refusal.into_error();
         let text = error.to_string();
         assert!(text.contains("c1") && text.contains("t1") && text.contains("AADSTS700016"), "{text}");
         assert!(error.is_permanent());
+        let CredentialError::Rejected { aadsts, correlation_id, .. } = error else { unreachable!() };
+        assert_eq!((aadsts, correlation_id.as_deref()), (Some(700016), Some("corr")));
+    }
+
+    #[test]
+    fn a_refusal_rejected_in_other_words_keeps_its_code_and_correlation_id() {
+        let refusal = refusal(r#"{"error":"invalid_grant\r\nforged","error_codes":[70008],"correlation_id":"corr"}"#);
+        assert_eq!(refusal.error(), "invalid_grant", "one line, whatever the authority sent");
+        let error = refusal.reject("sign in again".into());
+        let CredentialError::Rejected { aadsts, message, correlation_id, .. } = error else { unreachable!() };
+        assert_eq!((aadsts, message.as_str(), correlation_id.as_deref()), (Some(70008), "sign in again", Some("corr")));
+    }
+
+    #[test]
+    fn an_echoed_request_is_scrubbed_of_what_it_carried() {
+        // What a misconfigured authority_host might answer: the request body, form-encoded,
+        // and the secret once more as a JSON-escaped string.
+        let secret = "s3cr~t/value";
+        let body = r#"{"error":"invalid_request s3cr~t/value","error_description":"got client_id=c&client_secret=s3cr%7Et%2Fvalue and s3cr~t\/value","correlation_id":"s3cr~t/value\nforged"}"#;
+        let scrubbed = ErrorResponse::parse(body.as_bytes()).scrubbed(&[secret]);
+        let line = scrubbed.first_line();
+        assert_eq!(line, "invalid_request <redacted>: got client_id=c&client_secret=<redacted> and <redacted>");
+        assert_eq!(scrubbed.correlation_id.as_deref(), Some("<redacted>"));
+    }
+
+    #[test]
+    fn relayed_text_is_bounded() {
+        let long = format!(r#"{{"error":"invalid_request","error_description":"{}"}}"#, "x".repeat(10_000));
+        let line = ErrorResponse::parse(long.as_bytes()).first_line();
+        assert_eq!(line.chars().count(), relayed::MAX_RELAYED_CHARS);
+        let refusal = refusal(&long);
+        assert!(refusal.into_error().to_string().chars().count() < relayed::MAX_RELAYED_CHARS + 100);
+    }
+
+    #[test]
+    fn user_token_responses_carry_what_was_asked_for() {
+        let body =
+            br#"{"access_token":"a","expires_in":"3599","refresh_token":"r","id_token":"h.c.s","client_info":"ci"}"#;
+        let response = parse_user_token_response(body, 1000).unwrap();
+        assert_eq!((response.access.token.expose(), response.access.expires_on), ("a", 4599));
+        assert_eq!(response.refresh_token.as_ref().map(Secret::expose), Some("r"));
+        assert_eq!(response.id_token.as_ref().map(Secret::expose), Some("h.c.s"));
+        assert_eq!(response.client_info.as_deref(), Some("ci"));
+        let bare = parse_user_token_response(br#"{"access_token":"a","expires_in":1}"#, 0).unwrap();
+        assert!(bare.refresh_token.is_none() && bare.id_token.is_none() && bare.client_info.is_none());
+        // What only user grants read never makes a client-credentials answer unreadable.
+        let odd = br#"{"access_token":"a","expires_in":1,"refresh_token":5,"id_token":{},"client_info":null}"#;
+        assert!(parse_token_response(odd, 0).is_ok());
+        let odd = parse_user_token_response(odd, 0).unwrap();
+        assert!(odd.refresh_token.is_none() && odd.id_token.is_none() && odd.client_info.is_none());
+        assert!(!format!("{response:?}").contains("\"r\""), "Debug never shows the refresh token");
     }
 }

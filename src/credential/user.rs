@@ -14,9 +14,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use reqwest::Url;
 use serde::{Deserialize, Serialize};
 
+use super::entra::{Endpoint, EntraClient, Failure, Request, parse_user_token_response, relayed};
 use super::{AccessToken, Credential, CredentialError, LinkStatus};
 use crate::clock::{Clock, SystemClock};
 use crate::secret::Secret;
@@ -33,6 +33,8 @@ const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 const CREDENTIAL: &str = "user";
 /// What the error says when only a new sign-in helps.
 const LOGIN_AGAIN: &str = "run `tokenrelay login --device-code` again";
+/// The longest a device code is polled for, whatever the authority says (Entra: 15 minutes).
+pub const MAX_DEVICE_CODE_SECS: u64 = 3600;
 
 /// Identifies a signed-in account; not secret (docs/protocols.md#authenticationrecord).
 /// Serialised with the Azure SDKs' field names, so their `AuthenticationRecord.deserialize`
@@ -76,16 +78,6 @@ impl AuthenticationRecord {
     }
 }
 
-/// The authority host an Entra client talks to (its token endpoint without the tenant path).
-pub fn authority_host(entra: &super::entra::EntraClient) -> Url {
-    const PLACEHOLDER: &str = "tokenrelay-tenant";
-    let mut url = entra.token_endpoint(PLACEHOLDER);
-    let path = url.path().to_owned();
-    let base = path.split(&format!("/{PLACEHOLDER}/")).next().unwrap_or("");
-    url.set_path(if base.is_empty() { "/" } else { base });
-    url
-}
-
 /// What the user is asked to do.
 #[derive(Debug)]
 pub struct DeviceCode {
@@ -96,7 +88,7 @@ pub struct DeviceCode {
     pub verification_uri: String,
     /// The authority's own instructions.
     pub message: String,
-    /// Seconds until the code expires.
+    /// Seconds until the code expires, at most [`MAX_DEVICE_CODE_SECS`].
     pub expires_in: u64,
     /// Seconds between polls.
     pub interval: u64,
@@ -109,76 +101,75 @@ pub struct UserTokens {
     pub access: AccessToken,
     /// The (rotated) refresh token, when the authority sent one.
     pub refresh_token: Option<Secret>,
-    /// The account, from `client_info` and the ID token, when the authority sent them.
+    /// The account, from `client_info` or the ID token, when the authority sent them.
     pub account: Option<Account>,
 }
 
 /// Who signed in.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Account {
     pub home_account_id: String,
     pub tenant_id: String,
     pub username: String,
 }
 
-/// The authority's endpoints for user sign-in. Separate from [`super::entra::EntraClient`]
-/// because these grants talk for a person and never retry a sign-in by themselves.
+/// The user sign-in grants: the device code flow and the refresh-token grant, posted through
+/// the shared [`EntraClient`], so they share its timeouts, retries of throttling and 5xx,
+/// concurrency cap, typed errors and scrubbing of the authority's text. What is particular to
+/// them is how a refusal reads: RFC 8628's polling answers, and the refusals only a new
+/// sign-in can fix.
 pub struct UserGrants {
-    http: reqwest::Client,
-    authority_host: Url,
+    entra: Arc<EntraClient>,
 }
 
 impl UserGrants {
-    /// A client for `authority_host` with a hard timeout per exchange.
-    pub fn new(authority_host: Url, timeout: Duration) -> Result<Self, String> {
-        let http = super::http_client(timeout, |builder| builder)?;
-        Ok(Self { http, authority_host })
+    /// The grants of the authority `entra` talks to.
+    pub fn new(entra: Arc<EntraClient>) -> Self {
+        Self { entra }
     }
 
     /// The host part for the AuthenticationRecord.
     pub fn authority(&self) -> String {
-        self.authority_host.host_str().map_or_else(
-            || self.authority_host.to_string(),
-            |h| match self.authority_host.port() {
+        let host = self.entra.authority_host();
+        host.host_str().map_or_else(
+            || host.to_string(),
+            |h| match host.port() {
                 Some(port) => format!("{h}:{port}"),
                 None => h.to_owned(),
             },
         )
     }
 
-    fn endpoint(&self, tenant: &str, name: &str) -> Url {
-        let mut url = self.authority_host.clone();
-        let base = url.path().trim_end_matches('/').to_owned();
-        url.set_path(&format!("{base}/{tenant}/oauth2/v2.0/{name}"));
-        url
-    }
-
-    /// Starts the device code flow for `scope` (space-separated; `offline_access` is added
-    /// so the authority issues a refresh token).
+    /// Starts the device code flow for `scope` (space-separated). `openid profile
+    /// offline_access` are added, as MSAL adds them: `offline_access` makes the authority
+    /// issue a refresh token, `openid` an ID token, and `profile` puts the `oid` and
+    /// `preferred_username` claims in it, which name the account when `client_info` is absent.
     pub async fn start_device_code(
         &self,
         tenant: &str,
         client_id: &str,
         scope: &str,
     ) -> Result<DeviceCode, CredentialError> {
-        let scope = format!("{scope} offline_access openid profile");
+        let scope = with_oidc_scopes(scope);
         let form = [("client_id", client_id), ("scope", scope.as_str())];
-        let body = self.post(&self.endpoint(tenant, "devicecode"), &form).await?;
-        let parsed: DeviceCodeResponse =
-            serde_json::from_value(body).map_err(|e| transient(format!("unreadable device code response: {e}")))?;
+        let request =
+            Request { credential: CREDENTIAL, tenant, client_id, endpoint: Endpoint::DeviceCode, form: &form };
+        let parse = |body: &[u8], _| serde_json::from_slice::<DeviceCodeResponse>(body);
+        let parsed = self.entra.post(&request, parse).await.map_err(Failure::into_error)?;
         Ok(DeviceCode {
             device_code: Secret::new(parsed.device_code),
-            user_code: parsed.user_code,
-            verification_uri: parsed.verification_uri,
-            message: parsed.message.unwrap_or_default(),
-            expires_in: parsed.expires_in,
+            user_code: printable(&parsed.user_code),
+            verification_uri: printable(&parsed.verification_uri),
+            message: printable(parsed.message.as_deref().unwrap_or_default()),
+            expires_in: parsed.expires_in.min(MAX_DEVICE_CODE_SECS),
             interval: parsed.interval.unwrap_or(5).max(1),
         })
     }
 
     /// Polls until the user signs in, declines or the code expires, as RFC 8628 section 3.5
-    /// prescribes: `authorization_pending` waits `interval`, `slow_down` adds 5 s to it,
-    /// `expired_token` and a refusal end the flow.
+    /// prescribes: `authorization_pending` waits `interval`, `slow_down` adds 5 s to it for
+    /// this and every later poll, `expired_token` and a refusal end the flow. No wait runs past
+    /// the code's expiry, however long an interval the authority names.
     pub async fn complete_device_code(
         &self,
         tenant: &str,
@@ -188,26 +179,33 @@ impl UserGrants {
         let mut interval = code.interval;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(code.expires_in);
         loop {
-            tokio::time::sleep(Duration::from_secs(interval)).await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            tokio::time::sleep(Duration::from_secs(interval).min(left)).await;
             let form = [
                 ("grant_type", DEVICE_CODE_GRANT),
                 ("client_id", client_id),
                 ("device_code", code.device_code.expose()),
+                ("client_info", "1"),
             ];
-            match self.token(tenant, &form).await {
+            let refusal = match self.token(tenant, client_id, &form).await {
                 Ok(tokens) => return Ok(tokens),
-                Err(Grant::Oauth { error, description }) => match error.as_str() {
-                    "authorization_pending" if tokio::time::Instant::now() < deadline => {}
-                    "slow_down" if tokio::time::Instant::now() < deadline => interval += 5,
-                    "authorization_pending" | "slow_down" | "expired_token" => {
-                        return Err(rejected(format!("the code expired before sign-in completed; {LOGIN_AGAIN}")));
-                    }
-                    "authorization_declined" | "access_denied" => {
-                        return Err(rejected("sign-in was declined".to_owned()));
-                    }
-                    _ => return Err(rejected(format!("sign-in failed: {error}: {description}"))),
-                },
-                Err(Grant::Failed(error)) => return Err(error),
+                Err(Failure::Refused(refusal)) => refusal,
+                Err(Failure::Failed(error)) => return Err(error),
+            };
+            let expired = tokio::time::Instant::now() >= deadline;
+            match refusal.error() {
+                "authorization_pending" if !expired => {}
+                "slow_down" if !expired => interval = interval.saturating_add(5),
+                "authorization_pending" | "slow_down" | "expired_token" => {
+                    return Err(refusal.reject(format!("the code expired before sign-in completed; {LOGIN_AGAIN}")));
+                }
+                "authorization_declined" | "access_denied" => {
+                    return Err(refusal.reject("sign-in was declined".to_owned()));
+                }
+                _ => {
+                    let message = format!("sign-in failed: {}", refusal.message());
+                    return Err(refusal.reject(message));
+                }
             }
         }
     }
@@ -220,92 +218,61 @@ impl UserGrants {
         refresh_token: &Secret,
         resource: &str,
     ) -> Result<UserTokens, CredentialError> {
-        let scope = format!("{resource}/.default offline_access");
+        let scope = with_oidc_scopes(&format!("{resource}/.default"));
         let form = [
             ("grant_type", "refresh_token"),
             ("client_id", client_id),
             ("refresh_token", refresh_token.expose()),
             ("scope", scope.as_str()),
+            ("client_info", "1"),
         ];
-        match self.token(tenant, &form).await {
+        match self.token(tenant, client_id, &form).await {
             Ok(tokens) => Ok(tokens),
             // invalid_grant: expired, revoked or inactive refresh token; interaction_required
             // and consent_required: MFA, a new consent or a changed policy. Only the user can
             // fix these, by signing in again.
-            Err(Grant::Oauth { error, description })
-                if matches!(error.as_str(), "invalid_grant" | "interaction_required" | "consent_required") =>
+            Err(Failure::Refused(refusal))
+                if matches!(refusal.error(), "invalid_grant" | "interaction_required" | "consent_required") =>
             {
-                Err(rejected(format!(
-                    "the sign-in can no longer be used silently ({error}: {description}); {LOGIN_AGAIN}"
-                )))
+                let message =
+                    format!("the sign-in can no longer be used silently ({}); {LOGIN_AGAIN}", refusal.detail());
+                Err(refusal.reject(message))
             }
-            Err(Grant::Oauth { error, description }) => Err(rejected(format!("{error}: {description}"))),
-            Err(Grant::Failed(error)) => Err(error),
+            Err(failure) => Err(failure.into_error()),
         }
     }
 
-    async fn token(&self, tenant: &str, form: &[(&str, &str)]) -> Result<UserTokens, Grant> {
-        let issued_at = SystemClock.now();
-        let url = self.endpoint(tenant, "token");
-        let response = self
-            .http
-            .post(url)
-            .header(reqwest::header::ACCEPT, "application/json")
-            .form(form)
-            .send()
-            .await
-            .map_err(|e| Grant::Failed(transient(format!("cannot reach the authority: {e}"))))?;
-        let status = response.status();
-        let body: serde_json::Value = response.json().await.map_err(|e| {
-            Grant::Failed(transient(format!("the authority answered {status} with an unreadable body: {e}")))
-        })?;
-        if !status.is_success() {
-            let error = body["error"].as_str().unwrap_or_default().to_owned();
-            if error.is_empty() || status.is_server_error() {
-                return Err(Grant::Failed(transient(format!("the authority answered {status}"))));
-            }
-            let description =
-                body["error_description"].as_str().unwrap_or_default().lines().next().unwrap_or("").to_owned();
-            return Err(Grant::Oauth { error, description });
-        }
-        let parsed: UserTokenResponse = serde_json::from_value(body)
-            .map_err(|e| Grant::Failed(transient(format!("unreadable token response: {e}"))))?;
-        Ok(parsed.into_tokens(issued_at))
-    }
-
-    async fn post(&self, url: &Url, form: &[(&str, &str)]) -> Result<serde_json::Value, CredentialError> {
-        let response = self
-            .http
-            .post(url.clone())
-            .header(reqwest::header::ACCEPT, "application/json")
-            .form(form)
-            .send()
-            .await
-            .map_err(|e| transient(format!("cannot reach the authority: {e}")))?;
-        let status = response.status();
-        let body: serde_json::Value =
-            response.json().await.map_err(|e| transient(format!("the authority answered {status}: {e}")))?;
-        if !status.is_success() {
-            let error = body["error"].as_str().unwrap_or("error");
-            let description = body["error_description"].as_str().unwrap_or_default().lines().next().unwrap_or("");
-            return Err(rejected(format!("{error}: {description}")));
-        }
-        Ok(body)
+    async fn token(&self, tenant: &str, client_id: &str, form: &[(&str, &str)]) -> Result<UserTokens, Failure> {
+        let request = Request { credential: CREDENTIAL, tenant, client_id, endpoint: Endpoint::Token, form };
+        let response = self.entra.post(&request, parse_user_token_response).await?;
+        let id_token = response.id_token.as_ref().map(Secret::expose);
+        Ok(UserTokens {
+            account: account(response.client_info.as_deref(), id_token),
+            access: response.access,
+            refresh_token: response.refresh_token,
+        })
     }
 }
 
-/// A failed user grant: the authority's OAuth error, or something else.
-enum Grant {
-    Oauth { error: String, description: String },
-    Failed(CredentialError),
+/// The scopes MSAL adds to every user sign-in.
+const OIDC_SCOPES: [&str; 3] = ["openid", "profile", "offline_access"];
+
+/// `scope` with whichever of [`OIDC_SCOPES`] it lacks.
+fn with_oidc_scopes(scope: &str) -> String {
+    let mut scopes: Vec<&str> = scope.split_whitespace().collect();
+    for oidc in OIDC_SCOPES {
+        if !scopes.contains(&oidc) {
+            scopes.push(oidc);
+        }
+    }
+    scopes.join(" ")
 }
 
-fn transient(reason: String) -> CredentialError {
-    CredentialError::Transient { credential: CREDENTIAL, reason }
-}
-
-fn rejected(message: String) -> CredentialError {
-    CredentialError::Rejected { credential: CREDENTIAL, aadsts: None, message, correlation_id: None }
+/// Text from the authority for the user's terminal: without control characters (no escape
+/// sequence of the authority's choosing reaches the terminal) and bounded.
+fn printable(text: &str) -> String {
+    let plain: String = text.chars().filter(|c| !c.is_control()).collect();
+    relayed::bound(&plain)
 }
 
 #[derive(Deserialize)]
@@ -318,57 +285,36 @@ struct DeviceCodeResponse {
     message: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct UserTokenResponse {
-    access_token: String,
-    expires_in: u64,
-    #[serde(default)]
-    ext_expires_in: Option<u64>,
-    #[serde(default)]
-    refresh_token: Option<String>,
-    #[serde(default)]
-    id_token: Option<String>,
-    #[serde(default)]
-    client_info: Option<String>,
-}
-
-impl UserTokenResponse {
-    fn into_tokens(self, issued_at: u64) -> UserTokens {
-        let account = account(self.client_info.as_deref(), self.id_token.as_deref());
-        UserTokens {
-            access: AccessToken {
-                token: Secret::new(self.access_token),
-                expires_on: issued_at + self.expires_in,
-                not_before: issued_at,
-                ext_expires_on: issued_at + self.ext_expires_in.unwrap_or(self.expires_in),
-                refresh_on: None,
-            },
-            refresh_token: self.refresh_token.map(Secret::new),
-            account,
-        }
-    }
-}
-
-/// The account from `client_info` (`{"uid","utid"}`, base64url) and the ID token's
-/// `preferred_username`, as MSAL derives it. Neither is verified: both came over TLS
-/// straight from the authority, and they only label the account.
-fn account(client_info: Option<&str>, id_token: Option<&str>) -> Option<Account> {
+/// The account that signed in, named as MSAL names it. From `client_info` (`{"uid","utid"}`,
+/// base64url) when the authority sent it: `<uid>.<utid>`, the home tenant `utid`. Otherwise
+/// from the ID token's claims: `<oid>.<tid>`, the tenant `tid` (for a user signed in to their
+/// home tenant, as `organizations` does, the same values). The username is the ID token's
+/// `preferred_username` (or `upn`). None of it is verified: it came over TLS straight from the
+/// authority in answer to our own request, and it only labels the account. Public for the fuzz
+/// target `entra_response`.
+pub fn account(client_info: Option<&str>, id_token: Option<&str>) -> Option<Account> {
     let decode = |part: &str| {
         URL_SAFE_NO_PAD
             .decode(part.trim_end_matches('='))
             .ok()
             .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
     };
-    let info = decode(client_info?)?;
-    let uid = info["uid"].as_str()?;
-    let utid = info["utid"].as_str()?;
+    let text =
+        |value: &serde_json::Value, name: &str| value[name].as_str().filter(|s| !s.is_empty()).map(str::to_owned);
     let claims = id_token.and_then(|t| t.split('.').nth(1)).and_then(decode).unwrap_or_default();
-    let username = claims["preferred_username"].as_str().or(claims["upn"].as_str()).unwrap_or_default();
-    Some(Account {
-        home_account_id: format!("{uid}.{utid}"),
-        tenant_id: utid.to_owned(),
-        username: username.to_owned(),
-    })
+    let from_client_info =
+        client_info.and_then(decode).and_then(|info| Some((text(&info, "uid")?, text(&info, "utid")?)));
+    let (object, tenant) = from_client_info.or_else(|| Some((text(&claims, "oid")?, text(&claims, "tid")?)))?;
+    let username = text(&claims, "preferred_username").or_else(|| text(&claims, "upn")).unwrap_or_default();
+    Some(Account { home_account_id: format!("{object}.{tenant}"), tenant_id: tenant, username })
+}
+
+fn transient(reason: String) -> CredentialError {
+    CredentialError::Transient { credential: CREDENTIAL, reason }
+}
+
+fn rejected(message: String) -> CredentialError {
+    CredentialError::Rejected { credential: CREDENTIAL, aadsts: None, message, correlation_id: None }
 }
 
 /// Tokens for a signed-in user: the refresh-token grant with the refresh token from the
@@ -467,5 +413,39 @@ mod tests {
         assert_eq!((account.home_account_id.as_str(), account.tenant_id.as_str()), ("oid.tid", "tid"));
         assert_eq!(account.username, "ada@contoso.com");
         assert!(super::account(None, None).is_none());
+    }
+
+    #[test]
+    fn without_client_info_the_account_comes_from_the_id_token_claims() {
+        // Regression: a token response without client_info (sent only on `client_info=1`)
+        // named no account, and the sign-in was thrown away.
+        let claims = URL_SAFE_NO_PAD.encode(r#"{"oid":"o1","tid":"t1","preferred_username":"ada@contoso.com"}"#);
+        let id_token = format!("h.{claims}.s");
+        let expected =
+            Account { home_account_id: "o1.t1".into(), tenant_id: "t1".into(), username: "ada@contoso.com".into() };
+        assert_eq!(account(None, Some(&id_token)), Some(expected.clone()));
+        // client_info that does not decode is as good as absent.
+        assert_eq!(account(Some("%%%"), Some(&id_token)), Some(expected));
+        // client_info wins when both are there: it names the home tenant.
+        let info = URL_SAFE_NO_PAD.encode(r#"{"uid":"u2","utid":"home"}"#);
+        assert_eq!(account(Some(&info), Some(&id_token)).unwrap().home_account_id, "u2.home");
+        // Without `profile` the ID token carries no oid, and nothing names the account.
+        let bare = format!("h.{}.s", URL_SAFE_NO_PAD.encode(r#"{"tid":"t1","sub":"pairwise"}"#));
+        assert_eq!(account(None, Some(&bare)), None);
+    }
+
+    #[test]
+    fn sign_ins_ask_for_the_oidc_scopes_once() {
+        assert_eq!(
+            with_oidc_scopes("https://management.azure.com/.default"),
+            "https://management.azure.com/.default openid profile offline_access"
+        );
+        assert_eq!(with_oidc_scopes("User.Read offline_access openid"), "User.Read offline_access openid profile");
+    }
+
+    #[test]
+    fn the_authoritys_text_reaches_the_terminal_without_control_characters() {
+        assert_eq!(printable("enter \u{1b}[31mCODE\u{7}\r\n now"), "enter [31mCODE now");
+        assert_eq!(printable(&"x".repeat(5000)).chars().count(), relayed::MAX_RELAYED_CHARS);
     }
 }

@@ -144,6 +144,28 @@ async fn azure_pipelines_requests_a_fresh_oidc_token_for_every_exchange() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_fake_azure_devops_refuses_a_post_without_a_length_as_its_front_door_does() {
+    // Regression: tokenrelay posted with no body and no Content-Length, which IIS and Azure
+    // Front Door answer with 411 before Azure DevOps sees the request. The fake must refuse it
+    // too, or the end-to-end test above proves nothing.
+    let devops = FakeDevOps::start().await;
+    let url = format!(
+        "{}?api-version=7.1&serviceConnectionId={}",
+        devops.oidc_request_uri(),
+        fake_devops::SERVICE_CONNECTION_ID
+    );
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let post =
+        || http.post(&url).bearer_auth(fake_devops::SYSTEM_ACCESS_TOKEN).header("X-TFS-FedAuthRedirect", "Suppress");
+    let without_length = post().send().await.unwrap();
+    assert_eq!(without_length.status(), 411);
+    assert!(without_length.text().await.unwrap().contains("HTTP Error 411"));
+    assert_eq!(post().header("content-length", "0").send().await.unwrap().status(), 200);
+    assert_eq!(post().body("{}").send().await.unwrap().status(), 200);
+    assert_eq!(devops.issued().len(), 2, "only the requests with a length got a token");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn azure_pipelines_errors_name_the_support_headers() {
     let entra = FakeEntra::start().await;
     let devops = FakeDevOps::start().await;

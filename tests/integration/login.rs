@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 
 use crate::support::command;
-use crate::support::fake_login::{FakeLogin, USER_CODE, USER_OID, USER_TENANT, USERNAME};
+use crate::support::fake_login::{DEVICE_CODE, FakeLogin, Outage, USER_CODE, USER_OID, USER_TENANT, USERNAME};
 
 /// A directory with a key, a configuration using a `user` credential, and helpers to run
 /// the binary against it.
@@ -95,6 +95,12 @@ async fn device_code_login_then_silent_tokens_across_restarts() {
     assert!(text(&login.stdout).contains(USERNAME));
     let polls: Vec<_> = authority.seen().iter().map(|f| f["grant_type"].clone()).collect();
     assert_eq!(polls.len(), 2, "one pending answer, then success");
+    // As MSAL asks: a refresh token, an ID token with the account's claims, and client_info.
+    let scopes = authority.device_requests()[0]["scope"].clone();
+    for scope in ["openid", "profile", "offline_access", "https://management.azure.com/.default"] {
+        assert!(scopes.split(' ').any(|s| s == scope), "{scope} missing from {scopes:?}");
+    }
+    assert!(authority.seen().iter().all(|f| f.get("client_info").map(String::as_str) == Some("1")));
 
     // The record: the SDKs' field names, nothing secret.
     let record: serde_json::Value =
@@ -117,7 +123,8 @@ async fn device_code_login_then_silent_tokens_across_restarts() {
     assert_eq!(body["access_token"], "user-token-2-for-https://vault.azure.net");
     let last = authority.seen().last().cloned().unwrap();
     assert_eq!((last["grant_type"].as_str(), last["refresh_token"].as_str()), ("refresh_token", "refresh-token-1"));
-    assert!(last["scope"].contains("offline_access"));
+    assert!(last["scope"].split(' ').any(|s| s == "offline_access"), "else no rotated refresh token comes back");
+    assert_eq!(last["client_info"], "1");
 
     // ... and the next one uses the rotated refresh token the first stored.
     let second = laptop.token("https://storage.azure.com").await;
@@ -184,4 +191,69 @@ async fn login_refuses_to_keep_a_refresh_token_without_protected_storage() {
     assert!(!login.status.success());
     assert!(stderr.contains("persistent cache") && stderr.contains("key_file"), "{stderr}");
     assert!(authority.seen().is_empty(), "nothing was asked of the authority");
+}
+
+/// Reads the record a login wrote.
+fn record(laptop: &Laptop) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(laptop.path("record.json")).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_client_info_the_account_is_named_by_the_id_token() {
+    // An authority that never sends client_info (Entra sends it only when asked): the
+    // account comes from the ID token's oid, tid and preferred_username.
+    let authority = FakeLogin::start().await;
+    authority.withhold_client_info();
+    let laptop = Laptop::new(&authority);
+    let login = laptop.login().await;
+    assert!(login.status.success(), "{}", text(&login.stderr));
+    let record = record(&laptop);
+    assert_eq!(record["homeAccountId"], format!("{USER_OID}.{USER_TENANT}"));
+    assert_eq!((record["tenantId"].as_str(), record["username"].as_str()), (Some(USER_TENANT), Some(USERNAME)));
+    // The sign-in is usable: the user credential finds the refresh token under that account.
+    let token = laptop.token("https://vault.azure.net").await;
+    assert!(token.status.success(), "{}", text(&token.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_in_and_refresh_ride_out_throttling_and_outages() {
+    // Every grant goes through the one Entra client: a 503 or a 429 with Retry-After is
+    // retried rather than ending a sign-in the user has just completed.
+    let authority = FakeLogin::start().await;
+    let laptop = Laptop::new(&authority);
+    authority.script_outages(&[Outage::ServerError(503), Outage::Throttle { retry_after_secs: 0 }]);
+    let login = laptop.login().await;
+    assert!(login.status.success(), "{}", text(&login.stderr));
+    assert_eq!(authority.seen().len(), 3, "two failures retried, then the sign-in");
+
+    authority.script_outages(&[Outage::Throttle { retry_after_secs: 0 }]);
+    let token = laptop.token("https://vault.azure.net").await;
+    assert!(token.status.success(), "{}", text(&token.stderr));
+    assert_eq!(authority.seen().len(), 5);
+    assert_eq!(authority.seen()[3]["refresh_token"], authority.seen()[4]["refresh_token"], "the same grant, retried");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_authority_echoing_requests_never_gets_the_device_code_or_refresh_token_relayed() {
+    // The poll carries the device code: an echo of it is scrubbed, and the AADSTS code read.
+    let authority = FakeLogin::start().await;
+    let laptop = Laptop::new(&authority);
+    authority.echo_request_bodies();
+    let login = laptop.login().await;
+    assert!(!login.status.success());
+    let stderr = text(&login.stderr);
+    assert!(stderr.contains("device_code=<redacted>") && stderr.contains("AADSTS900144"), "{stderr}");
+    assert!(!stderr.contains(DEVICE_CODE), "{stderr}");
+
+    // The refresh grant carries the refresh token from the store.
+    let authority = FakeLogin::start().await;
+    let laptop = Laptop::new(&authority);
+    let login = laptop.login().await;
+    assert!(login.status.success(), "{}", text(&login.stderr));
+    authority.echo_request_bodies();
+    let token = laptop.token("https://vault.azure.net").await;
+    assert!(!token.status.success());
+    let stderr = text(&token.stderr);
+    assert!(stderr.contains("refresh_token=<redacted>"), "{stderr}");
+    assert!(!stderr.contains("refresh-token-"), "{stderr}");
 }

@@ -163,3 +163,58 @@ async fn scripted_permanent_errors_are_not_retried() {
     assert!(body["error_description"].as_str().unwrap().contains("expired"), "{body}");
     assert_eq!(entra.requests(), 1);
 }
+
+/// `text` as a form field value travels in a request body.
+fn form_encoded(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_authority_that_echoes_the_request_never_gets_the_secret_relayed() {
+    // A mistyped or hostile authority_host may quote the request body in its error. The
+    // secret is chosen so that form encoding changes it: the echo holds `s3cr%7Et%2Bvalue...`.
+    let secret = "s3cr~t+value/with=chars";
+    assert_ne!(form_encoded(secret), secret);
+    let entra = FakeEntra::start().await;
+    entra.script([Scripted::EchoBody]);
+    let toml = secret_config(&entra, "").replace(fake_entra::CLIENT_SECRET, secret);
+    let relay = TestRelay::serve(&toml, &[]).await;
+    let response = relay.imds(VAULT).await;
+    assert_eq!(response.status(), 400);
+    let body = json(response).await.to_string();
+    assert!(body.contains("client_secret=<redacted>") && body.contains("AADSTS900144"), "{body}");
+    let logs = relay.logs();
+    for leaked in [secret.to_owned(), form_encoded(secret)] {
+        assert!(!body.contains(&leaked), "{leaked} in the error body: {body}");
+        assert!(!logs.contains(&leaked), "{leaked} in the logs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_echoed_assertion_is_scrubbed_and_relayed_text_is_bounded() {
+    let entra = FakeEntra::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    // A long subject makes the assertion, and so the echoed body, far longer than the bound.
+    let assertion = service_account_token(&"system:serviceaccount:default:app".repeat(40));
+    write(&token_file, &assertion);
+    entra.script([Scripted::EchoBody]);
+    let relay = TestRelay::serve(&workload_identity_config(&entra, &token_file), &[]).await;
+    let response = relay.imds(VAULT).await;
+    assert_eq!(response.status(), 400);
+    let body = json(response).await;
+    let description = body["error_description"].as_str().unwrap();
+    assert!(description.contains("client_assertion=<redacted>"), "{description}");
+    let claims = assertion.split('.').nth(1).unwrap();
+    assert!(!description.contains(claims) && !relay.logs().contains(claims), "never the assertion");
+
+    // However much the authority says, 512 characters of it are relayed; the rest of the
+    // description is tokenrelay's own text.
+    entra.script([Scripted::Verbose(20_000)]);
+    let response = relay.imds("api-version=2018-02-01&resource=https://storage.azure.com").await;
+    assert_eq!(response.status(), 400);
+    let body = json(response).await;
+    let description = body["error_description"].as_str().unwrap();
+    assert!(description.contains("AADSTS900144: xxxx") && description.contains('…'), "{description}");
+    assert!(description.chars().count() < 512 + 200, "{} characters: {description}", description.chars().count());
+}

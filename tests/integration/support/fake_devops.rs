@@ -4,6 +4,25 @@
 //! <System.AccessToken>` and `X-TFS-FedAuthRedirect: Suppress` answers `{"oidcToken": "<jwt>"}`
 //! with a new token every time. Wrong inputs get Azure DevOps' error shapes, and failures
 //! carry the `x-vss-e2eid` and `x-msedge-ref` headers; failures can also be scripted.
+//!
+//! What it enforces, and why (the "Oidctoken - Create" REST reference, and the Azure SDKs'
+//! `AzurePipelinesCredential`, which are what the service is known to accept):
+//! - The method is POST, the documented one; any other gets 405 from the router.
+//! - The request states its length. Azure DevOps is served through IIS and Azure Front Door,
+//!   which answer a POST with neither `Content-Length` nor `Transfer-Encoding: chunked` with
+//!   `411 Length Required` and IIS's HTML page ("HTTP Error 411. The request must be chunked
+//!   or have a content length."), before the service sees it. The SDKs send
+//!   `Content-Length: 0`.
+//! - `X-TFS-FedAuthRedirect: Suppress`. Without it Azure DevOps answers a request it cannot
+//!   authenticate with a redirect to an interactive sign-in page (200, HTML) instead of 401;
+//!   the fake answers the page whenever the header is missing, which is stricter.
+//! - `Authorization: Bearer <System.AccessToken>`, as the SDKs send it; anything else is 401
+//!   with TF400813.
+//! - `api-version=7.1` (the SDKs' value; the reference names `7.1-preview.1`, which the fake
+//!   refuses as stricter), else 400.
+//! - A known `serviceConnectionId`, else 404.
+//! - Not enforced: `Content-Type`. The request has no body; the Python and JavaScript SDKs send
+//!   `application/json` and the Rust SDK sends none, and both are accepted.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -81,16 +100,32 @@ fn failure(status: u16, message: &str) -> Response {
     response
 }
 
+/// IIS's answer to a POST without a length, as Azure Front Door relays it.
+fn length_required() -> Response {
+    let page = "<!DOCTYPE HTML PUBLIC \"-//W3C//DTD HTML 4.01//EN\"\"http://www.w3.org/TR/html4/strict.dtd\">\r\n\
+                <HTML><HEAD><TITLE>Length Required</TITLE>\r\n\
+                <META HTTP-EQUIV=\"Content-Type\" Content=\"text/html; charset=us-ascii\"></HEAD>\r\n\
+                <BODY><h2>Length Required</h2>\r\n<hr><p>HTTP Error 411. The request must be chunked or have a content length.</p>\r\n\
+                </BODY></HTML>\r\n";
+    let mut response =
+        (StatusCode::LENGTH_REQUIRED, [("content-type", "text/html; charset=us-ascii")], page).into_response();
+    response.headers_mut().insert("x-msedge-ref", EDGE_REF.parse().unwrap());
+    response
+}
+
 async fn oidc_token(
     State(state): State<Arc<Mutex<DevOpsState>>>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let scripted = {
-        let mut s = state.lock().unwrap();
-        s.requests += 1;
-        s.script.pop_front()
-    };
+    let mut s = state.lock().unwrap();
+    s.requests += 1;
+    // The front door refuses before the service (and its scripted failures) sees anything.
+    if !headers.contains_key("content-length") && !headers.contains_key("transfer-encoding") {
+        return length_required();
+    }
+    let scripted = s.script.pop_front();
+    drop(s);
     if let Some(status) = scripted {
         return failure(status, "scripted failure");
     }

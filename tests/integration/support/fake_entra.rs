@@ -2,7 +2,9 @@
 //!
 //! It behaves like the real one where tokenrelay can tell: it validates the form (grant type,
 //! client id, scope, secret or assertion), answers with Entra's JSON shapes and AADSTS codes,
-//! and can be scripted to be slow, fail, throttle with `Retry-After`, or go down.
+//! and can be scripted to be slow, fail, throttle with `Retry-After`, go down, or echo the
+//! request body back in its error (as a misconfigured authority might). Like Entra, it answers
+//! the client-credentials grant with no `refresh_token`, `id_token` or `client_info`.
 //!
 //! Client secrets: Entra accepts any unexpired secret registered on the application and
 //! answers anything else with 401 `invalid_client` AADSTS7000215 ("Invalid client secret
@@ -31,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::{Form, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -62,6 +64,11 @@ pub enum Scripted {
     HtmlPage(u16),
     /// 200 with a body that is not a token response.
     Malformed,
+    /// 400 `invalid_request` whose description quotes the raw request body: not something
+    /// Entra does, but what a mistyped or hostile `authority_host` may answer.
+    EchoBody,
+    /// 400 `invalid_request` with a description this many characters long.
+    Verbose(usize),
 }
 
 /// What the fake does with a connection instead of answering, while set. It applies to every
@@ -408,8 +415,11 @@ async fn token(
     State(state): State<Arc<Mutex<Behaviour>>>,
     Path(tenant): Path<String>,
     headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
+    body: axum::body::Bytes,
 ) -> Response {
+    // Read by hand rather than with `Form`, so `EchoBody` has the raw body; the content type
+    // is checked below, as Entra checks it.
+    let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
     let mut held = {
         let mut s = state.lock().unwrap();
         let assertion_header = form.get("client_assertion").and_then(|a| jwt_part(a, 0));
@@ -442,6 +452,13 @@ async fn token(
         Some(Scripted::HtmlPage(status)) => {
             let page = "<html><body><h1>502 Bad Gateway</h1></body></html>";
             return (StatusCode::from_u16(status).unwrap(), [("content-type", "text/html")], page).into_response();
+        }
+        Some(Scripted::EchoBody) => {
+            let echoed = String::from_utf8_lossy(&body);
+            return entra_error(400, "invalid_request", 900144, &format!("Bad request body: {echoed}"));
+        }
+        Some(Scripted::Verbose(length)) => {
+            return entra_error(400, "invalid_request", 900144, &"x".repeat(length));
         }
         Some(Scripted::Malformed) => {
             return (StatusCode::OK, [("content-type", "application/json")], "{\"token_type\":\"Bearer\",")
