@@ -10,6 +10,7 @@ mod cli;
 mod credentials;
 mod dev;
 mod faults;
+mod floods;
 mod imds;
 mod limits;
 mod login;
