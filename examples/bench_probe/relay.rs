@@ -137,6 +137,11 @@ impl Relay {
         rss_mib(self.pid())
     }
 
+    /// The most resident memory the process has had (`VmHWM`), in MiB.
+    pub fn peak_mib(&self) -> f64 {
+        status_mib(self.pid(), "VmHWM:")
+    }
+
     /// Resident set size and its anonymous part, in MiB, as `"12.0 MiB (anonymous 1.9)"`.
     pub fn memory(&self) -> String {
         format!("{:.1} MiB (anonymous {:.1})", rss_mib(self.pid()), anon_mib(self.pid()))
