@@ -198,6 +198,9 @@ impl TokenCache {
                 }
             }
         };
+        // LRU rather than TinyLFU: the main segment is never full when a token enters it, so
+        // a policy only matters for probation, where admission by a frequency sketch would
+        // make keeping the newest one-off key depend on hash collisions.
         let main = Cache::builder()
             .max_capacity(main_capacity)
             .eviction_policy(EvictionPolicy::lru())
