@@ -116,6 +116,8 @@ pub fn build(config: &Config, base_url: &str) -> Result<Built, String> {
         },
         // Half the upstream limit: the other half stays free for requests that wait.
         max_background_refreshes: (config.upstream.max_concurrent / 2).max(1),
+        new_keys_per_minute: cache.new_keys_per_minute,
+        new_keys_burst: cache.new_keys_burst,
     };
     let broker = Arc::new(Broker::new(specs, settings, Arc::new(SystemClock)));
     Ok(Built { broker, dev_issuer })

@@ -33,7 +33,12 @@ probes (each takes under about two minutes):
                  persisted tokens (encrypted store) and without; 10 runs each; RSS when ready
   refresh-storm  10,000 persisted tokens sharing one refresh point, swept by 32 clients while
                  an authority answering in 50 ms counts calls, concurrency and arrival times;
-                 then the refresh points written back to the store";
+                 then the refresh points written back to the store
+  flood          one caller asks for 20,000 distinct resources with persistence on and the
+                 default max_entries (1,000), the new-key limit lifted: RSS and the cache file's
+                 size, then a restart: RSS when ready, its peak, and after the next save.
+                 BENCH_OLD_CONFIG=1 leaves out the settings a build before the new-key limit
+                 refuses";
 
 /// Distinct tokens held by the memory, startup and refresh-storm probes.
 const TOKENS: usize = 10_000;
@@ -48,6 +53,7 @@ async fn main() {
         "memory" => memory(&bin).await,
         "startup" => startup(&bin).await,
         "refresh-storm" => refresh_storm(&bin).await,
+        "flood" => flood(&bin).await,
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
@@ -127,6 +133,81 @@ async fn memory(bin: &str) {
         // SIGTERM rather than SIGKILL, so a heap profiler wrapped around the relay writes its report.
         relay.stop().await;
     }
+}
+
+/// One caller, 20,000 distinct resources, persistence on, default `max_entries`: what the
+/// process and the file hold, and what the next start costs.
+async fn flood(bin: &str) {
+    const FLOOD: usize = 20_000;
+    let authority = Authority::start(Duration::ZERO).await;
+    let scratch = Scratch::new("flood");
+    let store = StoreFile::write(&scratch.0, Vec::new(), epoch_now());
+    let limit = if std::env::var_os("BENCH_OLD_CONFIG").is_some() {
+        ""
+    } else {
+        "new_keys_per_minute = 100000000\nnew_keys_burst = 100000000\n"
+    };
+    let config = scratch.0.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nidentity_header = \"x\"\n[upstream]\nauthority_host = \"{}\"\n[cache]\n{limit}{}\n\
+             [[identities]]\nname = \"app\"\nclient_id = \"{}\"\ntenant_id = \"{}\"\ndefault = true\n\
+             credentials = [{{ kind = \"client_secret\", secret = \"s\" }}]\n",
+            authority.url,
+            store.config(),
+            tokens::CLIENT_ID,
+            tokens::TENANT_ID,
+        ),
+    )
+    .unwrap();
+    let file_mib = || std::fs::metadata(&store.path).map_or(0.0, |m| m.len() as f64 / 1024.0 / 1024.0);
+    let client = relay::client();
+
+    let relay = Relay::spawn(bin, &config, &[]);
+    relay.wait_ready(&client).await;
+    let idle = relay.memory();
+    let outcomes = relay::sweep(&client, &relay.url, FLOOD, 32).await;
+    // Past the writer's 0.5 s batch window, so the file is what the flood left.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = relay.cached_tokens(&client).await;
+    println!(
+        "flood: {FLOOD} distinct resources ({} failures, {} upstream calls): idle {idle}, after {} (peak {:.1} MiB); \
+         holding {held} tokens; file {:.1} MiB",
+        relay::failures(&outcomes),
+        authority.calls(),
+        relay.memory(),
+        relay.peak_mib(),
+        file_mib(),
+    );
+    relay.stop().await;
+    println!("  after SIGTERM: file {:.1} MiB, {} tokens", file_mib(), store.read().len());
+
+    let restarted = Relay::spawn(bin, &config, &[]);
+    let ready = restarted.wait_ready(&client).await;
+    let held = restarted.cached_tokens(&client).await;
+    println!(
+        "  restart: ready in {} ms holding {held} tokens: {} (peak {:.1} MiB)",
+        ready.as_millis(),
+        restarted.memory(),
+        restarted.peak_mib()
+    );
+    let written = std::fs::metadata(&store.path).unwrap().modified().unwrap();
+    let outcome = relay::get_token(&client, &restarted.url, &tokens::resource(FLOOD)).await;
+    assert_eq!(outcome.status, Some(200));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&store.path).unwrap().modified().unwrap() == written {
+        assert!(Instant::now() < deadline, "no write within 10 s of a new token");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    println!(
+        "  after the next save: {} (peak {:.1} MiB); file {:.1} MiB",
+        restarted.memory(),
+        restarted.peak_mib(),
+        file_mib()
+    );
+    restarted.stop().await;
 }
 
 /// Spawn to ready and to the first token, with 10,000 persisted tokens and without.

@@ -31,8 +31,10 @@ impl Drop for Scratch {
 }
 
 /// What a probe's configuration varies; everything else is fixed: one client-secret identity
-/// ([`tokens::CLIENT_ID`]) against the stand-in authority, and room for 20,000 cached tokens
-/// (the default `max_entries` is 1,000, which would evict most of a 10,000-token set).
+/// ([`tokens::CLIENT_ID`]) against the stand-in authority, room for 20,000 cached tokens
+/// (the default `max_entries` is 1,000, which would evict most of a 10,000-token set), and no
+/// practical limit on new resources a minute (the default, 60, would refuse most of the
+/// probes' first requests with 429).
 pub struct Settings<'a> {
     /// `upstream.authority_host`.
     pub authority: &'a str,
@@ -52,7 +54,7 @@ impl Settings<'_> {
         let prefetch = self.prefetch.as_ref().map(|r| format!("prefetch = [\"{r}\"]\n")).unwrap_or_default();
         let text = format!(
             "[server]\nidentity_header = \"bench-probe-0123456789\"\n[upstream]\nauthority_host = \"{}\"\nmax_concurrent = {}\n\
-             [cache]\nmax_entries = 20000\n{}\n[[identities]]\nname = \"app\"\nclient_id = \"{}\"\n\
+             [cache]\nmax_entries = 20000\nnew_keys_per_minute = 1000000\nnew_keys_burst = 1000000\n{}\n[[identities]]\nname = \"app\"\nclient_id = \"{}\"\n\
              tenant_id = \"{}\"\ndefault = true\n{prefetch}credentials = [{{ kind = \"client_secret\", secret = \"s\" }}]\n",
             self.authority,
             self.max_concurrent,
@@ -133,6 +135,11 @@ impl Relay {
     /// Resident set size in MiB.
     pub fn rss_mib(&self) -> f64 {
         rss_mib(self.pid())
+    }
+
+    /// The most resident memory the process has had (`VmHWM`), in MiB.
+    pub fn peak_mib(&self) -> f64 {
+        status_mib(self.pid(), "VmHWM:")
     }
 
     /// Resident set size and its anonymous part, in MiB, as `"12.0 MiB (anonymous 1.9)"`.

@@ -76,6 +76,8 @@ pub fn persisted(count: usize, issued_at: u64, refresh_on: u64, expires_on: u64)
                 resource,
                 credential: "client_secret".into(),
                 refresh_on,
+                in_use: true,
+                written_by: 0,
             }
         })
         .collect()

@@ -10,13 +10,13 @@ use crate::broker::Broker;
 use crate::cli::CacheAction;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::store::{self, FileStore, OnUnreadable, Snapshot, Store, StoreError, Writer};
+use crate::store::{self, FileStore, OnUnreadable, Snapshot, Store, StoreError};
 
 /// Longest wait for the last write at exit.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Opens the store (when `[cache.persistence]` is on), loads its unexpired tokens into the
-/// broker and persists every token fetched from now on. Never fails the start: a store that
+/// broker (at most `cache.max_entries` per identity) and persists the cache from now on. Never fails the start: a store that
 /// cannot work is logged and the service runs from memory.
 pub async fn attach(config: &Config, broker: &Arc<Broker>) {
     attach_loaded(start_loading(config), broker).await;
@@ -36,7 +36,9 @@ pub fn start_loading(config: &Config) -> Option<Loading> {
     let store = open(config)?;
     let started = Instant::now();
     let loading = Arc::clone(&store);
-    let task = tokio::task::spawn_blocking(move || loading.load(OnUnreadable::MoveAside));
+    // Never more than the cache can hold: only those tokens are copied out of the file.
+    let max_per_client = usize::try_from(config.cache.max_entries).unwrap_or(usize::MAX);
+    let task = tokio::task::spawn_blocking(move || loading.load_bounded(max_per_client, SystemClock.now()));
     Some(Loading { store, started, task })
 }
 
@@ -75,11 +77,14 @@ pub async fn attach_loaded(loading: Option<Loading>, broker: &Arc<Broker>) {
         expired = report.expired,
         implausible,
         unknown_identity = report.unknown_identity,
+        over_limit = report.over_limit,
         read_ms,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "loaded the persistent token cache"
     );
-    broker.persist_to(Arc::new(Writer::start(store, Arc::new(SystemClock))));
+    // A file with tokens is written once at once: what was not loaded (over the limit,
+    // expired) leaves it, and the loaded tokens are marked as this run's.
+    broker.persist_to(store, found > 0);
 }
 
 /// Removes the tokens that expire implausibly far after `now` ([`store::implausible`]);
@@ -288,6 +293,8 @@ mod tests {
                 ext_expires_on: 7200,
                 refresh_on: None,
             },
+            in_use: true,
+            written_by: 0,
         };
         let text = table(std::slice::from_ref(&token), 3600);
         assert!(!text.contains("eyJ0eXAi"), "{text}");

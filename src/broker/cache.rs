@@ -1,10 +1,14 @@
-//! A cached token and the state of its background refresh.
+//! An identity's token cache, a cached token and the state of its background refresh.
 
-use std::sync::OnceLock;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
+use moka::future::Cache;
+use moka::notification::RemovalCause;
+use moka::policy::EvictionPolicy;
 
 use crate::clock::Clock;
 use crate::credential::AccessToken;
@@ -84,6 +88,16 @@ impl CachedToken {
     }
 }
 
+/// The persistence writer reads cached tokens where they lie.
+impl crate::store::HeldToken for CachedToken {
+    fn access_token(&self) -> &AccessToken {
+        &self.token
+    }
+    fn refresh_on(&self) -> u64 {
+        self.refresh_on
+    }
+}
+
 /// Tells moka to drop an entry once it can no longer be served, so expired tokens do not
 /// occupy the bounded cache. The broker checks freshness itself against its own clock;
 /// this is only the backstop for memory.
@@ -113,6 +127,216 @@ impl Expiry<String, std::sync::Arc<CachedToken>> for ExpireWhenUnservable {
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
         self.expire_after_create(key, value, updated_at)
+    }
+}
+
+/// Which part of an identity's cache holds a token ([`TokenCache`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Segment {
+    /// Tokens in use: asked for twice, prefetched, persisted by an earlier run, or cached
+    /// while there was room.
+    Main,
+    /// Tokens asked for once while the main segment was full.
+    Probation,
+}
+
+/// Why an entry left the cache, for `tokenrelay_cache_evictions_total`; `None` for removals
+/// that are not evictions (a promotion, a replacement, an unservable token dropped on use).
+pub fn eviction_reason(cause: RemovalCause) -> Option<&'static str> {
+    match cause {
+        RemovalCause::Size => Some("size"),
+        RemovalCause::Expired => Some("expired"),
+        RemovalCause::Explicit | RemovalCause::Replaced => None,
+    }
+}
+
+/// One identity's tokens, in two segments that together hold at most `max_entries`.
+///
+/// moka's default TinyLFU admission does not protect a token in use from a flood of one-off
+/// keys: its frequency sketch starts counting only once the cache is half full, so the uses
+/// of a token cached early are forgotten, and the least recently used entry (that token,
+/// once the flood has passed it) loses to a candidate seen once or twice. 5,000 distinct
+/// resources evicted a token used three times.
+///
+/// So the main segment never makes room: a token enters it only into a free slot (a slot is
+/// reserved before the insert, see `main_len`), and leaves it only by expiring (a token in
+/// use is refreshed before that) or being replaced. A new key goes into the main segment
+/// while it has room, and otherwise into a small probation segment (a tenth of
+/// `max_entries`, least recently used out first), from which it moves to the main segment
+/// when it is asked for again and a slot is free. A flood of new keys therefore churns only
+/// the probation segment, never a token in use; and the tokens a restart loads into the main
+/// segment all stay servable through an outage.
+pub struct TokenCache {
+    main: Cache<String, Arc<CachedToken>>,
+    probation: Cache<String, Arc<CachedToken>>,
+    /// Slots of `main` taken. Incremented before every insert into `main` and decremented
+    /// for every removal moka reports (replacements included), so it is never below the
+    /// number of entries: a new key that reserves a slot never makes moka evict one.
+    main_len: Arc<AtomicU64>,
+    main_capacity: u64,
+}
+
+impl TokenCache {
+    /// An empty cache of at most `max_entries` tokens (`max_entries` ≥ 1); `on_eviction`
+    /// hears each eviction's reason.
+    pub fn new(
+        max_entries: u64,
+        margin_secs: u64,
+        clock: &Arc<dyn Clock>,
+        on_eviction: Arc<dyn Fn(&'static str) + Send + Sync>,
+    ) -> Self {
+        let (main_capacity, probation_capacity) = Self::capacities(max_entries);
+        let main_len = Arc::new(AtomicU64::new(0));
+        let expiry = || ExpireWhenUnservable { margin_secs, clock: Arc::clone(clock) };
+        let listener = {
+            let main_len = Arc::clone(&main_len);
+            let on_eviction = Arc::clone(&on_eviction);
+            move |_: Arc<String>, _: Arc<CachedToken>, cause: RemovalCause| {
+                let _ = main_len.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+                if let Some(reason) = eviction_reason(cause) {
+                    on_eviction(reason);
+                }
+            }
+        };
+        // LRU rather than TinyLFU: the main segment is never full when a token enters it, so
+        // a policy only matters for probation, where admission by a frequency sketch would
+        // make keeping the newest one-off key depend on hash collisions.
+        let main = Cache::builder()
+            .max_capacity(main_capacity)
+            .eviction_policy(EvictionPolicy::lru())
+            .expire_after(expiry())
+            .eviction_listener(listener)
+            .build();
+        let probation = Cache::builder()
+            .max_capacity(probation_capacity)
+            .eviction_policy(EvictionPolicy::lru())
+            .expire_after(expiry())
+            .eviction_listener(move |_, _, cause| {
+                if let Some(reason) = eviction_reason(cause) {
+                    on_eviction(reason);
+                }
+            })
+            .build();
+        Self { main, probation, main_len, main_capacity }
+    }
+
+    /// `(main, probation)` for `max_entries`: a tenth on probation, at least one once there
+    /// are two entries; with one entry, none (a key that finds the main segment full is
+    /// served but not kept).
+    pub fn capacities(max_entries: u64) -> (u64, u64) {
+        let probation = if max_entries >= 2 { (max_entries / 10).max(1) } else { 0 };
+        (max_entries - probation, probation)
+    }
+
+    /// The token held for `resource` and where, servable or not.
+    pub async fn get(&self, resource: &str) -> Option<(Arc<CachedToken>, Segment)> {
+        if let Some(entry) = self.main.get(resource).await {
+            return Some((entry, Segment::Main));
+        }
+        self.probation.get(resource).await.map(|entry| (entry, Segment::Probation))
+    }
+
+    /// Moves a token from probation to the main segment, if a slot is free: it has been
+    /// asked for again. True when it moved.
+    pub async fn promote(&self, resource: &str, entry: Arc<CachedToken>) -> bool {
+        if !self.reserve_main_slot() {
+            return false;
+        }
+        self.main.insert(resource.to_owned(), entry).await;
+        self.probation.invalidate(resource).await;
+        true
+    }
+
+    /// Drops the token of `resource` from `segment`.
+    pub async fn invalidate(&self, resource: &str, segment: Segment) {
+        match segment {
+            Segment::Main => self.main.invalidate(resource).await,
+            Segment::Probation => self.probation.invalidate(resource).await,
+        }
+    }
+
+    /// Whether a token for `resource` is held (and not expired).
+    pub fn contains(&self, resource: &str) -> bool {
+        self.main.contains_key(resource) || self.probation.contains_key(resource)
+    }
+
+    /// The token for a key not held servable, fetched once however many callers wait for it
+    /// (true with it when this call ran `fetch`). It goes into the main segment when
+    /// `was_main` (it replaces an unservable token just dropped from there, so the segment
+    /// does not grow) or a slot is free, else into probation. Two callers that see a slot free
+    /// up between them may each fetch once.
+    pub async fn fetch_once<E: Send + Sync + 'static>(
+        &self,
+        resource: &str,
+        was_main: bool,
+        fetch: impl Future<Output = Result<Arc<CachedToken>, E>>,
+    ) -> Result<(Arc<CachedToken>, bool), Arc<E>> {
+        let to_main = if was_main {
+            self.main_len.fetch_add(1, Ordering::AcqRel);
+            true
+        } else {
+            self.reserve_main_slot()
+        };
+        let cache = if to_main { &self.main } else { &self.probation };
+        let fetched_here = AtomicBool::new(false);
+        let result = cache
+            .try_get_with(resource.to_owned(), async {
+                fetched_here.store(true, Ordering::Relaxed);
+                fetch.await
+            })
+            .await;
+        let inserted_here = fetched_here.load(Ordering::Relaxed) && result.is_ok();
+        if to_main && !inserted_here {
+            // The slot was for an insert that another caller made, or that failed.
+            self.main_len.fetch_sub(1, Ordering::AcqRel);
+        }
+        result.map(|entry| (entry, inserted_here))
+    }
+
+    /// Puts a refreshed token where its key is: the main segment if it is there, else
+    /// probation (a key evicted while its refresh ran is not put back among the tokens in use).
+    pub async fn replace(&self, resource: String, fresh: Arc<CachedToken>) {
+        if self.main.contains_key(&resource) {
+            self.main_len.fetch_add(1, Ordering::AcqRel);
+            self.main.insert(resource, fresh).await;
+        } else {
+            self.probation.insert(resource, fresh).await;
+        }
+    }
+
+    /// Puts a persisted token into the main segment while it has room, else on probation
+    /// (before serving starts). Returns where it went.
+    pub async fn seed(&self, resource: String, entry: Arc<CachedToken>) -> Segment {
+        if self.reserve_main_slot() {
+            self.main.insert(resource, entry).await;
+            Segment::Main
+        } else {
+            self.probation.insert(resource, entry).await;
+            Segment::Probation
+        }
+    }
+
+    /// Every token held, once per key, after moka has applied its pending evictions (so
+    /// never more than `max_entries`).
+    pub async fn entries(&self) -> Vec<(Arc<String>, Arc<CachedToken>, Segment)> {
+        self.main.run_pending_tasks().await;
+        self.probation.run_pending_tasks().await;
+        let mut entries: Vec<_> = self.main.iter().map(|(resource, entry)| (resource, entry, Segment::Main)).collect();
+        // A key is in both only between a promotion's insert and its invalidation.
+        let in_main: std::collections::HashSet<Arc<String>> = entries.iter().map(|(r, ..)| Arc::clone(r)).collect();
+        entries.extend(
+            self.probation
+                .iter()
+                .filter(|(resource, _)| !in_main.contains(resource))
+                .map(|(resource, entry)| (resource, entry, Segment::Probation)),
+        );
+        entries
+    }
+
+    /// Claims a slot in the main segment if one is free.
+    fn reserve_main_slot(&self) -> bool {
+        let capacity = self.main_capacity;
+        self.main_len.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < capacity).then_some(n + 1)).is_ok()
     }
 }
 

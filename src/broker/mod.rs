@@ -5,18 +5,20 @@
 //! however many callers are waiting (docs/caching.md#single-flight).
 
 mod cache;
+mod limit;
 mod policy;
 mod readiness;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use moka::future::Cache;
 use tokio::sync::Semaphore;
 
-pub use cache::CachedToken;
+pub use cache::{CachedToken, Segment, TokenCache};
 pub use policy::Policy;
 pub use readiness::Readiness;
 
@@ -24,7 +26,7 @@ use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::credential::{Credential, CredentialError};
-use crate::store::{PersistedToken, Writer};
+use crate::store::{Held, HeldIdentity, HeldSource, HeldToken, PersistedToken, Store, Writer};
 use crate::telemetry::{self, metrics};
 
 /// How a configured identity is described to the broker.
@@ -59,6 +61,11 @@ pub struct CacheSettings {
     /// persisted cache, a fleet's tokens issued at once) trickle out instead of queueing a task
     /// each, and leave upstream capacity for first requests for new resources.
     pub max_background_refreshes: usize,
+    /// New keys (fetches for a resource the identity holds no token for, prefetches
+    /// excepted) each identity may make per minute, once `new_keys_burst` are spent.
+    pub new_keys_per_minute: u32,
+    /// New keys an identity may make at once (the bucket's size; it starts full).
+    pub new_keys_burst: u32,
 }
 
 /// One identity with its own cache.
@@ -71,8 +78,13 @@ pub struct Identity {
     resource_id: Option<String>,
     prefetch: Vec<String>,
     credential: Box<dyn Credential>,
-    tokens: Cache<String, Arc<CachedToken>>,
+    tokens: TokenCache,
     refusals: Cache<String, BrokerError>,
+    /// Permits for new keys (`cache.new_keys_per_minute`).
+    new_keys: limit::TokenBucket,
+    /// Whether the last new key was refused, so that the warning is logged once per episode
+    /// rather than once per refused request.
+    limited: AtomicBool,
 }
 
 impl fmt::Debug for Identity {
@@ -117,6 +129,14 @@ pub enum BrokerError {
     /// The upstream credential failed; see the inner error.
     #[error("identity {identity:?}: {source}")]
     Upstream { identity: String, source: Arc<CredentialError> },
+    /// The identity asked for more resources it holds no token for than
+    /// `cache.new_keys_per_minute` allows. Tokens already cached are still served.
+    #[error(
+        "identity {identity:?} may fetch tokens for at most {per_minute} new resources a minute after a burst of \
+         {burst} (cache.new_keys_per_minute, cache.new_keys_burst); tokens it already holds are still served; \
+         retry in {retry_after_secs} s"
+    )]
+    NewKeysLimited { identity: String, per_minute: u32, burst: u32, retry_after_secs: u64 },
 }
 
 /// Where a served token came from.
@@ -175,6 +195,9 @@ pub struct SeedReport {
     pub expired: usize,
     /// For a client id that is not configured here (any more).
     pub unknown_identity: usize,
+    /// Beyond `max_entries` for their identity: those in use were kept first, then the
+    /// freshest.
+    pub over_limit: usize,
 }
 
 /// The credential name logs show for a token loaded from the persistent cache.
@@ -185,16 +208,17 @@ impl Broker {
     pub fn new(specs: Vec<IdentitySpec>, settings: CacheSettings, clock: Arc<dyn Clock>) -> Self {
         let default = specs.iter().position(|s| s.is_default);
         let prefetches = specs.iter().map(|s| s.prefetch.len()).sum();
+        let started = tokio::time::Instant::now().into_std();
         let identities = specs
             .into_iter()
             .map(|spec| {
-                let tokens = Cache::builder()
-                    .max_capacity(settings.max_entries)
-                    .expire_after(cache::ExpireWhenUnservable {
-                        margin_secs: settings.policy.serve_margin_secs,
-                        clock: clock.clone(),
-                    })
-                    .build();
+                let name = spec.name.clone();
+                let tokens = TokenCache::new(
+                    settings.max_entries,
+                    settings.policy.serve_margin_secs,
+                    &clock,
+                    Arc::new(move |reason| metrics::cache_eviction(&name, reason)),
+                );
                 let refusals =
                     Cache::builder().max_capacity(settings.max_entries).time_to_live(settings.negative_ttl).build();
                 Arc::new(Identity {
@@ -206,6 +230,8 @@ impl Broker {
                     credential: spec.credential,
                     tokens,
                     refusals,
+                    new_keys: limit::TokenBucket::new(settings.new_keys_per_minute, settings.new_keys_burst, started),
+                    limited: AtomicBool::new(false),
                 })
             })
             .collect();
@@ -221,10 +247,23 @@ impl Broker {
         }
     }
 
-    /// Persists every token fetched from now on through `writer` (write-through, batched,
-    /// off the request path). Only the first call has an effect.
-    pub fn persist_to(&self, writer: Arc<Writer>) {
-        let _ = self.writer.set(writer);
+    /// Persists the cache to `store` from now on: after every change (a token fetched or
+    /// refreshed), batched and off the request path, the store is made to hold what memory
+    /// holds (`Store::save`). With `write_now`, one save follows at once (after a load, to
+    /// drop from the file what was not loaded). Only the first call has an effect.
+    pub fn persist_to(self: &Arc<Self>, store: Arc<dyn Store>, write_now: bool) {
+        let source: Weak<dyn HeldSource> = Arc::downgrade(self) as Weak<dyn HeldSource>;
+        let writer = Writer::start(store, Arc::clone(&self.clock), source);
+        if self.writer.set(Arc::new(writer)).is_ok() && write_now {
+            self.persist_changed();
+        }
+    }
+
+    /// Tells the writer, if any, that the cache changed.
+    fn persist_changed(&self) {
+        if let Some(writer) = self.writer.get() {
+            writer.changed();
+        }
     }
 
     /// The persistence writer, if any (the caller flushes it on shutdown).
@@ -234,7 +273,9 @@ impl Broker {
 
     /// Puts persisted tokens into the caches, before serving starts, so the first requests
     /// after a restart are hits and a prefetch already held counts as done. Tokens are
-    /// matched to identities by client id; those too close to expiry are skipped.
+    /// matched to identities by client id; those too close to expiry are skipped, and of
+    /// more than `max_entries` for one identity, those in use and then the freshest are kept.
+    /// In that order they fill the main segment, and the rest go on probation.
     ///
     /// This runs before readiness with up to `max_entries` tokens per identity, so the work per
     /// token is kept to the cache entry itself: the store keeps tokens sorted by client id, so
@@ -243,14 +284,15 @@ impl Broker {
     pub async fn seed(&self, tokens: Vec<PersistedToken>) -> SeedReport {
         let now = self.clock.now();
         let mut report = SeedReport::default();
-        let mut resolved: Option<(String, Option<&Arc<Identity>>)> = None;
+        let mut resolved: Option<(String, Option<usize>)> = None;
+        let mut per_identity: Vec<Vec<PersistedToken>> = self.identities.iter().map(|_| Vec::new()).collect();
         for persisted in tokens {
             let identity = match &resolved {
                 Some((client_id, identity)) if client_id.eq_ignore_ascii_case(&persisted.client_id) => *identity,
                 _ => {
                     let identity =
-                        self.identities.iter().find(|i| i.client_id.eq_ignore_ascii_case(&persisted.client_id));
-                    resolved = Some((persisted.client_id, identity));
+                        self.identities.iter().position(|i| i.client_id.eq_ignore_ascii_case(&persisted.client_id));
+                    resolved = Some((persisted.client_id.clone(), identity));
                     identity
                 }
             };
@@ -262,9 +304,21 @@ impl Broker {
                 report.expired += 1;
                 continue;
             }
-            let entry = CachedToken::new(persisted.token, persisted.refresh_on, PERSISTED);
-            identity.tokens.insert(persisted.resource, Arc::new(entry)).await;
-            report.loaded += 1;
+            per_identity[identity].push(persisted);
+        }
+        let max = usize::try_from(self.settings.max_entries).unwrap_or(usize::MAX);
+        let (main_capacity, _) = TokenCache::capacities(self.settings.max_entries);
+        for (identity, mut tokens) in self.identities.iter().zip(per_identity) {
+            if tokens.len() as u64 > main_capacity {
+                tokens.sort_by_key(|t| std::cmp::Reverse((t.in_use, t.token.expires_on)));
+                report.over_limit += tokens.len().saturating_sub(max);
+                tokens.truncate(max);
+            }
+            for persisted in tokens {
+                let entry = CachedToken::new(persisted.token, persisted.refresh_on, PERSISTED);
+                identity.tokens.seed(persisted.resource, Arc::new(entry)).await;
+                report.loaded += 1;
+            }
         }
         report
     }
@@ -316,9 +370,15 @@ impl Broker {
 
     async fn lookup(self: &Arc<Self>, identity: &Arc<Identity>, resource: &str) -> Result<Served, BrokerError> {
         let now = self.clock.now();
-        let mut unservable = false;
-        if let Some(entry) = identity.tokens.get(resource).await {
+        let mut unservable = None;
+        if let Some((entry, segment)) = identity.tokens.get(resource).await {
             if self.settings.policy.servable(entry.token.expires_on, now) {
+                // Asked for again: in use. Boxed, as below, to keep hits' futures small.
+                if segment == Segment::Probation
+                    && Box::pin(identity.tokens.promote(resource, Arc::clone(&entry))).await
+                {
+                    self.persist_changed();
+                }
                 let outcome = if now >= entry.refresh_on {
                     self.refresh_in_background(identity, resource, &entry, now);
                     CacheOutcome::Stale
@@ -327,7 +387,7 @@ impl Broker {
                 };
                 return Ok(Served { entry, outcome });
             }
-            unservable = true;
+            unservable = Some(segment);
         }
         // Boxed: the wait for the upstream is a large state machine, and inline it would make
         // every request's future, hits included, that large to create and move.
@@ -335,32 +395,69 @@ impl Broker {
     }
 
     /// The rest of a lookup when memory had nothing servable: a remembered refusal, or one
-    /// upstream fetch shared by every caller waiting for the same key.
+    /// upstream fetch shared by every caller waiting for the same key. `unservable` says
+    /// where a token too close to expiry was found.
     async fn lookup_upstream(
         self: &Arc<Self>,
         identity: &Arc<Identity>,
         resource: &str,
-        unservable: bool,
+        unservable: Option<Segment>,
     ) -> Result<Served, BrokerError> {
-        if unservable {
+        if let Some(segment) = unservable {
             // Too close to expiry to hand out: drop it and wait for a new one below.
-            identity.tokens.invalidate(resource).await;
+            identity.tokens.invalidate(resource, segment).await;
         }
         if let Some(refusal) = identity.refusals.get(resource).await {
             return Err(refusal);
         }
-
-        let fetched_here = AtomicBool::new(false);
-        let entry = identity
+        // A key held before (now unservable) or a prefetch is not new; anything else is, and
+        // costs a permit of the identity's new-key budget.
+        let new_key = unservable.is_none() && !identity.prefetch.iter().any(|p| p == resource);
+        let fetched = identity
             .tokens
-            .try_get_with(resource.to_owned(), async {
-                fetched_here.store(true, Ordering::Relaxed);
+            .fetch_once(resource, unservable == Some(Segment::Main), async {
+                if new_key {
+                    self.take_new_key(identity)?;
+                }
                 self.fetch(identity, resource).await
             })
-            .await
-            .map_err(|shared: Arc<BrokerError>| (*shared).clone())?;
-        let outcome = if fetched_here.load(Ordering::Relaxed) { CacheOutcome::Miss } else { CacheOutcome::Coalesced };
+            .await;
+        let (entry, fetched_here) = fetched.map_err(|shared: Arc<BrokerError>| (*shared).clone())?;
+        let outcome = if fetched_here {
+            self.persist_changed();
+            CacheOutcome::Miss
+        } else {
+            CacheOutcome::Coalesced
+        };
         Ok(Served { entry, outcome })
+    }
+
+    /// Takes a permit for a new key of `identity`, or refuses with the wait until one.
+    fn take_new_key(&self, identity: &Identity) -> Result<(), BrokerError> {
+        match identity.new_keys.try_take(tokio::time::Instant::now().into_std()) {
+            Ok(()) => {
+                identity.limited.store(false, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(wait) => {
+                metrics::new_key_limited(&identity.name);
+                if !identity.limited.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        identity = %identity.name,
+                        per_minute = self.settings.new_keys_per_minute,
+                        burst = self.settings.new_keys_burst,
+                        "requests for new resources exceed cache.new_keys_per_minute; refusing them with 429 \
+                         until the rate drops (cached tokens are still served)"
+                    );
+                }
+                Err(BrokerError::NewKeysLimited {
+                    identity: identity.name.clone(),
+                    per_minute: self.settings.new_keys_per_minute,
+                    burst: self.settings.new_keys_burst,
+                    retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+                })
+            }
+        }
     }
 
     /// Calls the identity's credential once and wraps the result for the cache.
@@ -397,16 +494,6 @@ impl Broker {
             Ok(token) => {
                 let now = self.clock.now();
                 let refresh_on = self.settings.policy.refresh_on(&token, now, fastrand::f64());
-                if let Some(writer) = self.writer.get() {
-                    writer.record(PersistedToken {
-                        identity: identity.name.clone(),
-                        client_id: identity.client_id.clone(),
-                        resource: resource.to_owned(),
-                        credential: identity.credential.kind().to_owned(),
-                        refresh_on,
-                        token: token.clone(),
-                    });
-                }
                 tracing::info!(
                     identity = %identity.name,
                     resource,
@@ -457,7 +544,10 @@ impl Broker {
             let result = broker.fetch(&identity, &resource).instrument(span).await;
             metrics::refresh(result.is_ok());
             match result {
-                Ok(fresh) => identity.tokens.insert(resource, fresh).await,
+                Ok(fresh) => {
+                    identity.tokens.replace(resource, fresh).await;
+                    broker.persist_changed();
+                }
                 Err(error) => {
                     let policy = broker.settings.policy;
                     let failures = entry.refresh_failed(broker.clock.now(), |f| policy.refresh_backoff(f));
@@ -481,11 +571,12 @@ impl Broker {
         let now = self.clock.now();
         let mut snapshot = Vec::with_capacity(self.identities.len());
         for identity in &self.identities {
-            identity.tokens.run_pending_tasks().await;
             let tokens = identity
                 .tokens
-                .iter()
-                .map(|(resource, entry)| (resource, entry.token.expires_on.saturating_sub(now)))
+                .entries()
+                .await
+                .into_iter()
+                .map(|(resource, entry, _)| (resource, entry.token.expires_on.saturating_sub(now)))
                 .collect();
             snapshot.push((identity.name.as_str(), tokens));
         }
@@ -497,7 +588,7 @@ impl Broker {
     pub fn start_prefetch(self: &Arc<Self>) {
         for identity in &self.identities {
             for resource in &identity.prefetch {
-                if identity.tokens.contains_key(resource) {
+                if identity.tokens.contains(resource) {
                     // Loaded from the persistent cache: ready at once. One lookup still runs
                     // so a token past its refresh point starts its background refresh.
                     self.readiness.complete_one();
@@ -533,6 +624,31 @@ impl Broker {
                 });
             }
         }
+    }
+}
+
+/// What the persistence writer saves: every identity's cache as it is now.
+#[async_trait]
+impl HeldSource for Broker {
+    async fn held(&self) -> Held {
+        let mut identities = Vec::with_capacity(self.identities.len());
+        for identity in &self.identities {
+            let tokens = identity
+                .tokens
+                .entries()
+                .await
+                .into_iter()
+                .map(|(resource, entry, segment)| (resource, entry as Arc<dyn HeldToken>, segment == Segment::Main))
+                .collect();
+            identities.push(HeldIdentity {
+                name: identity.name.clone(),
+                client_id: identity.client_id.clone(),
+                credential: identity.credential.kind().to_owned(),
+                tokens,
+            });
+        }
+        let max_per_client = usize::try_from(self.settings.max_entries).unwrap_or(usize::MAX);
+        Held { identities, writer: 0, max_per_client }
     }
 }
 

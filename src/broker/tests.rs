@@ -74,7 +74,30 @@ fn broker(clock: &ManualClock, credential: Arc<Scripted>) -> Arc<Broker> {
         negative_ttl: Duration::from_secs(10),
         policy: Policy { serve_margin_secs: 60, refresh_backoff_secs: 30, refresh_backoff_max_secs: 300 },
         max_background_refreshes: 1,
+        new_keys_per_minute: 1000,
+        new_keys_burst: 1000,
     };
+    Arc::new(Broker::new(vec![spec], settings, Arc::new(clock.clone())))
+}
+
+/// [`broker`] with other cache settings and prefetches.
+fn broker_with(
+    clock: &ManualClock,
+    credential: Arc<Scripted>,
+    prefetch: &[&str],
+    tune: impl FnOnce(&mut CacheSettings),
+) -> Arc<Broker> {
+    let spec = IdentitySpec {
+        name: "app".into(),
+        client_id: "Client-A".into(),
+        object_id: None,
+        resource_id: None,
+        is_default: true,
+        prefetch: prefetch.iter().map(|p| (*p).to_owned()).collect(),
+        credential: Box::new(credential),
+    };
+    let mut settings = broker(clock, Arc::new(Scripted::default())).settings;
+    tune(&mut settings);
     Arc::new(Broker::new(vec![spec], settings, Arc::new(clock.clone())))
 }
 
@@ -295,6 +318,8 @@ fn persisted(client_id: &str, resource: &str, expires_on: u64, value: &str) -> P
             ext_expires_on: expires_on,
             refresh_on: None,
         },
+        in_use: false,
+        written_by: 0,
     }
 }
 
@@ -314,7 +339,7 @@ async fn seeding_serves_persisted_tokens_and_counts_what_it_skips() {
         persisted("other", "r6", START + 3600, "unknown-3"),
     ];
     let report = b.seed(tokens).await;
-    assert_eq!(report, SeedReport { loaded: 2, expired: 1, unknown_identity: 3 });
+    assert_eq!(report, SeedReport { loaded: 2, expired: 1, unknown_identity: 3, over_limit: 0 });
     let id = b.resolve(&Selector::Default).unwrap().clone();
     for (resource, value) in [("r1", "persisted-1"), ("r5", "persisted-5")] {
         let served = b.token(&id, resource).await.unwrap();
@@ -341,7 +366,7 @@ async fn startup_load_time() {
             persisted("client-a", &format!("https://r{i}.example"), START + 3000, &value)
         })
         .collect();
-    store.save(tokens, START).unwrap();
+    store.save(&crate::store::Held::from_tokens(tokens, 0, usize::MAX), START).unwrap();
     for _ in 0..3 {
         let clock = ManualClock::new(START);
         let mut b = broker(&clock, Arc::new(Scripted::default()));
@@ -367,4 +392,202 @@ async fn startup_load_time() {
         drop(b);
         println!("10000 tokens: load {loaded:?}, seed {seeded:?}, drop {:?}", started.elapsed());
     }
+}
+
+/// The end-to-end case of a flood: a token the application used three times, then 5,000 new
+/// resources asked for once each. moka alone evicted the token (its frequency sketch starts
+/// counting at half capacity, so the early uses were forgotten); the probation segment keeps
+/// the flood out of the tokens in use.
+#[tokio::test]
+async fn a_flood_of_one_off_resources_does_not_evict_a_token_in_use() {
+    let clock = ManualClock::new(START);
+    let cred = Arc::new(Scripted::lifetimes(&clock, vec![]));
+    let b = broker_with(&clock, cred.clone(), &[], |s| {
+        s.max_entries = 100;
+        s.new_keys_burst = 10_000;
+    });
+    let id = b.resolve(&Selector::Default).unwrap().clone();
+    let app = b.token(&id, "https://vault.azure.net").await.unwrap();
+    for _ in 0..2 {
+        b.token(&id, "https://vault.azure.net").await.unwrap();
+    }
+    for i in 0..5000 {
+        b.token(&id, &format!("https://flood-{i}.example")).await.unwrap();
+    }
+    let calls = cred.calls.load(Ordering::SeqCst);
+    let again = b.token(&id, "https://vault.azure.net").await.unwrap();
+    assert_eq!((again.outcome, token_text(&again)), (CacheOutcome::Hit, token_text(&app)));
+    assert_eq!(cred.calls.load(Ordering::SeqCst), calls, "no upstream call for the token in use");
+    let held = b.held().await;
+    assert!(held.identities[0].tokens.len() <= 100, "still bounded: {}", held.identities[0].tokens.len());
+}
+
+#[tokio::test]
+async fn a_resource_asked_for_again_moves_from_probation_into_a_free_slot_only() {
+    let clock = ManualClock::new(START);
+    let cred = Arc::new(Scripted::lifetimes(&clock, vec![]));
+    // 20 entries: 18 in use, 2 on probation.
+    let b = broker_with(&clock, cred.clone(), &[], |s| s.max_entries = 20);
+    let id = b.resolve(&Selector::Default).unwrap().clone();
+    for i in 0..18 {
+        b.token(&id, &format!("filler-{i:02}")).await.unwrap();
+    }
+    let in_use = async |name: &str| {
+        let held = b.held().await;
+        held.identities[0].tokens.iter().find(|(r, ..)| r.as_str() == name).map(|t| t.2)
+    };
+    assert_eq!(b.token(&id, "second-use").await.unwrap().outcome, CacheOutcome::Miss);
+    assert_eq!(b.token(&id, "second-use").await.unwrap().outcome, CacheOutcome::Hit, "served from probation");
+    assert_eq!(in_use("second-use").await, Some(false), "no free slot: it stays on probation");
+    assert_eq!(in_use("filler-00").await, Some(true), "a token in use is never displaced");
+
+    id.tokens.invalidate("filler-00", Segment::Main).await;
+    assert_eq!(in_use("filler-00").await, None, "a slot is free");
+    assert_eq!(b.token(&id, "second-use").await.unwrap().outcome, CacheOutcome::Hit);
+    assert_eq!(in_use("second-use").await, Some(true), "asked for again: into the free slot");
+    for i in 0..50 {
+        b.token(&id, &format!("flood-{i}")).await.unwrap();
+    }
+    assert_eq!(b.token(&id, "second-use").await.unwrap().outcome, CacheOutcome::Hit, "the flood passed it by");
+    let held = b.held().await;
+    assert_eq!(held.identities[0].tokens.len(), 20);
+    let in_main = held.identities[0].tokens.iter().filter(|t| t.2).count();
+    assert_eq!(in_main, 18);
+}
+
+#[tokio::test(start_paused = true)]
+async fn new_resources_beyond_the_rate_are_refused_and_held_ones_still_served() {
+    let clock = ManualClock::new(START);
+    let cred = Arc::new(Scripted::lifetimes(&clock, vec![]));
+    let b = broker_with(&clock, cred.clone(), &["prefetched"], |s| {
+        s.new_keys_per_minute = 6;
+        s.new_keys_burst = 2;
+    });
+    let id = b.resolve(&Selector::Default).unwrap().clone();
+    b.token(&id, "held").await.unwrap();
+    b.token(&id, "second").await.unwrap();
+    let refused = b.token(&id, "third").await.unwrap_err();
+    let BrokerError::NewKeysLimited { retry_after_secs, per_minute, burst, .. } = &refused else {
+        panic!("{refused:?}")
+    };
+    assert_eq!((*retry_after_secs, *per_minute, *burst), (10, 6, 2), "one new key every 10 s");
+    assert!(refused.to_string().contains("cache.new_keys_per_minute"), "{refused}");
+    assert_eq!(cred.calls.load(Ordering::SeqCst), 2, "a refused key makes no upstream call");
+
+    assert_eq!(b.token(&id, "held").await.unwrap().outcome, CacheOutcome::Hit, "held tokens are served");
+    assert_eq!(b.token(&id, "prefetched").await.unwrap().outcome, CacheOutcome::Miss, "prefetches are exempt");
+
+    tokio::time::advance(Duration::from_secs(9)).await;
+    assert!(matches!(b.token(&id, "third").await, Err(BrokerError::NewKeysLimited { .. })));
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(b.token(&id, "third").await.unwrap().outcome, CacheOutcome::Miss, "a permit after 10 s");
+    assert!(matches!(b.token(&id, "fourth").await, Err(BrokerError::NewKeysLimited { .. })));
+}
+
+#[tokio::test]
+async fn refetching_a_held_token_that_became_unservable_needs_no_permit() {
+    let clock = ManualClock::new(START);
+    let cred = Arc::new(Scripted::lifetimes(&clock, vec![]));
+    let b = broker_with(&clock, cred.clone(), &[], |s| s.new_keys_burst = 1);
+    let id = b.resolve(&Selector::Default).unwrap().clone();
+    b.token(&id, "r").await.unwrap();
+    // Inside the serving margin by the broker's clock, still held by moka's.
+    clock.advance(3600 - 59);
+    let again = b.token(&id, "r").await.unwrap();
+    assert_eq!(again.outcome, CacheOutcome::Miss, "fetched anew, though the only permit is spent");
+    assert!(matches!(b.token(&id, "new").await, Err(BrokerError::NewKeysLimited { .. })));
+}
+
+#[tokio::test]
+async fn callers_waiting_for_one_new_resource_share_one_permit() {
+    let clock = ManualClock::new(START);
+    let gate = Arc::new(Notify::new());
+    let cred = Arc::new(Scripted { gate: Some(gate.clone()), clock: Some(clock.clone()), ..Scripted::default() });
+    let b = broker_with(&clock, cred.clone(), &[], |s| s.new_keys_burst = 1);
+    let id = b.resolve(&Selector::Default).unwrap().clone();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (b, id) = (b.clone(), id.clone());
+        tasks.push(tokio::spawn(async move { b.token(&id, "r").await }));
+    }
+    while cred.calls.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    gate.notify_waiters();
+    for t in tasks {
+        t.await.unwrap().expect("every waiter gets the one token");
+    }
+}
+
+#[tokio::test]
+async fn seeding_keeps_at_most_max_entries_tokens_in_use_first_then_the_freshest() {
+    let clock = ManualClock::new(START);
+    let cred = Arc::new(Scripted::default());
+    let b = broker_with(&clock, cred.clone(), &[], |s| s.max_entries = 10);
+    let mut tokens: Vec<PersistedToken> =
+        (0..30).map(|i| persisted("client-a", &format!("r{i:02}"), START + 3600 + i, &format!("v{i}"))).collect();
+    tokens[0].in_use = true;
+    let report = b.seed(tokens).await;
+    assert_eq!(report, SeedReport { loaded: 10, expired: 0, unknown_identity: 0, over_limit: 20 });
+    let held = b.held().await;
+    let mut kept: Vec<(String, bool)> =
+        held.identities[0].tokens.iter().map(|(r, _, in_use)| (r.to_string(), *in_use)).collect();
+    kept.sort();
+    let expected: Vec<(String, bool)> =
+        std::iter::once(("r00".to_owned(), true)).chain((21..30).map(|i| (format!("r{i}"), i != 21))).collect();
+    assert_eq!(kept, expected, "r00 was in use; then the 9 latest expiries, the oldest of them on probation");
+    let id = b.resolve(&Selector::Default).unwrap().clone();
+    assert_eq!(b.token(&id, "r00").await.unwrap().outcome, CacheOutcome::Hit);
+    assert_eq!(cred.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn the_writer_is_told_after_a_fetch_and_a_refresh_and_reads_the_cache() {
+    use crate::store::{OnUnreadable, SaveReport, Snapshot, Store, StoreError};
+
+    /// Keeps the resources of the last save.
+    #[derive(Default)]
+    struct Last(Mutex<Vec<String>>, Notify);
+    impl Store for Last {
+        fn describe(&self) -> String {
+            "test".into()
+        }
+        fn load(&self, _: OnUnreadable) -> Result<Snapshot, StoreError> {
+            Ok(Snapshot::default())
+        }
+        fn load_bounded(&self, _: usize, _: u64) -> Result<Snapshot, StoreError> {
+            Ok(Snapshot::default())
+        }
+        fn save(&self, held: &Held, _: u64) -> Result<SaveReport, StoreError> {
+            let mut resources: Vec<String> =
+                held.identities.iter().flat_map(|i| i.tokens.iter().map(|(r, ..)| r.to_string())).collect();
+            resources.sort();
+            *self.0.lock().unwrap() = resources;
+            self.1.notify_one();
+            Ok(SaveReport::default())
+        }
+        fn clear(&self, _: Option<&str>) -> Result<usize, StoreError> {
+            Ok(0)
+        }
+        fn save_account(&self, _: crate::store::PersistedAccount) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    let clock = ManualClock::new(START);
+    let cred = Arc::new(Scripted::lifetimes(&clock, vec![]));
+    let b = broker(&clock, cred.clone());
+    let store = Arc::new(Last::default());
+    b.persist_to(store.clone(), false);
+    let id = b.resolve(&Selector::Default).unwrap().clone();
+    b.token(&id, "r1").await.unwrap();
+    b.token(&id, "r2").await.unwrap();
+    b.writer().unwrap().flush().await;
+    assert_eq!(*store.0.lock().unwrap(), ["r1", "r2"]);
+    b.token(&id, "r1").await.unwrap();
+    b.writer().unwrap().flush().await;
+    assert_eq!(*store.0.lock().unwrap(), ["r1", "r2"], "a hit changes nothing");
 }

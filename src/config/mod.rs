@@ -131,6 +131,10 @@ pub struct CacheConfig {
     pub refresh_backoff_secs: u64,
     pub refresh_backoff_max_secs: u64,
     pub negative_ttl_secs: u64,
+    /// Resources an identity may fetch for the first time (cache misses that create a new
+    /// key) per minute, after a burst of `new_keys_burst`.
+    pub new_keys_per_minute: u32,
+    pub new_keys_burst: u32,
     /// `[cache.persistence]`; `None` when off (the default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub persistence: Option<PersistenceConfig>,
@@ -643,12 +647,20 @@ impl Validator<'_> {
                 "must be at least 1 and no more than cache.refresh_backoff_max_secs",
             ));
         }
+        if raw.new_keys_per_minute == 0 {
+            return Err(self.error("cache.new_keys_per_minute", "must be at least 1"));
+        }
+        if raw.new_keys_burst == 0 {
+            return Err(self.error("cache.new_keys_burst", "must be at least 1"));
+        }
         Ok(CacheConfig {
             max_entries: raw.max_entries,
             serve_margin_secs: raw.serve_margin_secs,
             refresh_backoff_secs: raw.refresh_backoff_secs,
             refresh_backoff_max_secs: raw.refresh_backoff_max_secs,
             negative_ttl_secs: raw.negative_ttl_secs,
+            new_keys_per_minute: raw.new_keys_per_minute,
+            new_keys_burst: raw.new_keys_burst,
             persistence: self.persistence(raw.persistence)?,
         })
     }

@@ -124,6 +124,8 @@ pub struct RawCache {
     pub refresh_backoff_secs: u64,
     pub refresh_backoff_max_secs: u64,
     pub negative_ttl_secs: u64,
+    pub new_keys_per_minute: u32,
+    pub new_keys_burst: u32,
     pub persistence: super::persistence::RawPersistence,
 }
 
@@ -135,6 +137,8 @@ impl Default for RawCache {
             refresh_backoff_secs: 30,
             refresh_backoff_max_secs: 300,
             negative_ttl_secs: 10,
+            new_keys_per_minute: 60,
+            new_keys_burst: 60,
             persistence: super::persistence::RawPersistence::default(),
         }
     }

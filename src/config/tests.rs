@@ -116,6 +116,8 @@ fn invalid_values_are_refused() {
         ("[server]\napp_service_path = \"/healthz\"", "server.app_service_path"),
         ("[log]\nformat = \"xml\"", "log.format"),
         ("[cache]\nmax_entries = 0", "cache.max_entries"),
+        ("[cache]\nnew_keys_per_minute = 0", "cache.new_keys_per_minute"),
+        ("[cache]\nnew_keys_burst = 0", "cache.new_keys_burst"),
     ];
     for (extra, key) in cases {
         // Later tables of the same name are not valid TOML, so build each case on its own.
@@ -287,7 +289,7 @@ mod properties {
             key in prop::sample::select(vec![
                 "server.listen", "server.admin_listen", "server.app_service_path", "server.imds_probe",
                 "server.max_header_bytes", "upstream.authority_host", "upstream.timeout_secs",
-                "cache.max_entries", "log.format", "log.level", "telemetry.otlp_endpoint",
+                "cache.max_entries", "cache.new_keys_per_minute", "cache.new_keys_burst", "log.format", "log.level", "telemetry.otlp_endpoint",
             ]),
             value in prop_oneof![
                 "[ -~]{0,30}".prop_map(|s| format!("{s:?}")),

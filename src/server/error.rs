@@ -116,6 +116,13 @@ impl From<BrokerError> for ApiError {
             // "Identity not found" is the phrase .NET's probe looks for (docs/protocols.md#sdk-probes).
             BrokerError::UnknownIdentity(_) => Self::bad_request(format!("Identity not found: {description}")),
             BrokerError::NoDefaultIdentity => Self::bad_request(description),
+            // The caller's own rate of new resources: 429, like the authority's throttling.
+            BrokerError::NewKeysLimited { retry_after_secs, .. } => Self {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                error: "throttled",
+                description,
+                retry_after: Some((*retry_after_secs).clamp(1, MAX_RETRY_AFTER_SECS)),
+            },
             BrokerError::Upstream { source, .. } => match source.as_ref() {
                 CredentialError::Rejected { aadsts, correlation_id, .. } => {
                     let error = if *aadsts == Some(500011) { "invalid_resource" } else { "unauthorized_client" };
@@ -205,6 +212,22 @@ mod tests {
 
         let down = upstream(CredentialError::Transient { credential: "x", reason: "refused".into() });
         assert_eq!((down.status, down.retry_after), (StatusCode::SERVICE_UNAVAILABLE, Some(2)));
+
+        let limited = |retry_after_secs| {
+            ApiError::from(BrokerError::NewKeysLimited {
+                identity: "app".into(),
+                per_minute: 60,
+                burst: 60,
+                retry_after_secs,
+            })
+        };
+        let flood = limited(1);
+        assert_eq!(
+            (flood.status, flood.error, flood.retry_after),
+            (StatusCode::TOO_MANY_REQUESTS, "throttled", Some(1))
+        );
+        assert!(flood.description.contains("cache.new_keys_per_minute"), "{}", flood.description);
+        assert_eq!(limited(60).retry_after, Some(5), "capped like the authority's");
     }
 
     #[test]

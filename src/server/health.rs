@@ -47,8 +47,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let Some(handle) = &state.metrics else {
         return ApiError::not_found().into_response();
     };
-    let mut text = handle.render();
+    // The snapshot first: it makes the caches apply pending evictions, which the counters
+    // rendered next then include.
     let snapshot = state.broker.snapshot().await;
+    let mut text = handle.render();
     let entries: Vec<(&str, u64)> = snapshot.iter().map(|(name, tokens)| (*name, tokens.len() as u64)).collect();
     let samples: Vec<CachedTokenSample<'_>> = snapshot
         .iter()

@@ -40,11 +40,18 @@ const KNOWN_PARAMETERS: [&str; 9] = [
     "msi-res-id",
 ];
 
+/// The most query parameters a token request may carry. SDKs send two to four; the bound
+/// keeps the duplicate check (a scan of the names seen so far) from growing with the
+/// square of an arbitrary count.
+pub const MAX_PARAMETERS: usize = 64;
+
 /// What is wrong with a query; becomes a 400.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum QueryError {
     #[error("query parameter {0:?} is given more than once")]
     Duplicate(String),
+    #[error("more than {MAX_PARAMETERS} query parameters")]
+    TooMany,
     #[error("give at most one of client_id, object_id, principal_id, msi_res_id, mi_res_id (got {0} and {1})")]
     ConflictingSelectors(&'static str, &'static str),
     #[error("query parameter {0:?} is empty")]
@@ -61,7 +68,10 @@ impl<'q> TokenQuery<'q> {
         // are remembered by name to find their duplicates.
         let mut seen_known = 0u16;
         let mut seen_unknown: Vec<Cow<'q, str>> = Vec::new();
-        for (key, value) in query_pairs(query.unwrap_or("")) {
+        for (count, (key, value)) in query_pairs(query.unwrap_or("")).enumerate() {
+            if count == MAX_PARAMETERS {
+                return Err(QueryError::TooMany);
+            }
             let Some(index) = KNOWN_PARAMETERS.iter().position(|known| *known == key) else {
                 // Unknown parameters are ignored, as IMDS ignores them, but not repeated.
                 if seen_unknown.contains(&key) {
@@ -338,6 +348,23 @@ mod tests {
         assert_eq!(TokenQuery::parse(Some("resource=")), Err(QueryError::Empty("resource")));
         // Unknown parameters are ignored.
         assert!(TokenQuery::parse(Some("resource=a&bypass_cache=true")).is_ok());
+    }
+
+    #[test]
+    fn at_most_64_parameters_are_read() {
+        let query = |n: usize| {
+            let unknown = (1..n).map(|i| format!("&p{i}=x")).collect::<String>();
+            format!("resource=a{unknown}")
+        };
+        assert!(TokenQuery::parse(Some(&query(MAX_PARAMETERS))).is_ok(), "64 parameters are fine");
+        assert_eq!(TokenQuery::parse(Some(&query(MAX_PARAMETERS + 1))), Err(QueryError::TooMany));
+        // The case that cost ~240 normal requests: thousands of distinct unknown parameters,
+        // refused after the 64th; empty pairs (`&&`) are skipped and do not count.
+        assert_eq!(TokenQuery::parse(Some(&query(2700))), Err(QueryError::TooMany));
+        assert!(TokenQuery::parse(Some(&format!("{}{}", "&".repeat(5000), query(10)))).is_ok());
+        // A duplicate within the first 64 is still named as one.
+        let duplicate = format!("{}&p1=y", query(10));
+        assert_eq!(TokenQuery::parse(Some(&duplicate)), Err(QueryError::Duplicate("p1".into())));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use super::format::{self, Contents, Protection};
 use super::trust::{self, Opened, Owners, Untrusted};
-use super::{OnUnreadable, PersistedAccount, PersistedToken, SaveReport, Snapshot, Store, StoreError};
+use super::{Held, OnUnreadable, PersistedAccount, PersistedToken, SaveReport, Snapshot, Store, StoreError};
 use crate::clock::{Clock, SystemClock};
 
 /// How long to wait for another process to release the lock before giving up. A writer
@@ -124,14 +124,18 @@ impl FileStore {
         }
     }
 
-    /// Reads and decodes the file; must run under the lock.
-    fn load_locked(&self, on_unreadable: OnUnreadable) -> Result<Snapshot, StoreError> {
+    /// Reads and decodes the file, keeping at most `bound = (max_per_client, now)` tokens
+    /// per client id when given; must run under the lock.
+    fn load_locked(&self, on_unreadable: OnUnreadable, bound: Option<(usize, u64)>) -> Result<Snapshot, StoreError> {
         let mut bytes = Vec::new();
         if !self.read_locked(&mut bytes, on_unreadable)? {
             return Ok(Snapshot::default());
         }
         // In place: the file's bytes are the only buffer besides the tokens parsed from it.
-        let decoded = format::decode_in_place(&mut bytes, &self.protection);
+        let decoded = match bound {
+            None => format::decode_in_place(&mut bytes, &self.protection),
+            Some((max, now)) => format::decode_in_place_bounded(&mut bytes, &self.protection, max, now),
+        };
         // Decrypted, the buffer holds every token in plaintext; do not leave that to the
         // allocator's free lists.
         bytes.fill(0);
@@ -193,10 +197,14 @@ impl Store for FileStore {
     }
 
     fn load(&self, on_unreadable: OnUnreadable) -> Result<Snapshot, StoreError> {
-        with_lock(&self.path, || self.load_locked(on_unreadable))
+        with_lock(&self.path, || self.load_locked(on_unreadable, None))
     }
 
-    fn save(&self, tokens: Vec<PersistedToken>, now: u64) -> Result<SaveReport, StoreError> {
+    fn load_bounded(&self, max_per_client: usize, now: u64) -> Result<Snapshot, StoreError> {
+        with_lock(&self.path, || self.load_locked(OnUnreadable::MoveAside, Some((max_per_client, now))))
+    }
+
+    fn save(&self, held: &Held, now: u64) -> Result<SaveReport, StoreError> {
         // The writer calls this for every batch, however small, and the file holds every
         // token (17.5 MB for 10,000). The existing tokens are merged where they lie in the
         // decrypted file rather than parsed into `String`s, so a save needs two buffers the
@@ -219,7 +227,7 @@ impl Store for FileStore {
                         Contents::empty()
                     }
                 };
-                Ok(existing.merge(&tokens, now, &self.protection, write))
+                Ok(existing.merge(held, now, &self.protection, write))
             })();
             // The read buffer may now hold every token in plaintext, whether the merge worked
             // or not; it stays allocated, so it must not stay readable.
@@ -232,7 +240,7 @@ impl Store for FileStore {
 
     fn clear(&self, identity: Option<&str>) -> Result<usize, StoreError> {
         with_lock(&self.path, || {
-            let mut snapshot = self.load_locked(OnUnreadable::MoveAside)?;
+            let mut snapshot = self.load_locked(OnUnreadable::MoveAside, None)?;
             let before = snapshot.tokens.len();
             match identity {
                 Some(identity) => {
@@ -253,7 +261,7 @@ impl Store for FileStore {
 
     fn save_account(&self, account: PersistedAccount) -> Result<(), StoreError> {
         with_lock(&self.path, || {
-            let mut snapshot = self.load_locked(OnUnreadable::MoveAside)?;
+            let mut snapshot = self.load_locked(OnUnreadable::MoveAside, None)?;
             super::merge_account(&mut snapshot.accounts, account);
             self.write_locked(&snapshot)
         })
@@ -453,8 +461,13 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::super::tests::token;
-    use super::super::{Cipher, Protection};
+    use super::super::{Cipher, PersistedToken, Protection};
     use super::*;
+
+    /// `tokens` as a save that claims no earlier write (writer 0): it only merges.
+    fn held(tokens: Vec<PersistedToken>) -> Held {
+        Held::from_tokens(tokens, 0, usize::MAX)
+    }
 
     fn store(dir: &Path, key: u8) -> FileStore {
         FileStore::new(&dir.join("sub/tokens.cache"), Protection::Encrypted(Cipher::new(&[key; 32])), String::new())
@@ -472,9 +485,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path(), 1);
         assert!(s.load(OnUnreadable::MoveAside).unwrap().tokens.is_empty(), "no file: empty");
-        let report = s.save(vec![token("a", "r1", 5000, "t1")], 100).unwrap();
-        assert_eq!(report, SaveReport { kept: 1, pruned: 0 });
-        s.save(vec![token("a", "r2", 6000, "t2"), token("a", "r0", 50, "gone")], 100).unwrap();
+        let report = s.save(&held(vec![token("a", "r1", 5000, "t1")]), 100).unwrap();
+        assert_eq!(report, SaveReport { kept: 1, pruned: 0, dropped: 0 });
+        s.save(&held(vec![token("a", "r2", 6000, "t2"), token("a", "r0", 50, "gone")]), 100).unwrap();
         let loaded = s.load(OnUnreadable::Report).unwrap();
         assert_eq!(loaded.tokens.len(), 2);
 
@@ -491,10 +504,10 @@ mod tests {
         let s = store(dir.path(), 1);
         let mut other = token("b", "r1", 5000, "t3");
         other.identity = "other".into();
-        s.save(vec![token("a", "r1", 5000, "t1"), token("a", "r2", 5000, "t2"), other], 100).unwrap();
+        s.save(&held(vec![token("a", "r1", 5000, "t1"), token("a", "r2", 5000, "t2"), other]), 100).unwrap();
         assert_eq!(s.clear(Some("other")).unwrap(), 1);
         assert_eq!(s.clear(Some("A")).unwrap(), 2, "by client id, case-insensitively");
-        s.save(vec![token("a", "r1", 5000, "t1")], 100).unwrap();
+        s.save(&held(vec![token("a", "r1", 5000, "t1")]), 100).unwrap();
         assert_eq!(s.clear(None).unwrap(), 1);
         assert!(s.load(OnUnreadable::Report).unwrap().tokens.is_empty());
     }
@@ -502,7 +515,7 @@ mod tests {
     #[test]
     fn an_unreadable_file_is_moved_aside_never_overwritten() {
         let dir = tempfile::tempdir().unwrap();
-        store(dir.path(), 1).save(vec![token("a", "r1", 5000, "t1")], 100).unwrap();
+        store(dir.path(), 1).save(&held(vec![token("a", "r1", 5000, "t1")]), 100).unwrap();
         let original = fs::read(dir.path().join("sub/tokens.cache")).unwrap();
 
         let wrong = store(dir.path(), 2);
@@ -510,7 +523,7 @@ mod tests {
         assert!(error.contains("different key"), "{error}");
         assert_eq!(fs::read(wrong.path()).unwrap(), original, "Report leaves the file alone");
 
-        wrong.save(vec![token("a", "r2", 5000, "t2")], 100).unwrap();
+        wrong.save(&held(vec![token("a", "r2", 5000, "t2")]), 100).unwrap();
         let names = files(&dir.path().join("sub"));
         let aside = names.iter().find(|n| n.starts_with("tokens.cache.unreadable-")).expect("moved aside");
         assert_eq!(fs::read(dir.path().join("sub").join(aside)).unwrap(), original, "kept byte for byte");
@@ -669,7 +682,7 @@ mod tests {
             );
             let tokens: Vec<_> = (0..n).map(|i| token("a", &format!("https://r{i}.example"), 5000, &value)).collect();
             let started = std::time::Instant::now();
-            s.save(tokens, 100).unwrap();
+            s.save(&held(tokens), 100).unwrap();
             let saved = started.elapsed();
             let started = std::time::Instant::now();
             assert_eq!(s.load(OnUnreadable::Report).unwrap().tokens.len(), n);
@@ -698,7 +711,7 @@ mod tests {
         let value = |i: usize| format!("{i:08}{}", "x".repeat(1492));
         let tokens: Vec<_> =
             (0..10_000).map(|i| token("a", &format!("https://r{i}.example"), 5000, &value(i))).collect();
-        s.save(tokens, 100).unwrap();
+        s.save(&held(tokens), 100).unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
         println!("store written: RSS {:.1} MiB, peak {:.1} MiB", status("VmRSS:"), status("VmHWM:"));
         for round in 0..40 {
@@ -710,7 +723,7 @@ mod tests {
                 .collect();
             let store = s.clone();
             runtime
-                .block_on(async move { tokio::task::spawn_blocking(move || store.save(batch, 100)).await })
+                .block_on(async move { tokio::task::spawn_blocking(move || store.save(&held(batch), 100)).await })
                 .unwrap()
                 .unwrap();
             if round % 10 == 9 {
@@ -725,6 +738,23 @@ mod tests {
     }
 
     #[test]
+    fn a_start_loads_at_most_the_bound_per_client_id_in_use_and_freshest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), 1);
+        let mut tokens: Vec<PersistedToken> =
+            (0..10).map(|i| token("a", &format!("r{i}"), 1000 + i, &format!("a{i}"))).collect();
+        tokens[2].in_use = true;
+        tokens.push(token("a", "expired", 50, "gone"));
+        tokens.extend((0..3).map(|i| token("b", &format!("r{i}"), 1000, &format!("b{i}"))));
+        s.save(&held(tokens), 40).unwrap();
+        let loaded = s.load_bounded(3, 100).unwrap();
+        let mut values: Vec<&str> = loaded.tokens.iter().map(|t| t.token.token.expose()).collect();
+        values.sort_unstable();
+        assert_eq!(values, ["a2", "a8", "a9", "b0", "b1", "b2"], "in use, then the latest expiry; 3 per client id");
+        assert_eq!(s.load(OnUnreadable::Report).unwrap().tokens.len(), 14, "the file itself is not changed by a load");
+    }
+
+    #[test]
     fn concurrent_writers_merge_under_the_lock() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("shared.cache");
@@ -733,8 +763,12 @@ mod tests {
                 let path = path.clone();
                 std::thread::spawn(move || {
                     let s = FileStore::new(&path, Protection::Encrypted(Cipher::new(&[9; 32])), String::new());
+                    // Each thread is a process with its own writer id whose memory grows by
+                    // one token per save: none may drop another's tokens.
+                    let mut memory = Vec::new();
                     for i in 0..10 {
-                        s.save(vec![token("a", &format!("r{n}-{i}"), 5000, "t")], 100).unwrap();
+                        memory.push(token("a", &format!("r{n}-{i}"), 5000, "t"));
+                        s.save(&Held::from_tokens(memory.clone(), n + 1, 1000), 100).unwrap();
                     }
                 })
             })

@@ -18,13 +18,14 @@
 //! A later release that changes the layout bumps the version and keeps a reader for 1.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::digest;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
-use super::{PersistedAccount, PersistedToken, SaveReport, Snapshot};
+use super::{Held, HeldIdentity, HeldToken, PersistedAccount, PersistedToken, SaveReport, Snapshot};
 use crate::credential::AccessToken;
 use crate::secret::Secret;
 
@@ -193,11 +194,24 @@ pub fn decode(bytes: &[u8], protection: &Protection) -> Result<Snapshot, DecodeE
 /// allocates the file's bytes once instead of three times. Afterwards `bytes` holds the
 /// plaintext (or, if the tag did not match, unspecified bytes); the caller drops it.
 pub fn decode_in_place(bytes: &mut [u8], protection: &Protection) -> Result<Snapshot, DecodeError> {
-    let payload = Contents::open(bytes, protection)?.0;
-    Ok(Snapshot {
-        tokens: payload.tokens.into_iter().map(StoredToken::into_token).collect(),
-        accounts: payload.accounts.into_iter().map(StoredAccount::into_account).collect(),
-    })
+    Ok(Contents::open(bytes, protection)?.into_snapshot())
+}
+
+/// [`decode_in_place`] keeping at most `max_per_client` unexpired tokens per client id (see
+/// [`super::Store::load_bounded`]); only those are copied out of `bytes`.
+pub fn decode_in_place_bounded(
+    bytes: &mut [u8],
+    protection: &Protection,
+    max_per_client: usize,
+    now: u64,
+) -> Result<Snapshot, DecodeError> {
+    let mut contents = Contents::open(bytes, protection)?;
+    let tokens = &mut contents.0.tokens;
+    tokens.retain(|t| t.expires_on > now);
+    // Stable: tokens of one client id become contiguous and keep their order.
+    tokens.sort_by(StoredToken::order);
+    super::cap_per_client(tokens, max_per_client, |t| &t.client_id, |t| (t.in_use, t.expires_on));
+    Ok(contents.into_snapshot())
 }
 
 /// A decrypted file whose strings still lie in its buffer: what a save merges into without
@@ -247,21 +261,60 @@ impl<'a> Contents<'a> {
         serde_json::from_slice(plaintext).map(Self).map_err(|e| DecodeError::BadPayload(e.to_string()))
     }
 
-    /// The file's contents with `incoming` merged in ([`super::merge`]'s rule: per key the
-    /// token that expires last, expired ones dropped, sorted by key), serialised and
-    /// protected into `out`. The kept tokens are copied once, from this buffer into `out`.
-    pub fn merge(
-        self,
-        incoming: &[PersistedToken],
-        now: u64,
-        protection: &Protection,
-        out: &mut Vec<u8>,
-    ) -> SaveReport {
+    /// The tokens as owned values.
+    fn into_snapshot(self) -> Snapshot {
+        Snapshot {
+            tokens: self.0.tokens.into_iter().map(StoredToken::into_token).collect(),
+            accounts: self.0.accounts.into_iter().map(StoredAccount::into_account).collect(),
+        }
+    }
+
+    /// The file's contents updated with what `held` holds (the rule of
+    /// [`super::Store::save`]), serialised and protected into `out`. Nothing is copied but
+    /// the kept tokens, once, from this buffer or from memory into `out`.
+    pub fn merge(self, held: &Held, now: u64, protection: &Protection, out: &mut Vec<u8>) -> SaveReport {
         let Payload { accounts, tokens: existing, .. } = self.0;
-        let incoming = incoming.iter().map(StoredToken::from_token);
-        let (tokens, pruned) =
-            super::merge_by(existing.into_iter().chain(incoming), now, |t| t.expires_on, StoredToken::order);
-        let report = SaveReport { kept: tokens.len(), pruned };
+        let held_keys: Vec<(&str, HashSet<&str>)> = held
+            .identities
+            .iter()
+            .map(|identity| (identity.client_id.as_str(), identity.tokens.iter().map(|(r, ..)| r.as_str()).collect()))
+            .collect();
+        let holds = |client_id: &str, resource: &str| {
+            held_keys
+                .iter()
+                .any(|(held, resources)| held.eq_ignore_ascii_case(client_id) && resources.contains(resource))
+        };
+        let mut forgotten = 0;
+        // What this writer wrote and no longer holds was evicted, expired or refreshed away
+        // here: it goes. Another writer's token it does not hold stays (within the cap).
+        let existing = existing.into_iter().filter(|t| {
+            let gone = held.writer != 0
+                && t.written_by == held.writer
+                && held.serves(&t.client_id).is_some()
+                && !holds(&t.client_id, &t.resource);
+            forgotten += usize::from(gone);
+            !gone
+        });
+        let existing: Vec<StoredToken<'_>> = existing.collect();
+        let in_memory = held.identities.iter().flat_map(|identity| {
+            identity
+                .tokens
+                .iter()
+                .map(move |(resource, token, in_use)| StoredToken::from_held(identity, resource, &**token, *in_use))
+        });
+        let stamped = in_memory.map(|mut t| {
+            t.written_by = held.writer;
+            t
+        });
+        let (mut tokens, pruned) =
+            super::merge_by(existing.into_iter().chain(stamped), now, |t| t.expires_on, StoredToken::order);
+        let over_cap = super::cap_per_client(
+            &mut tokens,
+            held.max_per_client,
+            |t| &t.client_id,
+            |t| (holds(&t.client_id, &t.resource), t.in_use, t.expires_on),
+        );
+        let report = SaveReport { kept: tokens.len(), pruned, dropped: forgotten + over_cap };
         let payload = Payload { written_at: now, writer: Cow::Borrowed(WRITER), tokens, accounts };
         seal(&payload, protection, out);
         report
@@ -344,6 +397,14 @@ struct StoredToken<'a> {
     upstream_refresh_on: Option<u64>,
     #[serde(default)]
     refresh_on: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    in_use: bool,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    written_by: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl<'a> StoredToken<'a> {
@@ -359,6 +420,27 @@ impl<'a> StoredToken<'a> {
             ext_expires_on: token.token.ext_expires_on,
             upstream_refresh_on: token.token.refresh_on,
             refresh_on: token.refresh_on,
+            in_use: token.in_use,
+            written_by: token.written_by,
+        }
+    }
+
+    /// A token held in memory by `identity`, borrowed.
+    fn from_held(identity: &'a HeldIdentity, resource: &'a str, token: &'a dyn HeldToken, in_use: bool) -> Self {
+        let access = token.access_token();
+        Self {
+            identity: Cow::Borrowed(&identity.name),
+            client_id: Cow::Borrowed(&identity.client_id),
+            resource: Cow::Borrowed(resource),
+            credential: Cow::Borrowed(&identity.credential),
+            access_token: Cow::Borrowed(access.token.expose()),
+            expires_on: access.expires_on,
+            not_before: access.not_before,
+            ext_expires_on: access.ext_expires_on,
+            upstream_refresh_on: access.refresh_on,
+            refresh_on: token.refresh_on(),
+            in_use,
+            written_by: 0,
         }
     }
 
@@ -376,6 +458,8 @@ impl<'a> StoredToken<'a> {
             resource: self.resource.into_owned(),
             credential: self.credential.into_owned(),
             refresh_on: self.refresh_on,
+            in_use: self.in_use,
+            written_by: self.written_by,
             token: AccessToken {
                 token: Secret::new(self.access_token.into_owned()),
                 expires_on: self.expires_on,
@@ -534,13 +618,13 @@ mod tests {
         // Whatever the output buffer held is replaced.
         let mut merged_file = vec![1, 2, 3];
         let report = Contents::open(&mut bytes, &Protection::Plaintext).unwrap().merge(
-            &incoming,
+            &Held::from_tokens(incoming.clone(), 0, usize::MAX),
             100,
             &Protection::Plaintext,
             &mut merged_file,
         );
         let (expected, pruned) = super::super::merge(existing.tokens.clone(), incoming, 100);
-        assert_eq!(report, SaveReport { kept: expected.len(), pruned });
+        assert_eq!(report, SaveReport { kept: expected.len(), pruned, dropped: 0 });
         let back = decode(&merged_file, &Protection::Plaintext).unwrap();
         let view = |tokens: &[PersistedToken]| -> Vec<(String, String, String, u64)> {
             tokens
@@ -555,8 +639,81 @@ mod tests {
         let mut empty = Vec::new();
         assert!(Contents::open(&mut empty, &Protection::Plaintext).is_err());
         let mut fresh = Vec::new();
-        let report = Contents::empty().merge(&[token("a", "r", 5000, "t")], 100, &cipher(7), &mut fresh);
-        assert_eq!((report, decode(&fresh, &cipher(7)).unwrap().tokens.len()), (SaveReport { kept: 1, pruned: 0 }, 1));
+        let held = Held::from_tokens(vec![token("a", "r", 5000, "t")], 0, usize::MAX);
+        let report = Contents::empty().merge(&held, 100, &cipher(7), &mut fresh);
+        let expected = SaveReport { kept: 1, pruned: 0, dropped: 0 };
+        assert_eq!((report, decode(&fresh, &cipher(7)).unwrap().tokens.len()), (expected, 1));
+    }
+
+    /// Saves `held` over `file` (plaintext): the report, what the file then holds as
+    /// `(client id, resource, token)` sorted, and the new file.
+    fn save_over(file: &[u8], held: &Held, now: u64) -> (SaveReport, Vec<(String, String, String)>, Vec<u8>) {
+        let mut bytes = file.to_vec();
+        let contents = if bytes.is_empty() {
+            Contents::empty()
+        } else {
+            Contents::open(&mut bytes, &Protection::Plaintext).unwrap()
+        };
+        let mut out = Vec::new();
+        let report = contents.merge(held, now, &Protection::Plaintext, &mut out);
+        let mut tokens: Vec<_> = decode(&out, &Protection::Plaintext)
+            .unwrap()
+            .tokens
+            .into_iter()
+            .map(|t| (t.client_id, t.resource, t.token.token.expose().to_owned()))
+            .collect();
+        tokens.sort();
+        (report, tokens, out)
+    }
+
+    fn held(writer: u64, max: usize, tokens: &[(&str, &str, u64, &str)]) -> Held {
+        let tokens = tokens
+            .iter()
+            .map(|&(client, resource, expires, value)| super::super::tests::token(client, resource, expires, value));
+        Held::from_tokens(tokens.collect(), writer, max)
+    }
+
+    fn view(tokens: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
+        tokens.iter().map(|&(c, r, t)| (c.to_owned(), r.to_owned(), t.to_owned())).collect()
+    }
+
+    #[test]
+    fn a_save_keeps_what_memory_holds_and_drops_what_this_writer_evicted() {
+        // Writer 7 held r1..r3; then r1 was evicted and r4 fetched.
+        let first = held(7, 100, &[("a", "r1", 5000, "t1"), ("a", "r2", 5000, "t2"), ("a", "r3", 5000, "t3")]);
+        let (_, _, file) = save_over(&[], &first, 100);
+        let second = held(7, 100, &[("a", "r2", 5000, "t2"), ("a", "r3", 5000, "t3"), ("a", "r4", 5000, "t4")]);
+        let (report, tokens, file) = save_over(&file, &second, 100);
+        assert_eq!(tokens, view(&[("a", "r2", "t2"), ("a", "r3", "t3"), ("a", "r4", "t4")]));
+        assert_eq!(report, SaveReport { kept: 3, pruned: 0, dropped: 1 });
+
+        // Another process (writer 8) sharing the file and the identity keeps writer 7's
+        // tokens, and writer 7 keeps its: neither holds the other's.
+        let (report, _, file) = save_over(&file, &held(8, 100, &[("A", "x1", 5000, "x1")]), 100);
+        assert_eq!(report, SaveReport { kept: 4, pruned: 0, dropped: 0 });
+        let (report, tokens, _) = save_over(&file, &held(7, 100, &[("a", "r2", 5000, "t2")]), 100);
+        assert_eq!(tokens, view(&[("A", "x1", "x1"), ("a", "r2", "t2")]), "7 drops only what it evicted");
+        assert_eq!(report.dropped, 2);
+
+        // Expired tokens go whoever wrote them; tokens of client ids not served stay.
+        let (_, _, file) = save_over(&[], &held(9, 100, &[("a", "old", 50, "o"), ("b", "kept", 5000, "k")]), 10);
+        let (report, tokens, _) = save_over(&file, &held(7, 100, &[("a", "r1", 5000, "t1")]), 100);
+        assert_eq!(tokens, view(&[("a", "r1", "t1"), ("b", "kept", "k")]));
+        assert_eq!((report.pruned, report.dropped), (1, 0));
+    }
+
+    #[test]
+    fn a_save_bounds_each_client_id_preferring_what_memory_holds() {
+        // A file from a release without the bound: 50 tokens of client a, by another writer.
+        let old: Vec<(String, u64)> = (0..50).map(|i| (format!("old{i:02}"), 9000 + i)).collect();
+        let old: Vec<(&str, &str, u64, &str)> = old.iter().map(|(r, e)| ("a", r.as_str(), *e, "o")).collect();
+        let (_, _, file) = save_over(&[], &held(0, usize::MAX, &old), 100);
+        // This process holds 3 (expiring before all of them) and allows 5 per client id.
+        let memory = held(7, 5, &[("a", "m1", 5000, "m1"), ("a", "m2", 5000, "m2"), ("a", "m3", 5000, "m3")]);
+        let (report, tokens, _) = save_over(&file, &memory, 100);
+        let resources: Vec<&str> = tokens.iter().map(|(_, r, _)| r.as_str()).collect();
+        assert_eq!(resources, ["m1", "m2", "m3", "old48", "old49"], "held first, then the freshest");
+        assert_eq!(report, SaveReport { kept: 5, pruned: 0, dropped: 48 });
     }
 
     #[test]

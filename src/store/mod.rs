@@ -25,6 +25,8 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
+use async_trait::async_trait;
+
 use crate::config::{PersistenceBackend, PersistenceConfig};
 use crate::credential::AccessToken;
 use crate::secret::Secret;
@@ -48,6 +50,89 @@ pub struct PersistedToken {
     pub refresh_on: u64,
     /// The token with its timing.
     pub token: AccessToken,
+    /// Whether the writer held it among its tokens in use (the main segment of
+    /// `broker::TokenCache`) rather than on probation; a start keeps these first.
+    pub in_use: bool,
+    /// The process that last wrote it from its memory ([`Held::writer`]); 0 when unknown.
+    pub written_by: u64,
+}
+
+/// A token a process holds in memory, as a save reads it: borrowed, never copied.
+pub trait HeldToken: Send + Sync {
+    /// The token with its timing.
+    fn access_token(&self) -> &AccessToken;
+    /// When the broker plans to refresh it (epoch seconds).
+    fn refresh_on(&self) -> u64;
+}
+
+impl HeldToken for PersistedToken {
+    fn access_token(&self) -> &AccessToken {
+        &self.token
+    }
+    fn refresh_on(&self) -> u64 {
+        self.refresh_on
+    }
+}
+
+/// One identity's tokens in memory when a save starts.
+pub struct HeldIdentity {
+    /// The identity's configuration name.
+    pub name: String,
+    /// Its client id: what the file's tokens are matched on.
+    pub client_id: String,
+    /// Its credential kind (for `cache list` and logs).
+    pub credential: String,
+    /// Each cached resource, its token, and whether the token is in use (not on probation).
+    pub tokens: Vec<(Arc<String>, Arc<dyn HeldToken>, bool)>,
+}
+
+/// What a save writes: a process's memory cache, which is what the file keeps of its
+/// identities (design in [`Store::save`]).
+pub struct Held {
+    /// Every identity the process serves, with the tokens it holds.
+    pub identities: Vec<HeldIdentity>,
+    /// A random id of the writing process, drawn at each start, recorded with every token it
+    /// writes. 0 claims nothing: such a save only merges.
+    pub writer: u64,
+    /// Most tokens kept in the file per client id (`cache.max_entries`).
+    pub max_per_client: usize,
+}
+
+impl Held {
+    /// Persisted tokens as held ones, grouped by client id (tools and tests).
+    pub fn from_tokens(tokens: Vec<PersistedToken>, writer: u64, max_per_client: usize) -> Self {
+        let mut identities: Vec<HeldIdentity> = Vec::new();
+        for token in tokens {
+            let resource = Arc::new(token.resource.clone());
+            let in_use = token.in_use;
+            let index = match identities.iter().position(|i| i.client_id.eq_ignore_ascii_case(&token.client_id)) {
+                Some(index) => index,
+                None => {
+                    identities.push(HeldIdentity {
+                        name: token.identity.clone(),
+                        client_id: token.client_id.clone(),
+                        credential: token.credential.clone(),
+                        tokens: Vec::new(),
+                    });
+                    identities.len() - 1
+                }
+            };
+            identities[index].tokens.push((resource, Arc::new(token), in_use));
+        }
+        Self { identities, writer, max_per_client }
+    }
+
+    /// Whether this save speaks for `client_id`: one of the identities it holds.
+    pub(crate) fn serves(&self, client_id: &str) -> Option<&HeldIdentity> {
+        self.identities.iter().find(|i| i.client_id.eq_ignore_ascii_case(client_id))
+    }
+}
+
+/// Where the [`Writer`] reads what to persist: the broker's memory cache.
+#[async_trait]
+pub trait HeldSource: Send + Sync {
+    /// The tokens held now ([`Held::writer`] is filled in by the writer).
+    async fn held(&self) -> Held;
 }
 
 /// The order of tokens in a store, which is also what makes two tokens the same key: client
@@ -143,6 +228,9 @@ pub struct SaveReport {
     pub kept: usize,
     /// Expired tokens dropped (and any expiring [implausibly](implausible) far ahead).
     pub pruned: usize,
+    /// Unexpired tokens dropped: this writer's that it no longer holds, and any beyond
+    /// `max_per_client` for a client id.
+    pub dropped: usize,
 }
 
 /// A place tokens survive restarts in. Calls block on file I/O: async callers use
@@ -154,9 +242,22 @@ pub trait Store: Send + Sync {
     /// Everything in the store. A missing file is an empty store.
     fn load(&self, on_unreadable: OnUnreadable) -> Result<Snapshot, StoreError>;
 
-    /// Merges `tokens` into the store under its lock: for each key the token that expires
-    /// last wins, expired tokens are dropped, and the result replaces the file atomically.
-    fn save(&self, tokens: Vec<PersistedToken>, now: u64) -> Result<SaveReport, StoreError>;
+    /// What a start loads: at most `max_per_client` unexpired tokens per client id, those in
+    /// use first and then the freshest (latest `expires_on`). Only the tokens kept are
+    /// copied out of the file's buffer, so a file larger than the bound (from a release
+    /// without it, or a larger `max_entries`) costs its bytes, not a token set that size.
+    /// A file that cannot be read is moved aside ([`OnUnreadable::MoveAside`]).
+    fn load_bounded(&self, max_per_client: usize, now: u64) -> Result<Snapshot, StoreError>;
+
+    /// Writes what `held` holds and prunes the rest, under the store's lock, replacing the
+    /// file atomically. Afterwards the file holds every token in `held`. Of the tokens it held
+    /// before, those this writer wrote and no longer holds (evicted or expired from its
+    /// memory) are dropped; those another process sharing the file wrote, and those of client
+    /// ids `held` does not serve, stay. Per key the token that expires last wins; expired
+    /// tokens are dropped; and no client id keeps more than `max_per_client` (held ones first,
+    /// then those in use, then the freshest). So the file holds what memory holds, and never
+    /// more than `max_per_client` tokens per client id.
+    fn save(&self, held: &Held, now: u64) -> Result<SaveReport, StoreError>;
 
     /// Removes every token, or those of one identity (its name or client id). Returns how
     /// many were removed. Clearing everything also removes the stored sign-ins.
@@ -231,6 +332,40 @@ pub(crate) fn merge_by<T>(
         }
     }
     (merged, pruned)
+}
+
+/// Drops, from `tokens` sorted by [`key_order`], those beyond `cap` per client id
+/// (case-insensitive): within a client id, the ones with the greatest `priority` stay. The
+/// order of what stays is kept. Returns how many were dropped.
+pub(crate) fn cap_per_client<T, P: Ord>(
+    tokens: &mut Vec<T>,
+    cap: usize,
+    client_id: impl Fn(&T) -> &str,
+    priority: impl Fn(&T) -> P,
+) -> usize {
+    let mut keep = vec![true; tokens.len()];
+    let mut dropped = 0;
+    let mut start = 0;
+    while start < tokens.len() {
+        let mut end = start + 1;
+        while end < tokens.len() && client_id(&tokens[end]).eq_ignore_ascii_case(client_id(&tokens[start])) {
+            end += 1;
+        }
+        if end - start > cap {
+            let mut ranked: Vec<usize> = (start..end).collect();
+            ranked.sort_by_cached_key(|&i| std::cmp::Reverse(priority(&tokens[i])));
+            for &i in &ranked[cap..] {
+                keep[i] = false;
+                dropped += 1;
+            }
+        }
+        start = end;
+    }
+    if dropped > 0 {
+        let mut flags = keep.into_iter();
+        tokens.retain(|_| flags.next().unwrap_or(true));
+    }
+    dropped
 }
 
 /// Why persistence is off for this run.
@@ -335,7 +470,24 @@ pub(crate) mod tests {
                 ext_expires_on: expires_on,
                 refresh_on: None,
             },
+            in_use: false,
+            written_by: 0,
         }
+    }
+
+    #[test]
+    fn the_cap_keeps_the_highest_priority_per_client_id_in_order() {
+        let mut tokens = vec![
+            token("a", "r1", 1000, "a1"),
+            token("A", "r2", 3000, "a2"),
+            token("a", "r3", 2000, "a3"),
+            token("b", "r1", 1000, "b1"),
+        ];
+        let dropped = cap_per_client(&mut tokens, 2, |t| &t.client_id, |t| t.token.expires_on);
+        assert_eq!(dropped, 1);
+        let left: Vec<&str> = tokens.iter().map(|t| t.token.token.expose()).collect();
+        assert_eq!(left, ["a2", "a3", "b1"], "the least fresh of client a went; order kept");
+        assert_eq!(cap_per_client(&mut tokens, 2, |t| &t.client_id, |t| t.token.expires_on), 0);
     }
 
     #[test]

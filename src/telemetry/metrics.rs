@@ -25,6 +25,8 @@ pub const TOKEN_EXPIRY: &str = "tokenrelay_token_expires_in_seconds";
 pub const BUILD_INFO: &str = "tokenrelay_build_info";
 pub const PERSISTENCE_WRITES: &str = "tokenrelay_persistence_writes_total";
 pub const IDENTITY_HEADER_REFUSED: &str = "tokenrelay_identity_header_refused_total";
+pub const CACHE_EVICTIONS: &str = "tokenrelay_cache_evictions_total";
+pub const NEW_KEYS_LIMITED: &str = "tokenrelay_new_keys_limited_total";
 
 /// Latency buckets: cache hits take microseconds, upstream calls up to the timeout.
 const REQUEST_BUCKETS: &[f64] = &[0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -50,7 +52,15 @@ pub fn install() -> Result<PrometheusHandle, String> {
     );
     describe_counter!(
         UPSTREAM_ERRORS,
-        "Upstream refusals by credential kind and AADSTS code (\"none\" when the authority sent none)."
+        "Upstream refusals by credential kind and AADSTS code (\"none\" when the authority sent none, \"other\" for a code tokenrelay does not know)."
+    );
+    describe_counter!(
+        CACHE_EVICTIONS,
+        "Tokens dropped from the cache by identity and reason: size (the cache was full) or expired."
+    );
+    describe_counter!(
+        NEW_KEYS_LIMITED,
+        "Requests for a resource not cached that were refused with 429 by cache.new_keys_per_minute, by identity."
     );
     describe_counter!(REFRESHES, "Background refreshes by result.");
     describe_gauge!(BUILD_INFO, "Always 1; the labels carry the version.");
@@ -150,9 +160,20 @@ pub fn upstream(credential: &'static str, outcome: &'static str, aadsts: Option<
     counter!(UPSTREAM_REQUESTS, "credential" => credential, "outcome" => outcome).increment(1);
     histogram!(UPSTREAM_DURATION, "credential" => credential).record(elapsed.as_secs_f64());
     if outcome == "rejected" {
-        let code = aadsts.map_or_else(|| "none".to_owned(), |c| c.to_string());
+        // Bounded: the authority can send any number, the label takes one of a fixed set.
+        let code = crate::credential::aadsts::label(aadsts);
         counter!(UPSTREAM_ERRORS, "credential" => credential, "aadsts" => code).increment(1);
     }
+}
+
+/// A token left `identity`'s cache for `reason` (size or expired).
+pub fn cache_eviction(identity: &str, reason: &'static str) {
+    counter!(CACHE_EVICTIONS, "identity" => identity.to_owned(), "reason" => reason).increment(1);
+}
+
+/// A request for a resource not cached was refused by `cache.new_keys_per_minute`.
+pub fn new_key_limited(identity: &str) {
+    counter!(NEW_KEYS_LIMITED, "identity" => identity.to_owned()).increment(1);
 }
 
 /// A batch was written to the persistent cache (or failed to be).

@@ -11,6 +11,7 @@ mod cli;
 mod credentials;
 mod dev;
 mod faults;
+mod floods;
 mod imds;
 mod kubernetes;
 mod limits;

@@ -82,6 +82,8 @@ async fn unreadable_cache_files_are_moved_aside_and_the_service_runs() {
                 ext_expires_on: u64::MAX / 2,
                 refresh_on: None,
             },
+            in_use: true,
+            written_by: 0,
         };
         format::encode(
             &Snapshot { tokens: vec![token], ..Snapshot::default() },
