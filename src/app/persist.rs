@@ -315,6 +315,8 @@ mod tests {
                 ext_expires_on: expires_on,
                 refresh_on: None,
             },
+            in_use: false,
+            written_by: 0,
         }
     }
 

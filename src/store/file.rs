@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use super::format::{self, Contents, Protection};
 use super::trust::{self, Opened, Owners, Untrusted};
-use super::{Held, OnUnreadable, PersistedAccount, PersistedToken, SaveReport, Snapshot, Store, StoreError};
+use super::{Held, OnUnreadable, PersistedAccount, SaveReport, Snapshot, Store, StoreError};
 use crate::clock::{Clock, SystemClock};
 
 /// How long to wait for another process to release the lock before giving up. A writer
@@ -542,7 +542,7 @@ mod tests {
     fn a_cache_file_others_can_write_is_reported_or_moved_aside_never_read() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path(), 1);
-        s.save(vec![token("a", "r1", 5000, "t1")], 100).unwrap();
+        s.save(&held(vec![token("a", "r1", 5000, "t1")]), 100).unwrap();
         let original = fs::read(s.path()).unwrap();
         chmod(s.path(), 0o666);
 
@@ -563,14 +563,14 @@ mod tests {
     fn a_cache_file_of_another_user_is_moved_aside_and_a_fresh_one_written() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path(), 1);
-        s.save(vec![token("a", "r1", 5000, "planted")], 100).unwrap();
+        s.save(&held(vec![token("a", "r1", 5000, "planted")]), 100).unwrap();
         if !trust::tests::give_away(s.path()) {
             return;
         }
         let error = s.load(OnUnreadable::Report).unwrap_err().to_string();
         assert!(error.contains("owned by uid 65534") && error.contains("mode 0600"), "{error}");
 
-        s.save(vec![token("a", "r2", 5000, "mine")], 100).unwrap();
+        s.save(&held(vec![token("a", "r2", 5000, "mine")]), 100).unwrap();
         let loaded = s.load(OnUnreadable::Report).unwrap();
         let values: Vec<_> = loaded.tokens.iter().map(|t| t.token.token.expose()).collect();
         assert_eq!(values, ["mine"], "nothing of the planted file was merged");
@@ -581,7 +581,7 @@ mod tests {
     fn a_symlinked_cache_file_is_not_followed() {
         let dir = tempfile::tempdir().unwrap();
         let elsewhere = store(dir.path(), 1);
-        elsewhere.save(vec![token("a", "r1", 5000, "t1")], 100).unwrap();
+        elsewhere.save(&held(vec![token("a", "r1", 5000, "t1")]), 100).unwrap();
         let other = dir.path().join("other");
         fs::create_dir(&other).unwrap();
         let s =
@@ -605,7 +605,7 @@ mod tests {
         chmod(&target, 0o644);
         std::os::unix::fs::symlink(&target, sub.join("tokens.cache.lock")).unwrap();
 
-        s.save(vec![token("a", "r1", 5000, "t1")], 100).unwrap();
+        s.save(&held(vec![token("a", "r1", 5000, "t1")]), 100).unwrap();
         let lock = fs::symlink_metadata(sub.join("tokens.cache.lock")).unwrap();
         assert!(lock.file_type().is_file() && lock.permissions().mode() & 0o777 == 0o600, "a fresh lock file");
         let aside = refused_names(&sub, "tokens.cache.lock");
@@ -632,7 +632,7 @@ mod tests {
         planted.lock().unwrap();
 
         let started = std::time::Instant::now();
-        s.save(vec![token("a", "r1", 5000, "t1")], 100).unwrap();
+        s.save(&held(vec![token("a", "r1", 5000, "t1")]), 100).unwrap();
         assert!(started.elapsed() < LOCK_TIMEOUT / 2, "took {:?}", started.elapsed());
         assert_eq!(s.load(OnUnreadable::Report).unwrap().tokens.len(), 1);
         assert_eq!(refused_names(&sub, "tokens.cache.lock").len(), 1);

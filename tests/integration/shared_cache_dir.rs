@@ -64,6 +64,8 @@ fn plaintext_cache(value: &str, expires_on: u64) -> Vec<u8> {
             ext_expires_on: expires_on,
             refresh_on: None,
         },
+        in_use: false,
+        written_by: 0,
     };
     format::encode(&Snapshot { tokens: vec![token], ..Snapshot::default() }, &Protection::Plaintext, now())
 }

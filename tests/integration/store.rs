@@ -380,6 +380,8 @@ async fn cache_list_escapes_control_characters_from_the_file() {
             ext_expires_on: expires_on,
             refresh_on: None,
         },
+        in_use: false,
+        written_by: 0,
     };
     let tokens = vec![
         token("app\u{1b}]0;pwned\u{7}", "https://a.example\napp  forged-client  https://forged.example  row"),
