@@ -134,7 +134,7 @@ pub enum BrokerError {
     #[error(
         "identity {identity:?} may fetch tokens for at most {per_minute} new resources a minute after a burst of \
          {burst} (cache.new_keys_per_minute, cache.new_keys_burst); tokens it already holds are still served; \
-         retry in {retry_after_secs} s"
+         the next new resource is allowed in {retry_after_secs} s"
     )]
     NewKeysLimited { identity: String, per_minute: u32, burst: u32, retry_after_secs: u64 },
 }
