@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use tokenrelay::credential::AccessToken;
+use tokenrelay::token::AccessToken;
 use tokenrelay::secret::Secret;
 use tokenrelay::store::format;
 use tokenrelay::store::{Cipher, PersistedToken, Protection, Snapshot};

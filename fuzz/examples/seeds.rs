@@ -7,7 +7,7 @@
 use std::fs;
 use std::path::Path;
 
-use tokenrelay::credential::AccessToken;
+use tokenrelay::token::AccessToken;
 use tokenrelay::secret::Secret;
 use tokenrelay::store::format::encode;
 use tokenrelay::store::{Cipher, PersistedAccount, PersistedToken, Protection, Snapshot};

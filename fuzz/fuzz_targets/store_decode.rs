@@ -12,7 +12,7 @@ use std::sync::LazyLock;
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use tokenrelay::credential::AccessToken;
+use tokenrelay::token::AccessToken;
 use tokenrelay::secret::Secret;
 use tokenrelay::store::format::{HEADER_LEN, VERSION, decode, encode};
 use tokenrelay::store::{Cipher, DecodeError, PersistedAccount, PersistedToken, Protection, Snapshot};

@@ -9,8 +9,8 @@ use tokio::sync::Notify;
 
 use super::*;
 use crate::clock::ManualClock;
-use crate::credential::AccessToken;
 use crate::secret::Secret;
+use crate::token::AccessToken;
 
 const START: u64 = 1_700_000_000;
 

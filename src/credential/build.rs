@@ -16,8 +16,9 @@ use super::environment::EnvironmentCredential;
 use super::managed_identity::ManagedIdentityCredential;
 use super::user::{UserCredential, UserGrants};
 use super::workload_identity::WorkloadIdentityCredential;
-use super::{AccessToken, Credential, CredentialError, LinkStatus};
+use super::{Credential, CredentialError, LinkStatus};
 use crate::config::{CredentialConfig, EnvironmentSource};
+use crate::token::AccessToken;
 
 /// What every credential of one identity shares.
 pub struct BuildContext<'a> {

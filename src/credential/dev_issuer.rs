@@ -14,9 +14,10 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 
-use super::{AccessToken, Credential, CredentialError};
+use super::{Credential, CredentialError};
 use crate::clock::{Clock, SystemClock};
 use crate::secret::Secret;
+use crate::token::AccessToken;
 
 /// Signs development tokens. One per process; its key dies with it.
 pub struct DevIssuer {

@@ -17,10 +17,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
 use super::entra::{Endpoint, EntraClient, Failure, Request, parse_user_token_response, relayed};
-use super::{AccessToken, Credential, CredentialError, LinkStatus};
+use super::{Credential, CredentialError, LinkStatus};
 use crate::clock::{Clock, SystemClock};
 use crate::secret::Secret;
 use crate::store::{OnUnreadable, PersistedAccount, Store};
+use crate::token::AccessToken;
 
 /// The public client azure-identity's DeviceCodeCredential uses when none is given (the Azure
 /// CLI's application), so a login works without registering an application.

@@ -28,8 +28,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::config::{PersistenceBackend, PersistenceConfig};
-use crate::credential::AccessToken;
 use crate::secret::Secret;
+use crate::token::AccessToken;
 
 pub use file::FileStore;
 pub use format::{Cipher, DecodeError, Protection};
