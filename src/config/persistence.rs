@@ -11,8 +11,8 @@ use base64::Engine;
 use figment::Figment;
 use serde::{Deserialize, Serialize, Serializer};
 
+use super::AuthenticationRecord;
 use super::{ConfigError, Validator};
-use crate::credential::user::AuthenticationRecord;
 
 /// Default cache name: the file is `<name>.cache`, the keyring entry `<name>/cache-key`.
 const DEFAULT_NAME: &str = "tokenrelay";
