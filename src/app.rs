@@ -12,9 +12,9 @@ use crate::broker::{Broker, BrokerError, CacheSettings, IdentitySpec, Policy};
 use crate::cli::{Cli, Command};
 use crate::clock::SystemClock;
 use crate::config::{self, Config, IdentityConfig};
-use crate::credential::dev_issuer::DevIssuer;
 use crate::credential::entra::{EntraClient, EntraSettings};
 use crate::credential::{self, BuildContext, Chain, CredentialError};
+use crate::dev_issuer::DevIssuer;
 
 mod check;
 mod login;

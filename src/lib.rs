@@ -17,6 +17,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod credential;
+pub mod dev_issuer;
 pub mod secret;
 pub mod server;
 pub mod store;

@@ -10,7 +10,7 @@ use super::azure_pipelines::AzurePipelinesCredential;
 use super::certificate::CertificateCredential;
 use super::client_assertion::ClientAssertionCredential;
 use super::client_secret::ClientSecretCredential;
-use super::dev_issuer::{DevCredential, DevIssuer};
+use super::dev::DevCredential;
 use super::entra::{Application, EntraClient};
 use super::environment::EnvironmentCredential;
 use super::managed_identity::ManagedIdentityCredential;
@@ -18,6 +18,7 @@ use super::user::{UserCredential, UserGrants};
 use super::workload_identity::WorkloadIdentityCredential;
 use super::{Credential, CredentialError, LinkStatus};
 use crate::config::{CredentialConfig, EnvironmentSource};
+use crate::dev_issuer::DevIssuer;
 use crate::token::AccessToken;
 
 /// What every credential of one identity shares.

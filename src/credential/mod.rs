@@ -12,7 +12,7 @@ pub mod certificate;
 mod chain;
 pub mod client_assertion;
 pub mod client_secret;
-pub mod dev_issuer;
+pub mod dev;
 pub mod entra;
 pub mod environment;
 mod jwt;
