@@ -179,6 +179,6 @@ fn describe_failure(identity: &str, error: CredentialError) -> String {
         CredentialError::Rejected { correlation_id: Some(id), .. } => format!(" (correlation id {id})"),
         _ => String::new(),
     };
-    let error = BrokerError::Upstream { identity: identity.to_owned(), source: Arc::new(error) };
+    let error = BrokerError::upstream(identity.to_owned(), &error);
     format!("{error}{correlation}")
 }
