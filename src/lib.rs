@@ -11,6 +11,7 @@
 //! - [`store`]: the optional persistent cache (encrypted file, key in a file or the keyring).
 //! - [`secret`], [`clock`], [`telemetry`]: small shared pieces.
 
+pub mod aadsts;
 pub mod app;
 pub mod broker;
 pub mod cli;
@@ -23,3 +24,4 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod token;
+pub mod trust;

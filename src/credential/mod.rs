@@ -4,7 +4,6 @@
 //! identity's credentials in order; [`entra`] is the only code that speaks OAuth2 to the
 //! authority. Nothing here caches: the broker decides when to call a credential.
 
-pub mod aadsts;
 pub mod azure_cli;
 pub mod azure_pipelines;
 mod build;
