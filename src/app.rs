@@ -20,6 +20,8 @@ mod check;
 mod login;
 mod persist;
 mod serve;
+#[cfg(test)]
+mod server_tests;
 mod token;
 
 /// Exit status for an invalid configuration (EX_USAGE).
