@@ -12,14 +12,16 @@ use crate::broker::{Broker, BrokerError, CacheSettings, IdentitySpec, Policy};
 use crate::cli::{Cli, Command};
 use crate::clock::SystemClock;
 use crate::config::{self, Config, IdentityConfig};
-use crate::credential::dev_issuer::DevIssuer;
 use crate::credential::entra::{EntraClient, EntraSettings};
 use crate::credential::{self, BuildContext, Chain, CredentialError};
+use crate::dev_issuer::DevIssuer;
 
 mod check;
 mod login;
 mod persist;
 mod serve;
+#[cfg(test)]
+mod server_tests;
 mod token;
 
 /// Exit status for an invalid configuration (EX_USAGE).
@@ -179,6 +181,6 @@ fn describe_failure(identity: &str, error: CredentialError) -> String {
         CredentialError::Rejected { correlation_id: Some(id), .. } => format!(" (correlation id {id})"),
         _ => String::new(),
     };
-    let error = BrokerError::Upstream { identity: identity.to_owned(), source: Arc::new(error) };
+    let error = BrokerError::upstream(identity.to_owned(), &error);
     format!("{error}{correlation}")
 }

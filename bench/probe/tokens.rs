@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use tokenrelay::credential::AccessToken;
 use tokenrelay::secret::Secret;
 use tokenrelay::store::format;
 use tokenrelay::store::{Cipher, PersistedToken, Protection, Snapshot};
+use tokenrelay::token::AccessToken;
 
 /// Length of every token the probes hand out or persist.
 pub const TOKEN_BYTES: usize = 1500;

@@ -7,10 +7,10 @@
 use std::fs;
 use std::path::Path;
 
-use tokenrelay::credential::AccessToken;
 use tokenrelay::secret::Secret;
 use tokenrelay::store::format::encode;
 use tokenrelay::store::{Cipher, PersistedAccount, PersistedToken, Protection, Snapshot};
+use tokenrelay::token::AccessToken;
 
 /// Must match `FUZZ_KEY` in `fuzz_targets/store_decode.rs`.
 const FUZZ_KEY: [u8; 32] = [0x42; 32];

@@ -12,10 +12,10 @@ use std::sync::LazyLock;
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use tokenrelay::credential::AccessToken;
 use tokenrelay::secret::Secret;
 use tokenrelay::store::format::{HEADER_LEN, VERSION, decode, encode};
 use tokenrelay::store::{Cipher, DecodeError, PersistedAccount, PersistedToken, Protection, Snapshot};
+use tokenrelay::token::AccessToken;
 
 /// The key the seed files were encrypted with. Must match `examples/seeds.rs`.
 const FUZZ_KEY: [u8; 32] = [0x42; 32];

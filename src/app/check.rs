@@ -7,7 +7,7 @@ use super::{credential_chain, describe_failure, display_addr, entra_client};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Config};
 use crate::credential::LinkStatus;
-use crate::credential::dev_issuer::DevIssuer;
+use crate::dev_issuer::DevIssuer;
 
 /// The resource `check --fetch` asks for when none is named.
 const CHECK_RESOURCE: &str = "https://management.azure.com";

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use crate::cli::LoginArgs;
 use crate::clock::{Clock, SystemClock};
+use crate::config::AuthenticationRecord;
 use crate::config::Config;
-use crate::credential::user::{AuthenticationRecord, DEFAULT_CLIENT_ID, DEFAULT_TENANT, UserGrants};
+use crate::credential::user::{DEFAULT_CLIENT_ID, DEFAULT_TENANT, UserGrants};
 use crate::store::{self, PersistedAccount, Store};
 
 /// What a sign-in consents to when `--scope` is not given.

@@ -275,8 +275,8 @@ fn table(tokens: &[store::PersistedToken], now: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::credential::AccessToken;
     use crate::secret::Secret;
+    use crate::token::AccessToken;
 
     #[test]
     fn the_listing_shows_a_fingerprint_never_the_token() {

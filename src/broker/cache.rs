@@ -11,7 +11,7 @@ use moka::notification::RemovalCause;
 use moka::policy::EvictionPolicy;
 
 use crate::clock::Clock;
-use crate::credential::AccessToken;
+use crate::token::AccessToken;
 
 /// A token in the cache, with the moment the broker plans to replace it.
 pub struct CachedToken {

@@ -126,9 +126,10 @@ pub enum BrokerError {
     /// No selector was given and no identity is marked `default`.
     #[error("no default identity is configured; select one with client_id, object_id or msi_res_id")]
     NoDefaultIdentity,
-    /// The upstream credential failed; see the inner error.
-    #[error("identity {identity:?}: {source}")]
-    Upstream { identity: String, source: Arc<CredentialError> },
+    /// The upstream credential failed. `kind` classifies the failure for whoever answers
+    /// the caller; `reason` is the credential error's text (never a secret).
+    #[error("identity {identity:?}: {reason}")]
+    Upstream { identity: String, kind: UpstreamKind, reason: Arc<str> },
     /// The identity asked for more resources it holds no token for than
     /// `cache.new_keys_per_minute` allows. Tokens already cached are still served.
     #[error(
@@ -137,6 +138,45 @@ pub enum BrokerError {
          the next new resource is allowed in {retry_after_secs} s"
     )]
     NewKeysLimited { identity: String, per_minute: u32, burst: u32, retry_after_secs: u64 },
+}
+
+impl BrokerError {
+    /// The error for `identity` whose credential chain failed with `error`, classified.
+    pub fn upstream(identity: String, error: &CredentialError) -> Self {
+        Self::Upstream { identity, kind: UpstreamKind::of(error), reason: error.to_string().into() }
+    }
+}
+
+/// What an upstream failure means for the caller, decided here from the credential's error
+/// so that the layer answering the caller needs to know only the broker's vocabulary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpstreamKind {
+    /// The authority refused for a reason retrying will not fix (a bad secret, an unknown
+    /// resource). Such refusals are remembered for `cache.negative_ttl_secs`.
+    Permanent {
+        /// The AADSTS error number, when the authority sent one.
+        aadsts: Option<u32>,
+        /// The authority's correlation id, for a support request.
+        correlation_id: Option<String>,
+    },
+    /// The authority is throttling; it asked for `retry_after`.
+    Throttled { retry_after: Duration },
+    /// A failure that may pass (timeout, refused connection, 5xx), or no credential of the
+    /// chain could run here.
+    Transient,
+}
+
+impl UpstreamKind {
+    /// The classification of a credential's error.
+    pub fn of(error: &CredentialError) -> Self {
+        match error {
+            CredentialError::Rejected { aadsts, correlation_id, .. } => {
+                Self::Permanent { aadsts: *aadsts, correlation_id: correlation_id.clone() }
+            }
+            CredentialError::Throttled { retry_after, .. } => Self::Throttled { retry_after: *retry_after },
+            CredentialError::Transient { .. } | CredentialError::Unavailable { .. } => Self::Transient,
+        }
+    }
 }
 
 /// Where a served token came from.
@@ -506,7 +546,7 @@ impl Broker {
             }
             Err(error) => {
                 let permanent = error.is_permanent();
-                let error = BrokerError::Upstream { identity: identity.name.clone(), source: Arc::new(error) };
+                let error = BrokerError::upstream(identity.name.clone(), &error);
                 tracing::warn!(identity = %identity.name, resource, %error, "upstream token request failed");
                 if permanent {
                     identity.refusals.insert(resource.to_owned(), error.clone()).await;

@@ -1,7 +1,7 @@
 //! When a cached token should be refreshed and when it may still be served
 //! (docs/caching.md#refresh-point, docs/protocols.md#client-refresh-rules).
 
-use crate::credential::AccessToken;
+use crate::token::AccessToken;
 
 /// Lifetimes from this long upward are refreshed at half-life, as every MSAL does.
 const HALF_LIFE_THRESHOLD: u64 = 2 * 3600;

@@ -9,8 +9,8 @@ use tokio::sync::Notify;
 
 use super::*;
 use crate::clock::ManualClock;
-use crate::credential::AccessToken;
 use crate::secret::Secret;
+use crate::token::AccessToken;
 
 const START: u64 = 1_700_000_000;
 
@@ -590,4 +590,27 @@ async fn the_writer_is_told_after_a_fetch_and_a_refresh_and_reads_the_cache() {
     b.token(&id, "r1").await.unwrap();
     b.writer().unwrap().flush().await;
     assert_eq!(*store.0.lock().unwrap(), ["r1", "r2"], "a hit changes nothing");
+}
+
+/// The server answers callers from this classification alone, so each credential error must
+/// land in the class whose HTTP answer fits it, and the text must stay the credential's own.
+#[test]
+fn upstream_errors_are_classified_from_the_credential_error() {
+    let rejected = CredentialError::Rejected {
+        credential: "client_secret",
+        aadsts: Some(7000215),
+        message: "AADSTS7000215: bad secret".into(),
+        correlation_id: Some("c0rr".into()),
+    };
+    let error = BrokerError::upstream("app".into(), &rejected);
+    assert_eq!(error.to_string(), "identity \"app\": client_secret: AADSTS7000215: bad secret");
+    let BrokerError::Upstream { kind, .. } = error else { panic!("{error:?}") };
+    assert_eq!(kind, UpstreamKind::Permanent { aadsts: Some(7000215), correlation_id: Some("c0rr".into()) });
+
+    let throttled = CredentialError::Throttled { credential: "x", retry_after: Duration::from_secs(120) };
+    assert_eq!(UpstreamKind::of(&throttled), UpstreamKind::Throttled { retry_after: Duration::from_secs(120) });
+    let transient = CredentialError::Transient { credential: "x", reason: "refused".into() };
+    assert_eq!(UpstreamKind::of(&transient), UpstreamKind::Transient);
+    let unavailable = CredentialError::Unavailable { credential: "x", reason: "no file".into() };
+    assert_eq!(UpstreamKind::of(&unavailable), UpstreamKind::Transient);
 }

@@ -9,6 +9,7 @@
 mod credentials;
 mod persistence;
 mod raw;
+mod record;
 mod report;
 mod self_call;
 mod sources;
@@ -27,6 +28,7 @@ pub use credentials::{
 };
 pub use persistence::{CacheKey, PersistenceBackend, PersistenceConfig, RawPersistence, UserConfig};
 pub use raw::RawConfig;
+pub use record::AuthenticationRecord;
 pub use report::ConfigErrors;
 pub use sources::{
     CacheFlags, DevFlags, FlagOverrides, IgnoredVariable, PersistenceFlags, ServerFlags, ignored_variables,

@@ -11,8 +11,8 @@ use base64::Engine;
 use figment::Figment;
 use serde::{Deserialize, Serialize, Serializer};
 
+use super::AuthenticationRecord;
 use super::{ConfigError, Validator};
-use crate::credential::user::AuthenticationRecord;
 
 /// Default cache name: the file is `<name>.cache`, the keyring entry `<name>/cache-key`.
 const DEFAULT_NAME: &str = "tokenrelay";
@@ -266,7 +266,7 @@ const MAX_KEY_FILE: u64 = 4096;
 fn read_key_file(path: &Path) -> Result<(Vec<u8>, Option<String>), String> {
     use std::io::Read;
 
-    use crate::store::trust::{self, Opened, Owners};
+    use crate::trust::{self, Opened, Owners};
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
     let file = match trust::open_following(path, &mut options, Owners::RunningUserOrRoot) {
@@ -426,7 +426,7 @@ mod tests {
         assert!(error.contains("writable by other users") && error.contains("mode 0666"), "{error}");
 
         chmod(0o600);
-        if crate::store::trust::tests::give_away(&file) {
+        if crate::trust::tests::give_away(&file) {
             let error = load(&linked, &[]).unwrap_err().to_string();
             assert!(error.contains("owned by uid 65534") && error.contains("mode 0600"), "{error}");
             assert!(!error.contains(&base64::engine::general_purpose::STANDARD.encode([7u8; 32])), "{error}");

@@ -15,9 +15,10 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use super::process::{self, Output, RunError, quote_stderr};
-use super::{AccessToken, Credential, CredentialError, LinkStatus};
+use super::{Credential, CredentialError, LinkStatus};
 use crate::clock::{Clock, SystemClock};
 use crate::secret::Secret;
+use crate::token::AccessToken;
 
 /// The program run.
 const PROGRAM: &str = "az";

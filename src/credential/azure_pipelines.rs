@@ -21,9 +21,10 @@ use serde::Deserialize;
 
 use super::entra::{Application, ClientAuth, relayed};
 use super::jwt::{NO_MATCHING_FEDERATION, describe_federated_claims};
-use super::{AccessToken, Credential, CredentialError, LinkStatus};
+use super::{Credential, CredentialError, LinkStatus};
 use crate::config::PipelinesConfig;
 use crate::secret::Secret;
+use crate::token::AccessToken;
 
 /// The OIDC API version the Azure SDKs use.
 const OIDC_API_VERSION: &str = "7.1";

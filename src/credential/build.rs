@@ -10,14 +10,16 @@ use super::azure_pipelines::AzurePipelinesCredential;
 use super::certificate::CertificateCredential;
 use super::client_assertion::ClientAssertionCredential;
 use super::client_secret::ClientSecretCredential;
-use super::dev_issuer::{DevCredential, DevIssuer};
+use super::dev::DevCredential;
 use super::entra::{Application, EntraClient};
 use super::environment::EnvironmentCredential;
 use super::managed_identity::ManagedIdentityCredential;
 use super::user::{UserCredential, UserGrants};
 use super::workload_identity::WorkloadIdentityCredential;
-use super::{AccessToken, Credential, CredentialError, LinkStatus};
+use super::{Credential, CredentialError, LinkStatus};
 use crate::config::{CredentialConfig, EnvironmentSource};
+use crate::dev_issuer::DevIssuer;
+use crate::token::AccessToken;
 
 /// What every credential of one identity shares.
 pub struct BuildContext<'a> {

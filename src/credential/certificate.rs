@@ -29,10 +29,11 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::entra::{Application, ClientAuth};
 use super::watched::{FileContent, LoadError, WatchedFiles, non_empty_text};
-use super::{AccessToken, Credential, CredentialError, LinkStatus};
+use super::{Credential, CredentialError, LinkStatus};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{AssertionAlgorithm, CertificateConfig};
 use crate::secret::Secret;
+use crate::token::AccessToken;
 
 /// How long an assertion is valid; Entra's documentation suggests 5 to 10 minutes.
 const ASSERTION_LIFETIME_SECS: u64 = 600;

@@ -2,7 +2,8 @@
 
 use async_trait::async_trait;
 
-use super::{AccessToken, Credential, CredentialError, LinkStatus};
+use super::{Credential, CredentialError, LinkStatus};
+use crate::token::AccessToken;
 
 /// Tries each credential in turn. An unavailable credential is skipped; any other error
 /// stops the chain, because a bad secret should surface, not be masked by the next link.

@@ -17,9 +17,10 @@ use super::entra::{Application, ClientAuth};
 use super::jwt::{NO_MATCHING_FEDERATION, describe_federated_claims};
 use super::process::{self, RunError, quote_stderr};
 use super::watched::{LoadError, WatchedFiles, non_empty_text};
-use super::{AccessToken, Credential, CredentialError, LinkStatus};
+use super::{Credential, CredentialError, LinkStatus};
 use crate::config::AssertionSource;
 use crate::secret::Secret;
+use crate::token::AccessToken;
 
 /// AADSTS code for an assertion outside its validity window.
 const ASSERTION_EXPIRED: u32 = 700024;

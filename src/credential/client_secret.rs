@@ -13,8 +13,9 @@ use async_trait::async_trait;
 
 use super::entra::{Application, ClientAuth};
 use super::watched::{LoadError, WatchedFiles, non_empty_text};
-use super::{AccessToken, Credential, CredentialError, LinkStatus};
+use super::{Credential, CredentialError, LinkStatus};
 use crate::secret::Secret;
+use crate::token::AccessToken;
 
 /// AADSTS codes that a newer secret file may cure: the secret is not (or no longer) one of
 /// the application's, or it expired.

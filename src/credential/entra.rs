@@ -18,9 +18,10 @@ use reqwest::{StatusCode, Url, header};
 use serde::{Deserialize, Deserializer};
 use tokio::sync::Semaphore;
 
-use super::{AccessToken, CredentialError};
+use super::CredentialError;
 use crate::clock::{Clock, SystemClock};
 use crate::secret::Secret;
+use crate::token::AccessToken;
 
 pub use application::Application;
 

@@ -9,7 +9,8 @@
 
 use async_trait::async_trait;
 
-use super::{AccessToken, Credential, CredentialError, LinkStatus};
+use super::{Credential, CredentialError, LinkStatus};
+use crate::token::AccessToken;
 
 /// A client secret or certificate credential found in the `AZURE_*` variables.
 pub struct EnvironmentCredential {

@@ -27,10 +27,11 @@ use serde::{Deserialize, Deserializer};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::{AccessToken, Credential, CredentialError, LinkStatus};
+use super::{Credential, CredentialError, LinkStatus};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ManagedIdentityConfig, ManagedIdentityFlavour};
 use crate::secret::Secret;
+use crate::token::AccessToken;
 
 /// How long an endpoint that refused a connection is considered absent.
 const UNREACHABLE_MEMORY: Duration = Duration::from_secs(60);

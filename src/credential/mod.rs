@@ -4,7 +4,6 @@
 //! identity's credentials in order; [`entra`] is the only code that speaks OAuth2 to the
 //! authority. Nothing here caches: the broker decides when to call a credential.
 
-pub mod aadsts;
 pub mod azure_cli;
 pub mod azure_pipelines;
 mod build;
@@ -12,7 +11,7 @@ pub mod certificate;
 mod chain;
 pub mod client_assertion;
 pub mod client_secret;
-pub mod dev_issuer;
+pub mod dev;
 pub mod entra;
 pub mod environment;
 mod jwt;
@@ -29,22 +28,7 @@ use async_trait::async_trait;
 pub use build::{BuildContext, NotConfigured, build};
 pub use chain::Chain;
 
-use crate::secret::Secret;
-
-/// A token as the upstream handed it over, with its timing in epoch seconds.
-#[derive(Clone, Debug)]
-pub struct AccessToken {
-    /// The bearer token itself.
-    pub token: Secret,
-    /// When the token stops being valid.
-    pub expires_on: u64,
-    /// When the token started being valid (the issue time when the upstream does not say).
-    pub not_before: u64,
-    /// The extended lifetime Entra grants for outages, as an absolute time.
-    pub ext_expires_on: u64,
-    /// When the upstream suggests refreshing (`refresh_in`), as an absolute time.
-    pub refresh_on: Option<u64>,
-}
+use crate::token::AccessToken;
 
 /// Why a credential produced no token. Every variant names the credential and carries a
 /// message an operator can act on; none ever contains a secret.

@@ -32,7 +32,8 @@ use std::time::{Duration, SystemTime};
 use aws_lc_rs::digest;
 use tokio::sync::Mutex;
 
-use super::{AccessToken, CredentialError};
+use super::CredentialError;
+use crate::token::AccessToken;
 
 /// Largest file read: far above any secret, token, PEM chain or PFX, and a bound on what a
 /// wrong path (a log file, `/dev/zero` behind a symlink) can make the process hold.

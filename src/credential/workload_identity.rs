@@ -15,8 +15,9 @@ use async_trait::async_trait;
 use super::entra::{Application, ClientAuth};
 use super::jwt::{NO_MATCHING_FEDERATION, describe_federated_claims};
 use super::watched::{LoadError, WatchedFiles, non_empty_text};
-use super::{AccessToken, Credential, CredentialError, LinkStatus};
+use super::{Credential, CredentialError, LinkStatus};
 use crate::secret::Secret;
+use crate::token::AccessToken;
 
 /// Longest time a token file's contents are trusted without reading it again.
 const MAX_FILE_AGE: Duration = Duration::from_secs(300);

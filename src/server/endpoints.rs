@@ -154,17 +154,23 @@ fn method_not_allowed() -> Response {
 mod tests {
     use super::*;
 
+    /// Endpoints over a broker without identities: these tests look at routing and at the
+    /// request future, never at a token, so no credential is needed.
     fn inner(imds: bool, app_service: Option<&str>) -> Arc<Inner> {
-        use figment::providers::Format;
-        let figment =
-            figment::Figment::from(figment::providers::Serialized::defaults(crate::config::RawConfig::default()))
-                .merge(figment::providers::Toml::string("[dev]\nenabled = true"));
-        let config = crate::config::Config::from_figment(&figment, &Default::default()).unwrap();
-        let built = crate::app::build(&config, "http://127.0.0.1:8080").unwrap();
+        use crate::broker::{Broker, CacheSettings, Policy};
+        let settings = CacheSettings {
+            max_entries: 100,
+            negative_ttl: std::time::Duration::from_secs(30),
+            policy: Policy { serve_margin_secs: 300, refresh_backoff_secs: 5, refresh_backoff_max_secs: 300 },
+            max_background_refreshes: 1,
+            new_keys_per_minute: 60,
+            new_keys_burst: 60,
+        };
+        let broker = Arc::new(Broker::new(Vec::new(), settings, Arc::new(crate::clock::SystemClock)));
         let state = AppState {
-            broker: built.broker,
+            broker,
             identity_header: None,
-            probe_mode: config.server.imds_probe,
+            probe_mode: crate::config::ProbeMode::Strict,
             dev_issuer: None,
             metrics: None,
             request_timeout: std::time::Duration::from_secs(1),

@@ -10,8 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::host::Refusal;
 use super::wire::ErrorBody;
-use crate::broker::BrokerError;
-use crate::credential::CredentialError;
+use crate::broker::{BrokerError, UpstreamKind};
 
 /// The longest `Retry-After` we send: MSAL Python replays an error for that long.
 const MAX_RETRY_AFTER_SECS: u64 = 5;
@@ -123,8 +122,8 @@ impl From<BrokerError> for ApiError {
                 description,
                 retry_after: Some((*retry_after_secs).clamp(1, MAX_RETRY_AFTER_SECS)),
             },
-            BrokerError::Upstream { source, .. } => match source.as_ref() {
-                CredentialError::Rejected { aadsts, correlation_id, .. } => {
+            BrokerError::Upstream { kind, .. } => match kind {
+                UpstreamKind::Permanent { aadsts, correlation_id } => {
                     let error = if *aadsts == Some(500011) { "invalid_resource" } else { "unauthorized_client" };
                     let description = match correlation_id {
                         Some(id) => format!("{description} (correlation id {id})"),
@@ -132,13 +131,13 @@ impl From<BrokerError> for ApiError {
                     };
                     Self { status: StatusCode::BAD_REQUEST, error, description, retry_after: None }
                 }
-                CredentialError::Throttled { retry_after, .. } => Self {
+                UpstreamKind::Throttled { retry_after } => Self {
                     status: StatusCode::TOO_MANY_REQUESTS,
                     error: "throttled",
                     description,
                     retry_after: Some(retry_after.as_secs().clamp(1, MAX_RETRY_AFTER_SECS)),
                 },
-                CredentialError::Transient { .. } | CredentialError::Unavailable { .. } => Self {
+                UpstreamKind::Transient => Self {
                     status: StatusCode::SERVICE_UNAVAILABLE,
                     error: "temporarily_unavailable",
                     description,
@@ -182,14 +181,15 @@ fn finish(status: StatusCode, retry_after: Option<u64>, body: ErrorBody<'_>) -> 
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
     use crate::broker::Selector;
 
-    fn upstream(error: CredentialError) -> ApiError {
-        ApiError::from(BrokerError::Upstream { identity: "app".into(), source: Arc::new(error) })
+    /// The broker's error for a failed upstream; the broker's own tests check that it
+    /// classifies each credential error this way.
+    fn upstream(kind: UpstreamKind, reason: &str) -> ApiError {
+        ApiError::from(BrokerError::Upstream { identity: "app".into(), kind, reason: reason.into() })
     }
 
     #[test]
@@ -198,19 +198,17 @@ mod tests {
         assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
         assert!(unknown.description.contains("Identity not found") && unknown.description.contains("client_id \"x\""));
 
-        let rejected = upstream(CredentialError::Rejected {
-            credential: "client_secret",
-            aadsts: Some(7000215),
-            message: "AADSTS7000215: bad secret".into(),
-            correlation_id: Some("c0rr".into()),
-        });
+        let rejected = upstream(
+            UpstreamKind::Permanent { aadsts: Some(7000215), correlation_id: Some("c0rr".into()) },
+            "client_secret: AADSTS7000215: bad secret",
+        );
         assert_eq!(rejected.status, StatusCode::BAD_REQUEST);
         assert!(rejected.description.contains("AADSTS7000215") && rejected.description.contains("c0rr"));
 
-        let throttled = upstream(CredentialError::Throttled { credential: "x", retry_after: Duration::from_secs(120) });
+        let throttled = upstream(UpstreamKind::Throttled { retry_after: Duration::from_secs(120) }, "x: throttled");
         assert_eq!((throttled.status, throttled.retry_after), (StatusCode::TOO_MANY_REQUESTS, Some(5)));
 
-        let down = upstream(CredentialError::Transient { credential: "x", reason: "refused".into() });
+        let down = upstream(UpstreamKind::Transient, "x: refused");
         assert_eq!((down.status, down.retry_after), (StatusCode::SERVICE_UNAVAILABLE, Some(2)));
 
         let limited = |retry_after_secs| {
@@ -235,7 +233,7 @@ mod tests {
         for error in [
             ApiError::missing_metadata_header(),
             ApiError::unauthorized("x"),
-            upstream(CredentialError::Unavailable { credential: "x", reason: "network unreachable".into() }),
+            upstream(UpstreamKind::Transient, "x: unavailable: network unreachable"),
         ] {
             assert_ne!(error.status, StatusCode::FORBIDDEN);
         }

@@ -184,6 +184,3 @@ pub async fn shutdown_signal() {
         () = terminate => {},
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -7,7 +7,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::broker::Broker;
 use crate::config::ProbeMode;
-use crate::credential::dev_issuer::DevIssuer;
+use crate::dev_issuer::DevIssuer;
 use crate::secret::Secret;
 
 /// Cheap to clone: every field is shared.

@@ -380,7 +380,7 @@ mod tests {
     }
 
     fn cached(token: &str) -> CachedToken {
-        let token = crate::credential::AccessToken {
+        let token = crate::token::AccessToken {
             token: crate::secret::Secret::new(token),
             expires_on: 1_760_003_600,
             not_before: 1_759_996_400,

@@ -22,9 +22,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::format::{self, Contents, Protection};
-use super::trust::{self, Opened, Owners, Untrusted};
 use super::{Held, OnUnreadable, PersistedAccount, SaveReport, Snapshot, Store, StoreError};
 use crate::clock::{Clock, SystemClock};
+use crate::trust::{self, Opened, Owners, Untrusted};
 
 /// How long to wait for another process to release the lock before giving up. A writer
 /// holds it for milliseconds; a process stuck with it must not hang this one for ever.

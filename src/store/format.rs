@@ -26,8 +26,8 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
 use super::{Held, HeldIdentity, HeldToken, PersistedAccount, PersistedToken, SaveReport, Snapshot};
-use crate::credential::AccessToken;
 use crate::secret::Secret;
+use crate::token::AccessToken;
 
 /// First bytes of every cache file.
 const MAGIC: &[u8; 8] = b"TOKENRLY";

@@ -18,7 +18,6 @@
 pub mod file;
 pub mod format;
 pub mod keyring;
-pub mod trust;
 pub mod writer;
 
 use std::fmt;
@@ -28,8 +27,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::config::{PersistenceBackend, PersistenceConfig};
-use crate::credential::AccessToken;
 use crate::secret::Secret;
+use crate::token::AccessToken;
 
 pub use file::FileStore;
 pub use format::{Cipher, DecodeError, Protection};
@@ -208,7 +207,7 @@ pub enum StoreError {
     /// and nothing is written over it.
     #[error("cannot move the unreadable token cache {path} aside ({reason}): {source}")]
     CannotMoveAside { path: String, reason: String, source: std::io::Error },
-    /// A file another user could have planted ([`trust`]) that is left where it is; nothing
+    /// A file another user could have planted ([`crate::trust`]) that is left where it is; nothing
     /// is read from it, locked on it or written over it.
     #[error("refusing the {what} {path}: {reason}")]
     Refused { what: &'static str, path: String, reason: String },

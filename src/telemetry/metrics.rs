@@ -161,7 +161,7 @@ pub fn upstream(credential: &'static str, outcome: &'static str, aadsts: Option<
     histogram!(UPSTREAM_DURATION, "credential" => credential).record(elapsed.as_secs_f64());
     if outcome == "rejected" {
         // Bounded: the authority can send any number, the label takes one of a fixed set.
-        let code = crate::credential::aadsts::label(aadsts);
+        let code = crate::aadsts::label(aadsts);
         counter!(UPSTREAM_ERRORS, "credential" => credential, "aadsts" => code).increment(1);
     }
 }

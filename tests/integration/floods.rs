@@ -5,9 +5,9 @@
 
 use std::collections::BTreeSet;
 
-use tokenrelay::credential::AccessToken;
 use tokenrelay::secret::Secret;
 use tokenrelay::store::{Cipher, PersistedToken, Protection, Snapshot, format};
+use tokenrelay::token::AccessToken;
 
 use crate::support::{
     CacheDir, FakeEntra, HEADER_SECRET, Scripted, TestRelay, command, eventually, fake_entra, json, secret_config,

@@ -10,9 +10,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokenrelay::credential::AccessToken;
 use tokenrelay::secret::Secret;
 use tokenrelay::store::{PersistedToken, Protection, Snapshot, format};
+use tokenrelay::token::AccessToken;
 
 use crate::support::{CacheDir, FakeEntra, TestRelay, fake_entra, json};
 

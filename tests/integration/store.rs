@@ -5,9 +5,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use tokenrelay::credential::AccessToken;
 use tokenrelay::secret::Secret;
 use tokenrelay::store::{Cipher, PersistedToken, Protection, Snapshot, format};
+use tokenrelay::token::AccessToken;
 
 use crate::support::{CacheDir, FakeEntra, TestRelay, command, eventually, fake_entra, json, secret_config};
 

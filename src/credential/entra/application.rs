@@ -7,7 +7,8 @@ use std::sync::Arc;
 use reqwest::Url;
 
 use super::{ClientAuth, EntraClient};
-use crate::credential::{AccessToken, CredentialError};
+use crate::credential::CredentialError;
+use crate::token::AccessToken;
 
 /// An application in one tenant, reached through the shared Entra client.
 pub struct Application {

@@ -3,10 +3,10 @@
 //! It signs real JWTs (RS256) with an RSA key generated at start and never written anywhere,
 //! and publishes the matching OpenID configuration and JWKS so an application under test can
 //! validate what it receives. Nothing it issues is accepted by any Azure service.
+//!
+//! It stands below both its users: the `dev` credential (`credential::dev`) signs tokens with
+//! it and the server publishes its discovery documents, so neither reaches into the other.
 
-use std::sync::Arc;
-
-use async_trait::async_trait;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{self, KeyPair, RsaKeyPair};
@@ -14,9 +14,9 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 
-use super::{AccessToken, Credential, CredentialError};
 use crate::clock::{Clock, SystemClock};
 use crate::secret::Secret;
+use crate::token::AccessToken;
 
 /// Signs development tokens. One per process; its key dies with it.
 pub struct DevIssuer {
@@ -102,33 +102,6 @@ impl DevIssuer {
             ext_expires_on: expires_on,
             refresh_on: None,
         })
-    }
-}
-
-/// One identity's view of the development issuer.
-pub struct DevCredential {
-    issuer: Arc<DevIssuer>,
-    client_id: String,
-    object_id: String,
-}
-
-impl DevCredential {
-    /// Tokens for `client_id`; `object_id` becomes `oid` and `sub`.
-    pub fn new(issuer: Arc<DevIssuer>, client_id: String, object_id: String) -> Self {
-        Self { issuer, client_id, object_id }
-    }
-}
-
-#[async_trait]
-impl Credential for DevCredential {
-    fn kind(&self) -> &'static str {
-        "dev"
-    }
-
-    async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {
-        self.issuer
-            .issue(&self.client_id, &self.object_id, resource)
-            .map_err(|reason| CredentialError::Transient { credential: self.kind(), reason })
     }
 }
 

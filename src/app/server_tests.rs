@@ -1,5 +1,8 @@
 //! Router-level properties, in process (no sockets): whatever a caller sends in the query and
 //! headers, the answer is a token or a well-formed JSON error, never a panic or a 5xx.
+//!
+//! They live with the wiring because they serve real development tokens, which needs the
+//! whole of [`super::build`]; the server itself never depends on `app`.
 
 use std::collections::HashMap;
 
@@ -11,8 +14,8 @@ use http_body_util::BodyExt;
 use proptest::prelude::*;
 use tower::ServiceExt;
 
-use super::{AppState, Endpoints, endpoints};
 use crate::config::{Config, RawConfig};
+use crate::server::{AppState, Endpoints, endpoints};
 
 /// One router for every case: building one generates an RSA key, which is slow.
 fn dev_router() -> &'static (Endpoints, tokio::runtime::Runtime) {
