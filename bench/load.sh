@@ -27,10 +27,11 @@ cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
 # tokenrelay with its embedded issuer (no upstream I/O after the first request) and its
-# default logging: one JSON line per request on stderr, which a reader drains through a pipe,
-# as a container runtime reads a container's stderr (writing to /dev/null would hide the
-# cost of the pipe). BENCH_RUST_LOG=off measures serving without the log line.
-RUST_LOG="${BENCH_RUST_LOG:-info}" "$bin" serve --dev --listen "127.0.0.1:$relay_port" --identity-header "$header_secret" \
+# default logging: JSON lines on stderr, which a reader drains through a pipe, as a container
+# runtime reads a container's stderr (writing to /dev/null would hide the cost of the pipe).
+# By default a cache hit writes no line; BENCH_LOG_REQUESTS=all measures the access log (one
+# line per request), BENCH_RUST_LOG=off serving with no logging at all.
+RUST_LOG="${BENCH_RUST_LOG:-info}" TOKENRELAY_LOG__REQUESTS="${BENCH_LOG_REQUESTS:-errors}" "$bin" serve --dev --listen "127.0.0.1:$relay_port" --identity-header "$header_secret" \
     >/dev/null 2> >(cat >/dev/null) &
 pids+=($!); relay_pid=$!
 imds_url="http://127.0.0.1:$relay_port/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net"
@@ -68,7 +69,7 @@ run() {
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
 
 echo "tokenrelay load benchmark: $(date -u +%Y-%m-%d), $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
-echo "cache hits, body ${body_bytes} bytes, ${duration} s per run, wrk on the same machine"
+echo "cache hits, body ${body_bytes} bytes, ${duration} s per run, wrk on the same machine; RUST_LOG=${BENCH_RUST_LOG:-info}, log.requests = ${BENCH_LOG_REQUESTS:-errors}"
 echo
 printf '| flavour | conns | req/s | p50 µs | p99 µs | p99.9 µs | CPU µs/req | errors | req/s vs baseline | p99 vs baseline | CPU vs baseline |\n'
 printf '|---|---|---|---|---|---|---|---|---|---|---|\n'

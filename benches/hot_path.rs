@@ -59,6 +59,7 @@ fn hot_path(c: &mut Criterion) {
         dev_issuer: built.dev_issuer.clone(),
         metrics: None,
         request_timeout: std::time::Duration::from_secs(60),
+        log_requests: config.log.requests,
     };
     let endpoints = server::endpoints(state, &config.server);
     let uri = format!("/metadata/identity/oauth2/token?{QUERY}");

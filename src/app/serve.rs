@@ -107,6 +107,7 @@ pub(super) async fn serve(config: Config) -> ExitCode {
         dev_issuer: built.dev_issuer,
         metrics,
         request_timeout: Duration::from_secs(config.server.request_timeout_secs),
+        log_requests: config.log.requests,
     };
     let admin_endpoints = server::admin_endpoints(state.clone(), &config.server);
     let endpoints = server::endpoints(state, &config.server);

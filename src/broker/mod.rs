@@ -10,7 +10,7 @@ mod policy;
 mod readiness;
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -85,6 +85,10 @@ pub struct Identity {
     /// Whether the last new key was refused, so that the warning is logged once per episode
     /// rather than once per refused request.
     limited: AtomicBool,
+    /// The broker-clock second its upstream went down (the first exchange that failed in a way
+    /// a retry may fix), or 0 while it is up. Only exchanges touch it, never cache hits: it is
+    /// what makes "upstream down" and "upstream up" one log line each, not one per failure.
+    down_since: AtomicU64,
 }
 
 impl fmt::Debug for Identity {
@@ -204,6 +208,24 @@ impl CacheOutcome {
     }
 }
 
+/// Why the broker asks the upstream for a token: the `exchange` member of its log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Exchange {
+    /// Nothing servable was cached: a request (or a prefetch) waits for it.
+    New,
+    /// A cached token passed its refresh point: replaced in the background while it is served.
+    Refresh,
+}
+
+impl Exchange {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::New => "new",
+            Self::Refresh => "refresh",
+        }
+    }
+}
+
 /// A token handed to a caller.
 #[derive(Clone, Debug)]
 pub struct Served {
@@ -272,6 +294,7 @@ impl Broker {
                     refusals,
                     new_keys: limit::TokenBucket::new(settings.new_keys_per_minute, settings.new_keys_burst, started),
                     limited: AtomicBool::new(false),
+                    down_since: AtomicU64::new(0),
                 })
             })
             .collect();
@@ -459,7 +482,7 @@ impl Broker {
                 if new_key {
                     self.take_new_key(identity)?;
                 }
-                self.fetch(identity, resource).await
+                self.fetch(identity, resource, Exchange::New).await
             })
             .await;
         let (entry, fetched_here) = fetched.map_err(|shared: Arc<BrokerError>| (*shared).clone())?;
@@ -501,7 +524,16 @@ impl Broker {
     }
 
     /// Calls the identity's credential once and wraps the result for the cache.
-    async fn fetch(&self, identity: &Identity, resource: &str) -> Result<Arc<CachedToken>, BrokerError> {
+    ///
+    /// Every exchange logs one line: the new token's fingerprint (never the token), or the
+    /// error, with the exchange's latency (retries included). The first failure a retry may
+    /// fix also logs "upstream down", and the next success "upstream up".
+    async fn fetch(
+        &self,
+        identity: &Identity,
+        resource: &str,
+        exchange: Exchange,
+    ) -> Result<Arc<CachedToken>, BrokerError> {
         let kind = identity.credential.kind();
         let span = telemetry::span(
             || tracing::info_span!("upstream_request", otel.kind = "client", identity = %identity.name, resource, credential = kind),
@@ -529,25 +561,56 @@ impl Broker {
             Err(CredentialError::Transient { .. }) => ("transient", None),
             Err(CredentialError::Unavailable { .. }) => ("unavailable", None),
         };
-        metrics::upstream(kind, outcome, aadsts, started.elapsed());
+        let elapsed = started.elapsed();
+        metrics::upstream(kind, outcome, aadsts, elapsed);
+        let latency_us = elapsed.as_micros() as u64;
         match result {
             Ok(token) => {
                 let now = self.clock.now();
                 let refresh_on = self.settings.policy.refresh_on(&token, now, fastrand::f64());
+                let entry = CachedToken::new(token, refresh_on, kind);
                 tracing::info!(
                     identity = %identity.name,
                     resource,
-                    credential = identity.credential.kind(),
-                    expires_in = token.expires_on.saturating_sub(now),
-                    fingerprint = %token.token.fingerprint(),
+                    credential = kind,
+                    exchange = exchange.as_str(),
+                    expires_in = entry.token.expires_on.saturating_sub(now),
+                    fingerprint = &*entry.fingerprint,
+                    latency_us,
                     "fetched a token upstream"
                 );
-                Ok(Arc::new(CachedToken::new(token, refresh_on, identity.credential.kind())))
+                let down_since = identity.down_since.swap(0, Ordering::AcqRel);
+                if down_since != 0 {
+                    tracing::info!(
+                        identity = %identity.name,
+                        credential = kind,
+                        down_secs = now.saturating_sub(down_since),
+                        "upstream up"
+                    );
+                }
+                Ok(Arc::new(entry))
             }
             Err(error) => {
                 let permanent = error.is_permanent();
                 let error = BrokerError::upstream(identity.name.clone(), &error);
-                tracing::warn!(identity = %identity.name, resource, %error, "upstream token request failed");
+                tracing::warn!(
+                    identity = %identity.name,
+                    resource,
+                    credential = kind,
+                    exchange = exchange.as_str(),
+                    outcome,
+                    latency_us,
+                    %error,
+                    "upstream token request failed"
+                );
+                // A refusal is an answer: the authority is reachable, the configuration is wrong,
+                // and the line above says so. Anything else means no token can be had for now.
+                let now = self.clock.now().max(1);
+                if !permanent
+                    && identity.down_since.compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire).is_ok()
+                {
+                    tracing::warn!(identity = %identity.name, credential = kind, outcome, %error, "upstream down");
+                }
                 if permanent {
                     identity.refusals.insert(resource.to_owned(), error.clone()).await;
                 }
@@ -581,7 +644,7 @@ impl Broker {
             let _slot = slot;
             let span =
                 telemetry::span(|| tracing::info_span!("background_refresh", identity = %identity.name, resource));
-            let result = broker.fetch(&identity, &resource).instrument(span).await;
+            let result = broker.fetch(&identity, &resource, Exchange::Refresh).instrument(span).await;
             metrics::refresh(result.is_ok());
             match result {
                 Ok(fresh) => {
@@ -623,16 +686,27 @@ impl Broker {
         snapshot
     }
 
+    /// Marks one prefetch as done, and logs the moment the last one lands.
+    fn prefetch_done(&self) {
+        if self.readiness.complete_one() {
+            tracing::info!(prefetched = self.identities.iter().map(|i| i.prefetch.len()).sum::<usize>(), "ready");
+        }
+    }
+
     /// Fetches every identity's prefetch resources, retrying each until it succeeds, and
-    /// opens the readiness latch as they land.
+    /// opens the readiness latch as they land. Logs "ready" once, when it opens (at once when
+    /// nothing is to be prefetched).
     pub fn start_prefetch(self: &Arc<Self>) {
+        if self.readiness.is_ready() {
+            tracing::info!(prefetched = 0, "ready");
+        }
         for identity in &self.identities {
             for resource in &identity.prefetch {
                 if identity.tokens.contains(resource) {
                     // Loaded from the persistent cache: ready at once. One lookup still runs
                     // so a token past its refresh point starts its background refresh.
-                    self.readiness.complete_one();
                     tracing::info!(identity = %identity.name, resource, "prefetch satisfied by the persistent cache");
+                    self.prefetch_done();
                     let broker = Arc::clone(self);
                     let identity = Arc::clone(identity);
                     let resource = resource.clone();
@@ -649,8 +723,8 @@ impl Broker {
                     loop {
                         match broker.token(&identity, &resource).await {
                             Ok(_) => {
-                                broker.readiness.complete_one();
                                 tracing::info!(identity = %identity.name, resource, "prefetched");
+                                broker.prefetch_done();
                                 return;
                             }
                             Err(error) => {

@@ -18,9 +18,10 @@ impl Readiness {
         Self { pending: AtomicUsize::new(pending) }
     }
 
-    /// Marks one prefetch as done.
-    pub fn complete_one(&self) {
-        let _ = self.pending.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    /// Marks one prefetch as done. True for exactly one call: the one that opened the latch
+    /// (so that becoming ready is logged once).
+    pub fn complete_one(&self) -> bool {
+        self.pending.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) == Ok(1)
     }
 
     /// Whether every prefetch is done.
@@ -31,5 +32,21 @@ impl Readiness {
     /// Prefetches still outstanding.
     pub fn pending(&self) -> usize {
         self.pending.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_last_prefetch_opens_the_latch() {
+        let readiness = Readiness::new(2);
+        assert!(!readiness.complete_one());
+        assert!(!readiness.is_ready());
+        assert!(readiness.complete_one(), "the second of two opens it");
+        assert!(readiness.is_ready());
+        assert!(!readiness.complete_one(), "an open latch cannot open again");
+        assert!(!Readiness::new(0).complete_one());
     }
 }

@@ -152,6 +152,23 @@ pub struct DevConfig {
 pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
+    /// Which token requests get a log line of their own (`log.requests`).
+    pub requests: RequestLog,
+}
+
+/// Which token requests are logged, one line each (`log.requests`). Upstream exchanges and
+/// state changes are logged whatever this says; cache hits are always counted in metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestLog {
+    /// Every request, served or refused: an access log.
+    All,
+    /// Refused requests only (4xx and 5xx, with the reason). A healthy pod whose SDKs cache
+    /// their tokens then logs almost nothing per request.
+    #[default]
+    Errors,
+    /// No request lines at all; metrics still count every request.
+    None,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -386,7 +403,7 @@ impl Validator<'_> {
         let server = checked(p, disturbed.contains("server"), || self.server(raw.server, dev).map_err(one));
         let upstream = checked(p, disturbed.contains("upstream"), || self.upstream(raw.upstream).map_err(one));
         let cache = checked(p, disturbed.contains("cache"), || self.cache(raw.cache).map_err(one));
-        let log = checked(p, disturbed.contains("log"), || self.log(raw.log).map_err(one));
+        let log = checked(p, disturbed.contains("log"), || self.log(raw.log));
         let telemetry = checked(p, disturbed.contains("telemetry"), || self.telemetry(raw.telemetry).map_err(one));
         let dev =
             dev.then_some(DevConfig { tenant_id: raw.dev.tenant_id, token_lifetime_secs: raw.dev.token_lifetime_secs });
@@ -667,19 +684,41 @@ impl Validator<'_> {
         })
     }
 
-    fn log(&self, raw: raw::RawLog) -> Result<LogConfig, ConfigError> {
+    /// The `[log]` section: every problem of its keys, since none depends on another.
+    fn log(&self, raw: raw::RawLog) -> Result<LogConfig, Vec<ConfigError>> {
+        let mut problems = Vec::new();
         let format = match raw.format.as_str() {
-            "auto" => LogFormat::Auto,
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
+            "auto" => Some(LogFormat::Auto),
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
             other => {
-                return Err(self.error("log.format", format!("{other:?} is not one of \"auto\", \"text\", \"json\"")));
+                let problem = format!("{other:?} is not one of \"auto\", \"text\", \"json\"");
+                problems.push(self.error("log.format", problem));
+                None
             }
         };
         if tracing_subscriber::EnvFilter::try_new(&raw.level).is_err() {
-            return Err(self.error("log.level", format!("{:?} is not a level or filter such as \"info\"", raw.level)));
+            problems
+                .push(self.error("log.level", format!("{:?} is not a level or filter such as \"info\"", raw.level)));
         }
-        Ok(LogConfig { format, level: raw.level })
+        let requests = match raw.requests.as_str() {
+            "all" => Some(RequestLog::All),
+            "errors" => Some(RequestLog::Errors),
+            "none" => Some(RequestLog::None),
+            other => {
+                let problem = format!(
+                    "{other:?} is not one of \"all\" (every request), \"errors\" (refused requests; the default), \"none\""
+                );
+                problems.push(self.error("log.requests", problem));
+                None
+            }
+        };
+        match (format, requests) {
+            (Some(format), Some(requests)) if problems.is_empty() => {
+                Ok(LogConfig { format, level: raw.level, requests })
+            }
+            _ => Err(problems),
+        }
     }
 
     fn telemetry(&self, raw: raw::RawTelemetry) -> Result<TelemetryConfig, ConfigError> {

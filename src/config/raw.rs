@@ -171,11 +171,13 @@ impl Default for RawDev {
 pub struct RawLog {
     pub format: String,
     pub level: String,
+    /// Which token requests are logged: "all", "errors" or "none".
+    pub requests: String,
 }
 
 impl Default for RawLog {
     fn default() -> Self {
-        Self { format: "auto".into(), level: "info".into() }
+        Self { format: "auto".into(), level: "info".into(), requests: "errors".into() }
     }
 }
 

@@ -373,6 +373,14 @@ mod tests {
     }
 
     #[test]
+    fn every_bad_value_of_the_log_section_is_listed() {
+        let keys =
+            Case::new(&format!("{VALID}[log]\nformat = \"xml\"\nlevel = \"tokenrelay=loud\"\nrequests = \"some\"\n"))
+                .keys();
+        assert_eq!(keys, ["log.format", "log.level", "log.requests"]);
+    }
+
+    #[test]
     fn a_section_with_a_mistyped_value_is_not_checked_further() {
         // server.listen is wrong too, but server.max_connections took its default: the
         // section's checks would judge values the operator did not write.

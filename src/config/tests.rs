@@ -115,6 +115,7 @@ fn invalid_values_are_refused() {
         ("[server]\napp_service_path = \"msi\"", "server.app_service_path"),
         ("[server]\napp_service_path = \"/healthz\"", "server.app_service_path"),
         ("[log]\nformat = \"xml\"", "log.format"),
+        ("[log]\nrequests = \"verbose\"", "log.requests"),
         ("[cache]\nmax_entries = 0", "cache.max_entries"),
         ("[cache]\nnew_keys_per_minute = 0", "cache.new_keys_per_minute"),
         ("[cache]\nnew_keys_burst = 0", "cache.new_keys_burst"),
@@ -130,6 +131,18 @@ fn invalid_values_are_refused() {
         let error = load(&toml, &[]).unwrap_err();
         assert_eq!(&error.key, key, "{toml}\n=> {error}");
     }
+}
+
+#[test]
+fn request_logging_defaults_to_refusals_and_takes_three_values() {
+    assert_eq!(load(SECRET_IDENTITY, &[]).unwrap().log.requests, RequestLog::Errors);
+    for (value, expected) in [("all", RequestLog::All), ("errors", RequestLog::Errors), ("none", RequestLog::None)] {
+        let toml = format!("[log]\nrequests = \"{value}\"\n{SECRET_IDENTITY}");
+        assert_eq!(load(&toml, &[]).unwrap().log.requests, expected, "{value}");
+    }
+    let error = load(&format!("[log]\nrequests = \"All\"\n{SECRET_IDENTITY}"), &[]).unwrap_err();
+    assert_eq!(error.key, "log.requests");
+    assert!(error.problem.contains("\"all\"") && error.problem.contains("\"none\""), "{}", error.problem);
 }
 
 #[test]
@@ -289,7 +302,7 @@ mod properties {
             key in prop::sample::select(vec![
                 "server.listen", "server.admin_listen", "server.app_service_path", "server.imds_probe",
                 "server.max_header_bytes", "upstream.authority_host", "upstream.timeout_secs",
-                "cache.max_entries", "cache.new_keys_per_minute", "cache.new_keys_burst", "log.format", "log.level", "telemetry.otlp_endpoint",
+                "cache.max_entries", "cache.new_keys_per_minute", "cache.new_keys_burst", "log.format", "log.level", "log.requests", "telemetry.otlp_endpoint",
             ]),
             value in prop_oneof![
                 "[ -~]{0,30}".prop_map(|s| format!("{s:?}")),

@@ -23,7 +23,7 @@ pub async fn handle(state: &AppState, hosts: &AllowedHosts, request: &Parts) -> 
 
 async fn checked(state: &AppState, hosts: &AllowedHosts, headers: &HeaderMap, uri: &Uri) -> Response {
     let started = Instant::now();
-    let reject = |error| token::reject(Call::new(Flavour::AppService, uri, started), error);
+    let reject = |error| token::reject(Call::new(Flavour::AppService, uri, started, state.log_requests), error);
 
     if let Err(error) = token::admit(hosts, uri, headers) {
         return reject(error);
@@ -57,5 +57,5 @@ async fn checked(state: &AppState, hosts: &AllowedHosts, headers: &HeaderMap, ur
     {
         return reject(ApiError::bad_request(format!("api-version {version:?} is not supported; use 2019-08-01")));
     }
-    token::serve(state, Call::new(Flavour::AppService, uri, started), query).await
+    token::serve(state, Call::new(Flavour::AppService, uri, started, state.log_requests), query).await
 }

@@ -174,6 +174,7 @@ mod tests {
             dev_issuer: None,
             metrics: None,
             request_timeout: std::time::Duration::from_secs(1),
+            log_requests: crate::config::RequestLog::default(),
         };
         Endpoints::new(state, imds, app_service, 100, AllowedHosts::default(), Router::new()).0
     }

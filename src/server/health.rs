@@ -63,6 +63,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         })
         .collect();
     telemetry_metrics::render_cache(&mut text, &entries, &samples);
+    crate::telemetry::render_log_lines_dropped(&mut text);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 

@@ -22,7 +22,7 @@ pub async fn handle(state: &AppState, hosts: &AllowedHosts, request: &Parts) -> 
 
 async fn checked(state: &AppState, hosts: &AllowedHosts, headers: &HeaderMap, uri: &Uri) -> Response {
     let started = Instant::now();
-    let reject = |error| token::reject(Call::new(Flavour::Imds, uri, started), error);
+    let reject = |error| token::reject(Call::new(Flavour::Imds, uri, started, state.log_requests), error);
 
     if let Err(error) = token::admit(hosts, uri, headers) {
         return reject(error);
@@ -56,5 +56,5 @@ async fn checked(state: &AppState, hosts: &AllowedHosts, headers: &HeaderMap, ur
             return reject(ApiError::bad_request("Required query variable 'api-version' is missing; use 2018-02-01"));
         }
     }
-    token::serve(state, Call::new(Flavour::Imds, uri, started), query).await
+    token::serve(state, Call::new(Flavour::Imds, uri, started, state.log_requests), query).await
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::broker::Broker;
-use crate::config::ProbeMode;
+use crate::config::{ProbeMode, RequestLog};
 use crate::dev_issuer::DevIssuer;
 use crate::secret::Secret;
 
@@ -23,4 +23,6 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Longest a token request may wait for the upstream before it gets a 503.
     pub request_timeout: Duration,
+    /// Which token requests get a log line (`log.requests`), read once at start.
+    pub log_requests: RequestLog,
 }

@@ -1,5 +1,11 @@
 //! Serving a token request once a flavour has checked its caller: shared by both flavours,
-//! with the one log line, the metrics and the trace span every request gets.
+//! with the metrics and the trace span every request gets, and the log line `log.requests`
+//! asks for.
+//!
+//! By default only refused requests are logged: SDKs cache their tokens, so a served request
+//! is usually a cache hit that metrics count, and a line for each would be noise at low rates
+//! and most of the cost of a hit at high ones. Upstream exchanges, which are what an operator
+//! follows, are logged by the broker whatever `log.requests` says.
 
 use std::future::Future;
 use std::time::Instant;
@@ -13,6 +19,7 @@ use super::error::ApiError;
 use super::host::AllowedHosts;
 use super::state::AppState;
 use super::wire::{TokenQuery, render_token_body};
+use crate::config::RequestLog;
 use crate::credential::managed_identity::HOP_HEADER;
 use crate::telemetry::{self, metrics};
 
@@ -37,12 +44,14 @@ pub struct Call<'a> {
     pub flavour: Flavour,
     pub path: &'a str,
     pub started: Instant,
+    /// Which outcomes get a log line (`AppState::log_requests`).
+    pub log: RequestLog,
 }
 
 impl<'a> Call<'a> {
-    /// A request to `uri` that arrived at `started`.
-    pub fn new(flavour: Flavour, uri: &'a Uri, started: Instant) -> Self {
-        Self { flavour, path: uri.path(), started }
+    /// A request to `uri` that arrived at `started`, logged as `log` says.
+    pub fn new(flavour: Flavour, uri: &'a Uri, started: Instant, log: RequestLog) -> Self {
+        Self { flavour, path: uri.path(), started, log }
     }
 }
 
@@ -89,7 +98,8 @@ pub fn admit(hosts: &AllowedHosts, uri: &Uri, headers: &HeaderMap) -> Result<(),
 }
 
 /// Resolves the identity, gets the token from the broker and writes the wire body.
-/// Logs one line per request: never the token, only its fingerprint.
+/// Logs the served request only under `log.requests = "all"` (never the token, only its
+/// fingerprint); otherwise a served request costs no tracing call at all.
 pub async fn serve(state: &AppState, call: Call<'_>, query: TokenQuery<'_>) -> Response {
     let Some(resource) = query.resource.as_deref() else {
         return reject(call, ApiError::bad_request("Required query variable 'resource' is missing"));
@@ -116,18 +126,20 @@ pub async fn serve(state: &AppState, call: Call<'_>, query: TokenQuery<'_>) -> R
             );
             let elapsed = call.started.elapsed();
             metrics::request(call.flavour.as_str(), 200, elapsed);
-            tracing::info!(
-                method = "GET",
-                path = call.path,
-                flavour = call.flavour.as_str(),
-                identity = identity.name.as_str(),
-                resource,
-                status = 200,
-                cache = served.outcome.as_str(),
-                fingerprint = &*served.entry.fingerprint,
-                latency_us = elapsed.as_micros() as u64,
-                "token request"
-            );
+            if call.log == RequestLog::All {
+                tracing::info!(
+                    method = "GET",
+                    path = call.path,
+                    flavour = call.flavour.as_str(),
+                    identity = identity.name.as_str(),
+                    resource,
+                    status = 200,
+                    cache = served.outcome.as_str(),
+                    fingerprint = &*served.entry.fingerprint,
+                    latency_us = elapsed.as_micros() as u64,
+                    "token request"
+                );
+            }
             let mut response = Response::new(Body::from(body));
             let headers = response.headers_mut();
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -139,23 +151,44 @@ pub async fn serve(state: &AppState, call: Call<'_>, query: TokenQuery<'_>) -> R
     }
 }
 
-/// Logs a refused request and turns it into its response.
+/// Logs a refused request (unless `log.requests = "none"`) and turns it into its response.
+/// 5xx (no token from the upstream) at WARN, 4xx (the caller's mistake) at INFO.
 pub fn reject(call: Call<'_>, error: ApiError) -> Response {
     let elapsed = call.started.elapsed();
     let status = error.status.as_u16();
     metrics::request(call.flavour.as_str(), status, elapsed);
-    tracing::info!(
-        method = "GET",
-        path = call.path,
-        flavour = call.flavour.as_str(),
-        status,
-        error = error.error,
-        description = error.description(),
-        latency_us = elapsed.as_micros() as u64,
-        "token request refused"
-    );
+    if call.log != RequestLog::None {
+        log_refusal(&call, &error, elapsed);
+    }
     match call.flavour {
         Flavour::Imds => error.into_response(),
         Flavour::AppService => error.into_app_service_response(),
+    }
+}
+
+/// The refused-request line. Out of line: refusals are the cold path.
+#[cold]
+#[inline(never)]
+fn log_refusal(call: &Call<'_>, error: &ApiError, elapsed: std::time::Duration) {
+    let status = error.status.as_u16();
+    let latency_us = elapsed.as_micros() as u64;
+    macro_rules! refused {
+        ($level:ident) => {
+            tracing::$level!(
+                method = "GET",
+                path = call.path,
+                flavour = call.flavour.as_str(),
+                status,
+                error = error.error,
+                description = error.description(),
+                latency_us,
+                "token request refused"
+            )
+        };
+    }
+    if error.status.is_server_error() {
+        refused!(warn);
+    } else {
+        refused!(info);
     }
 }

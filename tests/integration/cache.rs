@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::support::{FakeEntra, TestRelay, eventually, json, secret_config};
+use crate::support::{FakeEntra, TestRelay, eventually, json, secret_config, with_log};
 
 const VAULT: &str = "api-version=2018-02-01&resource=https://vault.azure.net";
 
@@ -25,7 +25,9 @@ async fn a_hundred_concurrent_requests_make_one_upstream_call() {
     let entra = FakeEntra::start().await;
     // A slow authority keeps the first fetch in flight while the others arrive.
     entra.set_delay(Duration::from_millis(500));
-    let relay = std::sync::Arc::new(TestRelay::serve(&secret_config(&entra, ""), &[]).await);
+    // The access log (not on by default) names each request's cache outcome.
+    let toml = with_log(&secret_config(&entra, ""), "requests = \"all\"");
+    let relay = std::sync::Arc::new(TestRelay::serve(&toml, &[]).await);
     let mut tasks = Vec::new();
     for _ in 0..100 {
         let relay = relay.clone();

@@ -82,6 +82,25 @@ async fn bad_configuration_fails_with_the_key_and_its_source() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_request_log_setting_stops_the_start() {
+    let entra = FakeEntra::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, secret_config(&entra, "").replace("[log]\n", "[log]\nrequests = \"verbose\"\n")).unwrap();
+    let output = run(&["serve", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"]).await;
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("log.requests") && stderr.contains(config.to_str().unwrap()), "{stderr}");
+    assert!(stderr.contains("\"verbose\" is not one of \"all\""), "{stderr}");
+
+    // From the environment, the problem names the variable.
+    let output = command().args(["check", "--dev"]).env("TOKENRELAY_LOG__REQUESTS", "loud").output().await.unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("log.requests") && stderr.contains("TOKENRELAY_LOG__REQUESTS"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_app_service_flavour_refuses_to_start_without_a_secret() {
     let entra = FakeEntra::start().await;
     let dir = tempfile::tempdir().unwrap();

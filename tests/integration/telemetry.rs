@@ -1,14 +1,17 @@
-//! Observability: metrics move with requests, logs never carry tokens or secrets, and traces
-//! reach an OTLP/HTTP receiver with the caller's trace id.
+//! Observability: metrics move with requests, logs never carry tokens or secrets, the log has
+//! one line per upstream exchange, refusal and state change (and per request only when asked),
+//! and traces reach an OTLP/HTTP receiver with the caller's trace id.
 
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::routing::post;
+use serde_json::Value;
+use tokenrelay::secret::Secret;
 
 use crate::support::fake_server::FakeServer;
-use crate::support::{FakeEntra, HEADER_SECRET, TestRelay, fake_entra, json, secret_config};
+use crate::support::{FakeEntra, HEADER_SECRET, TestRelay, eventually, fake_entra, json, secret_config, with_log};
 
 const VAULT: &str = "api-version=2018-02-01&resource=https://vault.azure.net";
 
@@ -47,6 +50,7 @@ async fn requests_move_the_right_counters() {
     expect("tokenrelay_upstream_request_duration_seconds_count", &["credential=\"client_secret\""], 1.0);
     expect("tokenrelay_cache_entries", &["identity=\"app\""], 1.0);
     expect("tokenrelay_build_info", &["version="], 1.0);
+    expect("tokenrelay_log_lines_dropped_total", &[], 0.0);
     let expires_in = sample(&text, "tokenrelay_token_expires_in_seconds", &["resource=\"https://vault.azure.net\""])
         .expect("a gauge per cached token");
     assert!((3500.0..=3599.0).contains(&expires_in), "{expires_in}");
@@ -67,14 +71,19 @@ async fn upstream_refusals_are_counted_by_aadsts_code() {
 #[tokio::test(flavor = "multi_thread")]
 async fn no_token_or_secret_reaches_the_logs_at_any_level() {
     let entra = FakeEntra::start().await;
-    let toml = secret_config(&entra, "").replace("level = \"info,tokenrelay=debug\"", "level = \"trace\"");
+    // Every request logged, so that the served-request lines are checked too.
+    let toml = with_log(&secret_config(&entra, ""), "requests = \"all\"")
+        .replace("level = \"info,tokenrelay=debug\"", "level = \"trace\"");
     let relay = TestRelay::serve(&toml, &[]).await;
     let body = json(relay.imds(VAULT).await).await;
     let token = body["access_token"].as_str().unwrap().to_owned();
     relay.app_service("resource=https://vault.azure.net").await;
     relay.get("/msi/token?resource=r", &[("X-IDENTITY-HEADER", "wrong-header-value")]).await;
     let logs = relay.logs();
-    assert!(logs.contains("token request"), "the request log is there: {logs}");
+    assert!(
+        logs.contains("token request") && logs.contains("token request refused"),
+        "the request log is there: {logs}"
+    );
     for secret in [token.as_str(), fake_entra::CLIENT_SECRET, HEADER_SECRET, "wrong-header-value"] {
         assert!(!logs.contains(secret), "{secret:?} leaked into the logs");
     }
@@ -168,4 +177,183 @@ async fn the_admin_listener_serves_probes_and_metrics_but_never_tokens() {
         .unwrap();
     assert_eq!(app_service.status(), 404);
     assert_eq!(entra.requests(), 0);
+}
+
+/// `toml` logging JSON lines (the format a pod writes, through the non-blocking writer) at
+/// `info`, so that no debug line falls between the lines a test counts.
+fn json_logs(toml: &str) -> String {
+    assert!(toml.contains("format = \"text\"\nlevel = \"info,tokenrelay=debug\"\n"));
+    toml.replace("format = \"text\"\nlevel = \"info,tokenrelay=debug\"\n", "format = \"json\"\nlevel = \"info\"\n")
+}
+
+/// Every complete JSON log line written so far (the writer thread may be half-way through a
+/// batch; non-JSON lines, such as start-up messages, are skipped).
+fn log_lines(relay: &TestRelay) -> Vec<Value> {
+    relay
+        .logs()
+        .split_inclusive('\n')
+        .filter(|line| line.starts_with('{') && line.ends_with('\n'))
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+fn with_message<'a>(lines: &'a [Value], message: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|line| line["message"] == message).collect()
+}
+
+fn position(lines: &[Value], message: &str) -> usize {
+    lines.iter().position(|line| line["message"] == message).unwrap_or_else(|| panic!("no {message:?} in {lines:#?}"))
+}
+
+/// Waits until `count` lines with `message` are logged, then returns every line so far. Lines
+/// reach the log in the order they were emitted, so a line logged before these is there too.
+async fn lines_through(relay: &TestRelay, message: &str, count: usize) -> Vec<Value> {
+    eventually(&format!("{count} {message:?} log lines"), async || {
+        with_message(&log_lines(relay), message).len() >= count
+    })
+    .await;
+    log_lines(relay)
+}
+
+async fn metrics_text(relay: &TestRelay) -> String {
+    relay.get("/metrics", &[]).await.text().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn by_default_upstream_exchanges_and_refusals_are_logged_but_cache_hits_are_not() {
+    let entra = FakeEntra::start().await;
+    let relay = TestRelay::serve(&json_logs(&secret_config(&entra, "")), &[]).await;
+    let token = json(relay.imds(VAULT).await).await["access_token"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        assert_eq!(relay.imds(VAULT).await.status(), 200);
+    }
+    assert_eq!(relay.app_service("resource=https://vault.azure.net").await.status(), 200);
+    assert_eq!(relay.get("/msi/token?resource=r", &[("X-IDENTITY-HEADER", "wrong")]).await.status(), 401);
+
+    let lines = lines_through(&relay, "token request refused", 1).await;
+    assert_eq!(with_message(&lines, "fetched a token upstream").len(), 1, "{lines:#?}");
+    let fetched = position(&lines, "fetched a token upstream");
+    let exchange = &lines[fetched];
+    assert_eq!(exchange["fingerprint"], Secret::new(token.as_str()).fingerprint(), "{exchange}");
+    assert_eq!(exchange["exchange"], "new");
+    assert_eq!(exchange["identity"], "app");
+    assert_eq!(exchange["resource"], "https://vault.azure.net");
+    assert_eq!(exchange["credential"], "client_secret");
+    assert!(exchange["latency_us"].as_u64().is_some_and(|us| us > 0), "{exchange}");
+
+    // Four cache hits between the exchange and the refusal: not a line among them.
+    let refused = position(&lines, "token request refused");
+    assert_eq!(refused, fetched + 1, "cache hits are not logged: {:#?}", &lines[fetched..=refused]);
+    assert!(with_message(&lines, "token request").is_empty(), "{lines:#?}");
+    let refusal = &lines[refused];
+    assert_eq!(refusal["level"], "INFO", "the caller's mistake, not the service's");
+    assert_eq!(refusal["status"], 401);
+    assert_eq!(refusal["flavour"], "app_service");
+    assert_eq!(refusal["error"], "unauthorized_client");
+    assert!(refusal["description"].as_str().unwrap().contains("X-IDENTITY-HEADER"), "{refusal}");
+    assert!(!relay.logs().contains(&token), "no token in the logs");
+
+    // The hits are in the metrics, and the writer dropped nothing.
+    let text = metrics_text(&relay).await;
+    assert_eq!(sample(&text, "tokenrelay_cache_lookups_total", &["outcome=\"hit\""]), Some(4.0), "{text}");
+    assert_eq!(sample(&text, "tokenrelay_log_lines_dropped_total", &[]), Some(0.0), "{text}");
+    assert!(text.contains("# TYPE tokenrelay_log_lines_dropped_total counter\n"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_requests_all_every_request_is_logged() {
+    let entra = FakeEntra::start().await;
+    let relay = TestRelay::serve(&json_logs(&with_log(&secret_config(&entra, ""), "requests = \"all\"")), &[]).await;
+    let token = json(relay.imds(VAULT).await).await["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(relay.imds(VAULT).await.status(), 200);
+    assert_eq!(relay.app_service("resource=https://vault.azure.net").await.status(), 200);
+    assert_eq!(relay.get("/msi/token?resource=r", &[("X-IDENTITY-HEADER", "wrong")]).await.status(), 401);
+
+    let lines = lines_through(&relay, "token request refused", 1).await;
+    let served = with_message(&lines, "token request");
+    let outcomes: Vec<(&str, &str)> =
+        served.iter().map(|line| (line["flavour"].as_str().unwrap(), line["cache"].as_str().unwrap())).collect();
+    assert_eq!(outcomes, [("imds", "miss"), ("imds", "hit"), ("app_service", "hit")], "{lines:#?}");
+    let fingerprint = Secret::new(token.as_str()).fingerprint();
+    for line in &served {
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["fingerprint"], fingerprint.as_str());
+        assert!(line["latency_us"].is_u64(), "{line}");
+    }
+    assert_eq!(with_message(&lines, "fetched a token upstream").len(), 1);
+    assert_eq!(with_message(&lines, "token request refused").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_requests_none_refusals_are_not_logged_either() {
+    let entra = FakeEntra::start().await;
+    let relay = TestRelay::serve(&json_logs(&with_log(&secret_config(&entra, ""), "requests = \"none\"")), &[]).await;
+    assert_eq!(relay.get("/msi/token?resource=r", &[("X-IDENTITY-HEADER", "wrong")]).await.status(), 401);
+    assert_eq!(relay.get(&format!("/metadata/identity/oauth2/token?{VAULT}"), &[]).await.status(), 400);
+    // An upstream exchange after the refusals: once its line is there, theirs would be too.
+    assert_eq!(relay.imds(VAULT).await.status(), 200);
+
+    let lines = lines_through(&relay, "fetched a token upstream", 1).await;
+    assert!(with_message(&lines, "token request refused").is_empty(), "{lines:#?}");
+    assert!(with_message(&lines, "token request").is_empty(), "{lines:#?}");
+    let text = metrics_text(&relay).await;
+    let refused = ["flavour=\"app_service\"", "status=\"401\""];
+    assert_eq!(sample(&text, "tokenrelay_requests_total", &refused), Some(1.0), "still counted: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_and_an_upstream_outage_are_logged_once_each() {
+    let entra = FakeEntra::start().await;
+    let toml = json_logs(&secret_config(&entra, "prefetch = [\"https://vault.azure.net\"]"));
+    let relay = TestRelay::serve(&toml, &[]).await;
+    let lines = lines_through(&relay, "ready", 1).await;
+    assert!(position(&lines, "prefetched") < position(&lines, "ready"), "{lines:#?}");
+    assert_eq!(lines[position(&lines, "ready")]["prefetched"], 1);
+
+    // Two requests during an outage: a failed exchange and a refusal each, "upstream down" once.
+    entra.set_down(true);
+    for resource in ["https://a.example", "https://b.example"] {
+        assert_eq!(relay.imds(&format!("api-version=2018-02-01&resource={resource}")).await.status(), 503);
+    }
+    let lines = lines_through(&relay, "token request refused", 2).await;
+    let failed = with_message(&lines, "upstream token request failed");
+    assert_eq!(failed.len(), 2, "{lines:#?}");
+    assert!(failed.iter().all(|line| line["exchange"] == "new" && line["latency_us"].is_u64()), "{failed:#?}");
+    let down = with_message(&lines, "upstream down");
+    assert_eq!(down.len(), 1, "{lines:#?}");
+    assert_eq!(down[0]["level"], "WARN");
+    assert_eq!(down[0]["identity"], "app");
+    assert!(position(&lines, "upstream token request failed") < position(&lines, "upstream down"));
+    let refusals = with_message(&lines, "token request refused");
+    assert!(refusals.iter().all(|line| line["status"] == 503 && line["level"] == "WARN"), "{refusals:#?}");
+
+    // Back: "upstream up" with the first success, and only then.
+    entra.set_down(false);
+    for resource in ["https://a.example", "https://c.example"] {
+        assert_eq!(relay.imds(&format!("api-version=2018-02-01&resource={resource}")).await.status(), 200);
+    }
+    let lines = lines_through(&relay, "fetched a token upstream", 3).await;
+    let up = with_message(&lines, "upstream up");
+    assert_eq!(up.len(), 1, "{lines:#?}");
+    assert!(up[0]["down_secs"].is_u64(), "{}", up[0]);
+    assert_eq!(with_message(&lines, "upstream down").len(), 1);
+    assert_eq!(with_message(&lines, "ready").len(), 1, "readiness never changes again");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_background_refresh_logs_its_exchange() {
+    let entra = FakeEntra::start().await;
+    // refresh_in = 0: every token is due for refresh as soon as it is cached.
+    entra.set_refresh_in(Some(0));
+    let relay = TestRelay::serve(&json_logs(&secret_config(&entra, "")), &[]).await;
+    let first = json(relay.imds(VAULT).await).await["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(json(relay.imds(VAULT).await).await["access_token"], first.as_str(), "served while refreshing");
+
+    let lines = lines_through(&relay, "fetched a token upstream", 2).await;
+    let exchanges = with_message(&lines, "fetched a token upstream");
+    assert_eq!(exchanges[0]["exchange"], "new");
+    assert_eq!(exchanges[0]["fingerprint"], Secret::new(first.as_str()).fingerprint());
+    assert_eq!(exchanges[1]["exchange"], "refresh");
+    assert_ne!(exchanges[1]["fingerprint"], exchanges[0]["fingerprint"], "a new token");
+    assert!(exchanges[1]["latency_us"].is_u64());
 }

@@ -59,6 +59,13 @@ credentials = [{{ kind = "client_secret", secret = "{}" }}]
     )
 }
 
+/// `toml` (one of the configurations above) with `keys` added to its `[log]` section, such
+/// as `requests = "all"`.
+pub fn with_log(toml: &str, keys: &str) -> String {
+    assert!(toml.contains("\n[log]\n"), "the configuration has a [log] section");
+    toml.replacen("\n[log]\n", &format!("\n[log]\n{keys}\n"), 1)
+}
+
 /// [`secret_config`] with a workload identity presenting `token_file` instead of the secret.
 pub fn workload_identity_config(entra: &FakeEntra, token_file: &Path) -> String {
     secret_config(entra, "").replace(
