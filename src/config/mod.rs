@@ -36,6 +36,8 @@ pub const DEV_CLIENT_ID: &str = "d0000000-0000-0000-0000-000000000001";
 pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
 /// Path of the IMDS flavour (fixed: clients hard-code it).
 pub const IMDS_PATH: &str = "/metadata/identity/oauth2/token";
+/// Upper bound of the connection timeouts (`server.*_timeout_secs`).
+const MAX_CONNECTION_TIMEOUT_SECS: u64 = 86_400;
 
 /// A configuration problem: which key, set where, and what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +84,12 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub max_header_bytes: usize,
     pub max_uri_bytes: usize,
+    /// Longest a response write may wait without progress before the connection is closed.
+    pub write_timeout_secs: u64,
+    /// Longest a kept-alive connection may sit idle between a response and the next request.
+    pub keep_alive_timeout_secs: u64,
+    /// Connections the admin listener serves at once, separately from `max_connections`.
+    pub admin_max_connections: usize,
 }
 
 /// How the IMDS flavour answers a request without `Metadata: true` (protocols.md 2.5).
@@ -426,9 +434,23 @@ impl Validator<'_> {
             ("server.request_timeout_secs", raw.request_timeout_secs as usize),
             ("server.header_read_timeout_secs", raw.header_read_timeout_secs as usize),
             ("server.max_connections", raw.max_connections),
+            ("server.write_timeout_secs", raw.write_timeout_secs as usize),
+            ("server.keep_alive_timeout_secs", raw.keep_alive_timeout_secs as usize),
+            ("server.admin_max_connections", raw.admin_max_connections),
         ] {
             if value == 0 {
                 return Err(self.error(key, "must be at least 1"));
+            }
+        }
+        // Connection deadlines are instants computed by adding these to the clock, which
+        // overflows (and panics) for absurd values; a day is far beyond any useful setting.
+        for (key, value) in [
+            ("server.header_read_timeout_secs", raw.header_read_timeout_secs),
+            ("server.write_timeout_secs", raw.write_timeout_secs),
+            ("server.keep_alive_timeout_secs", raw.keep_alive_timeout_secs),
+        ] {
+            if value > MAX_CONNECTION_TIMEOUT_SECS {
+                return Err(self.error(key, format!("must be at most {MAX_CONNECTION_TIMEOUT_SECS} seconds (a day)")));
             }
         }
         if raw.max_header_bytes < 8192 {
@@ -451,6 +473,9 @@ impl Validator<'_> {
             max_connections: raw.max_connections,
             max_header_bytes: raw.max_header_bytes,
             max_uri_bytes: raw.max_uri_bytes,
+            write_timeout_secs: raw.write_timeout_secs,
+            keep_alive_timeout_secs: raw.keep_alive_timeout_secs,
+            admin_max_connections: raw.admin_max_connections,
         })
     }
 

@@ -41,6 +41,9 @@ pub struct RawServer {
     pub max_connections: usize,
     pub max_header_bytes: usize,
     pub max_uri_bytes: usize,
+    pub write_timeout_secs: u64,
+    pub keep_alive_timeout_secs: u64,
+    pub admin_max_connections: usize,
 }
 
 impl Default for RawServer {
@@ -60,6 +63,9 @@ impl Default for RawServer {
             max_connections: 1024,
             max_header_bytes: 16 * 1024,
             max_uri_bytes: 8 * 1024,
+            write_timeout_secs: 5,
+            keep_alive_timeout_secs: 60,
+            admin_max_connections: 64,
         }
     }
 }

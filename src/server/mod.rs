@@ -2,6 +2,7 @@
 //! development issuer's discovery documents. Knows nothing of credentials.
 
 mod app_service;
+mod connection;
 mod endpoints;
 mod error;
 mod health;
@@ -29,6 +30,7 @@ pub use state::AppState;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use self::connection::{Activity, Deadlines, Timeouts, Tracked};
 use crate::config::ServerConfig;
 
 /// The token listener's service: the token flavours the configuration enables, health and
@@ -71,8 +73,14 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Longest request target (path and query); longer gets 414.
     pub max_uri_bytes: usize,
-    /// Time a client has to send its request head; slower clients are disconnected.
+    /// Time a client has to send a request head, counted from its first byte (from the
+    /// connection's start for the first request); slower clients are disconnected.
     pub header_read_timeout: Duration,
+    /// Time a response write may wait without progress (a peer that does not read);
+    /// the connection is then closed.
+    pub write_timeout: Duration,
+    /// Time a kept-alive connection may sit idle between a response and the next request.
+    pub keep_alive_timeout: Duration,
     /// How long requests in flight may finish after shutdown starts.
     pub grace: Duration,
 }
@@ -99,7 +107,7 @@ impl Server {
     /// requests up to the grace period to finish.
     ///
     /// The accept loop is ours rather than `axum::serve`'s so that the connection limit, the
-    /// head-size limit and the header read timeout (hyper's, which needs a timer) apply.
+    /// head-size limit and the connection deadlines (`connection::Deadlines`) apply.
     pub async fn run(
         self,
         endpoints: Endpoints,
@@ -109,9 +117,17 @@ impl Server {
         let service = TowerToHyperService::new(endpoints);
         let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
         let graceful = GracefulShutdown::new();
+        let timeouts = Timeouts {
+            write: limits.write_timeout,
+            keep_alive: limits.keep_alive_timeout,
+            header_read: limits.header_read_timeout,
+        };
         let mut http = http1::Builder::new();
+        // hyper's header timer starts when it begins waiting for a head, so on a kept-alive
+        // connection it counts the idle time too. `Deadlines` keeps the two apart; hyper's
+        // timer stays as a backstop set past both, so it never fires first.
         http.timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
+            .header_read_timeout(limits.header_read_timeout + limits.keep_alive_timeout)
             .max_buf_size(limits.max_header_bytes.max(MIN_HEAD_BUFFER))
             .keep_alive(true);
         tokio::pin!(shutdown);
@@ -133,7 +149,9 @@ impl Server {
                 },
                 () = &mut shutdown => break,
             };
-            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+            let activity = Arc::new(Activity::default());
+            let io = TokioIo::new(Deadlines::new(stream, timeouts, Arc::clone(&activity)));
+            let connection = graceful.watch(http.serve_connection(io, Tracked::new(service.clone(), activity)));
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
                     tracing::debug!(%error, "connection ended with an error");
