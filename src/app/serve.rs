@@ -91,7 +91,7 @@ pub(super) async fn serve(config: Config) -> ExitCode {
 
     let metrics = if config.telemetry.metrics {
         match crate::telemetry::metrics::install() {
-            Ok(handle) => Some(handle),
+            Ok(handle) => Some(crate::telemetry::metrics::Exposition::new(handle)),
             Err(error) => {
                 tracing::warn!(%error, "metrics disabled: cannot install the recorder");
                 None
