@@ -7,6 +7,7 @@ mod app_service;
 mod cache;
 mod certificates;
 mod cli;
+mod connections;
 mod credentials;
 mod dev;
 mod faults;
