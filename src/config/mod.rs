@@ -86,7 +86,8 @@ pub struct ServerConfig {
     pub max_uri_bytes: usize,
     /// Longest a response write may wait without progress before the connection is closed.
     pub write_timeout_secs: u64,
-    /// Longest a kept-alive connection may sit idle between a response and the next request.
+    /// Longest a connection may wait for its next request (after the previous response, or
+    /// after being accepted) before it is closed.
     pub keep_alive_timeout_secs: u64,
     /// Connections the admin listener serves at once, separately from `max_connections`.
     pub admin_max_connections: usize,

@@ -1,35 +1,38 @@
-//! Per-connection deadlines: a response write that makes no progress, a kept-alive connection
-//! that sits idle, and a request head that arrives too slowly each end the connection.
+//! Per-connection deadlines and slots: a response write that makes no progress and a request
+//! head that arrives too slowly each end the connection, and a full listener closes a
+//! connection that holds its slot without using it to make room for a new one.
 //!
 //! hyper has no write deadline: a peer that pipelines requests and never reads the answers
 //! fills the socket's send buffer, and hyper then waits on the write for as long as the peer
 //! keeps the connection open, holding a connection slot and the connection's buffers. Enough
 //! such peers take every slot of a listener. And hyper's header-read timer starts when it
-//! begins waiting for a head, so it counts a kept-alive connection's idle time as part of the
-//! next head's and the two cannot be set apart.
+//! begins waiting for a head, so on a kept-alive connection it counts the idle time before a
+//! request as well as the request's head. The server sets that timer to the keep-alive timeout
+//! (it then bounds the wait for each request) and [`Deadlines`] bounds the head itself.
 //!
 //! [`Deadlines`] wraps the accepted socket. Its write side starts a timer when a write returns
 //! `Pending` and fails the write with `TimedOut` when the timer fires before the write makes
-//! progress. Its read side tells the phases of an HTTP/1.1 connection apart with the help of
-//! [`Activity`], which the service wrapper [`Tracked`] keeps: while the service answers a
-//! request the connection is busy (the handler's own timeout bounds that); after the response
-//! it is idle until the first byte of the next request; from that byte until the service sees
-//! the complete head it is reading a head. A fresh connection starts out reading a head, so a
-//! peer that connects and sends nothing gets the head timeout.
+//! progress. Its read side knows, from the [`Activity`] that the service wrapper [`Tracked`]
+//! keeps, when a request has begun; bytes read after that (with no request in progress) start
+//! the next head, which must then be complete within the header read timeout. A fresh
+//! connection starts out reading a head, so a peer that connects and sends nothing gets the
+//! header read timeout too.
 //!
-//! Cost on the hot path: a successful read or write only compares counters; the clock is
-//! read once per idle period (when the first read after a response returns `Pending`), and a
-//! timer exists per connection (allocated on its first `Pending`) and is moved only when it
-//! fires early or must fire earlier, never on each request.
+//! Cost on the hot path: a successful read or write compares a counter or two; a read that
+//! finds nothing while idle or busy does the same. The clock and a timer (one per connection,
+//! allocated when first needed and moved rather than reallocated) come into play only when a
+//! write waits or a head arrives in pieces.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
 
 /// The deadlines of one connection.
@@ -37,32 +40,175 @@ use tokio::time::{Instant, Sleep};
 pub struct Timeouts {
     /// Longest a write may stay pending without progress.
     pub write: Duration,
-    /// Longest the connection may wait, after a response, for the next request to begin.
-    pub keep_alive: Duration,
     /// Longest a request head may take from its first byte (or from the connection's start
     /// for the first request) until it is complete.
     pub header_read: Duration,
 }
 
-/// What the service has done on one connection, shared by [`Tracked`] and [`Deadlines`].
+/// What one connection is doing, shared by [`Tracked`], [`Deadlines`] and the listener's
+/// [`Connections`].
 ///
-/// Both live in the connection's task, so plain counters would do; atomics make the pair
-/// `Send` + `Sync` as the spawned task requires, at the price of uncontended increments.
-#[derive(Debug, Default)]
+/// The first two live in the connection's task, so plain counters would do for them; atomics
+/// make the state `Send` + `Sync` as the spawned task and the registry require, at the price of
+/// uncontended increments.
+#[derive(Debug)]
 pub struct Activity {
     /// Requests handed to the service.
     started: AtomicU64,
     /// Of those, requests whose response future completed or was dropped.
     finished: AtomicU64,
+    /// When the pending write began to wait, in milliseconds since `epoch` plus one; 0 while
+    /// writes complete. Written only when a write starts or stops waiting.
+    write_stalled: AtomicU64,
+    /// The listener's reference instant, so that stall times compare across connections.
+    epoch: Instant,
+    /// When the connection was accepted.
+    accepted: Instant,
+    /// Set once the connection is chosen to make room.
+    evicted: AtomicBool,
+    /// Ends the connection's task (closing the socket and freeing the slot); set once the
+    /// task is spawned. Aborting costs the task nothing until it happens, unlike a signal
+    /// the task would poll alongside the connection.
+    task: OnceLock<AbortHandle>,
 }
 
 impl Activity {
+    fn new(epoch: Instant) -> Self {
+        Self {
+            started: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
+            write_stalled: AtomicU64::new(0),
+            epoch,
+            accepted: Instant::now(),
+            evicted: AtomicBool::new(false),
+            task: OnceLock::new(),
+        }
+    }
+
     fn started(&self) -> u64 {
         self.started.load(Ordering::Acquire)
     }
 
     fn busy(&self) -> bool {
         self.finished.load(Ordering::Acquire) != self.started.load(Ordering::Acquire)
+    }
+
+    /// Records the task serving the connection, so that it can be ended to make room.
+    pub fn set_task(&self, task: AbortHandle) {
+        let task = self.task.get_or_init(|| task);
+        // Chosen before its task was recorded: end it now.
+        if self.evicted.load(Ordering::Acquire) {
+            task.abort();
+        }
+    }
+
+    fn evict(&self) {
+        self.evicted.store(true, Ordering::Release);
+        if let Some(task) = self.task.get() {
+            task.abort();
+        }
+    }
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self::new(Instant::now())
+    }
+}
+
+/// The live connections of one listener. When every slot is taken, one connection that holds
+/// its slot without using it is closed to make room for the newcomer (as a web server drops
+/// idle keep-alive connections when it runs out of them): a flood of peers that stall, idle
+/// or dawdle over their heads then delays a new client by moments rather than by the
+/// deadlines that would otherwise free a slot, which matters for the kubelet's probes.
+pub struct Connections {
+    epoch: Instant,
+    /// By accept order, so that the oldest candidate is found first.
+    live: Mutex<BTreeMap<u64, Arc<Activity>>>,
+    next_id: AtomicU64,
+}
+
+impl Connections {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self { epoch: Instant::now(), live: Mutex::new(BTreeMap::new()), next_id: AtomicU64::new(0) })
+    }
+
+    /// Records a new connection; it is forgotten when the returned registration is dropped.
+    pub fn register(self: &Arc<Self>) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let activity = Arc::new(Activity::new(self.epoch));
+        self.live.lock().expect("never poisoned").insert(id, Arc::clone(&activity));
+        Registration { id, activity, connections: Arc::clone(self) }
+    }
+
+    /// Chooses one connection and ends its task, so that a new one can be served; `false`
+    /// when every connection is in use. In order of preference:
+    ///
+    /// 1. the one whose response write has waited longest (its peer does not read);
+    /// 2. one that has sent no complete request in the [`SILENT_GRACE`] since it was
+    ///    accepted (silent, or sending its head slowly), the oldest first;
+    /// 3. one with no request in progress after at least one, idle between requests or
+    ///    sending its next head, the oldest first.
+    ///
+    /// A connection whose request is being answered, with its writes making progress, is
+    /// never chosen, nor one accepted moments ago that has yet to send its request.
+    pub fn evict_one(&self) -> bool {
+        let now = Instant::now();
+        let live = self.live.lock().expect("never poisoned");
+        let candidates = || live.values().filter(|a| !a.evicted.load(Ordering::Acquire));
+        let stalled = candidates()
+            .filter_map(|a| match a.write_stalled.load(Ordering::Acquire) {
+                0 => None,
+                since => Some((since, a)),
+            })
+            .min_by_key(|(since, _)| *since)
+            .map(|(_, a)| a);
+        let unused = |a: &&Arc<Activity>| !a.busy() && a.write_stalled.load(Ordering::Acquire) == 0;
+        let silent = |a: &&Arc<Activity>| a.started() == 0 && now.duration_since(a.accepted) >= SILENT_GRACE;
+        let victim = stalled
+            .or_else(|| candidates().filter(unused).find(silent))
+            .or_else(|| candidates().filter(unused).find(|a| a.started() > 0));
+        match victim {
+            Some(activity) => {
+                tracing::debug!(
+                    stalled = activity.write_stalled.load(Ordering::Acquire) != 0,
+                    requests = activity.started(),
+                    "listener full: closing a connection that holds its slot without using it"
+                );
+                activity.evict();
+                true
+            }
+            None => false,
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.live.lock().expect("never poisoned").len()
+    }
+}
+
+/// How long a new connection may take to send its first request before a full listener may
+/// close it to make room: a client sends its request as soon as it has connected, so only a
+/// peer that holds the connection without using it is still silent after this.
+pub const SILENT_GRACE: Duration = Duration::from_secs(1);
+
+/// A connection's entry in [`Connections`], removed when dropped (when its task ends).
+pub struct Registration {
+    id: u64,
+    activity: Arc<Activity>,
+    connections: Arc<Connections>,
+}
+
+impl Registration {
+    pub fn activity(&self) -> &Arc<Activity> {
+        &self.activity
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.connections.live.lock().expect("never poisoned").remove(&self.id);
     }
 }
 
@@ -121,17 +267,14 @@ impl<F: Future + Unpin> Future for TrackedFuture<F> {
     }
 }
 
-/// Where the read side of a connection is, as far as its deadlines go.
+/// Where the read side of a connection is, as far as its deadline goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
-    /// A request was handed to the service since the phase was last looked at (or a write
-    /// made progress after the connection went idle); the idle time starts at the next read
-    /// that finds nothing.
+    /// A request has begun since the phase was last looked at: the connection is busy with
+    /// it, or idle after it (hyper's header timer bounds that wait).
     Answered,
-    /// Nothing has arrived since the last response; `since` is when that was noticed.
-    Idle { since: Instant },
-    /// Part of a request head has arrived; `since` is set at the first read that then finds
-    /// nothing more, so a head that arrives whole never reads the clock.
+    /// A head is arriving (on a fresh connection: expected). `since` is set at the first read
+    /// that finds nothing more, so a head that arrives whole never reads the clock.
     Head { since: Option<Instant> },
 }
 
@@ -166,7 +309,17 @@ impl<T> Deadlines<T> {
     /// A write returned `Pending`: fails it once it has waited `timeouts.write` without
     /// progress.
     fn write_stalled<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
-        let since = *self.write_pending_since.get_or_insert_with(Instant::now);
+        let since = match self.write_pending_since {
+            Some(since) => since,
+            None => {
+                let now = Instant::now();
+                self.write_pending_since = Some(now);
+                // Published for `Connections::evict_one`; plus one, as 0 means "not waiting".
+                let millis = u64::try_from(now.duration_since(self.activity.epoch).as_millis()).unwrap_or(u64::MAX - 1);
+                self.activity.write_stalled.store(millis + 1, Ordering::Release);
+                now
+            }
+        };
         if self.write_timer.poll_expired(since + self.timeouts.write, cx) {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -176,14 +329,10 @@ impl<T> Deadlines<T> {
         Poll::Pending
     }
 
-    /// A write or flush completed; `wrote` says whether it wrote anything (hyper flushes on
-    /// every turn of its loop, with or without data).
-    fn write_progressed(&mut self, wrote: bool) {
-        self.write_pending_since = None;
-        // Idle time counts from the end of the last response, not from a read that happened
-        // while that response was still being written.
-        if wrote && let Phase::Idle { .. } = self.phase {
-            self.phase = Phase::Answered;
+    /// A write or flush completed.
+    fn write_progressed(&mut self) {
+        if self.write_pending_since.take().is_some() {
+            self.activity.write_stalled.store(0, Ordering::Release);
         }
     }
 }
@@ -198,45 +347,31 @@ impl<T: AsyncRead + Unpin> AsyncRead for Deadlines<T> {
             this.requests_seen = started;
             this.phase = Phase::Answered;
         }
-        let busy = this.activity.busy();
         match result {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                // Bytes between requests begin the next request's head (while busy they are
-                // the current request's body, or a pipelined request hyper reads later).
-                if !busy && !matches!(this.phase, Phase::Head { .. }) {
+            // Bytes with no request in progress begin the next head (while busy they are the
+            // current request's body, or a pipelined request that hyper parses later).
+            Poll::Ready(Ok(())) if this.phase == Phase::Answered && buf.filled().len() > before => {
+                if !this.activity.busy() {
                     this.phase = Phase::Head { since: None };
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending if !busy && this.write_pending_since.is_none() => {
-                let (deadline, idle) = match this.phase {
-                    Phase::Answered => {
-                        let now = Instant::now();
-                        this.phase = Phase::Idle { since: now };
-                        (now + this.timeouts.keep_alive, true)
+            Poll::Pending => {
+                // While a write waits, the write deadline bounds the connection.
+                if let Phase::Head { since } = &mut this.phase
+                    && this.write_pending_since.is_none()
+                    && !this.activity.busy()
+                {
+                    let deadline = *since.get_or_insert_with(Instant::now) + this.timeouts.header_read;
+                    if this.read_timer.poll_expired(deadline, cx) {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the request head did not arrive within the header read timeout",
+                        )));
                     }
-                    Phase::Idle { since } => (since + this.timeouts.keep_alive, true),
-                    Phase::Head { since: None } => {
-                        let now = Instant::now();
-                        this.phase = Phase::Head { since: Some(now) };
-                        (now + this.timeouts.header_read, false)
-                    }
-                    Phase::Head { since: Some(since) } => (since + this.timeouts.header_read, false),
-                };
-                if !this.read_timer.poll_expired(deadline, cx) {
-                    return Poll::Pending;
                 }
-                if idle {
-                    // End of stream: hyper closes an idle connection quietly.
-                    Poll::Ready(Ok(()))
-                } else {
-                    Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the request head did not arrive within the header read timeout",
-                    )))
-                }
+                Poll::Pending
             }
-            // Busy: the handler's timeout bounds the wait. Writing: the write deadline does.
             other => other,
         }
     }
@@ -246,7 +381,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Deadlines<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match Pin::new(&mut self.io).poll_write(cx, buf) {
             Poll::Ready(result) => {
-                self.write_progressed(matches!(result, Ok(n) if n > 0));
+                self.write_progressed();
                 Poll::Ready(result)
             }
             Poll::Pending => self.write_stalled(cx),
@@ -260,7 +395,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Deadlines<T> {
     ) -> Poll<io::Result<usize>> {
         match Pin::new(&mut self.io).poll_write_vectored(cx, bufs) {
             Poll::Ready(result) => {
-                self.write_progressed(matches!(result, Ok(n) if n > 0));
+                self.write_progressed();
                 Poll::Ready(result)
             }
             Poll::Pending => self.write_stalled(cx),
@@ -274,7 +409,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Deadlines<T> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match Pin::new(&mut self.io).poll_flush(cx) {
             Poll::Ready(result) => {
-                self.write_progressed(false);
+                self.write_progressed();
                 Poll::Ready(result)
             }
             Poll::Pending => self.write_stalled(cx),
@@ -321,11 +456,7 @@ mod tests {
 
     use super::*;
 
-    const TIMEOUTS: Timeouts = Timeouts {
-        write: Duration::from_secs(5),
-        keep_alive: Duration::from_secs(60),
-        header_read: Duration::from_secs(10),
-    };
+    const TIMEOUTS: Timeouts = Timeouts { write: Duration::from_secs(5), header_read: Duration::from_secs(10) };
 
     /// A connection over an in-memory pipe whose buffer holds `capacity` bytes each way, so
     /// that a peer that does not read makes writes pend as a full socket buffer does.
@@ -371,39 +502,21 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_idle_connection_ends_after_the_keep_alive_timeout() {
+    async fn an_idle_connection_has_no_read_deadline_of_its_own() {
+        // hyper's header timer, set to the keep-alive timeout, closes it; requests on a
+        // kept-alive connection never touch the clock or a timer here.
         let (mut server, mut peer, activity) = connection(1024);
-        peer.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        let mut head = [0; 18];
-        server.read_exact(&mut head).await.unwrap();
-        answer(&activity);
-        server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
-        let start = Instant::now();
-        let mut rest = Vec::new();
-        server.read_to_end(&mut rest).await.expect("the idle connection reads as ended");
-        assert!(rest.is_empty());
-        assert_eq!(start.elapsed(), TIMEOUTS.keep_alive);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn flushes_without_data_do_not_restart_the_idle_time() {
-        let (mut server, _peer, activity) = connection(1024);
-        answer(&activity);
-        server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
-        let start = Instant::now();
-        let mut byte = [0; 1];
-        for _ in 0..20 {
-            match tokio::time::timeout(Duration::from_secs(7), server.read(&mut byte)).await {
-                Ok(read) => {
-                    assert_eq!(read.unwrap(), 0, "end of stream");
-                    assert_eq!(start.elapsed(), TIMEOUTS.keep_alive);
-                    return;
-                }
-                // hyper flushes on every turn of its loop, whether or not it wrote.
-                Err(_) => server.flush().await.unwrap(),
-            }
+        for _ in 0..3 {
+            peer.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            let mut head = [0; 18];
+            server.read_exact(&mut head).await.unwrap();
+            answer(&activity);
+            server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+            let mut byte = [0; 1];
+            let idle = tokio::time::timeout(Duration::from_secs(120), server.read(&mut byte)).await;
+            assert!(idle.is_err(), "still waiting after 120 s");
         }
-        panic!("the idle connection was not ended");
+        assert!(server.read_timer.0.is_none() && server.write_timer.0.is_none());
     }
 
     #[tokio::test(start_paused = true)]
@@ -446,22 +559,6 @@ mod tests {
         assert_eq!(server.read(&mut byte).await.unwrap(), 1);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn requests_keep_a_connection_open_past_the_keep_alive_timeout() {
-        let (mut server, mut peer, activity) = connection(1024);
-        let mut buf = [0; 4];
-        answer(&activity);
-        // A request every 40 s, for 200 s: each idle gap is shorter than the timeout.
-        for _ in 0..5 {
-            let gap = tokio::time::timeout(Duration::from_secs(40), server.read(&mut buf)).await;
-            assert!(gap.is_err());
-            peer.write_all(b"GET ").await.unwrap();
-            server.read_exact(&mut buf).await.unwrap();
-            answer(&activity);
-            server.write_all(b"ok").await.unwrap();
-        }
-    }
-
     #[tokio::test]
     async fn a_head_that_arrives_whole_never_arms_a_timer() {
         // Covers the invariant the hot path relies on: reading an available request does not
@@ -472,6 +569,87 @@ mod tests {
         server.read_exact(&mut head).await.unwrap();
         assert!(server.read_timer.0.is_none() && server.write_timer.0.is_none());
         assert_eq!(server.phase, Phase::Head { since: None });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_listener_closes_the_longest_stalled_then_a_silent_then_an_idle_connection() {
+        let connections = Connections::new();
+        let idle = connections.register();
+        answer(idle.activity());
+        let busy = connections.register();
+        busy.activity().started.fetch_add(1, Ordering::AcqRel);
+        let silent = connections.register();
+        let stalled_later = connections.register();
+        stalled_later.activity().write_stalled.store(20, Ordering::Release);
+        let stalled_first = connections.register();
+        stalled_first.activity().write_stalled.store(10, Ordering::Release);
+        // A request in progress whose response write waits counts as stalled.
+        stalled_first.activity().started.fetch_add(1, Ordering::AcqRel);
+        tokio::time::advance(SILENT_GRACE).await;
+        // Accepted just now: it has yet to send its request.
+        let newcomer = connections.register();
+
+        let named = [
+            ("idle", &idle),
+            ("busy", &busy),
+            ("silent", &silent),
+            ("stalled later", &stalled_later),
+            ("stalled first", &stalled_first),
+        ];
+        let mut order = Vec::new();
+        while connections.evict_one() {
+            let newly = named
+                .iter()
+                .filter(|(name, r)| r.activity().evicted.load(Ordering::Acquire) && !order.contains(name))
+                .map(|(name, _)| *name)
+                .collect::<Vec<_>>();
+            assert_eq!(newly.len(), 1, "one connection per call: {newly:?}");
+            order.push(newly[0]);
+        }
+        assert_eq!(order, ["stalled first", "stalled later", "silent", "idle"]);
+        assert!(!busy.activity().evicted.load(Ordering::Acquire), "a request in progress is never cut off");
+        assert!(!newcomer.activity().evicted.load(Ordering::Acquire), "a newcomer gets time to send its request");
+        assert_eq!(connections.len(), 6);
+        drop(idle);
+        assert_eq!(connections.len(), 5, "a connection is forgotten when its task ends");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_chosen_connection_s_task_is_ended() {
+        let connections = Connections::new();
+        let silent = connections.register();
+        let task = tokio::spawn(std::future::pending::<()>());
+        silent.activity().set_task(task.abort_handle());
+        assert!(!connections.evict_one(), "not within its first second");
+        tokio::time::advance(SILENT_GRACE).await;
+        assert!(connections.evict_one());
+        assert!(task.await.unwrap_err().is_cancelled());
+        assert!(!connections.evict_one(), "a connection is chosen once");
+
+        // Chosen before its task was recorded: the task is ended as soon as it is.
+        let early = connections.register();
+        tokio::time::advance(SILENT_GRACE).await;
+        assert!(connections.evict_one());
+        let task = tokio::spawn(std::future::pending::<()>());
+        early.activity().set_task(task.abort_handle());
+        assert!(task.await.unwrap_err().is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_write_is_visible_to_the_listener_until_it_progresses() {
+        let (mut server, mut peer, activity) = connection(16);
+        server.write_all(&[0; 16]).await.unwrap();
+        assert_eq!(activity.write_stalled.load(Ordering::Acquire), 0);
+        let write = tokio::spawn(async move {
+            server.write_all(b"more").await.unwrap();
+            server
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_ne!(activity.write_stalled.load(Ordering::Acquire), 0, "the pending write is published");
+        let mut chunk = [0; 16];
+        peer.read_exact(&mut chunk).await.unwrap();
+        write.await.unwrap();
+        assert_eq!(activity.write_stalled.load(Ordering::Acquire), 0, "cleared on progress");
     }
 
     /// A service whose answers never come.

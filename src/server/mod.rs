@@ -28,9 +28,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 pub use state::AppState;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use self::connection::{Activity, Deadlines, Timeouts, Tracked};
+use self::connection::{Connections, Deadlines, Timeouts, Tracked};
 use crate::config::ServerConfig;
 
 /// The token listener's service: the token flavours the configuration enables, health and
@@ -67,7 +67,8 @@ pub fn admin_endpoints(state: AppState, server: &ServerConfig) -> Endpoints {
 /// client can hold, before any request reaches the router.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Connections served at once; further ones wait in the kernel's accept queue.
+    /// Connections served at once. A further one takes the slot of a connection that holds it
+    /// without using it (stalled, idle or silent), or else waits in the kernel's accept queue.
     pub max_connections: usize,
     /// Largest request head (request line and headers); larger gets 431.
     pub max_header_bytes: usize,
@@ -79,7 +80,8 @@ pub struct Limits {
     /// Time a response write may wait without progress (a peer that does not read);
     /// the connection is then closed.
     pub write_timeout: Duration,
-    /// Time a kept-alive connection may sit idle between a response and the next request.
+    /// Time a connection may wait for its next request (after the previous response, or for
+    /// a new connection after it was accepted) before it is closed.
     pub keep_alive_timeout: Duration,
     /// How long requests in flight may finish after shutdown starts.
     pub grace: Duration,
@@ -117,25 +119,19 @@ impl Server {
         let service = TowerToHyperService::new(endpoints);
         let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
         let graceful = GracefulShutdown::new();
-        let timeouts = Timeouts {
-            write: limits.write_timeout,
-            keep_alive: limits.keep_alive_timeout,
-            header_read: limits.header_read_timeout,
-        };
+        let timeouts = Timeouts { write: limits.write_timeout, header_read: limits.header_read_timeout };
         let mut http = http1::Builder::new();
-        // hyper's header timer starts when it begins waiting for a head, so on a kept-alive
-        // connection it counts the idle time too. `Deadlines` keeps the two apart; hyper's
-        // timer stays as a backstop set past both, so it never fires first.
+        // hyper's header timer runs from the moment it waits for a request (the connection's
+        // start, or the end of the previous response) until the head is complete: set to the
+        // keep-alive timeout, it bounds how long a connection waits for each request.
+        // `Deadlines` bounds the head itself, from its first byte.
         http.timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout + limits.keep_alive_timeout)
+            .header_read_timeout(limits.keep_alive_timeout)
             .max_buf_size(limits.max_header_bytes.max(MIN_HEAD_BUFFER))
             .keep_alive(true);
+        let connections = Connections::new();
         tokio::pin!(shutdown);
         loop {
-            let permit = tokio::select! {
-                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-                () = &mut shutdown => break,
-            };
             let stream = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _peer)) => stream,
@@ -149,15 +145,32 @@ impl Server {
                 },
                 () = &mut shutdown => break,
             };
-            let activity = Arc::new(Activity::default());
+            let permit = match permits.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                // Every slot is taken: close a connection that holds one without using it,
+                // or else wait (further connections wait in the kernel's accept queue).
+                Err(_) => tokio::select! {
+                    permit = make_room(&permits, &connections) => permit,
+                    () = &mut shutdown => break,
+                },
+            };
+            let registration = connections.register();
+            let activity = Arc::clone(registration.activity());
             let io = TokioIo::new(Deadlines::new(stream, timeouts, Arc::clone(&activity)));
-            let connection = graceful.watch(http.serve_connection(io, Tracked::new(service.clone(), activity)));
-            tokio::spawn(async move {
+            let connection =
+                graceful.watch(http.serve_connection(io, Tracked::new(service.clone(), Arc::clone(&activity))));
+            let task = tokio::spawn(async move {
                 if let Err(error) = connection.await {
-                    tracing::debug!(%error, "connection ended with an error");
+                    // hyper's message is generic ("connection error"); the cause says which
+                    // deadline or peer error ended the connection.
+                    let cause = std::error::Error::source(&error).map(tracing::field::display);
+                    tracing::debug!(%error, cause, "connection ended with an error");
                 }
-                drop(permit);
+                // Dropped with the task also when it is aborted to make room: the slot is
+                // freed either way.
+                drop((registration, permit));
             });
+            activity.set_task(task.abort_handle());
         }
         drop(listener);
         tracing::info!("shutting down: no new connections; finishing requests in flight");
@@ -170,6 +183,22 @@ impl Server {
         Ok(())
     }
 }
+
+/// Waits for a free slot, closing a connection that holds one without using it (see
+/// [`Connections::evict_one`]) whenever there is one. A connection can become such a one at
+/// any moment (its peer stops reading), so the search is repeated while no slot frees up.
+async fn make_room(permits: &Arc<Semaphore>, connections: &Connections) -> OwnedSemaphorePermit {
+    loop {
+        connections.evict_one();
+        tokio::select! {
+            permit = permits.clone().acquire_owned() => return permit.expect("the semaphore is never closed"),
+            () = tokio::time::sleep(EVICTION_RETRY) => {}
+        }
+    }
+}
+
+/// How often a full listener looks again for a connection to close.
+const EVICTION_RETRY: Duration = Duration::from_millis(100);
 
 /// hyper refuses a read buffer smaller than this.
 const MIN_HEAD_BUFFER: usize = 8192;
