@@ -95,6 +95,18 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn stalled_readers_are_disconnected_after_the_write_timeout() {
+    let entra = FakeEntra::start().await;
+    // Fewer stalled peers than slots: nothing needs their slots, only the write timeout ends
+    // them.
+    let relay = TestRelay::serve(&config(&entra, "max_connections = 4\nwrite_timeout_secs = 1"), &[]).await;
+    let start = Instant::now();
+    let readers = stalled_readers(addr(&relay.base_url), "/metrics", 2).await;
+    all_disconnected(readers, Duration::from_secs(20)).await;
+    assert!(start.elapsed() >= Duration::from_secs(1), "not before the write timeout");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn stalled_readers_are_disconnected_and_do_not_starve_other_clients() {
     let entra = FakeEntra::start().await;
     let toml = config(&entra, "max_connections = 4\nwrite_timeout_secs = 1\nadmin_listen = \"127.0.0.1:0\"");
