@@ -27,7 +27,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 pub use state::AppState;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use self::connection::{Connections, Deadlines, Timeouts, Tracked};
@@ -96,7 +96,16 @@ pub struct Server {
 impl Server {
     /// Binds `addr` (port 0 picks a free port; see [`Server::local_addr`]).
     pub async fn bind(addr: SocketAddr, limits: Limits) -> io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        // As `TcpListener::bind` does: a restarted relay can bind at once.
+        socket.set_reuseaddr(true)?;
+        // Accepted connections inherit these. Without them Linux grows a connection's send
+        // buffer to 4 MiB when its peer does not read, and that kernel memory is charged to the
+        // pod: 64 stalled admin connections would hold 256 MiB until the write timeout.
+        socket.set_send_buffer_size(SOCKET_BUFFER_BYTES)?;
+        socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(LISTEN_BACKLOG)?;
         Ok(Self { listener, limits })
     }
 
@@ -199,6 +208,16 @@ async fn make_room(permits: &Arc<Semaphore>, connections: &Connections) -> Owned
 
 /// How often a full listener looks again for a connection to close.
 const EVICTION_RETRY: Duration = Duration::from_millis(100);
+
+/// Socket buffer size asked for each connection, each way (Linux doubles it for its own
+/// bookkeeping). Far above the largest answer on the hot path (a token, about 1.2 KiB); a larger
+/// `/metrics` text takes a few round trips more, which on loopback or the pod network is
+/// nothing.
+const SOCKET_BUFFER_BYTES: u32 = 32 * 1024;
+
+/// Connections the kernel completes and queues while every slot is taken (what
+/// `TcpListener::bind` uses).
+const LISTEN_BACKLOG: u32 = 128;
 
 /// hyper refuses a read buffer smaller than this.
 const MIN_HEAD_BUFFER: usize = 8192;

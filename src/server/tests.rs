@@ -87,3 +87,39 @@ proptest! {
         }
     }
 }
+
+/// A peer that does not read holds at most the socket buffers the listener sets, not the
+/// megabytes Linux grows a send buffer to by default.
+#[tokio::test]
+async fn a_stalled_peer_holds_bounded_socket_buffers() {
+    let limits = super::Limits {
+        max_connections: 1,
+        max_header_bytes: 16 * 1024,
+        max_uri_bytes: 8 * 1024,
+        header_read_timeout: std::time::Duration::from_secs(10),
+        write_timeout: std::time::Duration::from_secs(5),
+        keep_alive_timeout: std::time::Duration::from_secs(60),
+        grace: std::time::Duration::from_secs(1),
+    };
+    let server = super::Server::bind("127.0.0.1:0".parse().unwrap(), limits).await.unwrap();
+    let peer = tokio::net::TcpSocket::new_v4().unwrap();
+    peer.set_recv_buffer_size(4096).unwrap();
+    let _peer = peer.connect(server.local_addr().unwrap()).await.unwrap();
+    let (accepted, _) = server.listener.accept().await.unwrap();
+    // Write until the kernel takes no more for a while: the peer never reads.
+    let chunk = [0u8; 16 * 1024];
+    let mut written = 0;
+    while tokio::time::timeout(std::time::Duration::from_millis(300), accepted.writable()).await.is_ok() {
+        match accepted.try_write(&chunk) {
+            Ok(n) => written += n,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => panic!("{error}"),
+        }
+        assert!(written < 64 * 1024 * 1024, "the kernel kept taking data");
+    }
+    let socket = tokio::net::TcpSocket::from_std_stream(accepted.into_std().unwrap());
+    let send_buffer = socket.send_buffer_size().unwrap();
+    // Linux doubles the size asked for; by default it grows a stalled send buffer to 4 MiB.
+    assert!(send_buffer <= 2 * super::SOCKET_BUFFER_BYTES, "send buffer {send_buffer} bytes");
+    assert!(written <= 512 * 1024, "{written} bytes were buffered for a peer that does not read");
+}
