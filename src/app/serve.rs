@@ -57,7 +57,7 @@ pub(super) async fn serve(config: Config) -> ExitCode {
     // loopback-only listener cannot answer: the admin listener serves health, readiness and
     // metrics (never tokens) on an address of its own.
     let admin = match config.server.admin_listen {
-        Some(admin_addr) => match Server::bind(admin_addr, limits(&config.server)).await {
+        Some(admin_addr) => match Server::bind(admin_addr, admin_limits(&config.server)).await {
             Ok(admin) => {
                 let bound = admin.local_addr().map_or_else(|_| admin_addr.to_string(), |a| a.to_string());
                 println!("admin (health, readiness, metrics) listening on http://{bound}");
@@ -91,7 +91,7 @@ pub(super) async fn serve(config: Config) -> ExitCode {
 
     let metrics = if config.telemetry.metrics {
         match crate::telemetry::metrics::install() {
-            Ok(handle) => Some(handle),
+            Ok(handle) => Some(crate::telemetry::metrics::Exposition::new(handle)),
             Err(error) => {
                 tracing::warn!(%error, "metrics disabled: cannot install the recorder");
                 None
@@ -150,8 +150,17 @@ fn limits(server: &config::ServerConfig) -> Limits {
         max_header_bytes: server.max_header_bytes,
         max_uri_bytes: server.max_uri_bytes,
         header_read_timeout: Duration::from_secs(server.header_read_timeout_secs),
+        write_timeout: Duration::from_secs(server.write_timeout_secs),
+        keep_alive_timeout: Duration::from_secs(server.keep_alive_timeout_secs),
         grace: Duration::from_secs(server.shutdown_grace_secs),
     }
+}
+
+/// The admin listener's limits: a connection limit of its own, small, because that listener
+/// faces the pod network and each connection it holds costs memory. Each listener has its own
+/// slots, so a flood of one never takes the other's.
+fn admin_limits(server: &config::ServerConfig) -> Limits {
+    Limits { max_connections: server.admin_max_connections, ..limits(server) }
 }
 
 /// A random 32-byte hex secret for the App Service flavour under `--dev`.

@@ -45,6 +45,8 @@ pub const DEV_CLIENT_ID: &str = "d0000000-0000-0000-0000-000000000001";
 pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
 /// Path of the IMDS flavour (fixed: clients hard-code it).
 pub const IMDS_PATH: &str = "/metadata/identity/oauth2/token";
+/// Upper bound of the connection timeouts (`server.*_timeout_secs`).
+const MAX_CONNECTION_TIMEOUT_SECS: u64 = 86_400;
 
 /// A configuration problem: which key, set where, and what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +99,13 @@ pub struct ServerConfig {
     /// brackets).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allowed_hosts: Vec<String>,
+    /// Longest a response write may wait without progress before the connection is closed.
+    pub write_timeout_secs: u64,
+    /// Longest a connection may wait for its next request (after the previous response, or
+    /// after being accepted) before it is closed.
+    pub keep_alive_timeout_secs: u64,
+    /// Connections the admin listener serves at once, separately from `max_connections`.
+    pub admin_max_connections: usize,
 }
 
 /// The shortest App Service header secret accepted. Anything that can reach the listener
@@ -521,9 +530,23 @@ impl Validator<'_> {
             ("server.request_timeout_secs", raw.request_timeout_secs as usize),
             ("server.header_read_timeout_secs", raw.header_read_timeout_secs as usize),
             ("server.max_connections", raw.max_connections),
+            ("server.write_timeout_secs", raw.write_timeout_secs as usize),
+            ("server.keep_alive_timeout_secs", raw.keep_alive_timeout_secs as usize),
+            ("server.admin_max_connections", raw.admin_max_connections),
         ] {
             if value == 0 {
                 return Err(self.error(key, "must be at least 1"));
+            }
+        }
+        // Connection deadlines are instants computed by adding these to the clock, which
+        // overflows (and panics) for absurd values; a day is far beyond any useful setting.
+        for (key, value) in [
+            ("server.header_read_timeout_secs", raw.header_read_timeout_secs),
+            ("server.write_timeout_secs", raw.write_timeout_secs),
+            ("server.keep_alive_timeout_secs", raw.keep_alive_timeout_secs),
+        ] {
+            if value > MAX_CONNECTION_TIMEOUT_SECS {
+                return Err(self.error(key, format!("must be at most {MAX_CONNECTION_TIMEOUT_SECS} seconds (a day)")));
             }
         }
         if raw.max_header_bytes < 8192 {
@@ -547,6 +570,9 @@ impl Validator<'_> {
             max_header_bytes: raw.max_header_bytes,
             max_uri_bytes: raw.max_uri_bytes,
             allowed_hosts: self.allowed_hosts(raw.allowed_hosts)?,
+            write_timeout_secs: raw.write_timeout_secs,
+            keep_alive_timeout_secs: raw.keep_alive_timeout_secs,
+            admin_max_connections: raw.admin_max_connections,
         })
     }
 

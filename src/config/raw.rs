@@ -41,6 +41,9 @@ pub struct RawServer {
     pub max_connections: usize,
     pub max_header_bytes: usize,
     pub max_uri_bytes: usize,
+    pub write_timeout_secs: u64,
+    pub keep_alive_timeout_secs: u64,
+    pub admin_max_connections: usize,
     /// Host names (and addresses) besides loopback that token requests may name in `Host`.
     /// A list, or one comma-separated string (what a `TOKENRELAY_SERVER__ALLOWED_HOSTS`
     /// variable holds).
@@ -82,6 +85,9 @@ impl Default for RawServer {
             max_header_bytes: 16 * 1024,
             max_uri_bytes: 8 * 1024,
             allowed_hosts: Vec::new(),
+            write_timeout_secs: 5,
+            keep_alive_timeout_secs: 60,
+            admin_max_connections: 64,
         }
     }
 }

@@ -146,6 +146,32 @@ fn request_logging_defaults_to_refusals_and_takes_three_values() {
 }
 
 #[test]
+fn connection_deadlines_and_the_admin_limit_have_defaults_and_bounds() {
+    let config = load(SECRET_IDENTITY, &[]).unwrap();
+    assert_eq!(config.server.write_timeout_secs, 5);
+    assert_eq!(config.server.keep_alive_timeout_secs, 60);
+    assert_eq!(config.server.admin_max_connections, 64);
+    let set = |line: &str| SECRET_IDENTITY.replacen("[server]\n", &format!("[server]\n{line}\n"), 1);
+    let config =
+        load(&set("write_timeout_secs = 2\nkeep_alive_timeout_secs = 3\nadmin_max_connections = 4"), &[]).unwrap();
+    assert_eq!(
+        (config.server.write_timeout_secs, config.server.keep_alive_timeout_secs, config.server.admin_max_connections),
+        (2, 3, 4)
+    );
+    for (line, key) in [
+        ("write_timeout_secs = 0", "server.write_timeout_secs"),
+        ("keep_alive_timeout_secs = 0", "server.keep_alive_timeout_secs"),
+        ("admin_max_connections = 0", "server.admin_max_connections"),
+        ("write_timeout_secs = 86401", "server.write_timeout_secs"),
+        ("keep_alive_timeout_secs = 9223372036854775807", "server.keep_alive_timeout_secs"),
+        ("header_read_timeout_secs = 86401", "server.header_read_timeout_secs"),
+    ] {
+        let error = load(&set(line), &[]).unwrap_err();
+        assert_eq!(error.key, key, "{line} => {error}");
+    }
+}
+
+#[test]
 fn loopback_http_authorities_are_allowed_for_tests() {
     for host in ["http://127.0.0.1:9999", "http://localhost:1", "http://[::1]:2"] {
         let toml = format!("[upstream]\nauthority_host = \"{host}\"\n{SECRET_IDENTITY}");
@@ -301,7 +327,8 @@ mod properties {
         fn any_value_is_accepted_or_refused_with_a_named_key(
             key in prop::sample::select(vec![
                 "server.listen", "server.admin_listen", "server.app_service_path", "server.imds_probe",
-                "server.max_header_bytes", "upstream.authority_host", "upstream.timeout_secs",
+                "server.max_header_bytes", "server.write_timeout_secs", "server.keep_alive_timeout_secs",
+                "server.admin_max_connections", "upstream.authority_host", "upstream.timeout_secs",
                 "cache.max_entries", "cache.new_keys_per_minute", "cache.new_keys_burst", "log.format", "log.level", "log.requests", "telemetry.otlp_endpoint",
             ]),
             value in prop_oneof![

@@ -42,28 +42,35 @@ pub async fn jwks(State(state): State<AppState>) -> Response {
     }
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// `GET /metrics`: Prometheus text format, rendered at most once a second; scrapes within
+/// the second get the same text.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let Some(handle) = &state.metrics else {
+    let Some(exposition) = &state.metrics else {
         return ApiError::not_found().into_response();
     };
-    // The snapshot first: it makes the caches apply pending evictions, which the counters
-    // rendered next then include.
-    let snapshot = state.broker.snapshot().await;
-    let mut text = handle.render();
-    let entries: Vec<(&str, u64)> = snapshot.iter().map(|(name, tokens)| (*name, tokens.len() as u64)).collect();
-    let samples: Vec<CachedTokenSample<'_>> = snapshot
-        .iter()
-        .flat_map(|(name, tokens)| {
-            tokens.iter().map(|(resource, expires_in)| CachedTokenSample {
-                identity: name,
-                resource: resource.as_str(),
-                expires_in: *expires_in,
-            })
+    // The snapshot before the recorder's text: taking it makes the caches apply pending
+    // evictions, which the counters rendered next then include.
+    let text = exposition
+        .text(|handle| async move {
+            let snapshot = state.broker.snapshot().await;
+            let mut text = handle.render();
+            let entries: Vec<(&str, u64)> =
+                snapshot.iter().map(|(name, tokens)| (*name, tokens.len() as u64)).collect();
+            let samples: Vec<CachedTokenSample<'_>> = snapshot
+                .iter()
+                .flat_map(|(name, tokens)| {
+                    tokens.iter().map(|(resource, expires_in)| CachedTokenSample {
+                        identity: name,
+                        resource: resource.as_str(),
+                        expires_in: *expires_in,
+                    })
+                })
+                .collect();
+            telemetry_metrics::render_cache(&mut text, &entries, &samples);
+            crate::telemetry::render_log_lines_dropped(&mut text);
+            text
         })
-        .collect();
-    telemetry_metrics::render_cache(&mut text, &entries, &samples);
-    crate::telemetry::render_log_lines_dropped(&mut text);
+        .await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 

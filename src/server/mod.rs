@@ -2,6 +2,7 @@
 //! development issuer's discovery documents. Knows nothing of credentials.
 
 mod app_service;
+mod connection;
 mod endpoints;
 mod error;
 mod health;
@@ -27,9 +28,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 pub use state::AppState;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use self::connection::{Connections, Deadlines, Timeouts, Tracked};
 use crate::config::ServerConfig;
 
 /// The token listener's service: the token flavours the configuration enables, health and
@@ -66,14 +68,22 @@ pub fn admin_endpoints(state: AppState, server: &ServerConfig) -> Endpoints {
 /// misbehaving or hostile client can hold, before any request reaches the router.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Connections served at once; further ones wait in the kernel's accept queue.
+    /// Connections served at once. A further one takes the slot of a connection that holds it
+    /// without using it (stalled, idle or silent), or else waits in the kernel's accept queue.
     pub max_connections: usize,
     /// Largest request head (request line and headers); larger gets 431.
     pub max_header_bytes: usize,
     /// Longest request target (path and query); longer gets 414.
     pub max_uri_bytes: usize,
-    /// Time a client has to send its request head; slower clients are disconnected.
+    /// Time a client has to send a request head, counted from its first byte (from the
+    /// connection's start for the first request); slower clients are disconnected.
     pub header_read_timeout: Duration,
+    /// Time a response write may wait without progress (a peer that does not read);
+    /// the connection is then closed.
+    pub write_timeout: Duration,
+    /// Time a connection may wait for its next request (after the previous response, or for
+    /// a new connection after it was accepted) before it is closed.
+    pub keep_alive_timeout: Duration,
     /// How long requests in flight may finish after shutdown starts.
     pub grace: Duration,
 }
@@ -87,7 +97,16 @@ pub struct Server {
 impl Server {
     /// Binds `addr` (port 0 picks a free port; see [`Server::local_addr`]).
     pub async fn bind(addr: SocketAddr, limits: Limits) -> io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        // As `TcpListener::bind` does: a restarted relay can bind at once.
+        socket.set_reuseaddr(true)?;
+        // Accepted connections inherit these. Without them Linux grows a connection's send
+        // buffer to 4 MiB when its peer does not read, and that kernel memory is charged to the
+        // pod: 64 stalled admin connections would hold 256 MiB until the write timeout.
+        socket.set_send_buffer_size(SOCKET_BUFFER_BYTES)?;
+        socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(LISTEN_BACKLOG)?;
         Ok(Self { listener, limits })
     }
 
@@ -100,7 +119,7 @@ impl Server {
     /// requests up to the grace period to finish.
     ///
     /// The accept loop is ours rather than `axum::serve`'s so that the connection limit, the
-    /// head-size limit and the header read timeout (hyper's, which needs a timer) apply.
+    /// head-size limit and the connection deadlines (`connection::Deadlines`) apply.
     pub async fn run(
         self,
         endpoints: Endpoints,
@@ -110,17 +129,19 @@ impl Server {
         let service = TowerToHyperService::new(endpoints);
         let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
         let graceful = GracefulShutdown::new();
+        let timeouts = Timeouts { write: limits.write_timeout, header_read: limits.header_read_timeout };
         let mut http = http1::Builder::new();
+        // hyper's header timer runs from the moment it waits for a request (the connection's
+        // start, or the end of the previous response) until the head is complete: set to the
+        // keep-alive timeout, it bounds how long a connection waits for each request.
+        // `Deadlines` bounds the head itself, from its first byte.
         http.timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
+            .header_read_timeout(limits.keep_alive_timeout)
             .max_buf_size(limits.max_header_bytes.max(MIN_HEAD_BUFFER))
             .keep_alive(true);
+        let connections = Connections::new();
         tokio::pin!(shutdown);
         loop {
-            let permit = tokio::select! {
-                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-                () = &mut shutdown => break,
-            };
             let stream = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _peer)) => stream,
@@ -134,13 +155,32 @@ impl Server {
                 },
                 () = &mut shutdown => break,
             };
-            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
-            tokio::spawn(async move {
+            let permit = match permits.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                // Every slot is taken: close a connection that holds one without using it,
+                // or else wait (further connections wait in the kernel's accept queue).
+                Err(_) => tokio::select! {
+                    permit = make_room(&permits, &connections) => permit,
+                    () = &mut shutdown => break,
+                },
+            };
+            let registration = connections.register();
+            let activity = Arc::clone(registration.activity());
+            let io = TokioIo::new(Deadlines::new(stream, timeouts, Arc::clone(&activity)));
+            let connection =
+                graceful.watch(http.serve_connection(io, Tracked::new(service.clone(), Arc::clone(&activity))));
+            let task = tokio::spawn(async move {
                 if let Err(error) = connection.await {
-                    tracing::debug!(%error, "connection ended with an error");
+                    // hyper's message is generic ("connection error"); the cause says which
+                    // deadline or peer error ended the connection.
+                    let cause = std::error::Error::source(&error).map(tracing::field::display);
+                    tracing::debug!(%error, cause, "connection ended with an error");
                 }
-                drop(permit);
+                // Dropped with the task also when it is aborted to make room: the slot is
+                // freed either way.
+                drop((registration, permit));
             });
+            activity.set_task(task.abort_handle());
         }
         drop(listener);
         tracing::info!("shutting down: no new connections; finishing requests in flight");
@@ -153,6 +193,32 @@ impl Server {
         Ok(())
     }
 }
+
+/// Waits for a free slot, closing a connection that holds one without using it (see
+/// [`Connections::evict_one`]) whenever there is one. A connection can become such a one at
+/// any moment (its peer stops reading), so the search is repeated while no slot frees up.
+async fn make_room(permits: &Arc<Semaphore>, connections: &Connections) -> OwnedSemaphorePermit {
+    loop {
+        connections.evict_one();
+        tokio::select! {
+            permit = permits.clone().acquire_owned() => return permit.expect("the semaphore is never closed"),
+            () = tokio::time::sleep(EVICTION_RETRY) => {}
+        }
+    }
+}
+
+/// How often a full listener looks again for a connection to close.
+const EVICTION_RETRY: Duration = Duration::from_millis(100);
+
+/// Socket buffer size asked for each connection, each way (Linux doubles it for its own
+/// bookkeeping). Far above the largest answer on the hot path (a token, about 1.2 KiB); a larger
+/// `/metrics` text takes a few round trips more, which on loopback or the pod network is
+/// nothing.
+const SOCKET_BUFFER_BYTES: u32 = 32 * 1024;
+
+/// Connections the kernel completes and queues while every slot is taken (what
+/// `TcpListener::bind` uses).
+const LISTEN_BACKLOG: u32 = 128;
 
 /// hyper refuses a read buffer smaller than this.
 const MIN_HEAD_BUFFER: usize = 8192;
@@ -182,5 +248,44 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = interrupt => {},
         () = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A peer that does not read holds at most the socket buffers the listener sets, not the
+    /// megabytes Linux grows a send buffer to by default.
+    #[tokio::test]
+    async fn a_stalled_peer_holds_bounded_socket_buffers() {
+        let limits = super::Limits {
+            max_connections: 1,
+            max_header_bytes: 16 * 1024,
+            max_uri_bytes: 8 * 1024,
+            header_read_timeout: std::time::Duration::from_secs(10),
+            write_timeout: std::time::Duration::from_secs(5),
+            keep_alive_timeout: std::time::Duration::from_secs(60),
+            grace: std::time::Duration::from_secs(1),
+        };
+        let server = super::Server::bind("127.0.0.1:0".parse().unwrap(), limits).await.unwrap();
+        let peer = tokio::net::TcpSocket::new_v4().unwrap();
+        peer.set_recv_buffer_size(4096).unwrap();
+        let _peer = peer.connect(server.local_addr().unwrap()).await.unwrap();
+        let (accepted, _) = server.listener.accept().await.unwrap();
+        // Write until the kernel takes no more for a while: the peer never reads.
+        let chunk = [0u8; 16 * 1024];
+        let mut written = 0;
+        while tokio::time::timeout(std::time::Duration::from_millis(300), accepted.writable()).await.is_ok() {
+            match accepted.try_write(&chunk) {
+                Ok(n) => written += n,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(error) => panic!("{error}"),
+            }
+            assert!(written < 64 * 1024 * 1024, "the kernel kept taking data");
+        }
+        let socket = tokio::net::TcpSocket::from_std_stream(accepted.into_std().unwrap());
+        let send_buffer = socket.send_buffer_size().unwrap();
+        // Linux doubles the size asked for; by default it grows a stalled send buffer to 4 MiB.
+        assert!(send_buffer <= 2 * super::SOCKET_BUFFER_BYTES, "send buffer {send_buffer} bytes");
+        assert!(written <= 512 * 1024, "{written} bytes were buffered for a peer that does not read");
     }
 }

@@ -3,12 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::PrometheusHandle;
-
 use crate::broker::Broker;
 use crate::config::{ProbeMode, RequestLog};
 use crate::dev_issuer::DevIssuer;
 use crate::secret::Secret;
+use crate::telemetry::metrics::Exposition;
 
 /// Cheap to clone: every field is shared.
 #[derive(Clone)]
@@ -19,8 +18,8 @@ pub struct AppState {
     pub probe_mode: ProbeMode,
     /// Present under `--dev`: serves discovery documents.
     pub dev_issuer: Option<Arc<DevIssuer>>,
-    /// Present when metrics are on: renders `/metrics`.
-    pub metrics: Option<PrometheusHandle>,
+    /// Present when metrics are on: renders `/metrics` (at most once a second).
+    pub metrics: Option<Exposition>,
     /// Longest a token request may wait for the upstream before it gets a 503.
     pub request_timeout: Duration,
     /// Which token requests get a log line (`log.requests`), read once at start.

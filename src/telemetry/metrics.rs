@@ -5,8 +5,11 @@
 //! are rendered at scrape time from the cache itself, so evicted tokens leave no stale series.
 
 use std::fmt::Write as _;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use axum::body::Bytes;
+use tokio::time::Instant;
 
 use metrics::{
     Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
@@ -89,6 +92,55 @@ pub fn install() -> Result<PrometheusHandle, String> {
 
 /// How often histogram samples are folded into their buckets.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long one rendering of `/metrics` is served. Rendering walks every series and the whole
+/// token cache; without this, a client scraping in a loop (or many at once, on an admin
+/// listener that faces the pod network) costs that work per request.
+pub const RENDER_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What `/metrics` serves: the recorder's text plus the scrape-time gauges, rendered at most
+/// once per [`RENDER_INTERVAL`] and shared by every scrape within it, on both listeners.
+#[derive(Clone)]
+pub struct Exposition(Arc<ExpositionInner>);
+
+struct ExpositionInner {
+    handle: PrometheusHandle,
+    /// Held while rendering, so that concurrent scrapes wait for one rendering and share it.
+    latest: tokio::sync::Mutex<Option<Rendering>>,
+}
+
+struct Rendering {
+    /// When the rendering started: the text reflects the metrics as of then.
+    at: Instant,
+    text: Bytes,
+}
+
+impl Exposition {
+    pub fn new(handle: PrometheusHandle) -> Self {
+        Self(Arc::new(ExpositionInner { handle, latest: tokio::sync::Mutex::new(None) }))
+    }
+
+    /// The text to serve: the latest rendering while it is younger than [`RENDER_INTERVAL`],
+    /// otherwise a new one, which `complete` renders from the recorder's handle (and appends
+    /// the gauges computed from the cache to). `complete` chooses when the recorder renders,
+    /// so that work done first (the caches' pending evictions) shows in the counters.
+    pub async fn text<F, Fut>(&self, complete: F) -> Bytes
+    where
+        F: FnOnce(PrometheusHandle) -> Fut,
+        Fut: Future<Output = String>,
+    {
+        let mut latest = self.0.latest.lock().await;
+        if let Some(rendering) = latest.as_ref()
+            && rendering.at.elapsed() < RENDER_INTERVAL
+        {
+            return rendering.text.clone();
+        }
+        let at = Instant::now();
+        let text = Bytes::from(complete(self.0.handle.clone()).await);
+        *latest = Some(Rendering { at, text: text.clone() });
+        text
+    }
+}
 
 /// Handles for the series every served request touches, registered once: building a
 /// labelled key on each call allocates and hashes, which the cache-hit path should not pay.
@@ -241,7 +293,44 @@ fn status_label(status: u16) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use metrics_exporter_prometheus::PrometheusRecorder;
+
     use super::*;
+
+    /// An exposition over a recorder of its own (the global one is never installed in unit
+    /// tests), and a counter of its renderings.
+    fn exposition() -> (Exposition, PrometheusRecorder, Arc<AtomicUsize>) {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        (Exposition::new(recorder.handle()), recorder, Arc::new(AtomicUsize::new(0)))
+    }
+
+    /// Renders with a pause, so that scrapes started together overlap.
+    async fn scrape(exposition: &Exposition, renderings: &AtomicUsize) -> Bytes {
+        exposition
+            .text(|handle| async move {
+                let text = handle.render();
+                let n = renderings.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                format!("{text}rendering {n}\n")
+            })
+            .await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scrapes_within_a_second_share_one_rendering() {
+        let (exposition, _recorder, renderings) = exposition();
+        let (first, second) = tokio::join!(scrape(&exposition, &renderings), scrape(&exposition, &renderings));
+        assert_eq!(renderings.load(Ordering::SeqCst), 1, "concurrent scrapes wait for one rendering");
+        assert_eq!(first, second);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(scrape(&exposition, &renderings).await, first, "still within the second");
+        tokio::time::sleep(RENDER_INTERVAL).await;
+        let later = scrape(&exposition, &renderings).await;
+        assert_eq!(renderings.load(Ordering::SeqCst), 2);
+        assert_ne!(later, first);
+    }
 
     #[test]
     fn cache_gauges_are_valid_exposition_text() {

@@ -73,21 +73,48 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn connections_beyond_the_limit_wait_for_a_free_slot() {
+async fn connections_beyond_the_limit_take_an_unused_slot_or_wait_for_one() {
     let entra = FakeEntra::start().await;
     let relay =
         TestRelay::serve(&limited_config(&entra, "max_connections = 2\nheader_read_timeout_secs = 30"), &[]).await;
     let addr = relay.base_url.trim_start_matches("http://").to_owned();
-    // Two idle connections take both slots.
-    let first = TcpStream::connect(&addr).await.unwrap();
+    let client =
+        |timeout| reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).timeout(timeout).build().unwrap();
+    let healthz = format!("{}/healthz", relay.base_url);
+
+    // Two connections that have sent nothing hold both slots: once they have been silent for a
+    // second, a newcomer takes the older one's.
+    let mut first = TcpStream::connect(&addr).await.unwrap();
     let second = TcpStream::connect(&addr).await.unwrap();
-    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_millis(500)).build().unwrap();
-    let blocked = client.get(format!("{}/healthz", relay.base_url)).send().await;
-    assert!(blocked.is_err(), "a third connection is not served while two are held");
-    drop(first);
+    let response = client(Duration::from_secs(10)).get(&healthz).send().await.expect("served");
+    assert_eq!(response.status(), 200);
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), first.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the oldest unused connection was closed to make room");
     drop(second);
+
+    // Two requests being answered (waiting for a slow authority) are never cut off: a third
+    // client waits for one of them to finish.
+    entra.set_delay(Duration::from_millis(3000));
+    let slow = client(Duration::from_secs(30));
+    let url = format!(
+        "{}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net",
+        relay.base_url
+    );
+    let in_flight: Vec<_> = (0..2)
+        .map(|_| {
+            let request = slow.get(&url).header("Metadata", "true").send();
+            tokio::spawn(request)
+        })
+        .collect();
+    crate::support::eventually("the fetch reaches the authority", async || entra.requests() == 1).await;
+    let blocked = client(Duration::from_millis(500)).get(&healthz).send().await;
+    assert!(blocked.is_err(), "a third connection is not served while two requests are answered");
+    for request in in_flight {
+        assert_eq!(request.await.unwrap().expect("answered").status(), 200);
+    }
     crate::support::eventually("a slot frees up", async || {
-        client.get(format!("{}/healthz", relay.base_url)).send().await.is_ok_and(|r| r.status() == 200)
+        client(Duration::from_secs(2)).get(&healthz).send().await.is_ok_and(|r| r.status() == 200)
     })
     .await;
 }

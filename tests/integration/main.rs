@@ -8,6 +8,7 @@ mod cache;
 mod callers;
 mod certificates;
 mod cli;
+mod connections;
 mod credentials;
 mod dev;
 mod faults;

@@ -179,6 +179,11 @@ impl TestRelay {
         Self { child: Some(child), base_url, stdout_lines, dir, http }
     }
 
+    /// The process id of the running binary.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().and_then(Child::id).expect("still running")
+    }
+
     /// A path inside the test's private directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
