@@ -277,7 +277,15 @@ async fn refused_header_secrets_are_counted() {
     }
     assert_eq!(relay.get(APP_SERVICE_PATH, &[]).await.status(), 401);
     assert_eq!(relay.app_service("resource=https://vault.azure.net").await.status(), 200);
-    let text = relay.get("/metrics", &[]).await.text().await.unwrap();
+    // /metrics serves one rendering for up to a second: scrape until a newer one is served.
+    let mut text = String::new();
+    for _ in 0..30 {
+        text = relay.get("/metrics", &[]).await.text().await.unwrap();
+        if sample(&text, metric, "reason=\"missing\"") == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(sample(&text, metric, "reason=\"mismatch\""), Some(3.0), "{text}");
     assert_eq!(sample(&text, metric, "reason=\"missing\""), Some(1.0), "{text}");
 }

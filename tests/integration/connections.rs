@@ -207,7 +207,8 @@ async fn idle_kept_alive_connections_are_closed_after_the_keep_alive_timeout() {
     // A request that takes longer than the keep-alive timeout is not cut off: the connection
     // is busy, not idle.
     entra.set_delay(Duration::from_millis(2500));
-    let request = format!("GET /metadata/identity/oauth2/token?{VAULT} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n");
+    let request =
+        format!("GET /metadata/identity/oauth2/token?{VAULT} HTTP/1.1\r\nHost: 127.0.0.1\r\nMetadata: true\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     assert!(read_response(&mut stream).await.starts_with("http/1.1 200"));
     // The connection stays open for more requests within the timeout.
