@@ -14,7 +14,7 @@ mod tokens;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use authority::{Authority, epoch_now};
@@ -23,7 +23,7 @@ use tokens::{StoreFile, TOKEN_BYTES};
 
 const USAGE: &str = "usage: bench_probe PROBE [PATH_TO_TOKENRELAY]   (default target/release/tokenrelay)
 
-probes (each takes under about two minutes):
+probes (each but soak takes under about two minutes):
   stampede       1,000 concurrent requests over 100 new resources, authority answering in 200 ms:
                  upstream calls (must be 100) and latency
   memory         RSS idle, holding 10,000 tokens, and after a load run (5 x 10,000 cache hits,
@@ -38,7 +38,17 @@ probes (each takes under about two minutes):
                  default max_entries (1,000), the new-key limit lifted: RSS and the cache file's
                  size, then a restart: RSS when ready, its peak, and after the next save.
                  BENCH_OLD_CONFIG=1 leaves out the settings a build before the new-key limit
-                 refuses";
+                 refuses
+  soak           SOAK_SECS (default 300) of wrk, 64 connections, on the application's token
+                 while a flood client asks for distinct new resources over 4 connections, the
+                 cache at its defaults (new-key limit on): errors, RSS 30 s after against
+                 before, and whether the application's token is still a cache hit. Needs wrk";
+
+/// How far above its level before the load the soak allows the relay's RSS to stay, 30 s after
+/// it: the flood's tokens under the default new-key limit (a few hundred of 1.5 KB) and what
+/// the allocator keeps of 64 connections' buffers fit well within it; a leak per request over
+/// millions of requests does not.
+const SOAK_RSS_SLACK_MIB: f64 = 8.0;
 
 /// Distinct tokens held by the memory, startup and refresh-storm probes.
 const TOKENS: usize = 10_000;
@@ -54,6 +64,7 @@ async fn main() {
         "startup" => startup(&bin).await,
         "refresh-storm" => refresh_storm(&bin).await,
         "flood" => flood(&bin).await,
+        "soak" => soak(&bin).await,
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
@@ -208,6 +219,214 @@ async fn flood(bin: &str) {
         file_mib()
     );
     restarted.stop().await;
+}
+
+/// The acceptance soak: sustained cache hits on the application's token with a concurrent
+/// flood of new resources, the cache at its default settings. Passes when the application's
+/// requests saw no error, RSS 30 s after the load is within [`SOAK_RSS_SLACK_MIB`] of its level
+/// before, and the application's token is still served from the cache.
+async fn soak(bin: &str) {
+    const CONNECTIONS: usize = 64;
+    const FLOOD_CONNECTIONS: usize = 4;
+    const SETTLE: Duration = Duration::from_secs(30);
+    const APP: &str = "https://app.example";
+    let secs: u64 = std::env::var("SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    let authority = Authority::start(Duration::ZERO).await;
+    let scratch = Scratch::new("soak");
+    // No [cache] table: max_entries, new_keys_per_minute and new_keys_burst at their defaults,
+    // which is what the soak is about.
+    let config = scratch.0.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nidentity_header = \"bench-probe-0123456789\"\n[upstream]\nauthority_host = \"{}\"\n\
+             [[identities]]\nname = \"app\"\nclient_id = \"{}\"\ntenant_id = \"{}\"\ndefault = true\n\
+             credentials = [{{ kind = \"client_secret\", secret = \"s\" }}]\n",
+            authority.url,
+            tokens::CLIENT_ID,
+            tokens::TENANT_ID,
+        ),
+    )
+    .unwrap();
+    let script = scratch.0.join("latency.lua");
+    std::fs::write(&script, include_str!("../latency.lua")).unwrap();
+    let app_calls = || authority.log().iter().filter(|c| c.scope == format!("{APP}/.default")).count();
+
+    let relay = Relay::spawn(bin, &config, &[]);
+    let client = relay::client();
+    relay.wait_ready(&client).await;
+    let mut app_token = None;
+    for _ in 0..5 {
+        let outcome = relay::get_token(&client, &relay.url, APP).await;
+        assert_eq!(outcome.status, Some(200), "{:?}", relay.log());
+        assert!(app_token.is_none() || app_token == outcome.token, "the application's token changed");
+        app_token = outcome.token;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pid = relay.pid();
+    let (rss_before, anon_before) = (relay::rss_mib(pid), relay::anon_mib(pid));
+    let app_calls_before = app_calls();
+    println!(
+        "soak: {secs} s, wrk {CONNECTIONS} connections on the application's token (IMDS) and a flood of new resources \
+         over {FLOOD_CONNECTIONS} connections; cache at its defaults; load average before {}",
+        load_average()
+    );
+    println!(
+        "  before: RSS {rss_before:.1} MiB (anonymous {anon_before:.1}); upstream calls for the application's token \
+         {app_calls_before}"
+    );
+
+    let url = format!("{}/metadata/identity/oauth2/token?api-version=2018-02-01&resource={APP}", relay.url);
+    let wrk = tokio::process::Command::new("wrk")
+        .args(["-t2", &format!("-c{CONNECTIONS}"), &format!("-d{secs}s"), "-H", "Metadata: true", "-s"])
+        .arg(&script)
+        .arg(&url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("wrk runs (apt-get install wrk)");
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let next = Arc::new(AtomicUsize::new(0));
+    let flood: Vec<_> = (0..FLOOD_CONNECTIONS)
+        .map(|_| {
+            let (client, base, next) = (client.clone(), relay.url.clone(), next.clone());
+            tokio::spawn(async move {
+                // [200, 429, any other status, no answer]
+                let mut counts = [0u64; 4];
+                while Instant::now() < deadline {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    let url = format!(
+                        "{base}/metadata/identity/oauth2/token?api-version=2018-02-01&resource={}",
+                        tokens::resource(index)
+                    );
+                    let answer = client.get(url).header("Metadata", "true").send().await;
+                    let slot = match answer {
+                        Ok(response) => {
+                            let status = response.status().as_u16();
+                            match response.bytes().await {
+                                Err(_) => 3,
+                                Ok(_) if status == 200 => 0,
+                                Ok(_) if status == 429 => 1,
+                                Ok(_) => 2,
+                            }
+                        }
+                        Err(_) => 3,
+                    };
+                    counts[slot] += 1;
+                }
+                counts
+            })
+        })
+        .collect();
+    // RSS once a second during the load.
+    let sampler = tokio::spawn(async move {
+        let mut peak: f64 = 0.0;
+        while Instant::now() < deadline {
+            peak = peak.max(relay::rss_mib(pid));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        peak
+    });
+    let wrk = tokio::time::timeout(Duration::from_secs(secs + 60), wrk.wait_with_output())
+        .await
+        .expect("wrk ends")
+        .expect("wrk's output");
+    let mut flood_counts = [0u64; 4];
+    for worker in flood {
+        for (total, count) in flood_counts.iter_mut().zip(worker.await.unwrap()) {
+            *total += count;
+        }
+    }
+    let peak_sampled = sampler.await.unwrap();
+    let load_after = load_average();
+    let wrk_out = String::from_utf8_lossy(&wrk.stdout);
+    let result = wrk_out.lines().find(|l| l.starts_with("RESULT")).unwrap_or_default().to_owned();
+    let field = |name: &str| -> Option<f64> {
+        result.split_whitespace().find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+    };
+    let wrk_errors = field("errors");
+    let socket_errors = wrk_out.lines().find(|l| l.contains("Socket errors")).map(str::trim).unwrap_or("none");
+    let non_2xx = wrk_out.lines().find(|l| l.contains("Non-2xx")).map(str::trim).unwrap_or("none");
+    println!(
+        "  application (wrk): {} requests, {:.0} req/s, p50 {} µs, p99 {} µs, p99.9 {} µs; errors {} \
+         (socket errors: {socket_errors}; non-2xx: {non_2xx}); wrk exit {}",
+        field("requests").unwrap_or(0.0),
+        field("rps").unwrap_or(0.0),
+        field("p50_us").unwrap_or(0.0),
+        field("p99_us").unwrap_or(0.0),
+        field("p999_us").unwrap_or(0.0),
+        wrk_errors.map_or("unknown".into(), |e| e.to_string()),
+        wrk.status
+    );
+    let [flood_ok, flood_429, flood_other, flood_failed] = flood_counts;
+    println!(
+        "  flood: {} requests for distinct new resources: {flood_ok} served (200), {flood_429} refused by the \
+         new-key limit (429), {flood_other} other statuses, {flood_failed} without an answer",
+        flood_counts.iter().sum::<u64>()
+    );
+    println!(
+        "  during: RSS peak {:.1} MiB (sampled each second {peak_sampled:.1}); load average at the end {load_after}",
+        relay.peak_mib()
+    );
+
+    tokio::time::sleep(SETTLE).await;
+    let (rss_after, anon_after) = (relay::rss_mib(pid), relay::anon_mib(pid));
+    let held = relay.cached_tokens(&client).await;
+    let hits_before = cache_lookups(&client, &relay.url).await;
+    let outcome = relay::get_token(&client, &relay.url, APP).await;
+    let hits_after = cache_lookups(&client, &relay.url).await;
+    let same_token = outcome.status == Some(200) && outcome.token.is_some() && outcome.token == app_token;
+    let app_calls_after = app_calls();
+    println!(
+        "  {} s after: RSS {rss_after:.1} MiB (anonymous {anon_after:.1}): {:+.1} MiB ({:+.1} anonymous) against \
+         before; holding {held} tokens; {} upstream calls in all",
+        SETTLE.as_secs(),
+        rss_after - rss_before,
+        anon_after - anon_before,
+        authority.calls()
+    );
+    println!(
+        "  the application's token afterwards: status {:?}, the same token as before {same_token}; upstream calls for \
+         it {app_calls_before} -> {app_calls_after}; cache lookups for that request: hit +{}, miss +{}, stale +{}",
+        outcome.status,
+        hits_after.0 - hits_before.0,
+        hits_after.1 - hits_before.1,
+        hits_after.2 - hits_before.2
+    );
+    relay_log_summary(&relay.log());
+
+    let no_error = wrk_errors == Some(0.0) && wrk.status.success() && flood_other == 0 && flood_failed == 0;
+    let rss_back = rss_after - rss_before <= SOAK_RSS_SLACK_MIB;
+    let still_hit = same_token && app_calls_after == app_calls_before && hits_after.0 - hits_before.0 == 1;
+    let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
+    println!("  {} no error on the application's requests (and none but 429 in the flood)", verdict(no_error));
+    println!("  {} RSS within {SOAK_RSS_SLACK_MIB} MiB of its level before the flood", verdict(rss_back));
+    println!("  {} the application's token still a cache hit", verdict(still_hit));
+    relay.stop().await;
+    if !(no_error && rss_back && still_hit) {
+        std::process::exit(1);
+    }
+}
+
+/// The relay's cache lookups so far, summed over identities: (hit, miss, stale).
+async fn cache_lookups(client: &reqwest::Client, base: &str) -> (u64, u64, u64) {
+    let text = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let sum = |outcome: &str| -> u64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("tokenrelay_cache_lookups_total{") && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    (sum("hit"), sum("miss"), sum("stale"))
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
 /// Spawn to ready and to the first token, with 10,000 persisted tokens and without.
