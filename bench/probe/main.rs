@@ -162,7 +162,7 @@ async fn flood(bin: &str) {
     std::fs::write(
         &config,
         format!(
-            "[server]\nidentity_header = \"x\"\n[upstream]\nauthority_host = \"{}\"\n[cache]\n{limit}{}\n\
+            "[server]\nidentity_header = \"bench-probe-0123456789\"\n[upstream]\nauthority_host = \"{}\"\n[cache]\n{limit}{}\n\
              [[identities]]\nname = \"app\"\nclient_id = \"{}\"\ntenant_id = \"{}\"\ndefault = true\n\
              credentials = [{{ kind = \"client_secret\", secret = \"s\" }}]\n",
             authority.url,
