@@ -110,6 +110,7 @@ impl Activity {
     }
 }
 
+#[cfg(test)]
 impl Default for Activity {
     fn default() -> Self {
         Self::new(Instant::now())
@@ -117,10 +118,9 @@ impl Default for Activity {
 }
 
 /// The live connections of one listener. When every slot is taken, one connection that holds
-/// its slot without using it is closed to make room for the newcomer (as a web server drops
-/// idle keep-alive connections when it runs out of them): a flood of peers that stall, idle
-/// or dawdle over their heads then delays a new client by moments rather than by the
-/// deadlines that would otherwise free a slot, which matters for the kubelet's probes.
+/// its slot without using it is closed to make room for the newcomer: a flood of peers that
+/// stall, idle or dawdle over their heads then delays a new client by moments rather than by
+/// the deadlines that would otherwise free a slot, which matters for the kubelet's probes.
 pub struct Connections {
     epoch: Instant,
     /// By accept order, so that the oldest candidate is found first.

@@ -195,11 +195,14 @@ impl Server {
 }
 
 /// Waits for a free slot, closing a connection that holds one without using it (see
-/// [`Connections::evict_one`]) whenever there is one. A connection can become such a one at
-/// any moment (its peer stops reading), so the search is repeated while no slot frees up.
+/// [`Connections::evict_one`]) if there is one. A connection can become such a one at any
+/// moment (its peer stops reading), so the search is repeated while no slot frees up.
 async fn make_room(permits: &Arc<Semaphore>, connections: &Connections) -> OwnedSemaphorePermit {
     loop {
-        connections.evict_one();
+        if connections.evict_one() {
+            // The closed connection's task frees its slot as it ends.
+            return permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+        }
         tokio::select! {
             permit = permits.clone().acquire_owned() => return permit.expect("the semaphore is never closed"),
             () = tokio::time::sleep(EVICTION_RETRY) => {}
