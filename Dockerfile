@@ -118,7 +118,7 @@ RUN touch src/main.rs src/lib.rs \
 # tzdata, /etc/passwd with the `nonroot` user (65532) and /tmp. Pin by digest for releases.
 FROM gcr.io/distroless/static-debian12:nonroot
 
-# OCI annotations (https://github.com/opencontainers/image-spec/blob/main/annotations.md),
+# OCI annotations (the opencontainers image-spec, "Pre-Defined Annotation Keys"),
 # given as build arguments (see the buildx command at the top). SOURCE's default is a
 # placeholder (example.com), like the chart's image repository; the others stay empty unless
 # given, rather than claim a version, commit or date the image does not have.
