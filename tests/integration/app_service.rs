@@ -1,17 +1,17 @@
 //! The App Service flavour: the header secret, selectors and the shared body.
 
-use crate::support::{FakeEntra, TestRelay, fake_entra, json, secret_config};
+use crate::support::{FakeEntra, STORAGE, TestConfig, TestRelay, fake_entra, json};
 
 const QUERY: &str = "api-version=2019-08-01&resource=https://storage.azure.com";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_right_secret_gets_the_same_body_as_imds() {
     let entra = FakeEntra::start().await;
-    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::client_secret(&entra), &[]).await;
     let response = relay.app_service(QUERY).await;
     assert_eq!(response.status(), 200);
     let app_service = json(response).await;
-    let imds = json(relay.imds("api-version=2018-02-01&resource=https://storage.azure.com").await).await;
+    let imds = json(relay.imds(STORAGE).await).await;
     assert_eq!(app_service["access_token"], imds["access_token"]);
     assert_eq!(app_service["expires_on"], imds["expires_on"]);
     let mut keys: Vec<_> = app_service.as_object().unwrap().keys().cloned().collect();
@@ -35,7 +35,7 @@ async fn the_right_secret_gets_the_same_body_as_imds() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_or_wrong_secret_gets_401_and_no_upstream_call() {
     let entra = FakeEntra::start().await;
-    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::client_secret(&entra), &[]).await;
     for headers in
         [vec![], vec![("X-IDENTITY-HEADER", "wrong")], vec![("x-identity-header", "test-identity-header-secre")]]
     {
@@ -54,8 +54,11 @@ async fn a_missing_or_wrong_secret_gets_401_and_no_upstream_call() {
 #[tokio::test(flavor = "multi_thread")]
 async fn echoes_the_selector_and_strips_default_scopes() {
     let entra = FakeEntra::start().await;
-    let extra = "object_id = \"0b1ec7-1d\"\nresource_id = \"/subscriptions/s/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/app\"";
-    let relay = TestRelay::serve(&secret_config(&entra, extra), &[]).await;
+    let toml = TestConfig::client_secret(&entra).set("identities.0.object_id", "0b1ec7-1d").set(
+        "identities.0.resource_id",
+        "/subscriptions/s/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/app",
+    );
+    let relay = TestRelay::serve(&toml, &[]).await;
     let by_object =
         json(relay.app_service("resource=https://storage.azure.com/.default&principal_id=0b1ec7-1d").await).await;
     assert_eq!(by_object["object_id"], "0b1ec7-1d");
@@ -74,7 +77,7 @@ async fn echoes_the_selector_and_strips_default_scopes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_custom_path_is_served() {
     let entra = FakeEntra::start().await;
-    let toml = secret_config(&entra, "").replace("[server]\n", "[server]\napp_service_path = \"/custom/token\"\n");
+    let toml = TestConfig::client_secret(&entra).set("server.app_service_path", "/custom/token");
     let relay = TestRelay::serve(&toml, &[]).await;
     let response =
         relay.get(&format!("/custom/token?{QUERY}"), &[("X-IDENTITY-HEADER", crate::support::HEADER_SECRET)]).await;

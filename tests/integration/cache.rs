@@ -2,14 +2,12 @@
 
 use std::time::Duration;
 
-use crate::support::{FakeEntra, TestRelay, eventually, json, secret_config, with_log};
-
-const VAULT: &str = "api-version=2018-02-01&resource=https://vault.azure.net";
+use crate::support::{FakeEntra, TestConfig, TestRelay, VAULT, eventually, json};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cache_hit_makes_no_upstream_call() {
     let entra = FakeEntra::start().await;
-    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::client_secret(&entra), &[]).await;
     let first = json(relay.imds(VAULT).await).await;
     for _ in 0..20 {
         let again = json(relay.imds(VAULT).await).await;
@@ -26,7 +24,7 @@ async fn a_hundred_concurrent_requests_make_one_upstream_call() {
     // A slow authority keeps the first fetch in flight while the others arrive.
     entra.set_delay(Duration::from_millis(500));
     // The access log (not on by default) names each request's cache outcome.
-    let toml = with_log(&secret_config(&entra, ""), "requests = \"all\"");
+    let toml = TestConfig::client_secret(&entra).set("log.requests", "all");
     let relay = std::sync::Arc::new(TestRelay::serve(&toml, &[]).await);
     let mut tasks = Vec::new();
     for _ in 0..100 {
@@ -51,7 +49,7 @@ async fn a_token_past_refresh_on_is_served_and_refreshed_in_the_background() {
     let entra = FakeEntra::start().await;
     // refresh_in = 0: every token is due for refresh as soon as it is cached.
     entra.set_refresh_in(Some(0));
-    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::client_secret(&entra), &[]).await;
     let first = json(relay.imds(VAULT).await).await;
     assert_eq!(first["access_token"], "fake-token-1-for-https://vault.azure.net");
 
@@ -71,7 +69,7 @@ async fn a_token_past_refresh_on_is_served_and_refreshed_in_the_background() {
 #[tokio::test(flavor = "multi_thread")]
 async fn during_an_outage_valid_tokens_are_served_and_expired_ones_fail_with_503() {
     let entra = FakeEntra::start().await;
-    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::client_secret(&entra), &[]).await;
     let valid = json(relay.imds(VAULT).await).await;
     // A token with less than the serving margin (60 s) left is as good as expired.
     entra.set_lifetime(30);
@@ -101,7 +99,7 @@ async fn during_an_outage_valid_tokens_are_served_and_expired_ones_fail_with_503
 async fn readiness_waits_for_prefetch_and_then_stays_ready() {
     let entra = FakeEntra::start().await;
     entra.set_down(true);
-    let toml = secret_config(&entra, "prefetch = [\"https://vault.azure.net\"]");
+    let toml = TestConfig::client_secret(&entra).set("identities.0.prefetch", vec!["https://vault.azure.net"]);
     let relay = TestRelay::serve(&toml, &[]).await;
     assert_eq!(relay.get("/healthz", &[]).await.status(), 200);
     let waiting = relay.get("/readyz", &[]).await;

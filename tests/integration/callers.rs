@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use tokio::process::Child;
 
 use crate::support::fake_imds::FakeImds;
-use crate::support::{FakeEntra, HEADER_SECRET, TestRelay, command, json, secret_config};
+use crate::support::{FakeEntra, HEADER_SECRET, TestConfig, TestRelay, VAULT, command, credential, json, sample};
 
 const IMDS_PATH: &str = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net";
 const APP_SERVICE_PATH: &str = "/msi/token?api-version=2019-08-01&resource=https://vault.azure.net";
@@ -50,7 +50,7 @@ async fn imds_for_host(relay: &TestRelay, host: &str) -> Raw {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_forged_host_is_refused_on_both_flavours_with_the_setting_named() {
     let entra = FakeEntra::start().await;
-    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::client_secret(&entra), &[]).await;
 
     let imds = imds_for_host(&relay, "rebound.attacker.example:8080").await;
     assert_eq!(imds.status, 400, "{}", imds.body);
@@ -88,7 +88,7 @@ async fn a_forged_host_is_refused_on_both_flavours_with_the_setting_named() {
 #[tokio::test(flavor = "multi_thread")]
 async fn loopback_localhost_and_the_imds_address_are_served() {
     let entra = FakeEntra::start().await;
-    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::client_secret(&entra), &[]).await;
     let port = relay.base_url.rsplit(':').next().unwrap().to_owned();
     for host in [
         format!("127.0.0.1:{port}"),
@@ -116,11 +116,8 @@ async fn loopback_localhost_and_the_imds_address_are_served() {
 #[tokio::test(flavor = "multi_thread")]
 async fn names_in_allowed_hosts_are_served_from_the_file_or_the_environment() {
     let entra = FakeEntra::start().await;
-    let toml = secret_config(&entra, "").replacen(
-        "[server]\n",
-        "[server]\nallowed_hosts = [\"host.docker.internal\", \"tokenrelay\"]\n",
-        1,
-    );
+    let toml =
+        TestConfig::client_secret(&entra).set("server.allowed_hosts", vec!["host.docker.internal", "tokenrelay"]);
     let relay = TestRelay::serve(&toml, &[]).await;
     for host in ["host.docker.internal:8080", "Host.Docker.Internal.", "tokenrelay:8080"] {
         let answer = imds_for_host(&relay, host).await;
@@ -129,7 +126,7 @@ async fn names_in_allowed_hosts_are_served_from_the_file_or_the_environment() {
     assert_eq!(imds_for_host(&relay, "tokenrelay2:8080").await.status, 400);
 
     let relay = TestRelay::serve_with_env(
-        &secret_config(&entra, ""),
+        &TestConfig::client_secret(&entra),
         &[],
         &[("TOKENRELAY_SERVER__ALLOWED_HOSTS", "host.docker.internal, relay")],
     )
@@ -142,7 +139,7 @@ async fn names_in_allowed_hosts_are_served_from_the_file_or_the_environment() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_from_a_managed_identity_link_is_refused_as_a_loop() {
     let entra = FakeEntra::start().await;
-    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::client_secret(&entra), &[]).await;
     for path in [IMDS_PATH, APP_SERVICE_PATH] {
         let response = relay
             .get(path, &[("Metadata", "true"), ("X-IDENTITY-HEADER", HEADER_SECRET), ("X-Tokenrelay-Hop", "1")])
@@ -159,15 +156,10 @@ async fn a_request_from_a_managed_identity_link_is_refused_as_a_loop() {
 async fn managed_identity_requests_carry_the_hop_header() {
     let entra = FakeEntra::start().await;
     let imds = FakeImds::start().await;
-    let toml = secret_config(&entra, "").replace(
-        &format!(
-            "credentials = [{{ kind = \"client_secret\", secret = \"{}\" }}]",
-            crate::support::fake_entra::CLIENT_SECRET
-        ),
-        &format!("credentials = [{{ kind = \"managed_identity\", endpoint = \"{}\" }}]", imds.imds_endpoint()),
-    );
+    let toml = TestConfig::client_secret(&entra)
+        .credentials([credential("managed_identity").with("endpoint", imds.imds_endpoint())]);
     let relay = TestRelay::serve(&toml, &[]).await;
-    assert_eq!(relay.imds("api-version=2018-02-01&resource=https://vault.azure.net").await.status(), 200);
+    assert_eq!(relay.imds(VAULT).await.status(), 200);
     assert_eq!(imds.seen()[0].headers["x-tokenrelay-hop"], "1");
 }
 
@@ -258,20 +250,13 @@ async fn a_short_identity_header_stops_start_up_naming_its_length() {
     assert!(!stderr.contains("abc1"), "the value itself is never printed: {stderr}");
 }
 
-/// The value of the sample of `name` whose labels contain `label`.
-fn sample(text: &str, name: &str, label: &str) -> Option<f64> {
-    text.lines()
-        .filter(|line| line.starts_with(name) && line.contains(label))
-        .find_map(|line| line.rsplit(' ').next()?.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_header_secrets_are_counted() {
     let entra = FakeEntra::start().await;
-    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::client_secret(&entra), &[]).await;
     let text = relay.get("/metrics", &[]).await.text().await.unwrap();
     let metric = "tokenrelay_identity_header_refused_total";
-    assert_eq!(sample(&text, metric, "reason=\"mismatch\""), Some(0.0), "present before any guess:\n{text}");
+    assert_eq!(sample(&text, metric, &["reason=\"mismatch\""]), Some(0.0), "present before any guess:\n{text}");
     for guess in ["wrong", "test-identity-header-secreT", ""] {
         assert_eq!(relay.get(APP_SERVICE_PATH, &[("X-IDENTITY-HEADER", guess)]).await.status(), 401);
     }
@@ -281,19 +266,19 @@ async fn refused_header_secrets_are_counted() {
     let mut text = String::new();
     for _ in 0..30 {
         text = relay.get("/metrics", &[]).await.text().await.unwrap();
-        if sample(&text, metric, "reason=\"missing\"") == Some(1.0) {
+        if sample(&text, metric, &["reason=\"missing\""]) == Some(1.0) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(sample(&text, metric, "reason=\"mismatch\""), Some(3.0), "{text}");
-    assert_eq!(sample(&text, metric, "reason=\"missing\""), Some(1.0), "{text}");
+    assert_eq!(sample(&text, metric, &["reason=\"mismatch\""]), Some(3.0), "{text}");
+    assert_eq!(sample(&text, metric, &["reason=\"missing\""]), Some(1.0), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_head_of_more_than_100_fields_is_refused_with_431() {
     let entra = FakeEntra::start().await;
-    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::client_secret(&entra), &[]).await;
     // `Connection: close` is added by `raw`: Host + Metadata + Connection + the rest.
     let head = |fields: usize| {
         let extra: String = (0..fields - 3).map(|i| format!("\r\nX-Field-{i}: {i}")).collect();
@@ -306,7 +291,7 @@ async fn a_head_of_more_than_100_fields_is_refused_with_431() {
 #[tokio::test(flavor = "multi_thread")]
 async fn x_forwarded_for_is_refused_on_the_imds_flavour_only() {
     let entra = FakeEntra::start().await;
-    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::client_secret(&entra), &[]).await;
     let forwarded = [("X-Forwarded-For", "10.0.0.1")];
     let imds = relay.get(IMDS_PATH, &[("Metadata", "true"), forwarded[0]]).await;
     assert_eq!(imds.status(), 400);

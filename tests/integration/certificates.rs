@@ -7,18 +7,7 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, Header};
 
 use crate::support::certs::TestCertificate;
-use crate::support::{FakeEntra, TestRelay, fake_entra, json, secret_config};
-
-const VAULT: &str = "api-version=2018-02-01&resource=https://vault.azure.net";
-const STORAGE: &str = "api-version=2018-02-01&resource=https://storage.azure.com";
-
-/// The standard test configuration with `credentials` instead of the client secret.
-fn config_with(entra: &FakeEntra, credentials: &str) -> String {
-    secret_config(entra, "").replace(
-        &format!("credentials = [{{ kind = \"client_secret\", secret = \"{}\" }}]", fake_entra::CLIENT_SECRET),
-        credentials,
-    )
-}
+use crate::support::{FakeEntra, STORAGE, TestConfig, TestRelay, VAULT, credential, fake_entra, json, unix_now, utf8};
 
 fn touch_later(path: &std::path::Path, secs: u64) {
     let bumped = SystemTime::now() + Duration::from_secs(secs);
@@ -32,10 +21,8 @@ async fn a_pem_certificate_signs_ps256_assertions_the_authority_verifies() {
     entra.register_certificate(&certificate.der);
     let dir = tempfile::tempdir().unwrap();
     let pem = certificate.write_pem(&dir.path().join("app.pem"));
-    let toml = config_with(
-        &entra,
-        &format!("credentials = [{{ kind = \"client_certificate\", certificate_file = \"{}\" }}]", pem.display()),
-    );
+    let toml = TestConfig::client_secret(&entra)
+        .credentials([credential("client_certificate").with("certificate_file", utf8(&pem))]);
     let relay = TestRelay::serve(&toml, &[]).await;
     let response = relay.imds(VAULT).await;
     assert_eq!(response.status(), 200, "{}", relay.logs());
@@ -58,15 +45,11 @@ async fn a_password_protected_pfx_signs_rs256_with_x5t_and_sends_the_chain() {
     std::fs::write(&pfx, certificate.pfx("pfx-password-123")).unwrap();
     let password = dir.path().join("password");
     std::fs::write(&password, "pfx-password-123\n").unwrap();
-    let toml = config_with(
-        &entra,
-        &format!(
-            "credentials = [{{ kind = \"client_certificate\", certificate_file = \"{}\", password_file = \"{}\", \
-             algorithm = \"RS256\", send_certificate_chain = true }}]",
-            pfx.display(),
-            password.display()
-        ),
-    );
+    let toml = TestConfig::client_secret(&entra).credentials([credential("client_certificate")
+        .with("certificate_file", utf8(&pfx))
+        .with("password_file", utf8(&password))
+        .with("algorithm", "RS256")
+        .with("send_certificate_chain", true)]);
     let relay = TestRelay::serve(&toml, &[]).await;
     assert_eq!(relay.imds(VAULT).await.status(), 200, "{}", relay.logs());
     let header = entra.seen()[0].assertion_header.clone().unwrap();
@@ -87,14 +70,9 @@ async fn a_rotated_certificate_is_used_without_a_restart() {
     let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
     std::fs::write(&cert_file, &old.cert_pem).unwrap();
     std::fs::write(&key_file, &old.key_pem).unwrap();
-    let toml = config_with(
-        &entra,
-        &format!(
-            "credentials = [{{ kind = \"client_certificate\", certificate_file = \"{}\", private_key_file = \"{}\" }}]",
-            cert_file.display(),
-            key_file.display()
-        ),
-    );
+    let toml = TestConfig::client_secret(&entra).credentials([credential("client_certificate")
+        .with("certificate_file", utf8(&cert_file))
+        .with("private_key_file", utf8(&key_file))]);
     let relay = TestRelay::serve(&toml, &[]).await;
     assert_eq!(relay.imds(VAULT).await.status(), 200, "{}", relay.logs());
 
@@ -120,10 +98,8 @@ async fn an_unregistered_certificate_is_a_700027_naming_its_thumbprint() {
     let certificate = TestCertificate::generate("not-uploaded");
     let dir = tempfile::tempdir().unwrap();
     let pem = certificate.write_pem(&dir.path().join("app.pem"));
-    let toml = config_with(
-        &entra,
-        &format!("credentials = [{{ kind = \"client_certificate\", certificate_file = \"{}\" }}]", pem.display()),
-    );
+    let toml = TestConfig::client_secret(&entra)
+        .credentials([credential("client_certificate").with("certificate_file", utf8(&pem))]);
     let relay = TestRelay::serve(&toml, &[]).await;
     let response = relay.imds(VAULT).await;
     assert_eq!(response.status(), 400);
@@ -141,10 +117,8 @@ async fn an_unreadable_certificate_file_is_explained() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("app.pfx");
     std::fs::write(&garbage, b"\x30\x82\x01\x00 not really pkcs12").unwrap();
-    let toml = config_with(
-        &entra,
-        &format!("credentials = [{{ kind = \"client_certificate\", certificate_file = \"{}\" }}]", garbage.display()),
-    );
+    let toml = TestConfig::client_secret(&entra)
+        .credentials([credential("client_certificate").with("certificate_file", utf8(&garbage))]);
     let relay = TestRelay::serve(&toml, &[]).await;
     let response = relay.imds(VAULT).await;
     assert_eq!(response.status(), 400);
@@ -192,10 +166,6 @@ fn claims(entra: &FakeEntra, nbf: u64, exp: u64) -> serde_json::Value {
     })
 }
 
-fn now() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_fake_authority_rejects_expired_and_wrongly_signed_assertions() {
     let entra = FakeEntra::start().await;
@@ -210,7 +180,7 @@ async fn the_fake_authority_rejects_expired_and_wrongly_signed_assertions() {
     let sign = |header: &Header, claims: &serde_json::Value, key: &TestCertificate| {
         jsonwebtoken::encode(header, claims, &key.encoding_key()).unwrap()
     };
-    let valid = claims(&entra, now(), now() + 600);
+    let valid = claims(&entra, unix_now(), unix_now() + 600);
 
     // Correct assertions pass, in both algorithms: the fake is not simply refusing everything.
     assert_eq!(entra.post_assertion(&sign(&ps256, &valid, &registered)).await.0, 200);
@@ -223,7 +193,7 @@ async fn the_fake_authority_rejects_expired_and_wrongly_signed_assertions() {
     assert_eq!((status, body["error_codes"][0].as_u64()), (401, Some(700027)), "{body}");
 
     // Expired.
-    let expired = claims(&entra, now() - 1200, now() - 600);
+    let expired = claims(&entra, unix_now() - 1200, unix_now() - 600);
     let (_, body) = entra.post_assertion(&sign(&ps256, &expired, &registered)).await;
     assert_eq!(body["error_codes"][0].as_u64(), Some(700024), "{body}");
 

@@ -1,6 +1,6 @@
 //! The command line: `token`, `check`, start-up failures and shutdown.
 
-use crate::support::{FakeEntra, TestRelay, command, fake_entra, secret_config};
+use crate::support::{FakeEntra, TestConfig, TestRelay, VAULT, command, fake_entra};
 
 async fn run(args: &[&str]) -> std::process::Output {
     command().args(args).output().await.expect("tokenrelay runs")
@@ -9,8 +9,8 @@ async fn run(args: &[&str]) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_exits_cleanly() {
     let entra = FakeEntra::start().await;
-    let mut relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
-    assert_eq!(relay.imds("api-version=2018-02-01&resource=https://vault.azure.net").await.status(), 200);
+    let mut relay = TestRelay::serve(&TestConfig::client_secret(&entra), &[]).await;
+    assert_eq!(relay.imds(VAULT).await.status(), 200);
     let status = relay.terminate().await;
     assert_eq!(status.code(), Some(0), "logs:\n{}", relay.logs());
 }
@@ -20,7 +20,7 @@ async fn token_prints_the_wire_body_through_the_same_code() {
     let entra = FakeEntra::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
-    std::fs::write(&config, secret_config(&entra, "")).unwrap();
+    std::fs::write(&config, TestConfig::client_secret(&entra).to_string()).unwrap();
     let output =
         run(&["token", "--config", config.to_str().unwrap(), "--resource", "https://vault.azure.net/.default"]).await;
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -48,7 +48,7 @@ async fn check_prints_the_effective_configuration_without_secrets() {
     let entra = FakeEntra::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
-    std::fs::write(&config, secret_config(&entra, "")).unwrap();
+    std::fs::write(&config, TestConfig::client_secret(&entra).to_string()).unwrap();
     let output = run(&["check", "--config", config.to_str().unwrap()]).await;
     assert!(output.status.success());
     let text = String::from_utf8_lossy(&output.stdout);
@@ -86,7 +86,7 @@ async fn an_unknown_request_log_setting_stops_the_start() {
     let entra = FakeEntra::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
-    std::fs::write(&config, secret_config(&entra, "").replace("[log]\n", "[log]\nrequests = \"verbose\"\n")).unwrap();
+    std::fs::write(&config, TestConfig::client_secret(&entra).set("log.requests", "verbose").to_string()).unwrap();
     let output = run(&["serve", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"]).await;
     assert_eq!(output.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -105,8 +105,7 @@ async fn the_app_service_flavour_refuses_to_start_without_a_secret() {
     let entra = FakeEntra::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
-    std::fs::write(&config, secret_config(&entra, "").replace("identity_header = \"test-identity-header-secret\"", ""))
-        .unwrap();
+    std::fs::write(&config, TestConfig::client_secret(&entra).remove("server.identity_header").to_string()).unwrap();
     let output = run(&["serve", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"]).await;
     assert_eq!(output.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&output.stderr).contains("identity_header"));

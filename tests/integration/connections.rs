@@ -10,16 +10,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::support::{FakeEntra, TestRelay, secret_config};
+use crate::support::{FakeEntra, TestConfig, TestRelay, VAULT};
 
-const VAULT: &str = "api-version=2018-02-01&resource=https://vault.azure.net";
-
-/// [`secret_config`] with `lines` added to `[server]`, logging warnings only: a flood's
-/// thousands of request lines would slow the relay down, not the test's subject.
-fn config(entra: &FakeEntra, lines: &str) -> String {
-    secret_config(entra, "")
-        .replacen("[server]\n", &format!("[server]\n{lines}\n"), 1)
-        .replace("level = \"info,tokenrelay=debug\"", "level = \"warn\"")
+/// [`TestConfig::client_secret`] logging warnings only: a flood's thousands of request lines
+/// would slow the relay down, not the test's subject.
+fn quiet(entra: &FakeEntra) -> TestConfig {
+    TestConfig::client_secret(entra).replace("log.level", "warn")
 }
 
 fn addr(base_url: &str) -> SocketAddr {
@@ -99,7 +95,9 @@ async fn stalled_readers_are_disconnected_after_the_write_timeout() {
     let entra = FakeEntra::start().await;
     // Fewer stalled peers than slots: nothing needs their slots, only the write timeout ends
     // them.
-    let relay = TestRelay::serve(&config(&entra, "max_connections = 4\nwrite_timeout_secs = 1"), &[]).await;
+    let relay =
+        TestRelay::serve(&quiet(&entra).set("server.max_connections", 4).set("server.write_timeout_secs", 1), &[])
+            .await;
     let start = Instant::now();
     let readers = stalled_readers(addr(&relay.base_url), "/metrics", 2).await;
     all_disconnected(readers, Duration::from_secs(20)).await;
@@ -109,7 +107,10 @@ async fn stalled_readers_are_disconnected_after_the_write_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn stalled_readers_are_disconnected_and_do_not_starve_other_clients() {
     let entra = FakeEntra::start().await;
-    let toml = config(&entra, "max_connections = 4\nwrite_timeout_secs = 1\nadmin_listen = \"127.0.0.1:0\"");
+    let toml = quiet(&entra)
+        .set("server.max_connections", 4)
+        .set("server.write_timeout_secs", 1)
+        .set("server.admin_listen", "127.0.0.1:0");
     let relay = TestRelay::serve_lines(&toml, &[], 2).await;
     let token_url = format!("{}/metadata/identity/oauth2/token?{VAULT}", relay.base_url);
     // Each request on a connection of its own, so that no idle kept-alive connection holds a
@@ -144,10 +145,11 @@ async fn probes_recover_within_seconds_while_the_admin_listener_is_flooded() {
     let entra = FakeEntra::start().await;
     // The token listener's limit is as small as the admin one, so the test does not depend on
     // which limit applies to the admin listener: either way its slots are taken.
-    let toml = config(
-        &entra,
-        "max_connections = 4\nadmin_max_connections = 4\nwrite_timeout_secs = 1\nadmin_listen = \"127.0.0.1:0\"",
-    );
+    let toml = quiet(&entra)
+        .set("server.max_connections", 4)
+        .set("server.admin_max_connections", 4)
+        .set("server.write_timeout_secs", 1)
+        .set("server.admin_listen", "127.0.0.1:0");
     let relay = TestRelay::serve_lines(&toml, &[], 2).await;
     let admin = admin_url(&relay);
     let healthz = format!("{admin}/healthz");
@@ -200,8 +202,11 @@ async fn read_response(stream: &mut TcpStream) -> String {
 async fn idle_kept_alive_connections_are_closed_after_the_keep_alive_timeout() {
     let entra = FakeEntra::start().await;
     // The header read timeout is far longer, so it cannot be what closes the connection.
-    let relay =
-        TestRelay::serve(&config(&entra, "keep_alive_timeout_secs = 1\nheader_read_timeout_secs = 30"), &[]).await;
+    let relay = TestRelay::serve(
+        &quiet(&entra).set("server.keep_alive_timeout_secs", 1).set("server.header_read_timeout_secs", 30),
+        &[],
+    )
+    .await;
     let mut stream = TcpStream::connect(addr(&relay.base_url)).await.unwrap();
 
     // A request that takes longer than the keep-alive timeout is not cut off: the connection
@@ -226,7 +231,7 @@ async fn idle_kept_alive_connections_are_closed_after_the_keep_alive_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_are_rendered_at_most_once_a_second() {
     let entra = FakeEntra::start().await;
-    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::client_secret(&entra), &[]).await;
     let refused = "tokenrelay_requests_total{flavour=\"app_service\",status=\"401\"}";
     let scrape = async || relay.get("/metrics", &[]).await.text().await.unwrap();
     let refuse = async || {

@@ -8,18 +8,9 @@ use base64::Engine;
 
 use crate::support::fake_devops::{self, FakeDevOps};
 use crate::support::fake_imds::{self, FakeImds};
-use crate::support::{FakeEntra, TestRelay, command, fake_entra, json, secret_config, write};
-
-const VAULT: &str = "api-version=2018-02-01&resource=https://vault.azure.net";
-const STORAGE: &str = "api-version=2018-02-01&resource=https://storage.azure.com";
-
-/// The standard test configuration with `credentials` instead of the client secret.
-fn config_with(entra: &FakeEntra, credentials: &str) -> String {
-    secret_config(entra, "").replace(
-        &format!("credentials = [{{ kind = \"client_secret\", secret = \"{}\" }}]", fake_entra::CLIENT_SECRET),
-        credentials,
-    )
-}
+use crate::support::{
+    FakeEntra, STORAGE, TestConfig, TestRelay, VAULT, command, credential, fake_entra, json, table, utf8, write,
+};
 
 /// A JWT-shaped federated token (unsigned: the fake matches claims, as a federated identity
 /// credential does).
@@ -46,10 +37,8 @@ async fn a_client_assertion_file_is_read_again_when_replaced() {
     let first = federated_token("https://token.actions.githubusercontent.com", "repo:contoso/app:ref:refs/heads/main");
     write(&file, &first);
     entra.accept_assertion(&first, 70021);
-    let toml = config_with(
-        &entra,
-        &format!("credentials = [{{ kind = \"client_assertion\", file = \"{}\" }}]", file.display()),
-    );
+    let toml =
+        TestConfig::client_secret(&entra).credentials([credential("client_assertion").with("file", utf8(&file))]);
     let relay = TestRelay::serve(&toml, &[]).await;
     assert_eq!(relay.imds(VAULT).await.status(), 200, "{}", relay.logs());
 
@@ -73,18 +62,14 @@ async fn a_client_assertion_command_prints_the_token_and_failures_are_explained(
         "get-token",
         &format!("#!/bin/sh\necho '{}'\n", federated_token("https://spiffe.example", "spiffe://example.org/app")),
     );
-    let toml = config_with(
-        &entra,
-        &format!("credentials = [{{ kind = \"client_assertion\", command = [\"{}\"] }}]", script.display()),
-    );
+    let toml = TestConfig::client_secret(&entra)
+        .credentials([credential("client_assertion").with("command", vec![utf8(&script)])]);
     let relay = TestRelay::serve(&toml, &[]).await;
     assert_eq!(relay.imds(VAULT).await.status(), 200, "{}", relay.logs());
 
     let failing = executable(dir.path(), "broken", "#!/bin/sh\necho 'agent socket not found' >&2\nexit 7\n");
-    let toml = config_with(
-        &entra,
-        &format!("credentials = [{{ kind = \"client_assertion\", command = [\"{}\"] }}]", failing.display()),
-    );
+    let toml = TestConfig::client_secret(&entra)
+        .credentials([credential("client_assertion").with("command", vec![utf8(&failing)])]);
     let relay = TestRelay::serve(&toml, &[]).await;
     let response = relay.imds(VAULT).await;
     assert_eq!(response.status(), 503);
@@ -97,10 +82,8 @@ async fn a_client_assertion_command_prints_the_token_and_failures_are_explained(
         "stranger",
         &format!("#!/bin/sh\necho '{}'\n", federated_token("https://spiffe.example", "spiffe://example.org/other")),
     );
-    let toml = config_with(
-        &entra,
-        &format!("credentials = [{{ kind = \"client_assertion\", command = [\"{}\"] }}]", stranger.display()),
-    );
+    let toml = TestConfig::client_secret(&entra)
+        .credentials([credential("client_assertion").with("command", vec![utf8(&stranger)])]);
     let relay = TestRelay::serve(&toml, &[]).await;
     let response = relay.imds(VAULT).await;
     assert_eq!(response.status(), 400);
@@ -117,11 +100,9 @@ async fn a_client_assertion_command_prints_the_token_and_failures_are_explained(
 
 // ---- azure_pipelines ----
 
-fn pipelines_config(entra: &FakeEntra, connection: &str) -> String {
-    config_with(
-        entra,
-        &format!("credentials = [{{ kind = \"azure_pipelines\", service_connection_id = \"{connection}\" }}]"),
-    )
+fn pipelines_config(entra: &FakeEntra, connection: &str) -> TestConfig {
+    TestConfig::client_secret(entra)
+        .credentials([credential("azure_pipelines").with("service_connection_id", connection)])
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -215,13 +196,10 @@ async fn azure_pipelines_errors_name_the_support_headers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn azure_pipelines_outside_a_job_is_skipped_by_the_chain() {
     let entra = FakeEntra::start().await;
-    let toml = config_with(
-        &entra,
-        &format!(
-            "credentials = [{{ kind = \"azure_pipelines\", service_connection_id = \"x\" }}, {{ kind = \"client_secret\", secret = \"{}\" }}]",
-            fake_entra::CLIENT_SECRET
-        ),
-    );
+    let toml = TestConfig::client_secret(&entra).credentials([
+        credential("azure_pipelines").with("service_connection_id", "x"),
+        credential("client_secret").with("secret", fake_entra::CLIENT_SECRET),
+    ]);
     let relay = TestRelay::serve(&toml, &[]).await;
     assert_eq!(relay.imds(VAULT).await.status(), 200, "{}", relay.logs());
     assert!(relay.logs().contains("client_secret will be tried first"), "{}", relay.logs());
@@ -229,14 +207,17 @@ async fn azure_pipelines_outside_a_job_is_skipped_by_the_chain() {
 
 // ---- managed_identity ----
 
-fn imds_config(entra: &FakeEntra, imds: &FakeImds, extra: &str) -> String {
-    config_with(
-        entra,
-        &format!(
-            "credentials = [{{ kind = \"managed_identity\", endpoint = \"{}\", client_id = \"mi-client\", retry_base_ms = 10{extra} }}]",
-            imds.imds_endpoint()
-        ),
-    )
+/// A managed identity at `imds` as the only credential, retrying quickly; `gone_retry_secs`
+/// bounds how long 410 answers are waited out.
+fn imds_config(entra: &FakeEntra, imds: &FakeImds, gone_retry_secs: Option<i64>) -> TestConfig {
+    let mut link = credential("managed_identity")
+        .with("endpoint", imds.imds_endpoint())
+        .with("client_id", "mi-client")
+        .with("retry_base_ms", 10);
+    if let Some(secs) = gone_retry_secs {
+        link = link.with("gone_retry_secs", secs);
+    }
+    TestConfig::client_secret(entra).credentials([link])
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -246,7 +227,7 @@ async fn imds_answering_410_for_a_while_is_waited_out() {
     imds.script([(410, None), (410, None), (410, None)]);
     // A bogus proxy in the environment must not be used for IMDS.
     let relay = TestRelay::serve_with_env(
-        &imds_config(&entra, &imds, ", gone_retry_secs = 30"),
+        &imds_config(&entra, &imds, Some(30)),
         &[],
         &[("HTTP_PROXY", "http://127.0.0.1:9"), ("http_proxy", "http://127.0.0.1:9")],
     )
@@ -272,7 +253,7 @@ async fn imds_that_stays_gone_past_the_budget_is_a_503_and_throttling_is_backed_
     let entra = FakeEntra::start().await;
     let imds = FakeImds::start().await;
     imds.script(std::iter::repeat_n((410, None), 1000));
-    let relay = TestRelay::serve(&imds_config(&entra, &imds, ", gone_retry_secs = 1"), &[]).await;
+    let relay = TestRelay::serve(&imds_config(&entra, &imds, Some(1)), &[]).await;
     let response = relay.imds(VAULT).await;
     assert_eq!(response.status(), 503);
     let text = description(response).await;
@@ -281,7 +262,7 @@ async fn imds_that_stays_gone_past_the_budget_is_a_503_and_throttling_is_backed_
 
     let imds = FakeImds::start().await;
     imds.script([(429, Some(0)), (500, None)]);
-    let relay = TestRelay::serve(&imds_config(&entra, &imds, ""), &[]).await;
+    let relay = TestRelay::serve(&imds_config(&entra, &imds, None), &[]).await;
     assert_eq!(relay.imds(VAULT).await.status(), 200, "{}", relay.logs());
     assert_eq!(imds.seen().len(), 3);
 }
@@ -433,13 +414,10 @@ async fn a_permanent_failure_stops_the_chain_and_unavailable_links_are_skipped()
     entra.accept_assertion(&token, 70021);
 
     // A bad secret first: the workload identity after it is never tried.
-    let toml = config_with(
-        &entra,
-        &format!(
-            "credentials = [{{ kind = \"client_secret\", secret = \"wrong\" }}, {{ kind = \"workload_identity\", token_file = \"{}\" }}]",
-            token_file.display()
-        ),
-    );
+    let toml = TestConfig::client_secret(&entra).credentials([
+        credential("client_secret").with("secret", "wrong"),
+        credential("workload_identity").with("token_file", utf8(&token_file)),
+    ]);
     let relay = TestRelay::serve(&toml, &[]).await;
     let response = relay.imds(VAULT).await;
     assert_eq!(response.status(), 400);
@@ -447,13 +425,10 @@ async fn a_permanent_failure_stops_the_chain_and_unavailable_links_are_skipped()
     assert_eq!(entra.requests(), 1);
 
     // A missing assertion file first: skipped, and the workload identity answers.
-    let toml = config_with(
-        &entra,
-        &format!(
-            "credentials = [{{ kind = \"client_assertion\", file = \"/nonexistent/assertion\" }}, {{ kind = \"workload_identity\", token_file = \"{}\" }}]",
-            token_file.display()
-        ),
-    );
+    let toml = TestConfig::client_secret(&entra).credentials([
+        credential("client_assertion").with("file", "/nonexistent/assertion"),
+        credential("workload_identity").with("token_file", utf8(&token_file)),
+    ]);
     let relay = TestRelay::serve(&toml, &[]).await;
     assert_eq!(relay.imds(VAULT).await.status(), 200, "{}", relay.logs());
     assert!(relay.logs().contains("workload_identity will be tried first"), "{}", relay.logs());
@@ -470,18 +445,16 @@ async fn check_shows_every_chain_and_fetches_only_when_asked() {
     let entra = FakeEntra::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
-    let toml = format!(
-        "{}\n[[identities]]\nname = \"defaults\"\nclient_id = \"second-app\"\ntenant_id = \"{}\"\n",
-        config_with(
-            &entra,
-            &format!(
-                "credentials = [{{ kind = \"client_assertion\", file = \"/nonexistent/jwt\" }}, {{ kind = \"client_secret\", secret = \"{}\" }}]",
-                fake_entra::CLIENT_SECRET
-            )
-        ),
-        fake_entra::TENANT
-    );
-    std::fs::write(&config, toml).unwrap();
+    let toml = TestConfig::client_secret(&entra)
+        .credentials([
+            credential("client_assertion").with("file", "/nonexistent/jwt"),
+            credential("client_secret").with("secret", fake_entra::CLIENT_SECRET),
+        ])
+        .push(
+            "identities",
+            table().with("name", "defaults").with("client_id", "second-app").with("tenant_id", fake_entra::TENANT),
+        );
+    std::fs::write(&config, toml.to_string()).unwrap();
     let config = config.to_str().unwrap();
     let env = [("PATH", "/nonexistent")];
 
@@ -520,7 +493,9 @@ async fn check_fetch_reports_an_authority_refusal_with_its_advice() {
     let config = dir.path().join("c.toml");
     std::fs::write(
         &config,
-        secret_config(&entra, "").replace(fake_entra::CLIENT_ID, "00000000-0000-0000-0000-00000000beef"),
+        TestConfig::client_secret(&entra)
+            .replace("identities.0.client_id", "00000000-0000-0000-0000-00000000beef")
+            .to_string(),
     )
     .unwrap();
     let output = run_with(&["check", "--config", config.to_str().unwrap(), "--fetch"], &[]).await;
@@ -541,13 +516,10 @@ async fn token_for_another_tenant_needs_it_to_be_allowed() {
     let entra = FakeEntra::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
-    let toml = secret_config(&entra, "")
-        .replace(&format!("tenant_id = \"{}\"", fake_entra::TENANT), "tenant_id = \"contoso.onmicrosoft.com\"")
-        .replace(
-            "credentials = [",
-            &format!("additionally_allowed_tenants = [\"{}\"]\ncredentials = [", fake_entra::TENANT),
-        );
-    std::fs::write(&config, toml).unwrap();
+    let toml = TestConfig::client_secret(&entra)
+        .replace("identities.0.tenant_id", "contoso.onmicrosoft.com")
+        .set("identities.0.additionally_allowed_tenants", vec![fake_entra::TENANT]);
+    std::fs::write(&config, toml.to_string()).unwrap();
     let config = config.to_str().unwrap();
 
     let refused = run_with(

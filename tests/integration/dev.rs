@@ -1,6 +1,6 @@
 //! `serve --dev`: the embedded issuer a newcomer runs first.
 
-use crate::support::{TestRelay, json};
+use crate::support::{TestRelay, VAULT, json};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn serves_both_flavours_and_prints_how_to_use_them() {
@@ -12,7 +12,7 @@ async fn serves_both_flavours_and_prints_how_to_use_them() {
     assert_eq!(header.len(), 64, "a generated secret");
     assert!(export.contains(&format!("IDENTITY_ENDPOINT={}/msi/token", relay.base_url)));
 
-    let imds = json(relay.imds("api-version=2018-02-01&resource=https://vault.azure.net").await).await;
+    let imds = json(relay.imds(VAULT).await).await;
     assert_eq!(imds["client_id"], "d0000000-0000-0000-0000-000000000001");
     let app = relay
         .get(

@@ -10,32 +10,14 @@ use tokenrelay::store::{Cipher, PersistedToken, Protection, Snapshot, format};
 use tokenrelay::token::AccessToken;
 
 use crate::support::{
-    CacheDir, FakeEntra, HEADER_SECRET, Scripted, TestRelay, command, eventually, fake_entra, json, secret_config,
+    CacheDir, FakeEntra, HEADER_SECRET, Scripted, TestConfig, TestRelay, VAULT, command, eventually, fake_entra, json,
+    sample, unix_now,
 };
-
-const VAULT: &str = "api-version=2018-02-01&resource=https://vault.azure.net";
-
-/// `[cache]` settings appended to a configuration (a table may follow `[cache.persistence]`).
-fn with_cache(toml: &str, settings: &str) -> String {
-    format!("{toml}\n[cache]\n{settings}\n")
-}
-
-/// The value of the first sample of `name` whose line carries every one of `labels`.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|line| line.starts_with(name) && !line.starts_with('#'))
-        .find(|line| labels.iter().all(|label| line.contains(label)))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-}
-
-async fn metrics(relay: &TestRelay) -> String {
-    relay.get("/metrics", &[]).await.text().await.unwrap()
-}
 
 /// The resources the relay holds, from the per-token gauge.
 async fn cached_resources(relay: &TestRelay) -> BTreeSet<String> {
-    metrics(relay)
+    relay
+        .metrics()
         .await
         .lines()
         .filter(|l| l.starts_with("tokenrelay_token_expires_in_seconds{"))
@@ -58,7 +40,10 @@ async fn listed_resources(config: &std::path::Path) -> BTreeSet<String> {
 async fn a_flood_of_new_resources_is_refused_with_429_and_the_token_in_use_stays_a_hit() {
     let entra = FakeEntra::start().await;
     // 20 tokens (18 in use, 2 on probation); 40 new resources at once, then one a minute.
-    let toml = with_cache(&secret_config(&entra, ""), "max_entries = 20\nnew_keys_per_minute = 1\nnew_keys_burst = 40");
+    let toml = TestConfig::client_secret(&entra)
+        .set("cache.max_entries", 20)
+        .set("cache.new_keys_per_minute", 1)
+        .set("cache.new_keys_burst", 40);
     let relay = TestRelay::serve(&toml, &[]).await;
     let app = json(relay.imds(VAULT).await).await["access_token"].clone();
     for _ in 0..2 {
@@ -95,7 +80,7 @@ async fn a_flood_of_new_resources_is_refused_with_429_and_the_token_in_use_stays
     let again = json(relay.imds(VAULT).await).await;
     assert_eq!(again["access_token"], app);
     assert_eq!(entra.requests(), calls, "the token in use is still a cache hit");
-    let text = metrics(&relay).await;
+    let text = relay.metrics().await;
     assert_eq!(sample(&text, "tokenrelay_new_keys_limited_total", &["identity=\"app\""]), Some(61.0), "{text}");
     let evicted = sample(&text, "tokenrelay_cache_evictions_total", &["identity=\"app\"", "reason=\"size\""]);
     assert_eq!(evicted, Some(20.0), "the flood churned the 2 probation slots only: {text}");
@@ -107,7 +92,7 @@ async fn a_flood_of_new_resources_is_refused_with_429_and_the_token_in_use_stays
 async fn the_file_keeps_what_memory_keeps_and_a_restart_during_an_outage_serves_all_of_it() {
     let entra = FakeEntra::start().await;
     let cache = CacheDir::new();
-    let toml = with_cache(&cache.config(&entra, ""), "max_entries = 10\nnew_keys_burst = 100");
+    let toml = cache.config(&entra).set("cache.max_entries", 10).set("cache.new_keys_burst", 100);
     let config = cache.config_file(&toml);
     let mut relay = TestRelay::serve(&toml, &[]).await;
     let mut tokens = std::collections::BTreeMap::new();
@@ -149,7 +134,7 @@ async fn a_file_larger_than_the_cache_is_loaded_up_to_max_entries_and_pruned() {
     let cache = CacheDir::new();
     // 50 tokens for the identity, as a release without the bound left them; the latest
     // expiries are the freshest, and r00 was in use.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = unix_now();
     let tokens = (0..50u64)
         .map(|i| PersistedToken {
             identity: "app".into(),
@@ -175,7 +160,7 @@ async fn a_file_larger_than_the_cache_is_loaded_up_to_max_entries_and_pruned() {
     );
     std::fs::create_dir_all(cache.file().parent().unwrap()).unwrap();
     std::fs::write(cache.file(), &bytes).unwrap();
-    let toml = with_cache(&cache.config(&entra, ""), "max_entries = 10");
+    let toml = cache.config(&entra).set("cache.max_entries", 10);
     let config = cache.config_file(&toml);
 
     entra.set_down(true);
@@ -201,7 +186,7 @@ async fn a_file_larger_than_the_cache_is_loaded_up_to_max_entries_and_pruned() {
 #[tokio::test(flavor = "multi_thread")]
 async fn more_than_64_query_parameters_are_refused_in_each_flavours_format() {
     let entra = FakeEntra::start().await;
-    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::client_secret(&entra), &[]).await;
     // As many distinct parameters as fit in the default 8 KiB request target.
     let padding: String = (0..1800).map(|i| format!("&{i:x}")).collect();
     let response = relay.imds(&format!("{VAULT}{padding}")).await;
@@ -225,7 +210,7 @@ async fn more_than_64_query_parameters_are_refused_in_each_flavours_format() {
 #[tokio::test(flavor = "multi_thread")]
 async fn aadsts_codes_the_relay_does_not_know_share_one_label() {
     let entra = FakeEntra::start().await;
-    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::client_secret(&entra), &[]).await;
     entra.script((0..20).map(|i| Scripted::Error { status: 400, aadsts: 9_100_000 + i, error: "invalid_request" }));
     for i in 0..20 {
         let response = relay.imds(&format!("api-version=2018-02-01&resource=https://r{i}.example")).await;
@@ -236,7 +221,7 @@ async fn aadsts_codes_the_relay_does_not_know_share_one_label() {
     }
     entra.script([Scripted::Error { status: 401, aadsts: 7000215, error: "invalid_client" }]);
     assert_eq!(relay.imds("api-version=2018-02-01&resource=https://known.example").await.status(), 400);
-    let text = metrics(&relay).await;
+    let text = relay.metrics().await;
     let series: Vec<&str> = text.lines().filter(|l| l.starts_with("tokenrelay_upstream_errors_total{")).collect();
     assert_eq!(series.len(), 2, "{series:?}");
     assert_eq!(sample(&text, "tokenrelay_upstream_errors_total", &["aadsts=\"other\""]), Some(20.0), "{text}");

@@ -1,13 +1,13 @@
 //! The IMDS flavour: caller checks, probes, path variants and the wire body.
 
-use crate::support::{FakeEntra, TestRelay, fake_entra, json, secret_config};
+use crate::support::{FakeEntra, TestConfig, TestRelay, fake_entra, json};
 
 const QUERY: &str = "api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn serves_the_wire_body_every_sdk_parses() {
     let entra = FakeEntra::start().await;
-    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::client_secret(&entra), &[]).await;
     let response = relay.imds(QUERY).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/json");
@@ -37,7 +37,7 @@ async fn serves_the_wire_body_every_sdk_parses() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_probe_gets_400_at_once_and_never_reaches_the_upstream() {
     let entra = FakeEntra::start().await;
-    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::client_secret(&entra), &[]).await;
     // JS and Go probe with no query and no Metadata header; Python and .NET with a resource.
     for path in ["/metadata/identity/oauth2/token", &format!("/metadata/identity/oauth2/token?{QUERY}")] {
         let response = relay.get(path, &[]).await;
@@ -54,7 +54,7 @@ async fn a_probe_gets_400_at_once_and_never_reaches_the_upstream() {
 #[tokio::test(flavor = "multi_thread")]
 async fn compatible_probe_mode_serves_a_probe_that_names_a_resource() {
     let entra = FakeEntra::start().await;
-    let toml = secret_config(&entra, "").replace("[server]\n", "[server]\nimds_probe = \"compatible\"\n");
+    let toml = TestConfig::client_secret(&entra).set("server.imds_probe", "compatible");
     let relay = TestRelay::serve(&toml, &[]).await;
     let probe = relay.get(&format!("/metadata/identity/oauth2/token?{QUERY}"), &[]).await;
     assert_eq!(probe.status(), 200);
@@ -65,7 +65,7 @@ async fn compatible_probe_mode_serves_a_probe_that_names_a_resource() {
 #[tokio::test(flavor = "multi_thread")]
 async fn path_variants_and_header_case_are_accepted() {
     let entra = FakeEntra::start().await;
-    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::client_secret(&entra), &[]).await;
     for path in
         ["/metadata/identity/oauth2/token", "/metadata/identity/oauth2/token/", "//metadata/identity/oauth2/token"]
     {
@@ -79,7 +79,7 @@ async fn path_variants_and_header_case_are_accepted() {
 #[tokio::test(flavor = "multi_thread")]
 async fn refuses_forwarded_requests_bad_versions_and_missing_resources() {
     let entra = FakeEntra::start().await;
-    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::client_secret(&entra), &[]).await;
     let forwarded = relay
         .get(
             &format!("/metadata/identity/oauth2/token?{QUERY}"),
@@ -110,7 +110,7 @@ async fn refuses_forwarded_requests_bad_versions_and_missing_resources() {
 #[tokio::test(flavor = "multi_thread")]
 async fn selectors_pick_configured_identities_and_unknown_ones_get_400() {
     let entra = FakeEntra::start().await;
-    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::client_secret(&entra), &[]).await;
     let by_client_id = relay.imds(&format!("{QUERY}&client_id={}", fake_entra::CLIENT_ID.to_uppercase())).await;
     assert_eq!(by_client_id.status(), 200);
     assert_eq!(json(by_client_id).await["client_id"], fake_entra::CLIENT_ID);
@@ -129,7 +129,7 @@ async fn selectors_pick_configured_identities_and_unknown_ones_get_400() {
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_paths_are_404_json() {
     let entra = FakeEntra::start().await;
-    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::client_secret(&entra), &[]).await;
     let response = relay.get("/metadata/instance", &[("Metadata", "true")]).await;
     assert_eq!(response.status(), 404);
     assert_eq!(json(response).await["error"], "not_found");

@@ -1,6 +1,6 @@
 //! Running in Kubernetes: the kubelet's service-link variables share tokenrelay's prefix.
 
-use crate::support::{FakeEntra, TestRelay, command, json, secret_config};
+use crate::support::{FakeEntra, TestConfig, TestRelay, VAULT, command, json};
 
 /// A Service as the kubelet sees it when it builds a container's environment.
 struct Service {
@@ -79,9 +79,9 @@ async fn service_links_named_like_configuration_do_not_stop_it() {
     let entra = FakeEntra::start().await;
     let links = namespace_links();
     let env: Vec<(&str, &str)> = links.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-    let relay = TestRelay::serve_with_env(&secret_config(&entra, ""), &[], &env).await;
+    let relay = TestRelay::serve_with_env(&TestConfig::client_secret(&entra), &[], &env).await;
 
-    let token = json(relay.imds("api-version=2018-02-01&resource=https://vault.azure.net").await).await;
+    let token = json(relay.imds(VAULT).await).await;
     assert_eq!(token["access_token"], "fake-token-1-for-https://vault.azure.net");
     assert_eq!(relay.app_service("api-version=2019-08-01&resource=https://vault.azure.net").await.status(), 200);
 
@@ -113,7 +113,7 @@ async fn dev_mode_starts_beside_a_metrics_service() {
         &[("TOKENRELAY_METRICS_PORT", "tcp://10.0.0.1:8081")],
     )
     .await;
-    assert_eq!(relay.imds("api-version=2018-02-01&resource=https://vault.azure.net").await.status(), 200);
+    assert_eq!(relay.imds(VAULT).await.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,11 +6,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{FakeEntra, TestRelay, json, secret_config};
-
-fn limited_config(entra: &FakeEntra, extra_server: &str) -> String {
-    secret_config(entra, "").replacen("[server]\n", &format!("[server]\n{extra_server}\n"), 1)
-}
+use crate::support::{FakeEntra, TestConfig, TestRelay, json};
 
 /// Sends raw bytes and returns the status line of the answer ("" if the server hung up).
 async fn raw(relay: &TestRelay, request: &[u8]) -> String {
@@ -25,7 +21,7 @@ async fn raw(relay: &TestRelay, request: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_heads_and_targets_are_refused() {
     let entra = FakeEntra::start().await;
-    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::client_secret(&entra), &[]).await;
     let big_header =
         format!("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));
     assert!(raw(&relay, big_header.as_bytes()).await.contains(" 431 "));
@@ -41,7 +37,7 @@ async fn oversized_heads_and_targets_are_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn token_endpoints_answer_get_only_and_any_slash_variant() {
     let entra = FakeEntra::start().await;
-    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::client_secret(&entra), &[]).await;
     let post = raw(
         &relay,
         b"POST /metadata/identity/oauth2/token?api-version=2018-02-01&resource=r HTTP/1.1\r\nHost: x\r\n\
@@ -63,7 +59,8 @@ async fn token_endpoints_answer_get_only_and_any_slash_variant() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     let entra = FakeEntra::start().await;
-    let relay = TestRelay::serve(&limited_config(&entra, "header_read_timeout_secs = 1"), &[]).await;
+    let relay =
+        TestRelay::serve(&TestConfig::client_secret(&entra).set("server.header_read_timeout_secs", 1), &[]).await;
     let addr = relay.base_url.trim_start_matches("http://").to_owned();
     let mut stream = TcpStream::connect(&addr).await.unwrap();
     stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
@@ -75,8 +72,11 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_beyond_the_limit_take_an_unused_slot_or_wait_for_one() {
     let entra = FakeEntra::start().await;
-    let relay =
-        TestRelay::serve(&limited_config(&entra, "max_connections = 2\nheader_read_timeout_secs = 30"), &[]).await;
+    let relay = TestRelay::serve(
+        &TestConfig::client_secret(&entra).set("server.max_connections", 2).set("server.header_read_timeout_secs", 30),
+        &[],
+    )
+    .await;
     let addr = relay.base_url.trim_start_matches("http://").to_owned();
     let client =
         |timeout| reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).timeout(timeout).build().unwrap();
@@ -123,7 +123,7 @@ async fn connections_beyond_the_limit_take_an_unused_slot_or_wait_for_one() {
 async fn sigterm_lets_requests_in_flight_finish() {
     let entra = FakeEntra::start().await;
     entra.set_delay(Duration::from_millis(1500));
-    let mut relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let mut relay = TestRelay::serve(&TestConfig::client_secret(&entra), &[]).await;
     let url = format!(
         "{}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net",
         relay.base_url

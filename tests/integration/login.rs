@@ -6,14 +6,15 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 
-use crate::support::command;
 use crate::support::fake_login::{DEVICE_CODE, FakeLogin, Outage, USER_CODE, USER_OID, USER_TENANT, USERNAME};
+use crate::support::{TestConfig, command, utf8};
 
 /// A directory with a key, a configuration using a `user` credential, and helpers to run
 /// the binary against it.
 struct Laptop {
     dir: tempfile::TempDir,
     config: PathBuf,
+    authority: String,
 }
 
 impl Laptop {
@@ -23,7 +24,14 @@ impl Laptop {
             base64::engine::general_purpose::STANDARD.encode(std::array::from_fn::<u8, 32, _>(|_| fastrand::u8(..)));
         std::fs::write(dir.path().join("key"), key).unwrap();
         let config = dir.path().join("tokenrelay.toml");
-        let toml = format!(
+        let laptop = Self { dir, config, authority: authority.url() };
+        laptop.configure(&laptop.config());
+        laptop
+    }
+
+    /// Persistence encrypted with the directory's key, and one identity signed in as a user.
+    fn config(&self) -> TestConfig {
+        TestConfig::parse(&format!(
             r#"
 [server]
 identity_header = "h-0123456789abcdef"
@@ -36,21 +44,24 @@ format = "text"
 
 [cache.persistence]
 enabled = true
-path = {:?}
-key_file = {:?}
+path = "{}"
+key_file = "{}"
 
 [[identities]]
 name = "me"
 client_id = "11111111-2222-4333-8444-555555555555"
-credentials = [{{ kind = "user", authentication_record = {:?} }}]
+credentials = [{{ kind = "user", authentication_record = "{}" }}]
 "#,
-            authority.url(),
-            dir.path().join("cache/tokens.cache"),
-            dir.path().join("key"),
-            dir.path().join("record.json"),
-        );
-        std::fs::write(&config, toml).unwrap();
-        Self { dir, config }
+            self.authority,
+            utf8(&self.path("cache/tokens.cache")),
+            utf8(&self.path("key")),
+            utf8(&self.path("record.json")),
+        ))
+    }
+
+    /// Writes `config` as the configuration file every command here uses.
+    fn configure(&self, config: &TestConfig) {
+        std::fs::write(&self.config, config.to_string()).unwrap();
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -179,10 +190,7 @@ async fn slow_down_lengthens_the_polling_interval_and_the_login_succeeds() {
 async fn login_refuses_to_keep_a_refresh_token_without_protected_storage() {
     let authority = FakeLogin::start().await;
     let laptop = Laptop::new(&authority);
-    let config = std::fs::read_to_string(&laptop.config).unwrap();
-    let without_key: String = config.lines().filter(|l| !l.starts_with("key_file")).map(|l| format!("{l}\n")).collect();
-    std::fs::write(&laptop.config, without_key.replace("enabled = true", "enabled = true\nbackend = \"file\""))
-        .unwrap();
+    laptop.configure(&laptop.config().remove("cache.persistence.key_file").set("cache.persistence.backend", "file"));
     let login = laptop.login().await;
     let stderr = text(&login.stderr);
     if stderr.contains("key in the kernel keyutils keyring") || login.status.success() {

@@ -9,11 +9,7 @@
 
 use std::path::Path;
 
-use crate::support::{CacheDir, FakeEntra, PrivateMount, TestRelay, eventually, json};
-
-const VAULT: &str = "api-version=2018-02-01&resource=https://vault.azure.net";
-const STORAGE: &str = "api-version=2018-02-01&resource=https://storage.azure.com";
-const GRAPH: &str = "api-version=2018-02-01&resource=https://graph.microsoft.com";
+use crate::support::{CacheDir, FakeEntra, GRAPH, PrivateMount, STORAGE, TestRelay, VAULT, eventually, json};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fault {
@@ -47,7 +43,7 @@ async fn survive(fault: Fault, reason: &str) {
             return;
         }
     };
-    let toml = cache.config(&entra, "");
+    let toml = cache.config(&entra);
     let mut relay = TestRelay::serve_via(&mount.wrapper(), &toml, &[]).await;
     let file = mount.outside(&cache.file());
 

@@ -4,30 +4,16 @@
 //! accepts only the current secret or certificate, so presenting the old one fails.
 
 use crate::support::certs::TestCertificate;
-use crate::support::{FakeEntra, ProjectedVolume, TestRelay, eventually, fake_entra, json, secret_config};
-
-const VAULT: &str = "api-version=2018-02-01&resource=https://vault.azure.net";
-const STORAGE: &str = "api-version=2018-02-01&resource=https://storage.azure.com";
-const MANAGEMENT: &str = "api-version=2018-02-01&resource=https://management.azure.com";
+use crate::support::{
+    FakeEntra, MANAGEMENT, ProjectedVolume, STORAGE, TestConfig, TestRelay, VAULT, credential, eventually, fake_entra,
+    json, utf8,
+};
 
 const NEW_SECRET: &str = "rotated-secret-value-0002";
 
-/// The standard test configuration with `credentials` instead of the inline secret.
-fn config_with(entra: &FakeEntra, credentials: &str) -> String {
-    secret_config(entra, "").replace(
-        &format!("credentials = [{{ kind = \"client_secret\", secret = \"{}\" }}]", fake_entra::CLIENT_SECRET),
-        credentials,
-    )
-}
-
-fn secret_file_config(entra: &FakeEntra, volume: &ProjectedVolume) -> String {
-    config_with(
-        entra,
-        &format!(
-            "credentials = [{{ kind = \"client_secret\", secret_file = \"{}\" }}]",
-            volume.path("client-secret").display()
-        ),
-    )
+fn secret_file_config(entra: &FakeEntra, volume: &ProjectedVolume) -> TestConfig {
+    TestConfig::client_secret(entra)
+        .credentials([credential("client_secret").with("secret_file", utf8(&volume.path("client-secret")))])
 }
 
 async fn error_code(response: reqwest::Response) -> (u16, String) {
@@ -119,15 +105,10 @@ fn borrowed<'a, const N: usize>(files: &'a [(&'static str, Vec<u8>); N]) -> Vec<
     files.iter().map(|(key, content)| (*key, content.as_slice())).collect()
 }
 
-fn tls_config(entra: &FakeEntra, volume: &ProjectedVolume) -> String {
-    config_with(
-        entra,
-        &format!(
-            "credentials = [{{ kind = \"client_certificate\", certificate_file = \"{}\", private_key_file = \"{}\" }}]",
-            volume.path("tls.crt").display(),
-            volume.path("tls.key").display()
-        ),
-    )
+fn tls_config(entra: &FakeEntra, volume: &ProjectedVolume) -> TestConfig {
+    TestConfig::client_secret(entra).credentials([credential("client_certificate")
+        .with("certificate_file", utf8(&volume.path("tls.crt")))
+        .with("private_key_file", utf8(&volume.path("tls.key")))])
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -168,14 +149,9 @@ async fn a_pfx_and_its_password_refused_mid_rotation_are_read_again_and_retried_
     entra.register_certificate(&old.der);
     let old_pfx = old.pfx("first-password");
     let mut volume = ProjectedVolume::new(&[("app.pfx", &old_pfx[..]), ("password", &b"first-password\n"[..])]);
-    let toml = config_with(
-        &entra,
-        &format!(
-            "credentials = [{{ kind = \"client_certificate\", certificate_file = \"{}\", password_file = \"{}\" }}]",
-            volume.path("app.pfx").display(),
-            volume.path("password").display()
-        ),
-    );
+    let toml = TestConfig::client_secret(&entra).credentials([credential("client_certificate")
+        .with("certificate_file", utf8(&volume.path("app.pfx")))
+        .with("password_file", utf8(&volume.path("password")))]);
     let relay = TestRelay::serve(&toml, &[]).await;
 
     // A Key Vault style renewal lands while the exchange signed with the old one is in flight:
@@ -231,10 +207,8 @@ async fn a_rotated_client_assertion_file_is_presented_next() {
     let second = crate::support::service_account_token("system:serviceaccount:ci:second");
     entra.accept_assertion(&first, 70021);
     let mut volume = ProjectedVolume::new(&[("token", first.as_bytes())]);
-    let toml = config_with(
-        &entra,
-        &format!("credentials = [{{ kind = \"client_assertion\", file = \"{}\" }}]", volume.path("token").display()),
-    );
+    let toml = TestConfig::client_secret(&entra)
+        .credentials([credential("client_assertion").with("file", utf8(&volume.path("token")))]);
     let relay = TestRelay::serve(&toml, &[]).await;
     assert_eq!(relay.imds(VAULT).await.status(), 200, "{}", relay.logs());
 

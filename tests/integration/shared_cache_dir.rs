@@ -8,23 +8,17 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokenrelay::secret::Secret;
 use tokenrelay::store::{PersistedToken, Protection, Snapshot, format};
 use tokenrelay::token::AccessToken;
 
-use crate::support::{CacheDir, FakeEntra, TestRelay, fake_entra, json};
-
-const VAULT: &str = "api-version=2018-02-01&resource=https://vault.azure.net";
+use crate::support::{CacheDir, FakeEntra, TestConfig, TestRelay, VAULT, fake_entra, json, unix_now};
 /// The user the planted files belong to (`nobody` on Debian).
 const OTHER_UID: u32 = 65534;
 /// The user an unprivileged tokenrelay runs as.
 const RELAY_UID: u32 = 65533;
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
 
 fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -67,12 +61,15 @@ fn plaintext_cache(value: &str, expires_on: u64) -> Vec<u8> {
         in_use: false,
         written_by: 0,
     };
-    format::encode(&Snapshot { tokens: vec![token], ..Snapshot::default() }, &Protection::Plaintext, now())
+    format::encode(&Snapshot { tokens: vec![token], ..Snapshot::default() }, &Protection::Plaintext, unix_now())
 }
 
 /// The configuration that stores tokens in plaintext (where no keyring works).
-fn plaintext_config(cache: &CacheDir, entra: &FakeEntra) -> String {
-    cache.config_with(entra, "", "backend = \"file\"\nallow_unencrypted_storage = true")
+fn plaintext_config(cache: &CacheDir, entra: &FakeEntra) -> TestConfig {
+    cache
+        .persisting(TestConfig::client_secret(entra))
+        .set("cache.persistence.backend", "file")
+        .set("cache.persistence.allow_unencrypted_storage", true)
 }
 
 /// Whether the relay chose plaintext; false (with a note) where this machine's keyring
@@ -108,7 +105,7 @@ async fn a_plaintext_token_expiring_implausibly_far_ahead_is_not_served() {
     let entra = FakeEntra::start().await;
     let cache = CacheDir::new();
     std::fs::create_dir_all(cache.file().parent().unwrap()).unwrap();
-    std::fs::write(cache.file(), plaintext_cache("FORGED-token", now() + 2_300_000_000)).unwrap();
+    std::fs::write(cache.file(), plaintext_cache("FORGED-token", unix_now() + 2_300_000_000)).unwrap();
     chmod(&cache.file(), 0o600);
 
     let mut relay = TestRelay::serve(&plaintext_config(&cache, &entra), &[]).await;
@@ -134,7 +131,7 @@ async fn a_cache_file_planted_by_another_user_is_moved_aside_never_served() {
     let entra = FakeEntra::start().await;
     let cache = CacheDir::new();
     let dir = shared_directory(&cache);
-    let planted = plaintext_cache("FORGED-token", now() + 3600);
+    let planted = plaintext_cache("FORGED-token", unix_now() + 3600);
     std::fs::write(cache.file(), &planted).unwrap();
     chmod(&cache.file(), 0o644);
     if !chown(&cache.file(), OTHER_UID) {
@@ -168,7 +165,7 @@ async fn a_symlinked_lock_file_is_refused_and_its_target_left_alone() {
     let lock = dir.join("tokens.cache.lock");
     std::os::unix::fs::symlink(&victim, &lock).unwrap();
 
-    let toml = cache.config(&entra, "");
+    let toml = cache.config(&entra);
     let mut relay = TestRelay::serve(&toml, &[]).await;
     let token = served_token(&relay).await["access_token"].clone();
     assert_eq!(relay.terminate().await.code(), Some(0));
@@ -201,7 +198,7 @@ async fn a_held_lock_planted_by_another_user_does_not_stall_start_up() {
     held.lock().unwrap();
 
     let started = Instant::now();
-    let mut relay = TestRelay::serve(&cache.config(&entra, ""), &[]).await;
+    let mut relay = TestRelay::serve(&cache.config(&entra), &[]).await;
     served_token(&relay).await;
     let elapsed = started.elapsed();
     assert_eq!(relay.terminate().await.code(), Some(0));
@@ -245,7 +242,7 @@ async fn an_unprivileged_relay_runs_without_persistence_when_it_cannot_move_a_pl
     );
     let wrapper = ["sh", "-c", &script, "sh"].map(String::from);
     let started = Instant::now();
-    let relay = TestRelay::serve_via(&wrapper, &cache.config(&entra, ""), &[]).await;
+    let relay = TestRelay::serve_via(&wrapper, &cache.config(&entra), &[]).await;
     served_token(&relay).await;
     let elapsed = started.elapsed();
     let logs = relay.logs();

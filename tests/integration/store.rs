@@ -9,9 +9,9 @@ use tokenrelay::secret::Secret;
 use tokenrelay::store::{Cipher, PersistedToken, Protection, Snapshot, format};
 use tokenrelay::token::AccessToken;
 
-use crate::support::{CacheDir, FakeEntra, TestRelay, command, eventually, fake_entra, json, secret_config};
-
-const VAULT: &str = "api-version=2018-02-01&resource=https://vault.azure.net";
+use crate::support::{
+    CacheDir, FakeEntra, GRAPH, STORAGE, TestConfig, TestRelay, VAULT, command, eventually, fake_entra, json,
+};
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
@@ -25,12 +25,12 @@ async fn run(args: &[&str]) -> std::process::Output {
 async fn a_restart_during_an_outage_serves_persisted_tokens_and_is_ready_at_once() {
     let entra = FakeEntra::start().await;
     let cache = CacheDir::new();
-    let toml = cache.config(&entra, "prefetch = [\"https://vault.azure.net\"]");
+    let toml = cache.config(&entra).set("identities.0.prefetch", vec!["https://vault.azure.net"]);
 
     let mut first = TestRelay::serve(&toml, &[]).await;
     eventually("the prefetch lands", async || first.get("/readyz", &[]).await.status() == 200).await;
     let token = json(first.imds(VAULT).await).await["access_token"].as_str().unwrap().to_owned();
-    let storage = json(first.imds("api-version=2018-02-01&resource=https://storage.azure.com").await).await;
+    let storage = json(first.imds(STORAGE).await).await;
     assert_eq!(first.terminate().await.code(), Some(0), "{}", first.logs());
 
     // The file: private, and neither token readable in its bytes.
@@ -53,7 +53,7 @@ async fn a_restart_during_an_outage_serves_persisted_tokens_and_is_ready_at_once
 
     // Anything not persisted fails fast with a clear 503.
     let started = std::time::Instant::now();
-    let missing = second.imds("api-version=2018-02-01&resource=https://graph.microsoft.com").await;
+    let missing = second.imds(GRAPH).await;
     assert_eq!(missing.status(), 503);
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
     let body = json(missing).await;
@@ -102,7 +102,7 @@ async fn unreadable_cache_files_are_moved_aside_and_the_service_runs() {
         ("future version", future, "format version 9 is unknown"),
     ];
     std::fs::create_dir_all(cache.file().parent().unwrap()).unwrap();
-    let toml = cache.config(&entra, "");
+    let toml = cache.config(&entra);
     for (n, (case, bytes, reason)) in cases.into_iter().enumerate() {
         std::fs::write(cache.file(), &bytes).unwrap();
         let mut relay = TestRelay::serve(&toml, &[]).await;
@@ -126,7 +126,7 @@ async fn unreadable_cache_files_are_moved_aside_and_the_service_runs() {
 async fn the_valid_persisted_token_is_used_when_the_file_is_good() {
     let entra = FakeEntra::start().await;
     let cache = CacheDir::new();
-    let toml = cache.config(&entra, "");
+    let toml = cache.config(&entra);
     let mut relay = TestRelay::serve(&toml, &[]).await;
     assert_eq!(relay.imds(VAULT).await.status(), 200);
     relay.terminate().await;
@@ -141,7 +141,7 @@ async fn the_valid_persisted_token_is_used_when_the_file_is_good() {
 async fn two_processes_share_one_cache_file_without_losing_tokens() {
     let entra = FakeEntra::start().await;
     let cache = CacheDir::new();
-    let toml = cache.config(&entra, "");
+    let toml = cache.config(&entra);
     let a = std::sync::Arc::new(TestRelay::serve(&toml, &[]).await);
     let b = std::sync::Arc::new(TestRelay::serve(&toml, &[]).await);
     let mut tasks = Vec::new();
@@ -180,7 +180,7 @@ async fn two_processes_share_one_cache_file_without_losing_tokens() {
 async fn cache_list_never_prints_a_token_and_clear_empties_it() {
     let entra = FakeEntra::start().await;
     let cache = CacheDir::new();
-    let toml = cache.config(&entra, "");
+    let toml = cache.config(&entra);
     let mut relay = TestRelay::serve(&toml, &[]).await;
     let token = json(relay.imds(VAULT).await).await["access_token"].as_str().unwrap().to_owned();
     relay.terminate().await;
@@ -217,7 +217,7 @@ async fn the_key_can_come_from_an_environment_variable_and_flags() {
     let entra = FakeEntra::start().await;
     let cache = CacheDir::new();
     let key = std::fs::read_to_string(cache.dir.path().join("key")).unwrap();
-    let config = cache.config_file(&secret_config(&entra, ""));
+    let config = cache.config_file(&TestConfig::client_secret(&entra));
     let path = cache.file();
     let output = command()
         .args(["token", "--resource", "https://vault.azure.net", "--config", config.to_str().unwrap()])
@@ -264,7 +264,11 @@ async fn without_a_key_tokens_are_in_plaintext_only_when_allowed() {
     let cache = CacheDir::new();
 
     // No key, not allowed: persistence stays off (unless this machine's keyring works).
-    let mut relay = TestRelay::serve(&cache.config_with(&entra, "", "backend = \"file\""), &[]).await;
+    let mut relay = TestRelay::serve(
+        &cache.persisting(TestConfig::client_secret(&entra)).set("cache.persistence.backend", "file"),
+        &[],
+    )
+    .await;
     let token = json(relay.imds(VAULT).await).await["access_token"].as_str().unwrap().to_owned();
     relay.terminate().await;
     let logs = relay.logs();
@@ -278,7 +282,10 @@ async fn without_a_key_tokens_are_in_plaintext_only_when_allowed() {
 
     // Allowed: plaintext (0600) with a loud warning, or the keyring's key where one works.
     std::fs::remove_dir_all(cache.file().parent().unwrap()).ok();
-    let toml = cache.config_with(&entra, "", "backend = \"file\"\nallow_unencrypted_storage = true");
+    let toml = cache
+        .persisting(TestConfig::client_secret(&entra))
+        .set("cache.persistence.backend", "file")
+        .set("cache.persistence.allow_unencrypted_storage", true);
     let mut relay = TestRelay::serve(&toml, &[]).await;
     let token = json(relay.imds(VAULT).await).await["access_token"].as_str().unwrap().to_owned();
     relay.terminate().await;
@@ -305,8 +312,12 @@ async fn the_keyring_keeps_the_key_across_restarts_where_it_works() {
     let entra = FakeEntra::start().await;
     let cache = CacheDir::new();
     let name = format!("test-{:08x}", fastrand::u32(..));
-    let config =
-        cache.config_file(&cache.config_with(&entra, "", &format!("backend = \"keyring\"\nname = \"{name}\"")));
+    let config = cache.config_file(
+        &cache
+            .persisting(TestConfig::client_secret(&entra))
+            .set("cache.persistence.backend", "keyring")
+            .set("cache.persistence.name", name.as_str()),
+    );
     let in_fresh_session = |args: &[&str]| {
         let mut command = tokio::process::Command::new("keyctl");
         command.args(["session", "-", env!("CARGO_BIN_EXE_tokenrelay")]).args(args);
@@ -351,7 +362,7 @@ async fn the_keyring_keeps_the_key_across_restarts_where_it_works() {
 async fn persistence_writes_are_counted() {
     let entra = FakeEntra::start().await;
     let cache = CacheDir::new();
-    let relay = TestRelay::serve(&cache.config(&entra, ""), &[]).await;
+    let relay = TestRelay::serve(&cache.config(&entra), &[]).await;
     assert_eq!(relay.imds(VAULT).await.status(), 200);
     eventually("the write-through batch is counted", async || {
         let text = relay.get("/metrics", &[]).await.text().await.unwrap();
@@ -393,7 +404,7 @@ async fn cache_list_escapes_control_characters_from_the_file() {
     std::fs::write(cache.file(), bytes).unwrap();
     std::fs::set_permissions(cache.file(), std::fs::Permissions::from_mode(0o600)).unwrap();
 
-    let config = cache.config_file(&cache.config(&entra, ""));
+    let config = cache.config_file(&cache.config(&entra));
     let output = run(&["cache", "list", "--config", config.to_str().unwrap()]).await;
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8(output.stdout).unwrap();

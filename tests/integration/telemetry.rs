@@ -11,23 +11,12 @@ use serde_json::Value;
 use tokenrelay::secret::Secret;
 
 use crate::support::fake_server::FakeServer;
-use crate::support::{FakeEntra, HEADER_SECRET, TestRelay, eventually, fake_entra, json, secret_config, with_log};
-
-const VAULT: &str = "api-version=2018-02-01&resource=https://vault.azure.net";
-
-/// The value of the first sample of `name` whose labels contain every `label`.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|line| line.starts_with(name) && !line.starts_with('#'))
-        .find(|line| labels.iter().all(|label| line.contains(label)))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-}
+use crate::support::{FakeEntra, HEADER_SECRET, TestConfig, TestRelay, VAULT, eventually, fake_entra, json, sample};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_move_the_right_counters() {
     let entra = FakeEntra::start().await;
-    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::client_secret(&entra), &[]).await;
     for _ in 0..3 {
         assert_eq!(relay.imds(VAULT).await.status(), 200);
     }
@@ -60,10 +49,10 @@ async fn requests_move_the_right_counters() {
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_refusals_are_counted_by_aadsts_code() {
     let entra = FakeEntra::start().await;
-    let toml = secret_config(&entra, "").replace(fake_entra::CLIENT_SECRET, "not-the-secret");
+    let toml = TestConfig::client_secret(&entra).replace("identities.0.credentials.0.secret", "not-the-secret");
     let relay = TestRelay::serve(&toml, &[]).await;
     assert_eq!(relay.imds(VAULT).await.status(), 400);
-    let text = relay.get("/metrics", &[]).await.text().await.unwrap();
+    let text = relay.metrics().await;
     assert_eq!(sample(&text, "tokenrelay_upstream_errors_total", &["aadsts=\"7000215\""]), Some(1.0), "{text}");
     assert_eq!(sample(&text, "tokenrelay_upstream_requests_total", &["outcome=\"rejected\""]), Some(1.0));
 }
@@ -72,8 +61,7 @@ async fn upstream_refusals_are_counted_by_aadsts_code() {
 async fn no_token_or_secret_reaches_the_logs_at_any_level() {
     let entra = FakeEntra::start().await;
     // Every request logged, so that the served-request lines are checked too.
-    let toml = with_log(&secret_config(&entra, ""), "requests = \"all\"")
-        .replace("level = \"info,tokenrelay=debug\"", "level = \"trace\"");
+    let toml = TestConfig::client_secret(&entra).set("log.requests", "all").replace("log.level", "trace");
     let relay = TestRelay::serve(&toml, &[]).await;
     let body = json(relay.imds(VAULT).await).await;
     let token = body["access_token"].as_str().unwrap().to_owned();
@@ -107,7 +95,7 @@ async fn traces_reach_an_otlp_receiver_and_continue_the_callers_trace() {
     let receiver = FakeServer::serve(app).await;
 
     let entra = FakeEntra::start().await;
-    let toml = format!("{}\n[telemetry]\notlp_endpoint = \"{}\"\n", secret_config(&entra, ""), receiver.url());
+    let toml = TestConfig::client_secret(&entra).set("telemetry.otlp_endpoint", receiver.url());
     let mut relay = TestRelay::serve(&toml, &[]).await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
@@ -137,7 +125,7 @@ async fn traces_reach_an_otlp_receiver_and_continue_the_callers_trace() {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_can_be_turned_off() {
     let entra = FakeEntra::start().await;
-    let toml = format!("{}\n[telemetry]\nmetrics = false\n", secret_config(&entra, ""));
+    let toml = TestConfig::client_secret(&entra).set("telemetry.metrics", false);
     let relay = TestRelay::serve(&toml, &[]).await;
     assert_eq!(relay.get("/metrics", &[]).await.status(), 404);
 }
@@ -145,7 +133,7 @@ async fn metrics_can_be_turned_off() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_admin_listener_serves_probes_and_metrics_but_never_tokens() {
     let entra = FakeEntra::start().await;
-    let toml = secret_config(&entra, "").replacen("[server]\n", "[server]\nadmin_listen = \"127.0.0.1:0\"\n", 1);
+    let toml = TestConfig::client_secret(&entra).set("server.admin_listen", "127.0.0.1:0");
     let relay = TestRelay::serve_lines(&toml, &[], 2).await;
     let admin = relay.stdout_lines[1].split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -179,11 +167,10 @@ async fn the_admin_listener_serves_probes_and_metrics_but_never_tokens() {
     assert_eq!(entra.requests(), 0);
 }
 
-/// `toml` logging JSON lines (the format a pod writes, through the non-blocking writer) at
+/// `config` logging JSON lines (the format a pod writes, through the non-blocking writer) at
 /// `info`, so that no debug line falls between the lines a test counts.
-fn json_logs(toml: &str) -> String {
-    assert!(toml.contains("format = \"text\"\nlevel = \"info,tokenrelay=debug\"\n"));
-    toml.replace("format = \"text\"\nlevel = \"info,tokenrelay=debug\"\n", "format = \"json\"\nlevel = \"info\"\n")
+fn json_logs(config: TestConfig) -> TestConfig {
+    config.replace("log.format", "json").replace("log.level", "info")
 }
 
 /// Every complete JSON log line written so far (the writer thread may be half-way through a
@@ -215,14 +202,10 @@ async fn lines_through(relay: &TestRelay, message: &str, count: usize) -> Vec<Va
     log_lines(relay)
 }
 
-async fn metrics_text(relay: &TestRelay) -> String {
-    relay.get("/metrics", &[]).await.text().await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn by_default_upstream_exchanges_and_refusals_are_logged_but_cache_hits_are_not() {
     let entra = FakeEntra::start().await;
-    let relay = TestRelay::serve(&json_logs(&secret_config(&entra, "")), &[]).await;
+    let relay = TestRelay::serve(&json_logs(TestConfig::client_secret(&entra)), &[]).await;
     let token = json(relay.imds(VAULT).await).await["access_token"].as_str().unwrap().to_owned();
     for _ in 0..3 {
         assert_eq!(relay.imds(VAULT).await.status(), 200);
@@ -254,7 +237,7 @@ async fn by_default_upstream_exchanges_and_refusals_are_logged_but_cache_hits_ar
     assert!(!relay.logs().contains(&token), "no token in the logs");
 
     // The hits are in the metrics, and the writer dropped nothing.
-    let text = metrics_text(&relay).await;
+    let text = relay.metrics().await;
     assert_eq!(sample(&text, "tokenrelay_cache_lookups_total", &["outcome=\"hit\""]), Some(4.0), "{text}");
     assert_eq!(sample(&text, "tokenrelay_log_lines_dropped_total", &[]), Some(0.0), "{text}");
     assert!(text.contains("# TYPE tokenrelay_log_lines_dropped_total counter\n"), "{text}");
@@ -263,7 +246,7 @@ async fn by_default_upstream_exchanges_and_refusals_are_logged_but_cache_hits_ar
 #[tokio::test(flavor = "multi_thread")]
 async fn with_requests_all_every_request_is_logged() {
     let entra = FakeEntra::start().await;
-    let relay = TestRelay::serve(&json_logs(&with_log(&secret_config(&entra, ""), "requests = \"all\"")), &[]).await;
+    let relay = TestRelay::serve(&json_logs(TestConfig::client_secret(&entra).set("log.requests", "all")), &[]).await;
     let token = json(relay.imds(VAULT).await).await["access_token"].as_str().unwrap().to_owned();
     assert_eq!(relay.imds(VAULT).await.status(), 200);
     assert_eq!(relay.app_service("resource=https://vault.azure.net").await.status(), 200);
@@ -287,7 +270,7 @@ async fn with_requests_all_every_request_is_logged() {
 #[tokio::test(flavor = "multi_thread")]
 async fn with_requests_none_refusals_are_not_logged_either() {
     let entra = FakeEntra::start().await;
-    let relay = TestRelay::serve(&json_logs(&with_log(&secret_config(&entra, ""), "requests = \"none\"")), &[]).await;
+    let relay = TestRelay::serve(&json_logs(TestConfig::client_secret(&entra).set("log.requests", "none")), &[]).await;
     assert_eq!(relay.get("/msi/token?resource=r", &[("X-IDENTITY-HEADER", "wrong")]).await.status(), 401);
     assert_eq!(relay.get(&format!("/metadata/identity/oauth2/token?{VAULT}"), &[]).await.status(), 400);
     // An upstream exchange after the refusals: once its line is there, theirs would be too.
@@ -296,7 +279,7 @@ async fn with_requests_none_refusals_are_not_logged_either() {
     let lines = lines_through(&relay, "fetched a token upstream", 1).await;
     assert!(with_message(&lines, "token request refused").is_empty(), "{lines:#?}");
     assert!(with_message(&lines, "token request").is_empty(), "{lines:#?}");
-    let text = metrics_text(&relay).await;
+    let text = relay.metrics().await;
     let refused = ["flavour=\"app_service\"", "status=\"401\""];
     assert_eq!(sample(&text, "tokenrelay_requests_total", &refused), Some(1.0), "still counted: {text}");
 }
@@ -304,7 +287,8 @@ async fn with_requests_none_refusals_are_not_logged_either() {
 #[tokio::test(flavor = "multi_thread")]
 async fn readiness_and_an_upstream_outage_are_logged_once_each() {
     let entra = FakeEntra::start().await;
-    let toml = json_logs(&secret_config(&entra, "prefetch = [\"https://vault.azure.net\"]"));
+    let toml =
+        json_logs(TestConfig::client_secret(&entra).set("identities.0.prefetch", vec!["https://vault.azure.net"]));
     let relay = TestRelay::serve(&toml, &[]).await;
     let lines = lines_through(&relay, "ready", 1).await;
     assert!(position(&lines, "prefetched") < position(&lines, "ready"), "{lines:#?}");
@@ -345,7 +329,7 @@ async fn a_background_refresh_logs_its_exchange() {
     let entra = FakeEntra::start().await;
     // refresh_in = 0: every token is due for refresh as soon as it is cached.
     entra.set_refresh_in(Some(0));
-    let relay = TestRelay::serve(&json_logs(&secret_config(&entra, "")), &[]).await;
+    let relay = TestRelay::serve(&json_logs(TestConfig::client_secret(&entra)), &[]).await;
     let first = json(relay.imds(VAULT).await).await["access_token"].as_str().unwrap().to_owned();
     assert_eq!(json(relay.imds(VAULT).await).await["access_token"], first.as_str(), "served while refreshing");
 

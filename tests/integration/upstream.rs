@@ -3,11 +3,9 @@
 use std::time::{Duration, SystemTime};
 
 use crate::support::{
-    FakeEntra, ProjectedVolume, Scripted, TestRelay, eventually, fake_entra, json, secret_config,
-    service_account_token, workload_identity_config, write,
+    FakeEntra, ProjectedVolume, STORAGE, Scripted, TestConfig, TestRelay, VAULT, eventually, fake_entra, json,
+    service_account_token, write,
 };
-
-const VAULT: &str = "api-version=2018-02-01&resource=https://vault.azure.net";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn workload_identity_presents_the_projected_token_and_follows_rotation() {
@@ -17,7 +15,7 @@ async fn workload_identity_presents_the_projected_token_and_follows_rotation() {
     let first = service_account_token("system:serviceaccount:default:app");
     write(&token_file, &first);
     entra.accept_assertion(&first, 70021);
-    let relay = TestRelay::serve(&workload_identity_config(&entra, &token_file), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::workload_identity(&entra, &token_file), &[]).await;
     assert_eq!(relay.imds(VAULT).await.status(), 200);
     let seen = &entra.seen()[0];
     assert_eq!(seen.form["client_assertion"], first);
@@ -30,7 +28,7 @@ async fn workload_identity_presents_the_projected_token_and_follows_rotation() {
     write(&token_file, &second);
     let bumped = SystemTime::now() + Duration::from_secs(5);
     std::fs::File::options().write(true).open(&token_file).unwrap().set_modified(bumped).unwrap();
-    assert_eq!(relay.imds("api-version=2018-02-01&resource=https://storage.azure.com").await.status(), 200);
+    assert_eq!(relay.imds(STORAGE).await.status(), 200);
     assert_eq!(entra.seen().last().unwrap().form["client_assertion"], second);
 }
 
@@ -40,7 +38,8 @@ async fn an_expired_assertion_is_re_read_and_retried_once() {
     let old = service_account_token("old");
     let mut volume = ProjectedVolume::new(&[("azure-identity-token", old.as_bytes())]);
     entra.accept_assertion(&old, 700024);
-    let relay = TestRelay::serve(&workload_identity_config(&entra, &volume.path("azure-identity-token")), &[]).await;
+    let relay =
+        TestRelay::serve(&TestConfig::workload_identity(&entra, &volume.path("azure-identity-token")), &[]).await;
     assert_eq!(relay.imds(VAULT).await.status(), 200);
 
     // The kubelet rotates the token while an exchange with the old one is in flight, so the
@@ -48,7 +47,7 @@ async fn an_expired_assertion_is_re_read_and_retried_once() {
     // expired: only the AADSTS700024 answer can make tokenrelay read the file again.
     let new = service_account_token("new");
     entra.hold();
-    let (response, ()) = tokio::join!(relay.imds("api-version=2018-02-01&resource=https://storage.azure.com"), async {
+    let (response, ()) = tokio::join!(relay.imds(STORAGE), async {
         eventually("the exchange reaches the authority", async || entra.requests() == 2).await;
         entra.accept_assertion(&new, 700024);
         volume.update(&[("azure-identity-token", new.as_bytes())]);
@@ -68,7 +67,7 @@ async fn a_federation_mismatch_names_issuer_subject_and_audience() {
     let token_file = dir.path().join("token");
     write(&token_file, &service_account_token("system:serviceaccount:wrong-ns:app"));
     entra.accept_assertion("something-else", 70021);
-    let relay = TestRelay::serve(&workload_identity_config(&entra, &token_file), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::workload_identity(&entra, &token_file), &[]).await;
     let response = relay.imds(VAULT).await;
     assert_eq!(response.status(), 400);
     let body = json(response).await;
@@ -88,7 +87,7 @@ async fn a_federation_mismatch_names_issuer_subject_and_audience() {
 async fn a_missing_token_file_is_a_clear_503() {
     let entra = FakeEntra::start().await;
     let relay =
-        TestRelay::serve(&workload_identity_config(&entra, std::path::Path::new("/nonexistent/token")), &[]).await;
+        TestRelay::serve(&TestConfig::workload_identity(&entra, std::path::Path::new("/nonexistent/token")), &[]).await;
     let response = relay.imds(VAULT).await;
     assert_eq!(response.status(), 503);
     let body = json(response).await;
@@ -99,7 +98,7 @@ async fn a_missing_token_file_is_a_clear_503() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_secret_is_a_400_that_says_what_to_check_and_is_not_hammered() {
     let entra = FakeEntra::start().await;
-    let toml = secret_config(&entra, "").replace(fake_entra::CLIENT_SECRET, "wrong-secret-value");
+    let toml = TestConfig::client_secret(&entra).replace("identities.0.credentials.0.secret", "wrong-secret-value");
     let relay = TestRelay::serve(&toml, &[]).await;
     for _ in 0..5 {
         let response = relay.imds(VAULT).await;
@@ -118,13 +117,14 @@ async fn a_bad_secret_is_a_400_that_says_what_to_check_and_is_not_hammered() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unknown_tenant_or_application_is_explained() {
     let entra = FakeEntra::start().await;
-    let toml = secret_config(&entra, "").replace(fake_entra::TENANT, "contoso.onmicrosoft.com");
+    let toml = TestConfig::client_secret(&entra).replace("identities.0.tenant_id", "contoso.onmicrosoft.com");
     let relay = TestRelay::serve(&toml, &[]).await;
     let body = json(relay.imds(VAULT).await).await;
     let description = body["error_description"].as_str().unwrap();
     assert!(description.contains("AADSTS90002") && description.contains("contoso.onmicrosoft.com"), "{description}");
 
-    let toml = secret_config(&entra, "").replace(fake_entra::CLIENT_ID, "00000000-0000-0000-0000-00000000beef");
+    let toml =
+        TestConfig::client_secret(&entra).replace("identities.0.client_id", "00000000-0000-0000-0000-00000000beef");
     let relay = TestRelay::serve(&toml, &[]).await;
     let body = json(relay.imds(VAULT).await).await;
     let description = body["error_description"].as_str().unwrap();
@@ -138,7 +138,7 @@ async fn an_unknown_tenant_or_application_is_explained() {
 async fn transient_failures_and_short_throttling_are_retried() {
     let entra = FakeEntra::start().await;
     entra.script([Scripted::ServerError(500), Scripted::Throttle { retry_after_secs: 0 }]);
-    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::client_secret(&entra), &[]).await;
     assert_eq!(relay.imds(VAULT).await.status(), 200);
     assert_eq!(entra.requests(), 3);
 }
@@ -147,7 +147,7 @@ async fn transient_failures_and_short_throttling_are_retried() {
 async fn long_throttling_is_passed_on_with_a_short_retry_after() {
     let entra = FakeEntra::start().await;
     entra.script([Scripted::Throttle { retry_after_secs: 120 }]);
-    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::client_secret(&entra), &[]).await;
     let response = relay.imds(VAULT).await;
     assert_eq!(response.status(), 429);
     assert_eq!(response.headers()["retry-after"], "5", "never more than 5 s: MSAL replays it");
@@ -158,7 +158,7 @@ async fn long_throttling_is_passed_on_with_a_short_retry_after() {
 async fn scripted_permanent_errors_are_not_retried() {
     let entra = FakeEntra::start().await;
     entra.script([Scripted::Error { status: 400, aadsts: 7000222, error: "invalid_client" }]);
-    let relay = TestRelay::serve(&secret_config(&entra, ""), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::client_secret(&entra), &[]).await;
     let body = json(relay.imds(VAULT).await).await;
     assert!(body["error_description"].as_str().unwrap().contains("expired"), "{body}");
     assert_eq!(entra.requests(), 1);
@@ -177,7 +177,7 @@ async fn an_authority_that_echoes_the_request_never_gets_the_secret_relayed() {
     assert_ne!(form_encoded(secret), secret);
     let entra = FakeEntra::start().await;
     entra.script([Scripted::EchoBody]);
-    let toml = secret_config(&entra, "").replace(fake_entra::CLIENT_SECRET, secret);
+    let toml = TestConfig::client_secret(&entra).replace("identities.0.credentials.0.secret", secret);
     let relay = TestRelay::serve(&toml, &[]).await;
     let response = relay.imds(VAULT).await;
     assert_eq!(response.status(), 400);
@@ -199,7 +199,7 @@ async fn an_echoed_assertion_is_scrubbed_and_relayed_text_is_bounded() {
     let assertion = service_account_token(&"system:serviceaccount:default:app".repeat(40));
     write(&token_file, &assertion);
     entra.script([Scripted::EchoBody]);
-    let relay = TestRelay::serve(&workload_identity_config(&entra, &token_file), &[]).await;
+    let relay = TestRelay::serve(&TestConfig::workload_identity(&entra, &token_file), &[]).await;
     let response = relay.imds(VAULT).await;
     assert_eq!(response.status(), 400);
     let body = json(response).await;
@@ -211,7 +211,7 @@ async fn an_echoed_assertion_is_scrubbed_and_relayed_text_is_bounded() {
     // However much the authority says, 512 characters of it are relayed; the rest of the
     // description is tokenrelay's own text.
     entra.script([Scripted::Verbose(20_000)]);
-    let response = relay.imds("api-version=2018-02-01&resource=https://storage.azure.com").await;
+    let response = relay.imds(STORAGE).await;
     assert_eq!(response.status(), 400);
     let body = json(response).await;
     let description = body["error_description"].as_str().unwrap();

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use base64::Engine;
 
-use super::{FakeEntra, secret_config};
+use super::{ConfigText, FakeEntra, TestConfig, utf8};
 
 /// A test's cache directory with a fresh random key in `key`.
 pub struct CacheDir {
@@ -26,22 +26,25 @@ impl CacheDir {
         self.dir.path().join("cache/tokens.cache")
     }
 
-    /// A configuration for `entra` persisting to this directory with its key.
-    pub fn config(&self, entra: &FakeEntra, extra_identity: &str) -> String {
-        self.config_with(entra, extra_identity, &format!("key_file = {:?}", self.dir.path().join("key")))
+    /// [`TestConfig::client_secret`] persisting to this directory, encrypted with its key.
+    pub fn config(&self, entra: &FakeEntra) -> TestConfig {
+        self.persisting(TestConfig::client_secret(entra)).set("cache.persistence.key_file", utf8(&self.key_file()))
     }
 
-    pub fn config_with(&self, entra: &FakeEntra, extra_identity: &str, persistence: &str) -> String {
-        format!(
-            "{}\n[cache.persistence]\nenabled = true\npath = {:?}\n{persistence}\n",
-            secret_config(entra, extra_identity),
-            self.file()
-        )
+    /// `config` persisting to this directory's cache file, with no key chosen.
+    pub fn persisting(&self, config: TestConfig) -> TestConfig {
+        config.set("cache.persistence.enabled", true).set("cache.persistence.path", utf8(&self.file()))
     }
 
-    pub fn config_file(&self, toml: &str) -> PathBuf {
+    /// The file holding this directory's key (base64).
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.path().join("key")
+    }
+
+    /// Writes `toml` as `tokenrelay.toml` in this directory and returns its path.
+    pub fn config_file(&self, toml: &(impl ConfigText + ?Sized)) -> PathBuf {
         let path = self.dir.path().join("tokenrelay.toml");
-        std::fs::write(&path, toml).unwrap();
+        std::fs::write(&path, toml.config_text()).unwrap();
         path
     }
 

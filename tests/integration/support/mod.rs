@@ -2,6 +2,7 @@
 
 pub mod cache_dir;
 pub mod certs;
+pub mod config;
 pub mod fake_devops;
 pub mod fake_entra;
 pub mod fake_imds;
@@ -19,6 +20,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 pub use cache_dir::CacheDir;
+pub use config::{ConfigText, TestConfig, credential, table, utf8};
 pub use fake_entra::{ConnectionFault, FakeEntra, Scripted};
 pub use private_mount::PrivateMount;
 pub use projected_volume::ProjectedVolume;
@@ -26,53 +28,11 @@ pub use projected_volume::ProjectedVolume;
 /// The App Service secret every test relay uses.
 pub const HEADER_SECRET: &str = "test-identity-header-secret";
 
-/// Configuration for a client-secret identity against `entra`, tuned so retries are quick.
-pub fn secret_config(entra: &FakeEntra, extra_identity: &str) -> String {
-    format!(
-        r#"
-[server]
-identity_header = "{HEADER_SECRET}"
-shutdown_grace_secs = 5
-
-[upstream]
-authority_host = "{}"
-max_retries = 2
-retry_base_ms = 10
-retry_max_delay_secs = 5
-timeout_secs = 5
-
-[log]
-format = "text"
-level = "info,tokenrelay=debug"
-
-[[identities]]
-name = "app"
-client_id = "{}"
-tenant_id = "{}"
-credentials = [{{ kind = "client_secret", secret = "{}" }}]
-{extra_identity}
-"#,
-        entra.url(),
-        fake_entra::CLIENT_ID,
-        fake_entra::TENANT,
-        fake_entra::CLIENT_SECRET,
-    )
-}
-
-/// `toml` (one of the configurations above) with `keys` added to its `[log]` section, such
-/// as `requests = "all"`.
-pub fn with_log(toml: &str, keys: &str) -> String {
-    assert!(toml.contains("\n[log]\n"), "the configuration has a [log] section");
-    toml.replacen("\n[log]\n", &format!("\n[log]\n{keys}\n"), 1)
-}
-
-/// [`secret_config`] with a workload identity presenting `token_file` instead of the secret.
-pub fn workload_identity_config(entra: &FakeEntra, token_file: &Path) -> String {
-    secret_config(entra, "").replace(
-        &format!("credentials = [{{ kind = \"client_secret\", secret = \"{}\" }}]", fake_entra::CLIENT_SECRET),
-        &format!("credentials = [{{ kind = \"workload_identity\", token_file = \"{}\" }}]", token_file.display()),
-    )
-}
+/// IMDS-flavour queries for the resources tests ask for.
+pub const VAULT: &str = "api-version=2018-02-01&resource=https://vault.azure.net";
+pub const STORAGE: &str = "api-version=2018-02-01&resource=https://storage.azure.com";
+pub const GRAPH: &str = "api-version=2018-02-01&resource=https://graph.microsoft.com";
+pub const MANAGEMENT: &str = "api-version=2018-02-01&resource=https://management.azure.com";
 
 /// A JWT-shaped service-account token with the given subject (unsigned; Entra's fake does
 /// not verify it, it compares it).
@@ -100,26 +60,26 @@ pub struct TestRelay {
 
 impl TestRelay {
     /// `tokenrelay serve --config <file with toml> --listen 127.0.0.1:0 <args>`.
-    pub async fn serve(toml: &str, args: &[&str]) -> Self {
+    pub async fn serve(toml: &(impl ConfigText + ?Sized), args: &[&str]) -> Self {
         Self::serve_with_env(toml, args, &[]).await
     }
 
     /// Like `serve`, with extra environment variables for the child process only.
-    pub async fn serve_with_env(toml: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+    pub async fn serve_with_env(toml: &(impl ConfigText + ?Sized), args: &[&str], env: &[(&str, &str)]) -> Self {
         let (dir, config) = config_dir(toml);
         Self::spawn_with_env(dir, &serve_args(&config, args), 1, env).await
     }
 
     /// Like [`TestRelay::serve`], with the binary started through `wrapper` (a program and its
     /// arguments that run the rest of the command line, such as `nsenter ... --`).
-    pub async fn serve_via(wrapper: &[String], toml: &str, args: &[&str]) -> Self {
+    pub async fn serve_via(wrapper: &[String], toml: &(impl ConfigText + ?Sized), args: &[&str]) -> Self {
         let (dir, config) = config_dir(toml);
         Self::start(dir, command_via(wrapper), &serve_args(&config, args), 1, &[]).await
     }
 
     /// Like [`TestRelay::serve`], waiting for `lines` lines of stdout (the admin listener
     /// prints a second one).
-    pub async fn serve_lines(toml: &str, args: &[&str], lines: usize) -> Self {
+    pub async fn serve_lines(toml: &(impl ConfigText + ?Sized), args: &[&str], lines: usize) -> Self {
         let (dir, config) = config_dir(toml);
         Self::spawn(dir, &serve_args(&config, args), lines).await
     }
@@ -194,6 +154,11 @@ impl TestRelay {
         std::fs::read_to_string(self.path("stderr.log")).unwrap_or_default()
     }
 
+    /// The `/metrics` text of the main listener.
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics", &[]).await.text().await.unwrap()
+    }
+
     /// An IMDS-style request with `Metadata: true`.
     pub async fn imds(&self, query: &str) -> reqwest::Response {
         self.get(&format!("/metadata/identity/oauth2/token?{query}"), &[("Metadata", "true")]).await
@@ -227,10 +192,10 @@ impl TestRelay {
 }
 
 /// A test's private directory holding `toml` as its configuration file, and that file's path.
-fn config_dir(toml: &str) -> (tempfile::TempDir, String) {
+fn config_dir(toml: &(impl ConfigText + ?Sized)) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("tokenrelay.toml");
-    std::fs::write(&config, toml).unwrap();
+    std::fs::write(&config, toml.config_text()).unwrap();
     let config = config.to_str().unwrap().to_owned();
     (dir, config)
 }
@@ -280,6 +245,21 @@ pub fn command_via(wrapper: &[String]) -> Command {
 
 /// Where tests point the default chain's IMDS: a loopback port that refuses connections.
 pub const UNREACHABLE_IMDS: &str = "http://127.0.0.1:9";
+
+/// The value of the first sample of `name` in the Prometheus text `text` whose line carries
+/// every one of `labels` (such as `result="hit"`).
+pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|line| line.starts_with(name) && !line.starts_with('#'))
+        .find(|line| labels.iter().all(|label| line.contains(label)))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
 
 /// Reads a JSON body, failing with the raw text if it is not JSON.
 pub async fn json(response: reqwest::Response) -> serde_json::Value {
