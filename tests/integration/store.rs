@@ -302,13 +302,10 @@ async fn without_a_key_tokens_are_in_plaintext_only_when_allowed() {
 
 /// The keyring backend where the kernel keyring works. `keyctl session -` runs each process
 /// in a fresh session keyring, as a container gets; the key is found again through the
-/// user's persistent keyring. Skipped, with a note, without `keyctl` (Debian: keyutils).
+/// user's persistent keyring.
 #[tokio::test(flavor = "multi_thread")]
-async fn the_keyring_keeps_the_key_across_restarts_where_it_works() {
-    if std::process::Command::new("keyctl").arg("--version").output().is_err() {
-        eprintln!("skipped: keyctl (Debian package keyutils) is not installed");
-        return;
-    }
+#[ignore = "needs keyctl (Debian package keyutils) and a usable kernel keyring (docs/testing.md#privileges)"]
+async fn the_keyring_keeps_the_key_across_restarts() {
     let entra = FakeEntra::start().await;
     let cache = CacheDir::new();
     let name = format!("test-{:08x}", fastrand::u32(..));
@@ -337,10 +334,7 @@ async fn the_keyring_keeps_the_key_across_restarts_where_it_works() {
     };
     let first = in_fresh_session(&["token", "--resource", "https://vault.azure.net"]).output().await.unwrap();
     let stderr = String::from_utf8_lossy(&first.stderr);
-    if stderr.contains("keyring does not work here") {
-        eprintln!("skipped: the kernel keyring is not usable here:\n{stderr}");
-        return;
-    }
+    assert!(!stderr.contains("keyring does not work here"), "the kernel keyring is not usable here:\n{stderr}");
     assert!(stderr.contains("generated the token cache's encryption key"), "{stderr}");
     let first = token(&first);
 
