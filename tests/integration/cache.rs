@@ -58,7 +58,7 @@ async fn a_token_past_refresh_on_is_served_and_refreshed_in_the_background() {
     let stale = json(relay.imds(VAULT).await).await;
     assert_eq!(stale["access_token"], first["access_token"], "served at once from the cache");
 
-    eventually("the background refresh reaches the authority", async || entra.issued() >= 2).await;
+    entra.wait_for_issued(2).await;
     entra.set_refresh_in(None);
     eventually("the refreshed token is served", async || {
         json(relay.imds(VAULT).await).await["access_token"] == "fake-token-2-for-https://vault.azure.net"

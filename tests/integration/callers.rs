@@ -10,7 +10,9 @@ use tokio::net::TcpStream;
 use tokio::process::Child;
 
 use crate::support::fake_imds::FakeImds;
-use crate::support::{FakeEntra, HEADER_SECRET, TestConfig, TestRelay, VAULT, command, credential, json, sample};
+use crate::support::{
+    FakeEntra, HEADER_SECRET, TestConfig, TestRelay, VAULT, command, credential, eventually, json, sample,
+};
 
 const IMDS_PATH: &str = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net";
 const APP_SERVICE_PATH: &str = "/msi/token?api-version=2019-08-01&resource=https://vault.azure.net";
@@ -263,14 +265,11 @@ async fn refused_header_secrets_are_counted() {
     assert_eq!(relay.get(APP_SERVICE_PATH, &[]).await.status(), 401);
     assert_eq!(relay.app_service("resource=https://vault.azure.net").await.status(), 200);
     // /metrics serves one rendering for up to a second: scrape until a newer one is served.
-    let mut text = String::new();
-    for _ in 0..30 {
-        text = relay.get("/metrics", &[]).await.text().await.unwrap();
-        if sample(&text, metric, &["reason=\"missing\""]) == Some(1.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("a rendering with the refusals", async || {
+        sample(&relay.metrics().await, metric, &["reason=\"missing\""]) == Some(1.0)
+    })
+    .await;
+    let text = relay.metrics().await;
     assert_eq!(sample(&text, metric, &["reason=\"mismatch\""]), Some(3.0), "{text}");
     assert_eq!(sample(&text, metric, &["reason=\"missing\""]), Some(1.0), "{text}");
 }

@@ -107,7 +107,8 @@ async fn connections_beyond_the_limit_take_an_unused_slot_or_wait_for_one() {
             tokio::spawn(request)
         })
         .collect();
-    crate::support::eventually("the fetch reaches the authority", async || entra.requests() == 1).await;
+    entra.wait_for_requests(1).await;
+    assert_eq!(entra.requests(), 1);
     let blocked = client(Duration::from_millis(500)).get(&healthz).send().await;
     assert!(blocked.is_err(), "a third connection is not served while two requests are answered");
     for request in in_flight {
@@ -131,7 +132,8 @@ async fn sigterm_lets_requests_in_flight_finish() {
     let in_flight = tokio::spawn(async move {
         reqwest::Client::builder().no_proxy().build().unwrap().get(url).header("Metadata", "true").send().await
     });
-    crate::support::eventually("the request reaches the authority", async || entra.requests() == 1).await;
+    entra.wait_for_requests(1).await;
+    assert_eq!(entra.requests(), 1);
     let status = relay.terminate().await;
     assert_eq!(status.code(), Some(0));
     let response = in_flight.await.unwrap().expect("the request in flight was answered");

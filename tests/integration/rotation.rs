@@ -5,8 +5,7 @@
 
 use crate::support::certs::TestCertificate;
 use crate::support::{
-    FakeEntra, MANAGEMENT, ProjectedVolume, STORAGE, TestConfig, TestRelay, VAULT, credential, eventually, fake_entra,
-    json, utf8,
+    FakeEntra, MANAGEMENT, ProjectedVolume, STORAGE, TestConfig, TestRelay, VAULT, credential, fake_entra, json, utf8,
 };
 
 const NEW_SECRET: &str = "rotated-secret-value-0002";
@@ -60,7 +59,8 @@ async fn a_secret_refused_mid_rotation_is_read_again_and_retried_once() {
     // Entra and on disk, so the check before the exchange could not have seen it.
     entra.hold();
     let (response, ()) = tokio::join!(relay.imds(VAULT), async {
-        eventually("the exchange reaches the authority", async || entra.requests() == 1).await;
+        entra.wait_for_requests(1).await;
+        assert_eq!(entra.requests(), 1);
         entra.replace_client_secret(NEW_SECRET);
         volume.update(&[("client-secret", NEW_SECRET.as_bytes())]);
         entra.release();
@@ -159,7 +159,8 @@ async fn a_pfx_and_its_password_refused_mid_rotation_are_read_again_and_retried_
     // with the new certificate, opened with the new password.
     entra.hold();
     let (response, ()) = tokio::join!(relay.imds(VAULT), async {
-        eventually("the exchange reaches the authority", async || entra.requests() == 1).await;
+        entra.wait_for_requests(1).await;
+        assert_eq!(entra.requests(), 1);
         entra.unregister_certificates();
         entra.register_certificate(&new.der);
         let new_pfx = new.pfx("second-password");

@@ -359,7 +359,7 @@ async fn persistence_writes_are_counted() {
     let relay = TestRelay::serve(&cache.config(&entra), &[]).await;
     assert_eq!(relay.imds(VAULT).await.status(), 200);
     eventually("the write-through batch is counted", async || {
-        let text = relay.get("/metrics", &[]).await.text().await.unwrap();
+        let text = relay.metrics().await;
         text.lines().any(|l| l.starts_with("tokenrelay_persistence_writes_total{result=\"success\"}"))
     })
     .await;

@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::support::{
-    FakeEntra, ProjectedVolume, STORAGE, Scripted, TestConfig, TestRelay, VAULT, eventually, fake_entra, json,
+    FakeEntra, ProjectedVolume, STORAGE, Scripted, TestConfig, TestRelay, VAULT, fake_entra, json,
     service_account_token, write,
 };
 
@@ -48,7 +48,8 @@ async fn an_expired_assertion_is_re_read_and_retried_once() {
     let new = service_account_token("new");
     entra.hold();
     let (response, ()) = tokio::join!(relay.imds(STORAGE), async {
-        eventually("the exchange reaches the authority", async || entra.requests() == 2).await;
+        entra.wait_for_requests(2).await;
+        assert_eq!(entra.requests(), 2);
         entra.accept_assertion(&new, 700024);
         volume.update(&[("azure-identity-token", new.as_bytes())]);
         entra.release();

@@ -121,6 +121,8 @@ struct Behaviour {
     script: VecDeque<Scripted>,
     seen: Vec<SeenRequest>,
     issued: u64,
+    /// `seen.len()` and `issued`, published after each change for tests to wait on.
+    progress: watch::Sender<Progress>,
     /// DER certificates registered on the application.
     certificates: Vec<Vec<u8>>,
     /// Federated identity credentials: (issuer, subject).
@@ -152,6 +154,7 @@ impl FakeEntra {
             script: VecDeque::new(),
             seen: Vec::new(),
             issued: 0,
+            progress: watch::Sender::new(Progress::default()),
             certificates: Vec::new(),
             federations: Vec::new(),
             base_url: String::new(),
@@ -284,6 +287,32 @@ impl FakeEntra {
     pub fn issued(&self) -> u64 {
         self.state.lock().unwrap().issued
     }
+
+    /// Returns once `count` token requests have arrived (each is counted before it is judged,
+    /// and before a held or delayed request waits).
+    pub async fn wait_for_requests(&self, count: usize) {
+        self.wait_for(&format!("{count} token requests"), |p| p.requests >= count).await;
+    }
+
+    /// Returns once `count` tokens have been issued (counted before the answer is sent).
+    pub async fn wait_for_issued(&self, count: u64) {
+        self.wait_for(&format!("{count} issued tokens"), |p| p.issued >= count).await;
+    }
+
+    async fn wait_for(&self, what: &str, done: impl FnMut(&Progress) -> bool) {
+        let mut progress = self.state.lock().unwrap().progress.subscribe();
+        // The deadline only ends a test that would otherwise hang; passing never waits for it.
+        let reached =
+            tokio::time::timeout(super::FAILURE_DEADLINE, async { progress.wait_for(done).await.is_ok() }).await;
+        assert!(reached == Ok(true), "the fake authority never saw {what}: {:?}", *progress.borrow());
+    }
+}
+
+/// What a test waits on: counts that only grow.
+#[derive(Clone, Copy, Debug, Default)]
+struct Progress {
+    requests: usize,
+    issued: u64,
 }
 
 /// Serves connections until the fake is dropped, each through [`serve_connection`].
@@ -424,6 +453,8 @@ async fn token(
         let mut s = state.lock().unwrap();
         let assertion_header = form.get("client_assertion").and_then(|a| jwt_part(a, 0));
         s.seen.push(SeenRequest { tenant: tenant.clone(), form: form.clone(), assertion_header });
+        let requests = s.seen.len();
+        s.progress.send_modify(|p| p.requests = requests);
         s.held.subscribe()
     };
     let _ = held.wait_for(|held| !*held).await;
@@ -537,7 +568,9 @@ async fn token(
     let n = {
         let mut s = state.lock().unwrap();
         s.issued += 1;
-        s.issued
+        let issued = s.issued;
+        s.progress.send_modify(|p| p.issued = issued);
+        issued
     };
     let mut body = json!({
         "token_type": "Bearer",

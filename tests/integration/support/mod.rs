@@ -267,10 +267,19 @@ pub async fn json(response: reqwest::Response) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
-/// Polls `condition` every 20 ms for up to 20 s. Waiting on an observable effect rather than
-/// a fixed sleep keeps the tests deterministic on a loaded machine.
+/// How long a test waits for something before it fails instead of hanging. Generous, so a
+/// loaded machine (CI shares two cores) never fails a correct test; a passing test never
+/// waits for it.
+pub const FAILURE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Polls `condition` every 20 ms until it holds, failing after [`FAILURE_DEADLINE`].
+///
+/// For effects no fake can signal: what the relay writes to its log, its files and its
+/// `/metrics` (which serves one rendering for up to a second, so a new count shows up only
+/// after the next rendering), and its readiness. Effects on a fake are awaited through the
+/// fake itself (`FakeEntra::wait_for_requests`).
 pub async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + FAILURE_DEADLINE;
     while tokio::time::Instant::now() < deadline {
         if condition().await {
             return;
