@@ -43,7 +43,10 @@ impl Chain {
     }
 
     /// The first answer of a link that can run here, asked with `ask`, with the link's kind.
-    async fn first_answer<'a, F>(&'a self, ask: impl Fn(&'a dyn Credential) -> F) -> Result<(&'static str, AccessToken), CredentialError>
+    async fn first_answer<'a, F>(
+        &'a self,
+        ask: impl Fn(&'a dyn Credential) -> F,
+    ) -> Result<(&'static str, AccessToken), CredentialError>
     where
         F: std::future::Future<Output = Result<AccessToken, CredentialError>> + 'a,
     {
