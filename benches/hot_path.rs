@@ -60,6 +60,7 @@ fn hot_path(c: &mut Criterion) {
         metrics: None,
         request_timeout: std::time::Duration::from_secs(60),
         log_requests: config.log.requests,
+        user_endpoints: None,
     };
     let endpoints = server::endpoints(state, &config.server);
     let uri = format!("/metadata/identity/oauth2/token?{QUERY}");

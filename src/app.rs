@@ -15,6 +15,9 @@ use crate::config::{self, Config, IdentityConfig};
 use crate::credential::entra::{EntraClient, EntraSettings};
 use crate::credential::{self, BuildContext, Chain, CredentialError};
 use crate::dev_issuer::DevIssuer;
+use crate::inbound::keys::{DevKeys, DiscoveryKeys, KeyCache};
+use crate::inbound::{self, Issuers, Tenants, Validator};
+use crate::server::{DownstreamApi, UserEndpoints};
 
 mod check;
 mod login;
@@ -63,6 +66,8 @@ pub fn run(cli: Cli) -> ExitCode {
 pub struct Built {
     pub broker: Arc<Broker>,
     pub dev_issuer: Option<Arc<DevIssuer>>,
+    /// The user-token endpoints, when an identity accepts user tokens or an API is configured.
+    pub user_endpoints: Option<Arc<UserEndpoints>>,
 }
 
 /// Builds the credentials of every identity and the broker. `base_url` is where the server
@@ -122,7 +127,77 @@ pub fn build(config: &Config, base_url: &str) -> Result<Built, String> {
         new_keys_burst: cache.new_keys_burst,
     };
     let broker = Arc::new(Broker::new(specs, settings, Arc::new(SystemClock)));
-    Ok(Built { broker, dev_issuer })
+    let user_endpoints = user_endpoints(config, &broker, dev_issuer.as_ref())?;
+    Ok(Built { broker, dev_issuer, user_endpoints })
+}
+
+/// The validator of every identity's `inbound` section and the downstream APIs, or `None`
+/// when neither is configured.
+fn user_endpoints(
+    config: &Config,
+    broker: &Arc<Broker>,
+    dev_issuer: Option<&Arc<DevIssuer>>,
+) -> Result<Option<Arc<UserEndpoints>>, String> {
+    let inbound: Vec<(&IdentityConfig, &config::InboundConfig)> =
+        config.identities.iter().filter_map(|i| i.inbound.as_ref().map(|inbound| (i, inbound))).collect();
+    if inbound.is_empty() && config.downstream_apis.is_empty() {
+        return Ok(None);
+    }
+    let policies = inbound
+        .iter()
+        .map(|(identity, inbound)| inbound::Policy {
+            identity: identity.name.clone(),
+            audiences: inbound.audiences.clone(),
+            tenants: if inbound.tenants.is_empty() { Tenants::Any } else { Tenants::List(inbound.tenants.clone()) },
+            scopes: inbound.scopes.clone(),
+            roles: inbound.roles.clone(),
+            clock_skew_secs: inbound.clock_skew_secs,
+        })
+        .collect();
+    let authority = config.upstream.authority_host.trim_end_matches('/').to_owned();
+    let (issuers, keys) = match dev_issuer {
+        Some(issuer) => (
+            Issuers::Dev { issuer: issuer.issuer().to_owned() },
+            KeyCache::new(Box::new(DevKeys(Arc::clone(issuer))), "development issuer".to_owned()),
+        ),
+        None => {
+            // Entra signs every tenant's tokens with the same keys; a single configured tenant
+            // is asked directly, several (or any) through `common`.
+            let mut tenants: Vec<&str> =
+                inbound.iter().flat_map(|(_, i)| i.tenants.iter().map(String::as_str)).collect();
+            tenants.sort_unstable();
+            tenants.dedup();
+            let any = inbound.iter().any(|(_, i)| i.tenants.is_empty());
+            let tenant = match tenants.as_slice() {
+                [only] if !any => *only,
+                _ => "common",
+            };
+            let discovery = Url::parse(&format!("{authority}/{tenant}/v2.0/.well-known/openid-configuration"))
+                .map_err(|e| format!("the discovery document's URL: {e}"))?;
+            let http = credential::http_client(Duration::from_secs(config.upstream.timeout_secs), |b| b)?;
+            (
+                Issuers::Entra { authority: authority.clone() },
+                KeyCache::new(Box::new(DiscoveryKeys::new(http, discovery)), authority),
+            )
+        }
+    };
+    let validator = Validator::new(policies, issuers, keys, Arc::new(SystemClock));
+    let apis = config
+        .downstream_apis
+        .iter()
+        .map(|api| {
+            let identity = broker
+                .identity_named(&api.identity)
+                .cloned()
+                .ok_or_else(|| format!("downstream API {:?}: no identity is named {:?}", api.name, api.identity))?;
+            Ok(DownstreamApi { name: api.name.clone(), scopes: api.scopes.join(" "), identity })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Some(Arc::new(UserEndpoints {
+        validator,
+        apis,
+        require_identity_header: config.server.user_endpoints_require_identity_header,
+    })))
 }
 
 /// The Entra client every credential of this configuration shares.

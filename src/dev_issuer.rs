@@ -18,6 +18,27 @@ use crate::clock::{Clock, SystemClock};
 use crate::secret::Secret;
 use crate::token::AccessToken;
 
+/// Who a development user token names.
+pub struct DevUser<'a> {
+    /// The sign-in name (`upn`, `preferred_username`, `name`).
+    pub name: &'a str,
+    /// `oid` and `sub`.
+    pub object_id: &'a str,
+    /// The front end the user signed in to (`azp`, `appid`).
+    pub client_app: &'a str,
+    /// Application roles (`roles`), if any.
+    pub roles: &'a [String],
+}
+
+/// A stable object id for a development user name: a version-4-shaped UUID from the first
+/// bytes of its SHA-256, so the same name always yields the same `oid`.
+pub fn dev_object_id(name: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, name.as_bytes());
+    let b = digest.as_ref();
+    let hex = |range: std::ops::Range<usize>| b[range].iter().map(|x| format!("{x:02x}")).collect::<String>();
+    format!("{}-{}-4{}-8{}-{}", hex(0..4), hex(4..6), &hex(6..8)[1..], &hex(8..10)[1..], hex(10..16))
+}
+
 /// Signs development tokens. One per process; its key dies with it.
 pub struct DevIssuer {
     key: RsaKeyPair,
@@ -47,6 +68,63 @@ impl DevIssuer {
     /// The `iss` claim of every token.
     pub fn issuer(&self) -> &str {
         &self.issuer
+    }
+
+    /// The tenant id every token carries (`tid`).
+    pub fn tenant_id(&self) -> &str {
+        &self.tenant_id
+    }
+
+    /// Signs `claims` (RS256, with this issuer's `kid`) into a compact JWT.
+    pub fn sign(&self, claims: &Value) -> Result<String, String> {
+        let header = json!({ "alg": "RS256", "typ": "JWT", "kid": self.kid });
+        let signing_input =
+            format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+        let mut signature_bytes = vec![0u8; self.key.public_modulus_len()];
+        self.key
+            .sign(&signature::RSA_PKCS1_SHA256, &SystemRandom::new(), signing_input.as_bytes(), &mut signature_bytes)
+            .map_err(|_| "signing a development token failed")?;
+        Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature_bytes)))
+    }
+
+    /// Signs a user's token (`idtyp` user) for `audience` with the delegated `scopes`, as a
+    /// front end signed in as `user` would receive it: `oid` and `sub` derived from the user
+    /// name, so the same user always gets the same ids. `lifetime_secs` of `None` uses the
+    /// issuer's lifetime. Returns the token and its `exp`.
+    pub fn issue_user(
+        &self,
+        user: &DevUser<'_>,
+        audience: &str,
+        scopes: &str,
+        lifetime_secs: Option<u64>,
+    ) -> Result<(Secret, u64), String> {
+        let now = SystemClock.now();
+        let expires_on = now + lifetime_secs.unwrap_or(self.lifetime_secs);
+        let mut nonce = [0u8; 16];
+        SystemRandom::new().fill(&mut nonce).map_err(|_| "no randomness for a token id")?;
+        let mut claims = json!({
+            "aud": audience,
+            "iss": self.issuer,
+            "sub": user.object_id,
+            "oid": user.object_id,
+            "tid": self.tenant_id,
+            "upn": user.name,
+            "preferred_username": user.name,
+            "name": user.name,
+            "azp": user.client_app,
+            "appid": user.client_app,
+            "scp": scopes,
+            "idtyp": "user",
+            "iat": now,
+            "nbf": now,
+            "exp": expires_on,
+            "uti": URL_SAFE_NO_PAD.encode(nonce),
+            "ver": "2.0",
+        });
+        if !user.roles.is_empty() {
+            claims["roles"] = json!(user.roles);
+        }
+        Ok((Secret::new(self.sign(&claims)?), expires_on))
     }
 
     /// The OpenID Connect discovery document.

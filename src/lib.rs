@@ -8,6 +8,7 @@
 //! - [`server`]: the HTTP surface (both managed-identity flavours, health, dev discovery).
 //! - [`broker`]: identities, the token cache, refresh and prefetch. Knows nothing of HTTP.
 //! - [`credential`]: how tokens are obtained upstream. Knows nothing of caching.
+//! - [`inbound`]: validation of the user tokens callers forward (signature, issuer, audience).
 //! - [`store`]: the optional persistent cache (encrypted file, key in a file or the keyring).
 //! - [`dev_issuer`]: the development issuer's key, signing and discovery documents.
 //! - [`token`], [`secret`], [`clock`], [`telemetry`], [`trust`], [`aadsts`]: small shared pieces.
@@ -17,7 +18,7 @@
 //!
 //! 1. `app`
 //! 2. `server`, `cli`
-//! 3. `broker`
+//! 3. `broker`, `inbound`
 //! 4. `credential`
 //! 5. `store`
 //! 6. `dev_issuer`, `telemetry`
@@ -37,6 +38,7 @@ pub mod clock;
 pub mod config;
 pub mod credential;
 pub mod dev_issuer;
+pub mod inbound;
 pub mod secret;
 pub mod server;
 pub mod store;
@@ -56,7 +58,7 @@ mod tests {
     const LAYERS: &[&[&str]] = &[
         &["app"],
         &["server", "cli"],
-        &["broker"],
+        &["broker", "inbound"],
         &["credential"],
         &["store"],
         &["dev_issuer", "telemetry"],

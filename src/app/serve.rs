@@ -108,6 +108,7 @@ pub(super) async fn serve(config: Config) -> ExitCode {
         metrics,
         request_timeout: Duration::from_secs(config.server.request_timeout_secs),
         log_requests: config.log.requests,
+        user_endpoints: built.user_endpoints,
     };
     let admin_endpoints = server::admin_endpoints(state.clone(), &config.server);
     let endpoints = server::endpoints(state, &config.server);

@@ -36,6 +36,7 @@ fn build_dev_router() -> (Endpoints, tokio::runtime::Runtime) {
         metrics: None,
         request_timeout: std::time::Duration::from_secs(60),
         log_requests: config.log.requests,
+        user_endpoints: built.user_endpoints,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     (endpoints(state, &config.server), runtime)

@@ -6,6 +6,7 @@
 
 mod cache;
 mod limit;
+mod obo;
 mod policy;
 mod readiness;
 
@@ -19,13 +20,15 @@ use moka::future::Cache;
 use tokio::sync::Semaphore;
 
 pub use cache::{CachedToken, Segment, TokenCache};
+pub use obo::{UserOutcome, UserToken};
 pub use policy::Policy;
 pub use readiness::Readiness;
 
 use tracing::Instrument;
 
 use crate::clock::Clock;
-use crate::credential::{Credential, CredentialError};
+use crate::credential::{Credential, CredentialError, OnBehalfOf};
+use crate::secret::Secret;
 use crate::store::{Held, HeldIdentity, HeldSource, HeldToken, PersistedToken, Store, Writer};
 use crate::telemetry::{self, metrics};
 
@@ -85,6 +88,8 @@ pub struct Identity {
     /// Whether the last new key was refused, so that the warning is logged once per episode
     /// rather than once per refused request.
     limited: AtomicBool,
+    /// Users' tokens from on-behalf-of exchanges (`obo`), in memory only.
+    user_tokens: obo::UserTokens,
     /// The broker-clock second its upstream went down (the first exchange that failed in a way
     /// a retry may fix), or 0 while it is up. Only exchanges touch it, never cache hits: it is
     /// what makes "upstream down" and "upstream up" one log line each, not one per failure.
@@ -168,6 +173,17 @@ pub enum UpstreamKind {
     /// A failure that may pass (timeout, refused connection, 5xx), or no credential of the
     /// chain could run here.
     Transient,
+    /// The authority refused an on-behalf-of exchange for a reason only the user can cure.
+    UserRefused {
+        /// The OAuth `error` code (`interaction_required`, `invalid_grant`, ...).
+        error: String,
+        /// The AADSTS error number, when the authority sent one.
+        aadsts: Option<u32>,
+        /// The claims challenge to hand to the front end, when the authority sent one.
+        claims: Option<String>,
+        /// The authority's correlation id, for a support request.
+        correlation_id: Option<String>,
+    },
 }
 
 impl UpstreamKind {
@@ -179,6 +195,12 @@ impl UpstreamKind {
             }
             CredentialError::Throttled { retry_after, .. } => Self::Throttled { retry_after: *retry_after },
             CredentialError::Transient { .. } | CredentialError::Unavailable { .. } => Self::Transient,
+            CredentialError::UserRefused { error, aadsts, claims, correlation_id, .. } => Self::UserRefused {
+                error: error.clone(),
+                aadsts: *aadsts,
+                claims: claims.clone(),
+                correlation_id: correlation_id.clone(),
+            },
         }
     }
 }
@@ -291,6 +313,7 @@ impl Broker {
                     prefetch: spec.prefetch,
                     credential: spec.credential,
                     tokens,
+                    user_tokens: obo::UserTokens::new(settings.max_entries, Arc::clone(&clock)),
                     refusals,
                     new_keys: limit::TokenBucket::new(settings.new_keys_per_minute, settings.new_keys_burst, started),
                     limited: AtomicBool::new(false),
@@ -406,6 +429,101 @@ impl Broker {
     /// Every configured identity.
     pub fn identities(&self) -> &[Arc<Identity>] {
         &self.identities
+    }
+
+    /// The identity configured under `name`.
+    pub fn identity_named(&self, name: &str) -> Option<&Arc<Identity>> {
+        self.identities.iter().find(|identity| identity.name == name)
+    }
+
+    /// A token for `scopes` as the user of `assertion` (an inbound token the caller has
+    /// validated, valid until `assertion_expires_on`), from the identity's user-token cache or
+    /// from one on-behalf-of exchange with the identity's credential, shared by every caller
+    /// waiting on the same user and scopes (docs/on-behalf-of.md#the-cache).
+    pub async fn on_behalf_of(
+        &self,
+        identity: &Identity,
+        scopes: &str,
+        assertion: &Secret,
+        assertion_expires_on: u64,
+    ) -> Result<(Arc<UserToken>, UserOutcome), BrokerError> {
+        let key = obo::UserKey::new(scopes, assertion.expose());
+        let exchange = Box::pin(self.exchange_for_user(identity, scopes, assertion, assertion_expires_on));
+        identity.user_tokens.get_or_exchange(key, exchange).await.map_err(|shared| (*shared).clone())
+    }
+
+    /// Users' tokens held for `identity` (for the memory figures of docs/benchmarks.md).
+    pub async fn user_tokens_held(&self, identity: &Identity) -> u64 {
+        identity.user_tokens.len().await
+    }
+
+    /// One on-behalf-of exchange, logged like a token exchange (the fingerprint, never the
+    /// token) and counted in the upstream metrics.
+    async fn exchange_for_user(
+        &self,
+        identity: &Identity,
+        scopes: &str,
+        assertion: &Secret,
+        assertion_expires_on: u64,
+    ) -> Result<Arc<UserToken>, BrokerError> {
+        let kind = identity.credential.kind();
+        let started = std::time::Instant::now();
+        let result = identity.credential.on_behalf_of(OnBehalfOf { assertion, scopes }).await;
+        let (outcome, aadsts) = match &result {
+            Ok(_) => ("success", None),
+            Err(CredentialError::Rejected { aadsts, .. }) => ("rejected", *aadsts),
+            Err(CredentialError::UserRefused { aadsts, .. }) => ("user_refused", *aadsts),
+            Err(CredentialError::Throttled { .. }) => ("throttled", None),
+            Err(CredentialError::Transient { .. }) => ("transient", None),
+            Err(CredentialError::Unavailable { .. }) => ("unavailable", None),
+        };
+        let elapsed = started.elapsed();
+        metrics::upstream(kind, outcome, aadsts, elapsed);
+        let latency_us = elapsed.as_micros() as u64;
+        let now = self.clock.now();
+        match result {
+            Ok(token) if token.expires_on > now => {
+                let serve_until =
+                    token.expires_on.min(assertion_expires_on).saturating_sub(self.settings.policy.serve_margin_secs);
+                let fingerprint = token.token.fingerprint().into_boxed_str();
+                tracing::info!(
+                    identity = %identity.name,
+                    scopes,
+                    credential = kind,
+                    exchange = "on_behalf_of",
+                    expires_in = token.expires_on.saturating_sub(now),
+                    cached_for = serve_until.saturating_sub(now),
+                    fingerprint = &*fingerprint,
+                    latency_us,
+                    "fetched a user token upstream"
+                );
+                Ok(Arc::new(UserToken { token, serve_until, fingerprint }))
+            }
+            Ok(token) => Err(BrokerError::upstream(
+                identity.name.clone(),
+                &CredentialError::Transient {
+                    credential: kind,
+                    reason: format!(
+                        "the exchange returned a token that expired at {} (now {now}); check the system clock",
+                        token.expires_on
+                    ),
+                },
+            )),
+            Err(error) => {
+                let error = BrokerError::upstream(identity.name.clone(), &error);
+                tracing::warn!(
+                    identity = %identity.name,
+                    scopes,
+                    credential = kind,
+                    exchange = "on_behalf_of",
+                    outcome,
+                    latency_us,
+                    %error,
+                    "on-behalf-of exchange failed"
+                );
+                Err(error)
+            }
+        }
     }
 
     /// Readiness of the prefetches.
@@ -560,6 +678,7 @@ impl Broker {
             Err(CredentialError::Throttled { .. }) => ("throttled", None),
             Err(CredentialError::Transient { .. }) => ("transient", None),
             Err(CredentialError::Unavailable { .. }) => ("unavailable", None),
+            Err(CredentialError::UserRefused { aadsts, .. }) => ("user_refused", *aadsts),
         };
         let elapsed = started.elapsed();
         metrics::upstream(kind, outcome, aadsts, elapsed);

@@ -73,6 +73,8 @@ pub struct Config {
     /// Where the identities came from, for `check` and the start-up log.
     pub identity_source: IdentitySource,
     pub identities: Vec<IdentityConfig>,
+    /// The APIs the user-token endpoints obtain tokens for.
+    pub downstream_apis: Vec<DownstreamApiConfig>,
 }
 
 #[derive(Debug, Serialize)]
@@ -106,6 +108,9 @@ pub struct ServerConfig {
     pub keep_alive_timeout_secs: u64,
     /// Connections the admin listener serves at once, separately from `max_connections`.
     pub admin_max_connections: usize,
+    /// Whether the user-token endpoints require `X-IDENTITY-HEADER` (otherwise it is checked
+    /// only when sent).
+    pub user_endpoints_require_identity_header: bool,
 }
 
 /// The shortest App Service header secret accepted. Anything that can reach the listener
@@ -237,7 +242,38 @@ pub struct IdentityConfig {
     pub additionally_allowed_tenants: Vec<String>,
     /// Tried in order; the first that yields a token wins.
     pub credentials: Vec<CredentialConfig>,
+    /// Which user tokens it accepts, when it accepts any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbound: Option<InboundConfig>,
 }
+
+/// An identity's `inbound` section, validated.
+#[derive(Clone, Debug, Serialize)]
+pub struct InboundConfig {
+    /// Accepted `aud` values (default: the client id and `api://{client_id}`).
+    pub audiences: Vec<String>,
+    /// Accepted tenants, lower case; empty means any (`"*"`).
+    pub tenants: Vec<String>,
+    /// One of these must be in `scp`, or one of `roles` in `roles`, when either is set.
+    pub scopes: Vec<String>,
+    pub roles: Vec<String>,
+    pub clock_skew_secs: u64,
+}
+
+/// One `[[downstream_apis]]` entry, validated.
+#[derive(Clone, Debug, Serialize)]
+pub struct DownstreamApiConfig {
+    pub name: String,
+    pub scopes: Vec<String>,
+    /// The identity whose credential authenticates the exchange.
+    pub identity: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+}
+
+/// Default and largest `inbound.clock_skew_secs`.
+pub const DEFAULT_CLOCK_SKEW_SECS: u64 = 300;
+pub const MAX_CLOCK_SKEW_SECS: u64 = 900;
 
 #[derive(Debug, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -414,6 +450,12 @@ impl Validator<'_> {
         let cache = checked(p, disturbed.contains("cache"), || self.cache(raw.cache).map_err(one));
         let log = checked(p, disturbed.contains("log"), || self.log(raw.log));
         let telemetry = checked(p, disturbed.contains("telemetry"), || self.telemetry(raw.telemetry).map_err(one));
+        let downstream_apis = match &identities {
+            Some((_, identities)) if !disturbed.contains("downstream_apis") => {
+                checked(p, false, || self.downstream_apis(raw.downstream_apis, identities, dev).map_err(one))
+            }
+            _ => None,
+        };
         let dev =
             dev.then_some(DevConfig { tenant_id: raw.dev.tenant_id, token_lifetime_secs: raw.dev.token_lifetime_secs });
         if !disturbed.contains("dev") && dev.as_ref().is_some_and(|dev| dev.token_lifetime_secs < 300) {
@@ -427,9 +469,17 @@ impl Validator<'_> {
                 Some(log),
                 Some(telemetry),
                 Some((identity_source, identities)),
-            ) if problems.is_empty() => {
-                Ok(Config { server, upstream, cache, dev, log, telemetry, identity_source, identities })
-            }
+            ) if problems.is_empty() => Ok(Config {
+                server,
+                upstream,
+                cache,
+                dev,
+                log,
+                telemetry,
+                identity_source,
+                identities,
+                downstream_apis: downstream_apis.unwrap_or_default(),
+            }),
             _ => Err(problems),
         }
     }
@@ -555,6 +605,22 @@ impl Validator<'_> {
         if raw.max_uri_bytes < 1024 {
             return Err(self.error("server.max_uri_bytes", "must be at least 1024"));
         }
+        let user_endpoints_require_identity_header = match raw.user_endpoints_identity_header.as_str() {
+            "optional" => false,
+            "required" if identity_header.is_some() || dev => true,
+            "required" => {
+                return Err(self.error(
+                    "server.user_endpoints_identity_header",
+                    "\"required\" needs the secret it compares with: set server.identity_header_file (or identity_header)",
+                ));
+            }
+            other => {
+                return Err(self.error(
+                    "server.user_endpoints_identity_header",
+                    format!("{other:?} is not one of \"optional\", \"required\""),
+                ));
+            }
+        };
         Ok(ServerConfig {
             listen,
             admin_listen,
@@ -573,7 +639,111 @@ impl Validator<'_> {
             write_timeout_secs: raw.write_timeout_secs,
             keep_alive_timeout_secs: raw.keep_alive_timeout_secs,
             admin_max_connections: raw.admin_max_connections,
+            user_endpoints_require_identity_header,
         })
+    }
+
+    /// An identity's `inbound` section. `tenant_id` is the identity's tenant, the default.
+    fn inbound(
+        &self,
+        key: &str,
+        raw: raw::RawInbound,
+        client_id: &str,
+        tenant_id: Option<&str>,
+    ) -> Result<InboundConfig, ConfigError> {
+        let clean = |items: Vec<String>| -> Vec<String> {
+            items.into_iter().map(|i| i.trim().to_owned()).filter(|i| !i.is_empty()).collect()
+        };
+        let mut audiences = clean(raw.audiences);
+        if audiences.is_empty() {
+            audiences = vec![client_id.to_owned(), format!("api://{client_id}")];
+        }
+        let tenants = clean(raw.tenants);
+        let tenants = if tenants.iter().any(|t| t == "*") {
+            if tenants.len() > 1 {
+                return Err(self.error(&format!("{key}.tenants"), "\"*\" (any tenant) stands alone"));
+            }
+            Vec::new()
+        } else if tenants.is_empty() {
+            let Some(tenant) = tenant_id else {
+                return Err(self.error(
+                    &format!("{key}.tenants"),
+                    "the identity has no tenant_id: list the tenants whose users are accepted, or \"*\" for any",
+                ));
+            };
+            vec![tenant.to_ascii_lowercase()]
+        } else {
+            for tenant in &tenants {
+                validate_tenant(tenant).map_err(|problem| self.error(&format!("{key}.tenants"), problem))?;
+            }
+            tenants.into_iter().map(|t| t.to_ascii_lowercase()).collect()
+        };
+        let clock_skew_secs = raw.clock_skew_secs.unwrap_or(DEFAULT_CLOCK_SKEW_SECS);
+        if clock_skew_secs > MAX_CLOCK_SKEW_SECS {
+            return Err(
+                self.error(&format!("{key}.clock_skew_secs"), format!("must be at most {MAX_CLOCK_SKEW_SECS} seconds"))
+            );
+        }
+        Ok(InboundConfig { audiences, tenants, scopes: clean(raw.scopes), roles: clean(raw.roles), clock_skew_secs })
+    }
+
+    /// `[[downstream_apis]]`: unique names, scopes, an identity that exists. Under `--dev`
+    /// without any, one named `graph` for `User.Read`, so the quick start has an API to call.
+    fn downstream_apis(
+        &self,
+        raw: Vec<raw::RawDownstreamApi>,
+        identities: &[IdentityConfig],
+        dev: bool,
+    ) -> Result<Vec<DownstreamApiConfig>, ConfigError> {
+        let default_identity = identities.iter().find(|i| i.default).map(|i| i.name.clone());
+        if raw.is_empty() && dev {
+            return Ok(default_identity
+                .map(|identity| DownstreamApiConfig {
+                    name: "graph".into(),
+                    scopes: vec![format!("{GRAPH_RESOURCE}/User.Read")],
+                    identity,
+                    base_url: Some(format!("{GRAPH_RESOURCE}/v1.0")),
+                })
+                .into_iter()
+                .collect());
+        }
+        let mut apis: Vec<DownstreamApiConfig> = Vec::new();
+        for (index, api) in raw.into_iter().enumerate() {
+            let key = |field: &str| format!("downstream_apis.{index}.{field}");
+            let name = api.name.trim().to_owned();
+            let valid = !name.is_empty()
+                && name.len() <= 64
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !valid {
+                return Err(self.error(
+                    &key("name"),
+                    format!(
+                        "{name:?} is not a name of 1 to 64 letters, digits, '-', '_' or '.' (it is a path segment)"
+                    ),
+                ));
+            }
+            if apis.iter().any(|a| a.name.eq_ignore_ascii_case(&name)) {
+                return Err(self.error(&key("name"), format!("two downstream APIs are named {name:?}")));
+            }
+            let scopes: Vec<String> =
+                api.scopes.into_iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+            if scopes.is_empty() {
+                return Err(self.error(&key("scopes"), "every downstream API needs at least one scope"));
+            }
+            let identity = match api.identity.map(|i| i.trim().to_owned()) {
+                Some(name) if identities.iter().any(|i| i.name == name) => name,
+                Some(name) => return Err(self.error(&key("identity"), format!("no identity is named {name:?}"))),
+                None => default_identity.clone().ok_or_else(|| {
+                    self.error(&key("identity"), "no default identity: name the identity whose credential is used")
+                })?,
+            };
+            if let Some(base_url) = &api.base_url {
+                Url::parse(base_url)
+                    .map_err(|e| self.error(&key("base_url"), format!("{base_url:?} is not a URL: {e}")))?;
+            }
+            apis.push(DownstreamApiConfig { name, scopes, identity, base_url: api.base_url });
+        }
+        Ok(apis)
     }
 
     /// The App Service header secret, refused when short enough to guess. The message gives
@@ -801,6 +971,10 @@ impl Validator<'_> {
                 ),
             ));
         }
+        let inbound = match raw.inbound {
+            Some(inbound) => Some(self.inbound(&key("inbound"), inbound, &client_id, tenant_id.as_deref())?),
+            None => None,
+        };
         Ok(IdentityConfig {
             name: raw.name.unwrap_or_else(|| format!("identity-{index}")),
             client_id,
@@ -811,6 +985,7 @@ impl Validator<'_> {
             prefetch: self.prefetch(&key("prefetch"), raw.prefetch)?,
             additionally_allowed_tenants,
             credentials,
+            inbound,
         })
     }
 
@@ -845,6 +1020,7 @@ impl Validator<'_> {
             prefetch: Vec::new(),
             additionally_allowed_tenants: Vec::new(),
             credentials: self.default_chain(client_id, tenant_id),
+            inbound: None,
         })
     }
 
@@ -860,6 +1036,15 @@ impl Validator<'_> {
             if identity.client_id.trim().is_empty() {
                 return Err(self.error(&format!("identities.{index}.client_id"), "every identity needs a client_id"));
             }
+            // Every development identity accepts the development issuer's user tokens; its
+            // audiences, scopes and roles are the configured ones, its tenant the issuer's.
+            let client_id = identity.client_id.trim();
+            let inbound = self.inbound(
+                &format!("identities.{index}.inbound"),
+                identity.inbound.map(|i| raw::RawInbound { tenants: Vec::new(), ..i }).unwrap_or_default(),
+                client_id,
+                Some(&dev.tenant_id),
+            )?;
             identities.push(IdentityConfig {
                 name: identity.name.unwrap_or_else(|| format!("identity-{index}")),
                 client_id: identity.client_id.trim().to_owned(),
@@ -870,6 +1055,7 @@ impl Validator<'_> {
                 prefetch: self.prefetch(&format!("identities.{index}.prefetch"), identity.prefetch)?,
                 additionally_allowed_tenants: Vec::new(),
                 credentials: vec![CredentialConfig::Dev],
+                inbound: Some(inbound),
             });
         }
         if let [only] = identities.as_mut_slice() {
@@ -878,7 +1064,7 @@ impl Validator<'_> {
         let has_default = identities.iter().any(|i| i.default);
         let dev_client_id = dev.client_id.trim();
         if !identities.iter().any(|i| i.client_id.eq_ignore_ascii_case(dev_client_id)) {
-            identities.push(dev_identity("dev", dev_client_id, !has_default));
+            identities.push(dev_identity("dev", dev_client_id, !has_default, &dev.tenant_id));
         }
         for (n, client_id) in dev.identities.iter().enumerate() {
             let client_id = client_id.trim();
@@ -886,7 +1072,7 @@ impl Validator<'_> {
                 return Err(self.error("dev.identities", "a --dev-identity client id is empty"));
             }
             if !identities.iter().any(|i| i.client_id.eq_ignore_ascii_case(client_id)) {
-                identities.push(dev_identity(&format!("dev-{}", n + 1), client_id, false));
+                identities.push(dev_identity(&format!("dev-{}", n + 1), client_id, false, &dev.tenant_id));
             }
         }
         Ok(identities)
@@ -942,7 +1128,7 @@ impl Validator<'_> {
     }
 }
 
-fn dev_identity(name: &str, client_id: &str, default: bool) -> IdentityConfig {
+fn dev_identity(name: &str, client_id: &str, default: bool, tenant_id: &str) -> IdentityConfig {
     IdentityConfig {
         name: name.to_owned(),
         client_id: client_id.to_owned(),
@@ -953,6 +1139,28 @@ fn dev_identity(name: &str, client_id: &str, default: bool) -> IdentityConfig {
         prefetch: Vec::new(),
         additionally_allowed_tenants: Vec::new(),
         credentials: vec![CredentialConfig::Dev],
+        inbound: Some(InboundConfig {
+            audiences: vec![client_id.to_owned(), format!("api://{client_id}")],
+            tenants: vec![tenant_id.to_ascii_lowercase()],
+            scopes: Vec::new(),
+            roles: Vec::new(),
+            clock_skew_secs: DEFAULT_CLOCK_SKEW_SECS,
+        }),
+    }
+}
+
+/// Microsoft Graph: the resource of a scope given without one (`User.Read`), as Entra reads it.
+pub const GRAPH_RESOURCE: &str = "https://graph.microsoft.com";
+
+/// A delegated scope split into its resource and its name: `api://x/access` gives
+/// (`api://x`, `access`), `https://graph.microsoft.com/.default` gives
+/// (`https://graph.microsoft.com`, `.default`), and a bare `User.Read` is Graph's.
+pub fn split_scope(scope: &str) -> (&str, &str) {
+    match scope.rfind('/') {
+        Some(at) if scope.contains("://") && at > scope.find("://").unwrap_or(0) + 2 => {
+            (&scope[..at], &scope[at + 1..])
+        }
+        _ => (GRAPH_RESOURCE, scope),
     }
 }
 

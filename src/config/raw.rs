@@ -19,6 +19,53 @@ pub struct RawConfig {
     pub telemetry: RawTelemetry,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub identities: Vec<RawIdentity>,
+    /// The APIs `/AuthorizationHeader/{name}` obtains tokens for (docs/on-behalf-of.md).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub downstream_apis: Vec<RawDownstreamApi>,
+}
+
+/// One `[[downstream_apis]]` entry.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawDownstreamApi {
+    pub name: String,
+    /// A list, or one space-separated string (what Microsoft's sidecar reads from a variable).
+    #[serde(deserialize_with = "list_or_spaces")]
+    pub scopes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+}
+
+/// An identity's `inbound` section: which user tokens it accepts.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawInbound {
+    #[serde(deserialize_with = "list_or_commas", skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    #[serde(deserialize_with = "list_or_commas", skip_serializing_if = "Vec::is_empty")]
+    pub tenants: Vec<String>,
+    #[serde(deserialize_with = "list_or_spaces", skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    #[serde(deserialize_with = "list_or_spaces", skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock_skew_secs: Option<u64>,
+}
+
+/// A list of strings, or one string of space-separated items.
+fn list_or_spaces<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrSpaces {
+        List(Vec<String>),
+        Spaces(String),
+    }
+    Ok(match ListOrSpaces::deserialize(d)? {
+        ListOrSpaces::List(items) => items,
+        ListOrSpaces::Spaces(text) => text.split_whitespace().map(str::to_owned).collect(),
+    })
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -49,6 +96,9 @@ pub struct RawServer {
     /// variable holds).
     #[serde(deserialize_with = "list_or_commas", skip_serializing_if = "Vec::is_empty")]
     pub allowed_hosts: Vec<String>,
+    /// Whether `X-IDENTITY-HEADER` is "optional" (checked when sent) or "required" on the
+    /// user-token endpoints (`/Validate`, `/AuthorizationHeader*`).
+    pub user_endpoints_identity_header: String,
 }
 
 /// A list of strings, or one string of comma-separated items.
@@ -88,6 +138,7 @@ impl Default for RawServer {
             write_timeout_secs: 5,
             keep_alive_timeout_secs: 60,
             admin_max_connections: 64,
+            user_endpoints_identity_header: "optional".into(),
         }
     }
 }
@@ -219,6 +270,8 @@ pub struct RawIdentity {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub additionally_allowed_tenants: Vec<String>,
     pub credentials: Vec<RawCredential>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbound: Option<RawInbound>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

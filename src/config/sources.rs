@@ -301,8 +301,8 @@ mod tests {
         for key in &serialized {
             assert!(keys.contains(&key.as_str()), "{key} missing from {keys:?}");
         }
-        assert!(keys.contains(&"identities"), "{keys:?}");
-        assert_eq!(keys.len(), serialized.len() + 1, "only identities is skipped when empty: {keys:?}");
+        assert!(keys.contains(&"identities") && keys.contains(&"downstream_apis"), "{keys:?}");
+        assert_eq!(keys.len(), serialized.len() + 2, "only the two lists are skipped when empty: {keys:?}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use super::entra::{Application, ClientAuth, relayed};
 use super::jwt::{NO_MATCHING_FEDERATION, describe_federated_claims};
-use super::{Credential, CredentialError, LinkStatus};
+use super::{Credential, CredentialError, Grant, LinkStatus, OnBehalfOf};
 use crate::config::PipelinesConfig;
 use crate::secret::Secret;
 use crate::token::AccessToken;
@@ -104,6 +104,20 @@ impl AzurePipelinesCredential {
         }
     }
 
+    async fn obtain(&self, grant: Grant<'_>) -> Result<AccessToken, CredentialError> {
+        let oidc_token = self.oidc_token().await?;
+        let result = self.application.exchange(self.kind(), grant, ClientAuth::Assertion(&oidc_token)).await;
+        result.map_err(|error| {
+            error.with_detail(NO_MATCHING_FEDERATION, || {
+                format!(
+                    "presented {} (service connection {}); compare them with the application's federated credential",
+                    describe_federated_claims(&oidc_token),
+                    self.config.service_connection_id
+                )
+            })
+        })
+    }
+
     fn rejected(&self, message: String) -> CredentialError {
         CredentialError::Rejected { credential: self.kind(), aadsts: None, message, correlation_id: None }
     }
@@ -120,17 +134,11 @@ impl Credential for AzurePipelinesCredential {
     }
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {
-        let oidc_token = self.oidc_token().await?;
-        let result = self.application.exchange(self.kind(), resource, ClientAuth::Assertion(&oidc_token)).await;
-        result.map_err(|error| {
-            error.with_detail(NO_MATCHING_FEDERATION, || {
-                format!(
-                    "presented {} (service connection {}); compare them with the application's federated credential",
-                    describe_federated_claims(&oidc_token),
-                    self.config.service_connection_id
-                )
-            })
-        })
+        self.obtain(Grant::App(resource)).await
+    }
+
+    async fn on_behalf_of(&self, request: OnBehalfOf<'_>) -> Result<AccessToken, CredentialError> {
+        self.obtain(Grant::OnBehalfOf(request)).await
     }
 
     fn status(&self) -> LinkStatus {

@@ -29,7 +29,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::entra::{Application, ClientAuth};
 use super::watched::{FileContent, LoadError, WatchedFiles, non_empty_text};
-use super::{Credential, CredentialError, LinkStatus};
+use super::{Credential, CredentialError, Grant, LinkStatus, OnBehalfOf};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{AssertionAlgorithm, CertificateConfig};
 use crate::secret::Secret;
@@ -81,7 +81,7 @@ impl CertificateCredential {
         Self { application, files, material }
     }
 
-    async fn exchange(&self, resource: &str, material: &Material) -> Result<AccessToken, CredentialError> {
+    async fn exchange(&self, grant: Grant<'_>, material: &Material) -> Result<AccessToken, CredentialError> {
         let audience = self.application.token_endpoint();
         let assertion = material
             .assertion(
@@ -92,7 +92,20 @@ impl CertificateCredential {
                 SystemClock.now(),
             )
             .map_err(|problem| self.rejected(problem))?;
-        self.application.exchange(self.kind(), resource, ClientAuth::Assertion(&assertion)).await
+        self.application.exchange(self.kind(), grant, ClientAuth::Assertion(&assertion)).await
+    }
+
+    async fn obtain(&self, grant: Grant<'_>) -> Result<AccessToken, CredentialError> {
+        let exchange = |material: Arc<Material>| async move { self.exchange(grant, &material).await };
+        let (result, material) =
+            self.material.exchange(&[INVALID_SIGNATURE], exchange).await.map_err(|e| self.unreadable(e))?;
+        result.map_err(|error| {
+            error
+                .with_detail(INVALID_SIGNATURE, || material.describe_for_support(self.files.algorithm))
+                .with_detail(ASSERTION_EXPIRED, || {
+                    "the assertion was signed just now with a 10-minute lifetime; check this machine's clock".to_owned()
+                })
+        })
     }
 
     fn unreadable(&self, error: LoadError) -> CredentialError {
@@ -119,16 +132,11 @@ impl Credential for CertificateCredential {
     }
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {
-        let exchange = |material: Arc<Material>| async move { self.exchange(resource, &material).await };
-        let (result, material) =
-            self.material.exchange(&[INVALID_SIGNATURE], exchange).await.map_err(|e| self.unreadable(e))?;
-        result.map_err(|error| {
-            error
-                .with_detail(INVALID_SIGNATURE, || material.describe_for_support(self.files.algorithm))
-                .with_detail(ASSERTION_EXPIRED, || {
-                    "the assertion was signed just now with a 10-minute lifetime; check this machine's clock".to_owned()
-                })
-        })
+        self.obtain(Grant::App(resource)).await
+    }
+
+    async fn on_behalf_of(&self, request: OnBehalfOf<'_>) -> Result<AccessToken, CredentialError> {
+        self.obtain(Grant::OnBehalfOf(request)).await
     }
 
     fn status(&self) -> LinkStatus {

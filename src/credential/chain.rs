@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use super::{Credential, CredentialError, LinkStatus};
+use super::{Credential, CredentialError, LinkStatus, OnBehalfOf};
 use crate::token::AccessToken;
 
 /// Tries each credential in turn. An unavailable credential is skipped; any other error
@@ -39,9 +39,20 @@ impl Chain {
 
     /// Like `get_token`, also naming the link that produced the token.
     pub async fn token_from(&self, resource: &str) -> Result<(&'static str, AccessToken), CredentialError> {
+        self.first_answer(|link| link.get_token(resource)).await
+    }
+
+    /// The first answer of a link that can run here, asked with `ask`, with the link's kind.
+    async fn first_answer<'a, F>(
+        &'a self,
+        ask: impl Fn(&'a dyn Credential) -> F,
+    ) -> Result<(&'static str, AccessToken), CredentialError>
+    where
+        F: std::future::Future<Output = Result<AccessToken, CredentialError>> + 'a,
+    {
         let mut unavailable = Vec::new();
         for link in &self.links {
-            match link.get_token(resource).await {
+            match ask(link.as_ref()).await {
                 Ok(token) => {
                     tracing::debug!(credential = link.kind(), "credential provided a token");
                     return Ok((link.kind(), token));
@@ -71,6 +82,11 @@ impl Credential for Chain {
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {
         self.token_from(resource).await.map(|(_, token)| token)
+    }
+
+    /// The first link that can prove the application runs the exchange, as for a token.
+    async fn on_behalf_of(&self, request: OnBehalfOf<'_>) -> Result<AccessToken, CredentialError> {
+        self.first_answer(|link| link.on_behalf_of(request)).await.map(|(_, token)| token)
     }
 
     fn status(&self) -> LinkStatus {

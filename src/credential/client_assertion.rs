@@ -17,7 +17,7 @@ use super::entra::{Application, ClientAuth};
 use super::jwt::{NO_MATCHING_FEDERATION, describe_federated_claims};
 use super::process::{self, RunError, quote_stderr};
 use super::watched::{LoadError, WatchedFiles, non_empty_text};
-use super::{Credential, CredentialError, LinkStatus};
+use super::{Credential, CredentialError, Grant, LinkStatus, OnBehalfOf};
 use crate::config::AssertionSource;
 use crate::secret::Secret;
 use crate::token::AccessToken;
@@ -62,7 +62,7 @@ impl ClientAssertionCredential {
         &self,
         command: &[String],
         timeout: Duration,
-        resource: &str,
+        grant: Grant<'_>,
     ) -> Result<(Result<AccessToken, CredentialError>, Secret), CredentialError> {
         let text = run(command, timeout).await.map_err(|failure| match failure {
             Failure::NotFound(reason) => self.unavailable(reason),
@@ -72,11 +72,28 @@ impl ClientAssertionCredential {
         if assertion.is_empty() {
             return Err(self.unavailable(format!("{} produced an empty assertion", self.source_name())));
         }
-        Ok((self.exchange(resource, &assertion).await, assertion))
+        Ok((self.exchange(grant, &assertion).await, assertion))
     }
 
-    async fn exchange(&self, resource: &str, assertion: &Secret) -> Result<AccessToken, CredentialError> {
-        self.application.exchange(self.kind(), resource, ClientAuth::Assertion(assertion)).await
+    async fn exchange(&self, grant: Grant<'_>, assertion: &Secret) -> Result<AccessToken, CredentialError> {
+        self.application.exchange(self.kind(), grant, ClientAuth::Assertion(assertion)).await
+    }
+
+    async fn obtain(&self, grant: Grant<'_>) -> Result<AccessToken, CredentialError> {
+        let (result, assertion) = match &self.source {
+            Source::File(file) => {
+                let exchange = |assertion: Secret| async move { self.exchange(grant, &assertion).await };
+                file.exchange(&STALE_ASSERTION, exchange).await.map_err(|e| self.unreadable(e))?
+            }
+            Source::Command { command, timeout } => self.run_command(command, *timeout, grant).await?,
+        };
+        result.map_err(|error| {
+            error
+                .with_detail(NO_MATCHING_FEDERATION, || format!("presented {}", describe_federated_claims(&assertion)))
+                .with_detail(ASSERTION_EXPIRED, || {
+                    format!("the {} yielded an expired assertion; make sure it is refreshed", self.source_name())
+                })
+        })
     }
 
     fn source_name(&self) -> String {
@@ -107,20 +124,11 @@ impl Credential for ClientAssertionCredential {
     }
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {
-        let (result, assertion) = match &self.source {
-            Source::File(file) => {
-                let exchange = |assertion: Secret| async move { self.exchange(resource, &assertion).await };
-                file.exchange(&STALE_ASSERTION, exchange).await.map_err(|e| self.unreadable(e))?
-            }
-            Source::Command { command, timeout } => self.run_command(command, *timeout, resource).await?,
-        };
-        result.map_err(|error| {
-            error
-                .with_detail(NO_MATCHING_FEDERATION, || format!("presented {}", describe_federated_claims(&assertion)))
-                .with_detail(ASSERTION_EXPIRED, || {
-                    format!("the {} yielded an expired assertion; make sure it is refreshed", self.source_name())
-                })
-        })
+        self.obtain(Grant::App(resource)).await
+    }
+
+    async fn on_behalf_of(&self, request: OnBehalfOf<'_>) -> Result<AccessToken, CredentialError> {
+        self.obtain(Grant::OnBehalfOf(request)).await
     }
 
     fn status(&self) -> LinkStatus {

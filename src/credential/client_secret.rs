@@ -13,7 +13,7 @@ use async_trait::async_trait;
 
 use super::entra::{Application, ClientAuth};
 use super::watched::{LoadError, WatchedFiles, non_empty_text};
-use super::{Credential, CredentialError, LinkStatus};
+use super::{Credential, CredentialError, Grant, LinkStatus, OnBehalfOf};
 use crate::secret::Secret;
 use crate::token::AccessToken;
 
@@ -49,6 +49,19 @@ impl ClientSecretCredential {
         Self { application, secret: Source::File(Box::new(watched)) }
     }
 
+    async fn obtain(&self, grant: Grant<'_>) -> Result<AccessToken, CredentialError> {
+        match &self.secret {
+            Source::Fixed(secret) => self.application.exchange(self.kind(), grant, ClientAuth::Secret(secret)).await,
+            Source::File(file) => {
+                let exchange = |secret: Secret| async move {
+                    self.application.exchange(self.kind(), grant, ClientAuth::Secret(&secret)).await
+                };
+                let (result, _) = file.exchange(&STALE_SECRET, exchange).await.map_err(|e| self.unavailable(e))?;
+                result
+            }
+        }
+    }
+
     fn unavailable(&self, error: LoadError) -> CredentialError {
         let reason = match (error, &self.secret) {
             (LoadError::Read { path, reason }, _) => {
@@ -70,16 +83,11 @@ impl Credential for ClientSecretCredential {
     }
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {
-        match &self.secret {
-            Source::Fixed(secret) => self.application.exchange(self.kind(), resource, ClientAuth::Secret(secret)).await,
-            Source::File(file) => {
-                let exchange = |secret: Secret| async move {
-                    self.application.exchange(self.kind(), resource, ClientAuth::Secret(&secret)).await
-                };
-                let (result, _) = file.exchange(&STALE_SECRET, exchange).await.map_err(|e| self.unavailable(e))?;
-                result
-            }
-        }
+        self.obtain(Grant::App(resource)).await
+    }
+
+    async fn on_behalf_of(&self, request: OnBehalfOf<'_>) -> Result<AccessToken, CredentialError> {
+        self.obtain(Grant::OnBehalfOf(request)).await
     }
 
     fn status(&self) -> LinkStatus {

@@ -18,7 +18,7 @@ use reqwest::{StatusCode, Url, header};
 use serde::{Deserialize, Deserializer};
 use tokio::sync::Semaphore;
 
-use super::CredentialError;
+use super::{CredentialError, Grant};
 use crate::clock::{Clock, SystemClock};
 use crate::secret::Secret;
 use crate::token::AccessToken;
@@ -28,9 +28,22 @@ pub use application::Application;
 /// `client_assertion_type` for every JWT assertion (certificate or federated).
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
+/// `grant_type` of the on-behalf-of exchange (RFC 7523 section 2.1, as Entra uses it).
+const OBO_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
+/// OAuth error codes of an on-behalf-of refusal that concern the user or the user's token, not
+/// the application's configuration: conditional access or MFA (`interaction_required`, with a
+/// `claims` challenge), missing consent, an assertion Entra does not accept (`invalid_grant`:
+/// AADSTS50013 bad signature or audience, AADSTS500133 expired).
+const USER_ERRORS: [&str; 4] = ["interaction_required", "consent_required", "login_required", "invalid_grant"];
+
+/// Longest claims challenge relayed to a caller. Entra's are a few hundred bytes; a longer one
+/// is dropped rather than cut, since a cut JSON object is no challenge at all.
+const MAX_CLAIMS_BYTES: usize = 4096;
+
 /// Form fields whose values are credentials. Whatever the authority says back is scrubbed of
 /// them before it is relayed: a misconfigured authority may echo the request body.
-const SECRET_FIELDS: [&str; 4] = ["client_secret", "client_assertion", "refresh_token", "device_code"];
+const SECRET_FIELDS: [&str; 5] = ["client_secret", "client_assertion", "refresh_token", "device_code", "assertion"];
 
 /// How the upstream is reached and how hard we try.
 #[derive(Clone, Debug)]
@@ -167,6 +180,22 @@ impl Refusal {
         }
     }
 
+    /// The refusal of an on-behalf-of exchange for a reason only the user can cure, with the
+    /// claims challenge, if any, intact.
+    pub fn into_user_refusal(self) -> CredentialError {
+        let error = self.error().to_owned();
+        let aadsts = self.body.aadsts();
+        let message = self.detail();
+        CredentialError::UserRefused {
+            credential: self.credential,
+            error,
+            aadsts,
+            message,
+            claims: self.body.claims,
+            correlation_id: self.body.correlation_id,
+        }
+    }
+
     /// The rejection an operator reads: [`Refusal::message`].
     pub fn into_error(self) -> CredentialError {
         let message = self.message();
@@ -206,21 +235,32 @@ impl EntraClient {
         url
     }
 
-    /// Runs the client-credentials grant for `resource`, retrying transient failures.
+    /// Runs `grant` (client credentials, or on-behalf-of), retrying transient failures.
     /// Private to this module: credentials go through [`Application::exchange`].
-    async fn client_credentials(
+    async fn grant(
         &self,
         credential: &'static str,
         tenant: &str,
         client_id: &str,
-        resource: &str,
+        grant: Grant<'_>,
         auth: ClientAuth<'_>,
     ) -> Result<AccessToken, CredentialError> {
-        // Entra scopes are `<resource>/.default`; a resource ending in `/` keeps it, giving the
-        // documented `https://management.core.windows.net//.default` form.
-        let scope = format!("{resource}/.default");
-        let mut form: Vec<(&str, &str)> =
-            vec![("grant_type", "client_credentials"), ("client_id", client_id), ("scope", &scope)];
+        let scope;
+        let mut form: Vec<(&str, &str)> = match grant {
+            Grant::App(resource) => {
+                // Entra scopes are `<resource>/.default`; a resource ending in `/` keeps it,
+                // giving the documented `https://management.core.windows.net//.default` form.
+                scope = format!("{resource}/.default");
+                vec![("grant_type", "client_credentials"), ("client_id", client_id), ("scope", &scope)]
+            }
+            Grant::OnBehalfOf(request) => vec![
+                ("grant_type", OBO_GRANT),
+                ("client_id", client_id),
+                ("assertion", request.assertion.expose()),
+                ("scope", request.scopes),
+                ("requested_token_use", "on_behalf_of"),
+            ],
+        };
         match &auth {
             ClientAuth::Secret(secret) => form.push(("client_secret", secret.expose())),
             ClientAuth::Assertion(assertion) => {
@@ -229,7 +269,15 @@ impl EntraClient {
             }
         }
         let request = Request { credential, tenant, client_id, endpoint: Endpoint::Token, form: &form };
-        self.post(&request, parse_token_response).await.map_err(Failure::into_error)
+        match self.post(&request, parse_token_response).await {
+            Ok(token) => Ok(token),
+            Err(Failure::Refused(refusal))
+                if matches!(grant, Grant::OnBehalfOf(_)) && USER_ERRORS.contains(&refusal.error()) =>
+            {
+                Err(refusal.into_user_refusal())
+            }
+            Err(failure) => Err(failure.into_error()),
+        }
     }
 
     /// Posts `request` and reads a successful answer with `parse` (given the body and the
@@ -528,6 +576,9 @@ pub struct ErrorResponse {
     error_codes: Vec<u32>,
     #[serde(default)]
     correlation_id: Option<String>,
+    /// A claims challenge (conditional access, MFA): a JSON object as a string.
+    #[serde(default, deserialize_with = "text")]
+    claims: Option<String>,
 }
 
 impl ErrorResponse {
@@ -551,6 +602,13 @@ impl ErrorResponse {
                 .correlation_id
                 .map(|id| relayed::relayable(first_line_of(&id), secrets))
                 .filter(|id| !id.is_empty()),
+            // Relayed whole or not at all: one line of JSON, bounded, holding no secret.
+            claims: self.claims.filter(|claims| {
+                claims.len() <= MAX_CLAIMS_BYTES
+                    && !claims.contains(['\r', '\n'])
+                    && !secrets.iter().any(|secret| !secret.is_empty() && claims.contains(secret))
+                    && serde_json::from_str::<serde_json::Value>(claims).is_ok_and(|v| v.is_object())
+            }),
         }
     }
 

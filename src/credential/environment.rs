@@ -9,7 +9,7 @@
 
 use async_trait::async_trait;
 
-use super::{Credential, CredentialError, LinkStatus};
+use super::{Credential, CredentialError, LinkStatus, OnBehalfOf};
 use crate::token::AccessToken;
 
 /// A client secret or certificate credential found in the `AZURE_*` variables.
@@ -33,6 +33,10 @@ impl Credential for EnvironmentCredential {
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {
         self.inner.get_token(resource).await
+    }
+
+    async fn on_behalf_of(&self, request: OnBehalfOf<'_>) -> Result<AccessToken, CredentialError> {
+        self.inner.on_behalf_of(request).await
     }
 
     fn status(&self) -> LinkStatus {

@@ -28,6 +28,7 @@ use async_trait::async_trait;
 pub use build::{BuildContext, NotConfigured, build};
 pub use chain::Chain;
 
+use crate::secret::Secret;
 use crate::token::AccessToken;
 
 /// Why a credential produced no token. Every variant names the credential and carries a
@@ -59,13 +60,33 @@ pub enum CredentialError {
     /// A failure that may pass: timeout, connection refused, a 5xx from the authority.
     #[error("{credential}: {reason}")]
     Transient { credential: &'static str, reason: String },
+
+    /// The authority refused an on-behalf-of exchange because of the user or the user's token
+    /// (multi-factor authentication or conditional access asking for more claims, consent
+    /// missing, an assertion it does not accept): only the user, stepping up or signing in
+    /// again, can cure it, so it goes back to the caller with the challenge intact.
+    #[error("{credential}: the authority refused the exchange for this user: {message}")]
+    UserRefused {
+        credential: &'static str,
+        /// The OAuth `error` code (`interaction_required`, `invalid_grant`, ...), one line.
+        error: String,
+        /// The AADSTS error number, when the authority sent one.
+        aadsts: Option<u32>,
+        /// The authority's first line, scrubbed of what the request carried and bounded.
+        message: String,
+        /// The claims challenge (a JSON object as text) the front end must request, when
+        /// the authority sent one.
+        claims: Option<String>,
+        /// The authority's correlation id, for a support request.
+        correlation_id: Option<String>,
+    },
 }
 
 impl CredentialError {
     /// Whether the same request can never succeed without a configuration change. The
     /// broker briefly remembers such errors so a misconfigured pod cannot hammer Entra.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Self::Rejected { .. })
+        matches!(self, Self::Rejected { .. } | Self::UserRefused { .. })
     }
 
     /// Appends `detail` to the message of a rejection with AADSTS code `code`; any other
@@ -112,6 +133,26 @@ impl LinkStatus {
     }
 }
 
+/// An on-behalf-of exchange: the user's token (`assertion`) for a token to `scopes` as the
+/// same user, the application proving itself with its credential
+/// (docs/protocols.md#on-behalf-of-grant).
+#[derive(Clone, Copy)]
+pub struct OnBehalfOf<'a> {
+    /// The inbound user token, already validated by tokenrelay.
+    pub assertion: &'a Secret,
+    /// The downstream scopes, space-separated (`https://graph.microsoft.com/User.Read`).
+    pub scopes: &'a str,
+}
+
+/// Which grant an application credential runs with its proof.
+#[derive(Clone, Copy)]
+pub enum Grant<'a> {
+    /// Client credentials: the application's own token for a resource (never a scope).
+    App(&'a str),
+    /// On-behalf-of: a user's token for a user's token.
+    OnBehalfOf(OnBehalfOf<'a>),
+}
+
 /// Something that can obtain an access token for a resource.
 #[async_trait]
 pub trait Credential: Send + Sync {
@@ -121,6 +162,19 @@ pub trait Credential: Send + Sync {
     /// Obtains a new token for `resource` (an App ID URI such as `https://vault.azure.net`,
     /// never a scope). Implementations do not cache.
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError>;
+
+    /// Runs the on-behalf-of exchange of `request`, proving the application with this
+    /// credential. Only credentials that prove an application registration can (a secret,
+    /// a certificate, a federated assertion); the others are unavailable for it.
+    async fn on_behalf_of(&self, request: OnBehalfOf<'_>) -> Result<AccessToken, CredentialError> {
+        let _ = request;
+        Err(CredentialError::Unavailable {
+            credential: self.kind(),
+            reason: "cannot prove an application in an on-behalf-of exchange; use client_secret, \
+                     client_certificate, client_assertion or workload_identity"
+                .to_owned(),
+        })
+    }
 
     /// Whether this credential can run here, without contacting anything.
     fn status(&self) -> LinkStatus {

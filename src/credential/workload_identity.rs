@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use super::entra::{Application, ClientAuth};
 use super::jwt::{NO_MATCHING_FEDERATION, describe_federated_claims};
 use super::watched::{LoadError, WatchedFiles, non_empty_text};
-use super::{Credential, CredentialError, LinkStatus};
+use super::{Credential, CredentialError, Grant, LinkStatus, OnBehalfOf};
 use crate::secret::Secret;
 use crate::token::AccessToken;
 
@@ -42,6 +42,19 @@ impl WorkloadIdentityCredential {
         Self { application, token_file, assertion }
     }
 
+    async fn obtain(&self, grant: Grant<'_>) -> Result<AccessToken, CredentialError> {
+        let exchange = |assertion: Secret| async move {
+            self.application.exchange(self.kind(), grant, ClientAuth::Assertion(&assertion)).await
+        };
+        let (result, assertion) =
+            self.assertion.exchange(&STALE_ASSERTION, exchange).await.map_err(|e| self.unavailable(e))?;
+        // Name what was presented: the three values Entra matched against the federated
+        // identity credential.
+        result.map_err(|error| {
+            error.with_detail(NO_MATCHING_FEDERATION, || format!("presented {}", describe_federated_claims(&assertion)))
+        })
+    }
+
     fn unavailable(&self, error: LoadError) -> CredentialError {
         let reason = match error {
             LoadError::Read { path, reason } => {
@@ -60,16 +73,11 @@ impl Credential for WorkloadIdentityCredential {
     }
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {
-        let exchange = |assertion: Secret| async move {
-            self.application.exchange(self.kind(), resource, ClientAuth::Assertion(&assertion)).await
-        };
-        let (result, assertion) =
-            self.assertion.exchange(&STALE_ASSERTION, exchange).await.map_err(|e| self.unavailable(e))?;
-        // Name what was presented: the three values Entra matched against the federated
-        // identity credential.
-        result.map_err(|error| {
-            error.with_detail(NO_MATCHING_FEDERATION, || format!("presented {}", describe_federated_claims(&assertion)))
-        })
+        self.obtain(Grant::App(resource)).await
+    }
+
+    async fn on_behalf_of(&self, request: OnBehalfOf<'_>) -> Result<AccessToken, CredentialError> {
+        self.obtain(Grant::OnBehalfOf(request)).await
     }
 
     fn status(&self) -> LinkStatus {

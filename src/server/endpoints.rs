@@ -23,7 +23,7 @@ use super::error::ApiError;
 use super::host::AllowedHosts;
 use super::state::AppState;
 use super::token::Flavour;
-use super::{app_service, imds};
+use super::{app_service, dev_user, imds, sidecar};
 use crate::config::IMDS_PATH;
 
 /// A cheap-to-clone tower service answering one listener's requests.
@@ -40,6 +40,9 @@ struct Inner {
     max_uri_bytes: usize,
     /// The hosts a token request may name (the DNS rebinding guard).
     hosts: AllowedHosts,
+    /// Whether this listener serves the user-token endpoints and `/dev/user-token` (the token
+    /// listener, never the admin one).
+    user_endpoints: bool,
     /// Everything that is not a token request.
     others: NormalizePath<Router>,
 }
@@ -60,8 +63,17 @@ impl Endpoints {
             app_service_path: app_service_path.map(|p| p.trim_matches('/').into()),
             max_uri_bytes,
             hosts,
+            user_endpoints: false,
             others: NormalizePathLayer::trim_trailing_slash().layer(others),
         }))
+    }
+
+    /// Serves the user-token endpoints too, when the state has them (and `/dev/user-token`
+    /// under `--dev`).
+    pub(super) fn with_user_endpoints(self) -> Self {
+        let mut inner = Arc::try_unwrap(self.0).unwrap_or_else(|_| unreachable!("not shared before serving"));
+        inner.user_endpoints = true;
+        Self(Arc::new(inner))
     }
 }
 
@@ -98,6 +110,18 @@ impl Inner {
                 Flavour::Imds => imds::handle(&self.state, &self.hosts, &parts).await,
                 Flavour::AppService => app_service::handle(&self.state, &self.hosts, &parts).await,
             };
+        }
+        if self.user_endpoints {
+            let path = request.uri().path();
+            if self.state.user_endpoints.is_some() && sidecar::route(path).is_some() {
+                // Boxed like the router: these requests must not inflate the token path's future.
+                let (parts, _body) = request.into_parts();
+                let route = sidecar::route(parts.uri.path()).expect("matched above");
+                return Box::pin(sidecar::handle(&self.state, &self.hosts, &parts, route)).await;
+            }
+            if self.state.dev_issuer.is_some() && path.trim_matches('/').eq_ignore_ascii_case("dev/user-token") {
+                return Box::pin(dev_user::handle(&self.state, &self.hosts, request)).await;
+            }
         }
         // Boxed so that the router's future does not inflate every token request's.
         match Box::pin(self.others.clone().oneshot(request.map(Body::new))).await {
@@ -175,6 +199,7 @@ mod tests {
             metrics: None,
             request_timeout: std::time::Duration::from_secs(1),
             log_requests: crate::config::RequestLog::default(),
+            user_endpoints: None,
         };
         Endpoints::new(state, imds, app_service, 100, AllowedHosts::default(), Router::new()).0
     }

@@ -137,6 +137,11 @@ impl From<BrokerError> for ApiError {
                     description,
                     retry_after: Some(retry_after.as_secs().clamp(1, MAX_RETRY_AFTER_SECS)),
                 },
+                // Only on-behalf-of exchanges are refused this way, and their endpoints map it
+                // themselves (`server::sidecar`); a token endpoint never sees it.
+                UpstreamKind::UserRefused { .. } => {
+                    Self { status: StatusCode::BAD_REQUEST, error: "invalid_grant", description, retry_after: None }
+                }
                 UpstreamKind::Transient => Self {
                     status: StatusCode::SERVICE_UNAVAILABLE,
                     error: "temporarily_unavailable",

@@ -3,11 +3,13 @@
 
 mod app_service;
 mod connection;
+mod dev_user;
 mod endpoints;
 mod error;
 mod health;
 mod host;
 mod imds;
+mod sidecar;
 mod state;
 mod token;
 pub mod wire;
@@ -27,6 +29,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+pub use sidecar::{DownstreamApi, UserEndpoints};
 pub use state::AppState;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -51,6 +54,7 @@ pub fn endpoints(state: AppState, server: &ServerConfig) -> Endpoints {
     let others = others.fallback(health::fallback).with_state(state.clone());
     let app_service_path = server.app_service.then_some(server.app_service_path.as_str());
     Endpoints::new(state, server.imds, app_service_path, server.max_uri_bytes, host::AllowedHosts::new(server), others)
+        .with_user_endpoints()
 }
 
 /// The admin listener's service: health, readiness and metrics only, never a token endpoint,

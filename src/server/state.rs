@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::sidecar::UserEndpoints;
 use crate::broker::Broker;
 use crate::config::{ProbeMode, RequestLog};
 use crate::dev_issuer::DevIssuer;
@@ -24,4 +25,7 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// Which token requests get a log line (`log.requests`), read once at start.
     pub log_requests: RequestLog,
+    /// The user-token endpoints (`/Validate`, `/AuthorizationHeader*`), when any identity
+    /// accepts user tokens or a downstream API is configured.
+    pub user_endpoints: Option<Arc<UserEndpoints>>,
 }

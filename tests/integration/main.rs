@@ -17,6 +17,7 @@ mod imds;
 mod kubernetes;
 mod limits;
 mod login;
+mod on_behalf_of;
 mod persistence_faults;
 mod rotation;
 mod shared_cache_dir;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use reqwest::Url;
 
 use super::{ClientAuth, EntraClient};
-use crate::credential::CredentialError;
+use crate::credential::{CredentialError, Grant};
 use crate::token::AccessToken;
 
 /// An application in one tenant, reached through the shared Entra client.
@@ -33,15 +33,16 @@ impl Application {
         self.client.token_endpoint(&self.tenant_id)
     }
 
-    /// Runs the client-credentials grant for `resource`, proving the application with `auth`.
-    /// `credential` is the calling credential's kind, which every error names.
+    /// Runs `grant` (client credentials for a resource, or on-behalf-of), proving the
+    /// application with `auth`. `credential` is the calling credential's kind, which every
+    /// error names.
     pub async fn exchange(
         &self,
         credential: &'static str,
-        resource: &str,
+        grant: Grant<'_>,
         auth: ClientAuth<'_>,
     ) -> Result<AccessToken, CredentialError> {
-        self.client.client_credentials(credential, &self.tenant_id, &self.client_id, resource, auth).await
+        self.client.grant(credential, &self.tenant_id, &self.client_id, grant, auth).await
     }
 }
 
@@ -82,7 +83,7 @@ mod tests {
     async fn errors_name_the_calling_credential() {
         let secret = Secret::new("s");
         let error = Application::unreachable()
-            .exchange("client_secret", "https://vault.azure.net", ClientAuth::Secret(&secret))
+            .exchange("client_secret", Grant::App("https://vault.azure.net"), ClientAuth::Secret(&secret))
             .await;
         let Err(CredentialError::Transient { credential, .. }) = error else { panic!("{error:?}") };
         assert_eq!(credential, "client_secret");

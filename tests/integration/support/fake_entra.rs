@@ -21,6 +21,23 @@
 //! exact token (`accept_assertion`) or a federated identity credential (`federate`: issuer
 //! and subject, audience `api://AzureADTokenExchange`).
 //!
+//! The on-behalf-of grant (`grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer`,
+//! `requested_token_use=on_behalf_of`, `assertion`, `scope`) is judged as Entra documents it
+//! (learn.microsoft.com, "Microsoft identity platform and OAuth 2.0 On-Behalf-Of flow"): the
+//! client authenticates exactly as for client credentials (same secret and assertion checks);
+//! the assertion must be an RS256 token signed with one of the keys this authority publishes
+//! now, issued for this tenant, whose `aud` is the calling application (its client id or
+//! `api://` URI), within its `nbf`/`exp` window; otherwise 400 `invalid_grant` with AADSTS50013
+//! (signature, audience, issuer) or AADSTS500133 (time). A scope listed with
+//! `require_claims_for` is answered as conditional access answers it: 400
+//! `interaction_required`, AADSTS50079, and a `claims` challenge. The issued token names the
+//! user (`oid`) and scopes.
+//!
+//! Signing keys: `GET /{tenant}/v2.0/.well-known/openid-configuration` names
+//! `/{tenant}/discovery/v2.0/keys`, which publishes every current key (RSA, `kid`); user tokens
+//! are signed with the newest. `rotate_signing_key` publishes a new key and signs with it from
+//! then on, retiring the oldest beyond two, as Entra rolls its keys.
+//!
 //! Below HTTP, [`ConnectionFault`] makes it read a request and then reset or close the
 //! connection without answering. That needs the socket, so connections are served by a small
 //! accept loop of our own (HTTP/1.1, as reqwest speaks to a plain `http://` authority)
@@ -129,6 +146,51 @@ struct Behaviour {
     federations: Vec<(String, String)>,
     /// `http://127.0.0.1:PORT`, for the expected `aud` of certificate assertions.
     base_url: String,
+    /// Published signing keys, newest last: (kid, key).
+    signing_keys: Vec<(String, Arc<aws_lc_rs::signature::RsaKeyPair>)>,
+    /// Key set (JWKS) requests served.
+    jwks_requests: usize,
+    /// Scopes whose on-behalf-of exchange asks for more claims.
+    claims_required: Vec<String>,
+}
+
+/// `client_assertion_type` and the on-behalf-of `grant_type`.
+const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+const OBO_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// The object id of the user in [`FakeEntra::user_token`].
+pub const USER_OID: &str = "a1b2c3d4-0000-4000-8000-0000000000e5";
+/// The claims challenge conditional access sends (Entra's documented shape).
+pub const CLAIMS_CHALLENGE: &str =
+    r#"{"access_token":{"polids":{"essential":true,"values":["9ab03e19-ed42-4168-b6b7-7001fb3e933a"]}}}"#;
+
+fn new_signing_key() -> (String, Arc<aws_lc_rs::signature::RsaKeyPair>) {
+    use aws_lc_rs::signature::KeyPair;
+    use base64::Engine;
+    let key = aws_lc_rs::signature::RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let n = key.public_key().modulus().big_endian_without_leading_zero().to_vec();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &n);
+    (base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest.as_ref()[..9]), Arc::new(key))
+}
+
+/// Signs `claims` with `key` under `kid` (RS256).
+pub fn sign_rs256(kid: &str, key: &aws_lc_rs::signature::RsaKeyPair, claims: &serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = json!({"typ": "JWT", "alg": "RS256", "kid": kid});
+    let input = format!("{}.{}", b64.encode(header.to_string()), b64.encode(claims.to_string()));
+    let mut signature = vec![0u8; key.public_modulus_len()];
+    key.sign(
+        &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+        &aws_lc_rs::rand::SystemRandom::new(),
+        input.as_bytes(),
+        &mut signature,
+    )
+    .unwrap();
+    format!("{input}.{}", b64.encode(signature))
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
 /// A running fake authority; stops when dropped.
@@ -158,8 +220,15 @@ impl FakeEntra {
             certificates: Vec::new(),
             federations: Vec::new(),
             base_url: String::new(),
+            signing_keys: vec![new_signing_key()],
+            jwks_requests: 0,
+            claims_required: Vec::new(),
         }));
-        let app = Router::new().route("/{tenant}/oauth2/v2.0/token", post(token)).with_state(state.clone());
+        let app = Router::new()
+            .route("/{tenant}/oauth2/v2.0/token", post(token))
+            .route("/{tenant}/v2.0/.well-known/openid-configuration", axum::routing::get(discovery))
+            .route("/{tenant}/discovery/v2.0/keys", axum::routing::get(jwks))
+            .with_state(state.clone());
         let server = FakeServer::start(|listener| accept(listener, app, state.clone())).await;
         // Set before any test learns the address, so every request sees it.
         state.lock().unwrap().base_url = server.url();
@@ -306,6 +375,139 @@ impl FakeEntra {
             tokio::time::timeout(super::FAILURE_DEADLINE, async { progress.wait_for(done).await.is_ok() }).await;
         assert!(reached == Ok(true), "the fake authority never saw {what}: {:?}", *progress.borrow());
     }
+
+    /// The v2 issuer of this authority's tokens for [`TENANT`].
+    pub fn issuer(&self) -> String {
+        format!("{}/{TENANT}/v2.0", self.url())
+    }
+
+    /// A user's access token for this application (`aud` `api://CLIENT_ID`, scope
+    /// `access_as_user`, valid for an hour), signed with the newest key, after `change` has
+    /// edited its claims.
+    pub fn user_token(&self, change: impl FnOnce(&mut serde_json::Value)) -> String {
+        let now = now_secs();
+        let mut claims = json!({
+            "aud": format!("api://{CLIENT_ID}"),
+            "iss": self.issuer(),
+            "tid": TENANT,
+            "oid": USER_OID,
+            "sub": "user-subject",
+            "preferred_username": "alice@contoso.example",
+            "azp": "c0ffee00-0000-4000-8000-0000000000f1",
+            "scp": "access_as_user",
+            "ver": "2.0",
+            "iat": now - 5,
+            "nbf": now - 5,
+            "exp": now + 3600,
+        });
+        change(&mut claims);
+        let (kid, key) = self.state.lock().unwrap().signing_keys.last().cloned().unwrap();
+        sign_rs256(&kid, &key, &claims)
+    }
+
+    /// Publishes a new signing key and signs user tokens with it from now on; of the older
+    /// keys only the previous one stays published.
+    pub fn rotate_signing_key(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.signing_keys.push(new_signing_key());
+        let excess = state.signing_keys.len().saturating_sub(2);
+        state.signing_keys.drain(..excess);
+    }
+
+    /// How many times the key set was fetched.
+    pub fn jwks_requests(&self) -> usize {
+        self.state.lock().unwrap().jwks_requests
+    }
+
+    /// On-behalf-of exchanges for a scope containing `scope` get a claims challenge.
+    pub fn require_claims_for(&self, scope: &str) {
+        self.state.lock().unwrap().claims_required.push(scope.to_owned());
+    }
+
+    /// On-behalf-of requests seen.
+    pub fn obo_requests(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .seen
+            .iter()
+            .filter(|r| r.form.get("grant_type").map(String::as_str) == Some(OBO_GRANT))
+            .count()
+    }
+}
+
+async fn discovery(State(state): State<Arc<Mutex<Behaviour>>>, Path(tenant): Path<String>) -> Response {
+    let base = state.lock().unwrap().base_url.clone();
+    Json(json!({
+        "issuer": format!("{base}/{tenant}/v2.0"),
+        "jwks_uri": format!("{base}/{tenant}/discovery/v2.0/keys"),
+        "token_endpoint": format!("{base}/{tenant}/oauth2/v2.0/token"),
+        "id_token_signing_alg_values_supported": ["RS256"],
+    }))
+    .into_response()
+}
+
+async fn jwks(State(state): State<Arc<Mutex<Behaviour>>>) -> Response {
+    use aws_lc_rs::signature::KeyPair;
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut s = state.lock().unwrap();
+    s.jwks_requests += 1;
+    let keys: Vec<serde_json::Value> = s
+        .signing_keys
+        .iter()
+        .map(|(kid, key)| {
+            let public = key.public_key();
+            json!({
+                "kty": "RSA", "use": "sig", "kid": kid,
+                "n": b64.encode(public.modulus().big_endian_without_leading_zero()),
+                "e": b64.encode(public.exponent().big_endian_without_leading_zero()),
+            })
+        })
+        .collect();
+    Json(json!({ "keys": keys })).into_response()
+}
+
+/// Judges an on-behalf-of assertion as Entra does; the error is (AADSTS code, description).
+fn verify_user_assertion(
+    assertion: &str,
+    keys: &[(String, Arc<aws_lc_rs::signature::RsaKeyPair>)],
+    issuer: &str,
+) -> Result<serde_json::Value, (u32, String)> {
+    use aws_lc_rs::signature::KeyPair;
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let invalid = |reason: &str| (50013, format!("Assertion failed signature validation. [Reason - {reason}]"));
+    let header = jwt_part(assertion, 0).ok_or_else(|| invalid("not a JWT"))?;
+    let claims = jwt_part(assertion, 1).ok_or_else(|| invalid("not a JWT"))?;
+    if header["alg"] != "RS256" {
+        return Err(invalid("algorithm"));
+    }
+    let kid = header["kid"].as_str().unwrap_or_default();
+    let (_, key) = keys.iter().find(|(k, _)| k == kid).ok_or_else(|| invalid("The key was not found."))?;
+    let (input, signature) = assertion.rsplit_once('.').unwrap();
+    let signature = b64.decode(signature).map_err(|_| invalid("signature encoding"))?;
+    let public = key.public_key();
+    aws_lc_rs::signature::RsaPublicKeyComponents {
+        n: public.modulus().big_endian_without_leading_zero(),
+        e: public.exponent().big_endian_without_leading_zero(),
+    }
+    .verify(&aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256, input.as_bytes(), &signature)
+    .map_err(|_| invalid("signature"))?;
+    let audiences = [CLIENT_ID.to_owned(), format!("api://{CLIENT_ID}")];
+    if !claims["aud"].as_str().is_some_and(|aud| audiences.iter().any(|a| a == aud)) {
+        return Err((50013, "Assertion audience does not match the Client app presenting the assertion.".into()));
+    }
+    if claims["iss"] != issuer || claims["tid"] != TENANT {
+        return Err((50013, "Assertion issuer is not this tenant.".into()));
+    }
+    let now = now_secs();
+    let exp = claims["exp"].as_u64().unwrap_or(0);
+    let nbf = claims["nbf"].as_u64().unwrap_or(0);
+    if now >= exp || now + 300 < nbf {
+        return Err((500133, "Assertion is not within its valid time range.".into()));
+    }
+    Ok(claims)
 }
 
 /// What a test waits on: counts that only grow.
@@ -509,13 +711,16 @@ async fn token(
     if tenant != TENANT {
         return entra_error(400, "invalid_tenant", 90002, &format!("Tenant '{tenant}' not found."));
     }
-    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+    let obo = form.get("grant_type").map(String::as_str) == Some(OBO_GRANT)
+        && form.get("requested_token_use").map(String::as_str) == Some("on_behalf_of");
+    if !obo && form.get("grant_type").map(String::as_str) != Some("client_credentials") {
         return entra_error(400, "unsupported_grant_type", 70003, "The grant type is not supported.");
     }
     if form.get("client_id").map(String::as_str) != Some(CLIENT_ID) {
         return entra_error(400, "unauthorized_client", 700016, "Application not found in the directory.");
     }
-    let Some(scope) = form.get("scope").filter(|s| s.ends_with("/.default")) else {
+    let Some(scope) = form.get("scope").filter(|s| if obo { !s.trim().is_empty() } else { s.ends_with("/.default") })
+    else {
         return entra_error(
             400,
             "invalid_scope",
@@ -548,7 +753,7 @@ async fn token(
                 );
             }
         }
-        (None, Some(assertion), Some(kind)) if kind == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" => {
+        (None, Some(assertion), Some(kind)) if kind == JWT_BEARER_ASSERTION => {
             let header = jwt_part(assertion, 0).unwrap_or_default();
             if header.get("x5t").is_some() || header.get("x5t#S256").is_some() {
                 let audience = format!("{base_url}/{tenant}/oauth2/v2.0/token");
@@ -564,6 +769,49 @@ async fn token(
         _ => return entra_error(400, "invalid_request", 900144, "No client credential was presented."),
     }
 
+    if obo {
+        let (keys, issuer, claims_required) = {
+            let s = state.lock().unwrap();
+            (s.signing_keys.clone(), format!("{}/{TENANT}/v2.0", s.base_url), s.claims_required.clone())
+        };
+        let Some(assertion) = form.get("assertion") else {
+            return entra_error(
+                400,
+                "invalid_request",
+                900144,
+                "The request body must contain the parameter 'assertion'.",
+            );
+        };
+        let user = match verify_user_assertion(assertion, &keys, &issuer) {
+            Ok(claims) => claims,
+            Err((code, description)) => return entra_error(400, "invalid_grant", code, &description),
+        };
+        if claims_required.iter().any(|required| scope.contains(required.as_str())) {
+            let body = json!({
+                "error": "interaction_required",
+                "error_description": "AADSTS50079: Due to a configuration change made by your administrator, or because you moved to a new location, you must enroll in multi-factor authentication.\r\nTrace ID: 0\r\nCorrelation ID: 11111111-1111-1111-1111-111111111111",
+                "error_codes": [50079],
+                "correlation_id": "11111111-1111-1111-1111-111111111111",
+                "suberror": "basic_action",
+                "claims": CLAIMS_CHALLENGE,
+            });
+            return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+        }
+        let n = {
+            let mut s = state.lock().unwrap();
+            s.issued += 1;
+            s.issued
+        };
+        let oid = user["oid"].as_str().unwrap_or_default();
+        return Json(json!({
+            "token_type": "Bearer",
+            "scope": scope,
+            "expires_in": lifetime,
+            "ext_expires_in": lifetime,
+            "access_token": format!("fake-obo-{n}-for-{oid}-{}", scope.replace(' ', "+")),
+        }))
+        .into_response();
+    }
     let resource = scope.trim_end_matches("/.default");
     let n = {
         let mut s = state.lock().unwrap();

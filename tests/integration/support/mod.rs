@@ -169,6 +169,12 @@ impl TestRelay {
         self.get(&format!("/msi/token?{query}"), &[("X-IDENTITY-HEADER", HEADER_SECRET)]).await
     }
 
+    /// A POST of `body` (JSON text).
+    pub async fn post(&self, path: &str, body: &str) -> reqwest::Response {
+        let request = self.http.post(format!("{}{path}", self.base_url)).header("content-type", "application/json");
+        request.body(body.to_owned()).send().await.expect("tokenrelay answers")
+    }
+
     /// Any GET with the given headers.
     pub async fn get(&self, path_and_query: &str, headers: &[(&str, &str)]) -> reqwest::Response {
         let mut request = self.http.get(format!("{}{path_and_query}", self.base_url));

@@ -1,0 +1,283 @@
+//! The user-token endpoints (`/Validate`, `/AuthorizationHeader*`) against the fake authority,
+//! which publishes rotating signing keys and runs the on-behalf-of grant as strictly as Entra.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use serde_json::json;
+
+use crate::support::config::{TestConfig, table};
+use crate::support::fake_entra::{self, CLAIMS_CHALLENGE, CLIENT_ID, FakeEntra, TENANT, USER_OID};
+use crate::support::{HEADER_SECRET, TestRelay, json};
+
+/// The identity accepts users' tokens with `access_as_user`; `graph` and `mail` are APIs it
+/// calls as them (`mail`'s scopes in the space-separated form).
+fn config(entra: &FakeEntra) -> TestConfig {
+    TestConfig::client_secret(entra).set("identities.0.inbound", table().with("scopes", vec!["access_as_user"])).set(
+        "downstream_apis",
+        vec![
+            table().with("name", "graph").with("scopes", vec!["https://graph.microsoft.com/User.Read"]),
+            table().with("name", "mail").with("scopes", "https://graph.microsoft.com/Mail.Read"),
+        ],
+    )
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+async fn with_bearer(relay: &TestRelay, path: &str, token: &str) -> reqwest::Response {
+    relay.get(path, &[("Authorization", &format!("Bearer {token}"))]).await
+}
+
+fn challenge(response: &reqwest::Response) -> String {
+    response.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn validates_a_user_and_exchanges_the_token_on_their_behalf() {
+    let entra = FakeEntra::start().await;
+    let relay = TestRelay::serve(&config(&entra), &[]).await;
+    let user = entra.user_token(|_| {});
+
+    let validated = with_bearer(&relay, "/Validate", &user).await;
+    assert_eq!(validated.status(), 200);
+    let validated = json(validated).await;
+    assert_eq!(validated["protocol"], "Bearer");
+    assert_eq!(validated["token"], user.as_str());
+    assert_eq!(validated["claims"]["oid"], USER_OID);
+    assert_eq!(validated["claims"]["scp"], "access_as_user");
+
+    let header = with_bearer(&relay, "/AuthorizationHeader/graph", &user).await;
+    assert_eq!(header.status(), 200);
+    assert_eq!(header.headers()["cache-control"], "no-cache, no-store, must-revalidate");
+    let header = json(header).await["authorizationHeader"].as_str().unwrap().to_owned();
+    assert_eq!(header, format!("Bearer fake-obo-1-for-{USER_OID}-https://graph.microsoft.com/User.Read"));
+    let seen = entra.seen();
+    let exchange = &seen.last().unwrap().form;
+    assert_eq!(exchange["grant_type"], "urn:ietf:params:oauth:grant-type:jwt-bearer");
+    assert_eq!(exchange["requested_token_use"], "on_behalf_of");
+    assert_eq!(exchange["assertion"], user);
+    assert_eq!(exchange["client_secret"], fake_entra::CLIENT_SECRET);
+
+    // The same user and API again: from the cache. The path is matched case-insensitively.
+    let again = json(with_bearer(&relay, "/authorizationheader/graph", &user).await).await;
+    assert_eq!(again["authorizationHeader"], header.as_str());
+    assert_eq!(entra.obo_requests(), 1);
+
+    // Another user: another exchange.
+    let bob = entra.user_token(|c| c["oid"] = json!("b0b00000-0000-4000-8000-000000000b0b"));
+    let other = json(with_bearer(&relay, "/AuthorizationHeader/graph", &bob).await).await;
+    assert!(other["authorizationHeader"].as_str().unwrap().contains("b0b00000"));
+
+    // The application's own token for the API's resource, with no user token.
+    let app = relay.get("/AuthorizationHeaderUnauthenticated/graph", &[]).await;
+    assert_eq!(app.status(), 200);
+    assert_eq!(json(app).await["authorizationHeader"], "Bearer fake-token-3-for-https://graph.microsoft.com");
+    // And through the override Microsoft's sidecar documents.
+    let app = with_bearer(&relay, "/AuthorizationHeader/graph?optionsOverride.RequestAppToken=true", &user).await;
+    assert_eq!(json(app).await["authorizationHeader"], "Bearer fake-token-3-for-https://graph.microsoft.com");
+
+    let unknown = with_bearer(&relay, "/AuthorizationHeader/nope", &user).await;
+    assert_eq!(unknown.status(), 400);
+    assert_eq!(unknown.headers()["content-type"], "application/problem+json");
+    assert_eq!(json(unknown).await["detail"], "Not able to resolve 'nope'.");
+    assert!(!relay.logs().contains(&user), "the user's token never reaches the log");
+    assert!(!relay.logs().contains("fake-obo-1"), "nor the issued one");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refuses_every_token_that_fails_a_check_and_names_the_check() {
+    let entra = FakeEntra::start().await;
+    let relay = TestRelay::serve(&config(&entra), &[]).await;
+    let now = now();
+    let other_tenant = "00000000-0000-4000-8000-000000000bad";
+    let good = entra.user_token(|_| {});
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let claims_of_good = good.split('.').nth(1).unwrap();
+    let header_of = |alg: &str| b64.encode(json!({"alg": alg, "kid": "k"}).to_string());
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("expired", entra.user_token(|c| c["exp"] = json!(now - 600)), "expired"),
+        ("not yet valid", entra.user_token(|c| c["nbf"] = json!(now + 600)), "not valid before"),
+        ("wrong audience", entra.user_token(|c| c["aud"] = json!("api://someone-else")), "audience"),
+        (
+            "wrong tenant",
+            entra.user_token(|c| {
+                c["tid"] = json!(other_tenant);
+                c["iss"] = json!(format!("{}/{other_tenant}/v2.0", entra.url()));
+            }),
+            "tenant",
+        ),
+        ("wrong issuer", entra.user_token(|c| c["iss"] = json!("https://evil.example/v2.0")), "issuer"),
+        ("bad signature", format!("{}x", &good[..good.len() - 1]).replace(".x", ".y"), "signature"),
+        ("alg none", format!("{}.{claims_of_good}.", header_of("none")), "algorithm none is not accepted"),
+        ("HS256", format!("{}.{claims_of_good}.c2ln", header_of("HS256")), "algorithm HS256 is not accepted"),
+    ];
+    for (what, token, named) in cases {
+        for path in ["/Validate", "/AuthorizationHeader/graph"] {
+            let response = with_bearer(&relay, path, &token).await;
+            assert_eq!(response.status(), 401, "{what} on {path}");
+            let challenge = challenge(&response);
+            assert!(
+                challenge.starts_with("Bearer error=\"invalid_token\", error_description=\""),
+                "{what}: {challenge}"
+            );
+            assert!(challenge.contains(named), "{what}: {challenge}");
+            let body = json(response).await;
+            assert_eq!(body["status"], 401);
+        }
+    }
+    let unscoped = entra.user_token(|c| c["scp"] = json!("User.Read"));
+    let response = with_bearer(&relay, "/Validate", &unscoped).await;
+    assert_eq!(response.status(), 403, "a valid token without the scope");
+    assert!(challenge(&response).starts_with("Bearer error=\"insufficient_scope\""));
+    let missing = relay.get("/Validate", &[]).await;
+    assert_eq!((missing.status().as_u16(), challenge(&missing)), (401, "Bearer".to_owned()));
+    assert_eq!(entra.obo_requests(), 0, "no refused token reaches the authority");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_key_is_fetched_and_unknown_kids_refetch_at_most_once_a_minute() {
+    let entra = FakeEntra::start().await;
+    let relay = TestRelay::serve(&config(&entra), &[]).await;
+    assert_eq!(with_bearer(&relay, "/Validate", &entra.user_token(|_| {})).await.status(), 200);
+    assert_eq!(entra.jwks_requests(), 1);
+    assert_eq!(with_bearer(&relay, "/Validate", &entra.user_token(|_| {})).await.status(), 200);
+    assert_eq!(entra.jwks_requests(), 1, "served from the cached key set");
+
+    entra.rotate_signing_key();
+    let rotated = entra.user_token(|_| {});
+    assert_eq!(with_bearer(&relay, "/Validate", &rotated).await.status(), 200, "the new key is fetched");
+    assert_eq!(entra.jwks_requests(), 2);
+
+    // A key the authority never published: one more fetch, then none within the minute.
+    let (kid, key) = (
+        String::from("made-up"),
+        aws_lc_rs::signature::RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap(),
+    );
+    let claims = serde_json::json!({"aud": format!("api://{CLIENT_ID}"), "iss": entra.issuer(), "tid": TENANT, "scp": "access_as_user", "exp": now() + 3600});
+    let forged = fake_entra::sign_rs256(&kid, &key, &claims);
+    for _ in 0..3 {
+        let response = with_bearer(&relay, "/Validate", &forged).await;
+        assert_eq!(response.status(), 401);
+        assert!(challenge(&response).contains("not in the authority's key set"));
+    }
+    assert_eq!(entra.jwks_requests(), 2, "the refetch after the rotation was less than a minute ago");
+    // Through an outage of the authority, known keys keep validating.
+    entra.set_down(true);
+    assert_eq!(with_bearer(&relay, "/Validate", &rotated).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claims_challenge_goes_back_to_the_caller_intact() {
+    let entra = FakeEntra::start().await;
+    entra.require_claims_for("Mail.Read");
+    let relay = TestRelay::serve(&config(&entra), &[]).await;
+    let response = with_bearer(&relay, "/AuthorizationHeader/mail", &entra.user_token(|_| {})).await;
+    assert_eq!(response.status(), 401);
+    let challenge = challenge(&response);
+    let encoded = base64::engine::general_purpose::STANDARD.encode(CLAIMS_CHALLENGE);
+    assert!(challenge.starts_with("Bearer error=\"insufficient_claims\""), "{challenge}");
+    assert!(challenge.ends_with(&format!("claims=\"{encoded}\"")), "{challenge}");
+    let body = json(response).await;
+    assert_eq!(body["claims"], CLAIMS_CHALLENGE);
+    assert_eq!(body["error"], "interaction_required");
+    assert_eq!(body["errorCodes"], json!([50079]));
+    assert!(body["detail"].as_str().unwrap().contains("AADSTS50079"), "{body}");
+    // The refusal is not cached: the user who steps up comes back with a new token anyway.
+    let again = with_bearer(&relay, "/AuthorizationHeader/mail", &entra.user_token(|_| {})).await;
+    assert_eq!(again.status(), 401);
+    assert_eq!(entra.obo_requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_exchange_per_user_and_api_however_many_wait() {
+    let entra = FakeEntra::start().await;
+    let relay = std::sync::Arc::new(TestRelay::serve(&config(&entra), &[]).await);
+    let alice = entra.user_token(|_| {});
+    let bob = entra.user_token(|c| c["oid"] = json!("b0b00000-0000-4000-8000-000000000b0b"));
+    entra.hold();
+    let mut waiting = Vec::new();
+    for i in 0..12 {
+        let relay = relay.clone();
+        let (token, api) =
+            (if i % 2 == 0 { alice.clone() } else { bob.clone() }, if i % 3 == 0 { "mail" } else { "graph" });
+        waiting.push(tokio::spawn(async move {
+            let response = with_bearer(&relay, &format!("/AuthorizationHeader/{api}"), &token).await;
+            (response.status().as_u16(), json(response).await["authorizationHeader"].clone())
+        }));
+    }
+    crate::support::eventually("the first exchanges arrive", async || entra.obo_requests() >= 1).await;
+    entra.release();
+    for task in waiting {
+        assert_eq!(task.await.unwrap().0, 200);
+    }
+    assert_eq!(entra.obo_requests(), 4, "one per (user, API): alice and bob, graph and mail");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cached_token_never_outlives_the_users_token() {
+    let entra = FakeEntra::start().await;
+    let relay = TestRelay::serve(&config(&entra), &[]).await;
+    // Within the serve margin (60 s) of its end: every request exchanges again rather than
+    // serve a downstream token past the user's own.
+    let short = entra.user_token(|c| c["exp"] = json!(now() + 30));
+    for _ in 0..2 {
+        assert_eq!(with_bearer(&relay, "/AuthorizationHeader/graph", &short).await.status(), 200);
+    }
+    assert_eq!(entra.obo_requests(), 2);
+    let long = entra.user_token(|_| {});
+    for _ in 0..2 {
+        assert_eq!(with_bearer(&relay, "/AuthorizationHeader/graph", &long).await.status(), 200);
+    }
+    assert_eq!(entra.obo_requests(), 3, "a user token with time left is served from the cache");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn x_identity_header_is_checked_when_sent_and_can_be_required() {
+    let entra = FakeEntra::start().await;
+    let relay = TestRelay::serve(&config(&entra), &[]).await;
+    let user = entra.user_token(|_| {});
+    let bearer = format!("Bearer {user}");
+    let with = |secret: &'static str| [("Authorization", bearer.clone()), ("X-IDENTITY-HEADER", secret.to_owned())];
+    let wrong = with("not-the-secret");
+    let wrong: Vec<(&str, &str)> = wrong.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(relay.get("/Validate", &wrong).await.status(), 401);
+    let right = with(HEADER_SECRET);
+    let right: Vec<(&str, &str)> = right.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(relay.get("/Validate", &right).await.status(), 200);
+    assert_eq!(with_bearer(&relay, "/Validate", &user).await.status(), 200, "optional by default");
+    let forwarded =
+        relay.get("/Validate", &[("Authorization", bearer.as_str()), ("X-Forwarded-For", "10.0.0.1")]).await;
+    assert_eq!(forwarded.status(), 400);
+    let foreign_host = relay.get("/Validate", &[("Authorization", bearer.as_str()), ("Host", "evil.example")]).await;
+    assert_eq!(foreign_host.status(), 400, "the DNS rebinding guard");
+
+    let strict = TestRelay::serve(&config(&entra).set("server.user_endpoints_identity_header", "required"), &[]).await;
+    assert_eq!(with_bearer(&strict, "/Validate", &user).await.status(), 401);
+    assert_eq!(strict.get("/Validate", &right).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_dev_a_minted_user_token_validates_and_is_exchanged_for_the_same_user() {
+    let relay = TestRelay::serve_dev(&[]).await;
+    let minted = relay.post("/dev/user-token", r#"{"user": "alice@contoso.com", "scopes": "access_as_user"}"#).await;
+    assert_eq!(minted.status(), 200);
+    let minted = json(minted).await;
+    let token = minted["access_token"].as_str().unwrap();
+    let validated = json(with_bearer(&relay, "/Validate", token).await).await;
+    assert_eq!(validated["claims"]["upn"], "alice@contoso.com");
+    assert_eq!(validated["claims"]["aud"], "api://d0000000-0000-0000-0000-000000000001");
+    let header = json(with_bearer(&relay, "/AuthorizationHeader/graph", token).await).await;
+    let downstream = header["authorizationHeader"].as_str().unwrap().strip_prefix("Bearer ").unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(downstream.split('.').nth(1).unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["upn"], "alice@contoso.com");
+    assert_eq!(claims["oid"], validated["claims"]["oid"]);
+    assert_eq!(claims["aud"], "https://graph.microsoft.com");
+    assert_eq!(claims["scp"], "User.Read");
+    let tampered = format!("{token}x");
+    assert_eq!(with_bearer(&relay, "/Validate", &tampered).await.status(), 401);
+}
