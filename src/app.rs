@@ -87,7 +87,7 @@ pub fn build(config: &Config, base_url: &str) -> Result<Built, String> {
                 client_id = %identity.client_id,
                 default = identity.default,
                 credentials = ?chain.kinds(),
-                first = first,
+                first = first.as_str(),
                 "identity configured; {first} will be tried first: {why}"
             ),
             None => tracing::warn!(

@@ -11,6 +11,7 @@ use moka::notification::RemovalCause;
 use moka::policy::EvictionPolicy;
 
 use crate::clock::Clock;
+use crate::config::CredentialKind;
 use crate::token::AccessToken;
 
 /// A token in the cache, with the moment the broker plans to replace it.
@@ -19,8 +20,8 @@ pub struct CachedToken {
     pub token: AccessToken,
     /// From this epoch second on, serving triggers a background refresh.
     pub refresh_on: u64,
-    /// Which credential produced it (for logs).
-    pub credential: &'static str,
+    /// Which credential produced it; `None` for a token loaded from the persistent cache.
+    pub credential: Option<CredentialKind>,
     /// The token's fingerprint for log lines, computed once rather than hashed per request.
     pub fingerprint: Box<str>,
     /// The server's rendering of the response members that never change for this token
@@ -50,7 +51,7 @@ impl std::fmt::Debug for CachedToken {
 
 impl CachedToken {
     /// Wraps a freshly fetched token.
-    pub fn new(token: AccessToken, refresh_on: u64, credential: &'static str) -> Self {
+    pub fn new(token: AccessToken, refresh_on: u64, credential: Option<CredentialKind>) -> Self {
         Self {
             fingerprint: token.token.fingerprint().into_boxed_str(),
             token,
@@ -353,7 +354,7 @@ mod tests {
             ext_expires_on: 5000,
             refresh_on: None,
         };
-        CachedToken::new(token, 4000, "test")
+        CachedToken::new(token, 4000, Some(CredentialKind::Dev))
     }
 
     #[test]

@@ -262,9 +262,6 @@ pub struct SeedReport {
     pub over_limit: usize,
 }
 
-/// The credential name logs show for a token loaded from the persistent cache.
-pub const PERSISTED: &str = "persisted";
-
 impl Broker {
     /// Builds the broker. Configuration validation guarantees at most one default.
     pub fn new(specs: Vec<IdentitySpec>, settings: CacheSettings, clock: Arc<dyn Clock>) -> Self {
@@ -378,7 +375,7 @@ impl Broker {
                 tokens.truncate(max);
             }
             for persisted in tokens {
-                let entry = CachedToken::new(persisted.token, persisted.refresh_on, PERSISTED);
+                let entry = CachedToken::new(persisted.token, persisted.refresh_on, None);
                 identity.tokens.seed(persisted.resource, Arc::new(entry)).await;
                 report.loaded += 1;
             }
@@ -536,7 +533,7 @@ impl Broker {
     ) -> Result<Arc<CachedToken>, BrokerError> {
         let kind = identity.credential.kind();
         let span = telemetry::span(
-            || tracing::info_span!("upstream_request", otel.kind = "client", identity = %identity.name, resource, credential = kind),
+            || tracing::info_span!("upstream_request", otel.kind = "client", identity = %identity.name, resource, credential = kind.as_str()),
         );
         let started = std::time::Instant::now();
         let result = identity.credential.get_token(resource).instrument(span).await.and_then(|token| {
@@ -562,17 +559,17 @@ impl Broker {
             Err(CredentialError::Unavailable { .. }) => ("unavailable", None),
         };
         let elapsed = started.elapsed();
-        metrics::upstream(kind, outcome, aadsts, elapsed);
+        metrics::upstream(kind.as_str(), outcome, aadsts, elapsed);
         let latency_us = elapsed.as_micros() as u64;
         match result {
             Ok(token) => {
                 let now = self.clock.now();
                 let refresh_on = self.settings.policy.refresh_on(&token, now, fastrand::f64());
-                let entry = CachedToken::new(token, refresh_on, kind);
+                let entry = CachedToken::new(token, refresh_on, Some(kind));
                 tracing::info!(
                     identity = %identity.name,
                     resource,
-                    credential = kind,
+                    credential = kind.as_str(),
                     exchange = exchange.as_str(),
                     expires_in = entry.token.expires_on.saturating_sub(now),
                     fingerprint = &*entry.fingerprint,
@@ -583,7 +580,7 @@ impl Broker {
                 if down_since != 0 {
                     tracing::info!(
                         identity = %identity.name,
-                        credential = kind,
+                        credential = kind.as_str(),
                         down_secs = now.saturating_sub(down_since),
                         "upstream up"
                     );
@@ -596,7 +593,7 @@ impl Broker {
                 tracing::warn!(
                     identity = %identity.name,
                     resource,
-                    credential = kind,
+                    credential = kind.as_str(),
                     exchange = exchange.as_str(),
                     outcome,
                     latency_us,
@@ -609,7 +606,7 @@ impl Broker {
                 if !permanent
                     && identity.down_since.compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire).is_ok()
                 {
-                    tracing::warn!(identity = %identity.name, credential = kind, outcome, %error, "upstream down");
+                    tracing::warn!(identity = %identity.name, credential = kind.as_str(), outcome, %error, "upstream down");
                 }
                 if permanent {
                     identity.refusals.insert(resource.to_owned(), error.clone()).await;
@@ -757,7 +754,7 @@ impl HeldSource for Broker {
             identities.push(HeldIdentity {
                 name: identity.name.clone(),
                 client_id: identity.client_id.clone(),
-                credential: identity.credential.kind().to_owned(),
+                credential: identity.credential.kind().as_str().to_owned(),
                 tokens,
             });
         }

@@ -7,6 +7,7 @@
 //! reports every such problem at once ([`ConfigErrors`], see `report`).
 
 mod credentials;
+mod kind;
 mod persistence;
 mod raw;
 mod record;
@@ -26,6 +27,7 @@ pub use credentials::{
     AssertionAlgorithm, AssertionSource, AzureCliConfig, CertificateConfig, EnvironmentSource, IMDS_ENDPOINT,
     ManagedIdentityConfig, ManagedIdentityFlavour, PipelinesConfig, cloud_authority_host,
 };
+pub use kind::{CredentialKind, UnknownKind};
 pub use persistence::{CacheKey, PersistenceBackend, PersistenceConfig, RawPersistence, UserConfig};
 pub use raw::RawConfig;
 pub use record::AuthenticationRecord;
@@ -266,7 +268,7 @@ pub enum CredentialConfig {
     /// A link whose inputs are absent here (a default-chain link without its variables, a
     /// pipelines link outside a job); the chain skips it and `check` shows the reason.
     NotConfigured {
-        credential: &'static str,
+        credential: CredentialKind,
         reason: String,
     },
     /// A user signed in with `tokenrelay login`: the refresh-token grant, with the refresh
@@ -278,19 +280,19 @@ pub enum CredentialConfig {
 
 impl CredentialConfig {
     /// The `kind` name used in files and logs.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> CredentialKind {
         match self {
-            Self::ClientSecret { .. } => "client_secret",
-            Self::WorkloadIdentity { .. } => "workload_identity",
-            Self::ClientCertificate(_) => "client_certificate",
-            Self::ClientAssertion { .. } => "client_assertion",
-            Self::AzurePipelines(_) => "azure_pipelines",
-            Self::ManagedIdentity(_) => "managed_identity",
-            Self::AzureCli(_) => "azure_cli",
-            Self::Environment { .. } => "environment",
-            Self::NotConfigured { credential, .. } => credential,
-            Self::User(_) => "user",
-            Self::Dev => "dev",
+            Self::ClientSecret { .. } => CredentialKind::ClientSecret,
+            Self::WorkloadIdentity { .. } => CredentialKind::WorkloadIdentity,
+            Self::ClientCertificate(_) => CredentialKind::ClientCertificate,
+            Self::ClientAssertion { .. } => CredentialKind::ClientAssertion,
+            Self::AzurePipelines(_) => CredentialKind::AzurePipelines,
+            Self::ManagedIdentity(_) => CredentialKind::ManagedIdentity,
+            Self::AzureCli(_) => CredentialKind::AzureCli,
+            Self::Environment { .. } => CredentialKind::Environment,
+            Self::NotConfigured { credential, .. } => *credential,
+            Self::User(_) => CredentialKind::User,
+            Self::Dev => CredentialKind::Dev,
         }
     }
 

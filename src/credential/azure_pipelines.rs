@@ -22,6 +22,7 @@ use serde::Deserialize;
 use super::entra::{Application, ClientAuth, relayed};
 use super::jwt::{NO_MATCHING_FEDERATION, describe_federated_claims};
 use super::{Credential, CredentialError, LinkStatus};
+use crate::config::CredentialKind;
 use crate::config::PipelinesConfig;
 use crate::secret::Secret;
 use crate::token::AccessToken;
@@ -115,8 +116,8 @@ impl AzurePipelinesCredential {
 
 #[async_trait]
 impl Credential for AzurePipelinesCredential {
-    fn kind(&self) -> &'static str {
-        "azure_pipelines"
+    fn kind(&self) -> CredentialKind {
+        CredentialKind::AzurePipelines
     }
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {

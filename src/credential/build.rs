@@ -17,6 +17,7 @@ use super::managed_identity::ManagedIdentityCredential;
 use super::user::{UserCredential, UserGrants};
 use super::workload_identity::WorkloadIdentityCredential;
 use super::{Credential, CredentialError, LinkStatus};
+use crate::config::CredentialKind;
 use crate::config::{CredentialConfig, EnvironmentSource};
 use crate::dev_issuer::DevIssuer;
 use crate::token::AccessToken;
@@ -81,7 +82,7 @@ pub fn build(config: &CredentialConfig, context: &BuildContext<'_>) -> Result<Bo
             Box::new(EnvironmentCredential::new(inner, variables))
         }
         CredentialConfig::NotConfigured { credential, reason } => {
-            Box::new(NotConfigured { credential, reason: reason.clone() })
+            Box::new(NotConfigured { credential: *credential, reason: reason.clone() })
         }
         CredentialConfig::User(user) => {
             let store = crate::store::open(&user.persistence).map_err(|problem| format!("user: {problem}"))?;
@@ -101,13 +102,13 @@ pub fn build(config: &CredentialConfig, context: &BuildContext<'_>) -> Result<Bo
 
 /// A link whose inputs are absent here: always unavailable, with the reason.
 pub struct NotConfigured {
-    credential: &'static str,
+    credential: CredentialKind,
     reason: String,
 }
 
 #[async_trait]
 impl Credential for NotConfigured {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> CredentialKind {
         self.credential
     }
 

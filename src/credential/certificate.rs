@@ -31,6 +31,7 @@ use super::entra::{Application, ClientAuth};
 use super::watched::{FileContent, LoadError, WatchedFiles, non_empty_text};
 use super::{Credential, CredentialError, LinkStatus};
 use crate::clock::{Clock, SystemClock};
+use crate::config::CredentialKind;
 use crate::config::{AssertionAlgorithm, CertificateConfig};
 use crate::secret::Secret;
 use crate::token::AccessToken;
@@ -114,8 +115,8 @@ impl CertificateCredential {
 
 #[async_trait]
 impl Credential for CertificateCredential {
-    fn kind(&self) -> &'static str {
-        "client_certificate"
+    fn kind(&self) -> CredentialKind {
+        CredentialKind::ClientCertificate
     }
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {

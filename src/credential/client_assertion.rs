@@ -19,6 +19,7 @@ use super::process::{self, RunError, quote_stderr};
 use super::watched::{LoadError, WatchedFiles, non_empty_text};
 use super::{Credential, CredentialError, LinkStatus};
 use crate::config::AssertionSource;
+use crate::config::CredentialKind;
 use crate::secret::Secret;
 use crate::token::AccessToken;
 
@@ -102,8 +103,8 @@ impl ClientAssertionCredential {
 
 #[async_trait]
 impl Credential for ClientAssertionCredential {
-    fn kind(&self) -> &'static str {
-        "client_assertion"
+    fn kind(&self) -> CredentialKind {
+        CredentialKind::ClientAssertion
     }
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {

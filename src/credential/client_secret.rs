@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use super::entra::{Application, ClientAuth};
 use super::watched::{LoadError, WatchedFiles, non_empty_text};
 use super::{Credential, CredentialError, LinkStatus};
+use crate::config::CredentialKind;
 use crate::secret::Secret;
 use crate::token::AccessToken;
 
@@ -65,8 +66,8 @@ impl ClientSecretCredential {
 
 #[async_trait]
 impl Credential for ClientSecretCredential {
-    fn kind(&self) -> &'static str {
-        "client_secret"
+    fn kind(&self) -> CredentialKind {
+        CredentialKind::ClientSecret
     }
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {

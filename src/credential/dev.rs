@@ -6,6 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::{Credential, CredentialError};
+use crate::config::CredentialKind;
 use crate::dev_issuer::DevIssuer;
 use crate::token::AccessToken;
 
@@ -25,8 +26,8 @@ impl DevCredential {
 
 #[async_trait]
 impl Credential for DevCredential {
-    fn kind(&self) -> &'static str {
-        "dev"
+    fn kind(&self) -> CredentialKind {
+        CredentialKind::Dev
     }
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {

@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 
 use super::CredentialError;
 use crate::clock::{Clock, SystemClock};
+use crate::config::CredentialKind;
 use crate::secret::Secret;
 use crate::token::AccessToken;
 
@@ -89,7 +90,7 @@ impl Endpoint {
 /// One form POST to the authority.
 pub struct Request<'a> {
     /// The calling credential's kind, which every error names.
-    pub credential: &'static str,
+    pub credential: CredentialKind,
     /// The tenant whose endpoint is called.
     pub tenant: &'a str,
     /// The application (client) id, named by advice about the refusal.
@@ -125,7 +126,7 @@ impl Failure {
 pub struct Refusal {
     status: StatusCode,
     body: ErrorResponse,
-    credential: &'static str,
+    credential: CredentialKind,
     tenant: String,
     client_id: String,
 }
@@ -210,7 +211,7 @@ impl EntraClient {
     /// Private to this module: credentials go through [`Application::exchange`].
     async fn client_credentials(
         &self,
-        credential: &'static str,
+        credential: CredentialKind,
         tenant: &str,
         client_id: &str,
         resource: &str,
@@ -700,7 +701,7 @@ mod tests {
         Refusal {
             status: StatusCode::BAD_REQUEST,
             body: ErrorResponse::parse(body.as_bytes()),
-            credential: "client_secret",
+            credential: CredentialKind::ClientSecret,
             tenant: "t1".into(),
             client_id: "c1".into(),
         }

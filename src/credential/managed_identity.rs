@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use super::{Credential, CredentialError, LinkStatus};
 use crate::clock::{Clock, SystemClock};
+use crate::config::CredentialKind;
 use crate::config::{ManagedIdentityConfig, ManagedIdentityFlavour};
 use crate::secret::Secret;
 use crate::token::AccessToken;
@@ -132,8 +133,8 @@ impl ManagedIdentityCredential {
 
 #[async_trait]
 impl Credential for ManagedIdentityCredential {
-    fn kind(&self) -> &'static str {
-        "managed_identity"
+    fn kind(&self) -> CredentialKind {
+        CredentialKind::ManagedIdentity
     }
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {

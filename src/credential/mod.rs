@@ -28,6 +28,7 @@ use async_trait::async_trait;
 pub use build::{BuildContext, NotConfigured, build};
 pub use chain::Chain;
 
+use crate::config::CredentialKind;
 use crate::token::AccessToken;
 
 /// Why a credential produced no token. Every variant names the credential and carries a
@@ -37,13 +38,13 @@ pub enum CredentialError {
     /// The credential cannot run here (not configured, a file is missing); a chain moves
     /// on to its next credential.
     #[error("{credential}: unavailable: {reason}")]
-    Unavailable { credential: &'static str, reason: String },
+    Unavailable { credential: CredentialKind, reason: String },
 
     /// The authority refused the request for a reason that retrying will not fix (a bad
     /// secret, an unknown application, a federation mismatch). Fix the configuration.
     #[error("{credential}: {message}")]
     Rejected {
-        credential: &'static str,
+        credential: CredentialKind,
         /// The AADSTS error number, when the authority sent one.
         aadsts: Option<u32>,
         /// What went wrong and what to check.
@@ -54,11 +55,11 @@ pub enum CredentialError {
 
     /// The authority is throttling us; try again after `retry_after`.
     #[error("{credential}: the authority is throttling requests (retry after {}s)", retry_after.as_secs())]
-    Throttled { credential: &'static str, retry_after: Duration },
+    Throttled { credential: CredentialKind, retry_after: Duration },
 
     /// A failure that may pass: timeout, connection refused, a 5xx from the authority.
     #[error("{credential}: {reason}")]
-    Transient { credential: &'static str, reason: String },
+    Transient { credential: CredentialKind, reason: String },
 }
 
 impl CredentialError {
@@ -116,7 +117,7 @@ impl LinkStatus {
 #[async_trait]
 pub trait Credential: Send + Sync {
     /// A short name for logs and errors, such as `client_secret`.
-    fn kind(&self) -> &'static str;
+    fn kind(&self) -> CredentialKind;
 
     /// Obtains a new token for `resource` (an App ID URI such as `https://vault.azure.net`,
     /// never a scope). Implementations do not cache.

@@ -382,6 +382,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+    use crate::config::CredentialKind;
     use crate::secret::Secret;
 
     fn secret_file(path: &Path) -> WatchedFiles<Secret> {
@@ -414,7 +415,7 @@ mod tests {
 
     fn refused(code: u32) -> CredentialError {
         CredentialError::Rejected {
-            credential: "test",
+            credential: CredentialKind::ClientCertificate,
             aadsts: Some(code),
             message: String::new(),
             correlation_id: None,

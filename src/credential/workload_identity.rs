@@ -16,6 +16,7 @@ use super::entra::{Application, ClientAuth};
 use super::jwt::{NO_MATCHING_FEDERATION, describe_federated_claims};
 use super::watched::{LoadError, WatchedFiles, non_empty_text};
 use super::{Credential, CredentialError, LinkStatus};
+use crate::config::CredentialKind;
 use crate::secret::Secret;
 use crate::token::AccessToken;
 
@@ -55,8 +56,8 @@ impl WorkloadIdentityCredential {
 
 #[async_trait]
 impl Credential for WorkloadIdentityCredential {
-    fn kind(&self) -> &'static str {
-        "workload_identity"
+    fn kind(&self) -> CredentialKind {
+        CredentialKind::WorkloadIdentity
     }
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {

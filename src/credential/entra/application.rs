@@ -7,6 +7,7 @@ use std::sync::Arc;
 use reqwest::Url;
 
 use super::{ClientAuth, EntraClient};
+use crate::config::CredentialKind;
 use crate::credential::CredentialError;
 use crate::token::AccessToken;
 
@@ -37,7 +38,7 @@ impl Application {
     /// `credential` is the calling credential's kind, which every error names.
     pub async fn exchange(
         &self,
-        credential: &'static str,
+        credential: CredentialKind,
         resource: &str,
         auth: ClientAuth<'_>,
     ) -> Result<AccessToken, CredentialError> {
@@ -82,9 +83,9 @@ mod tests {
     async fn errors_name_the_calling_credential() {
         let secret = Secret::new("s");
         let error = Application::unreachable()
-            .exchange("client_secret", "https://vault.azure.net", ClientAuth::Secret(&secret))
+            .exchange(CredentialKind::ClientSecret, "https://vault.azure.net", ClientAuth::Secret(&secret))
             .await;
         let Err(CredentialError::Transient { credential, .. }) = error else { panic!("{error:?}") };
-        assert_eq!(credential, "client_secret");
+        assert_eq!(credential, CredentialKind::ClientSecret);
     }
 }
