@@ -15,6 +15,7 @@ use crate::config::{self, Config, IdentityConfig};
 use crate::credential::entra::{EntraClient, EntraSettings};
 use crate::credential::{self, BuildContext, Chain, CredentialError};
 use crate::dev_issuer::DevIssuer;
+use crate::store::Store;
 
 mod check;
 mod login;
@@ -66,8 +67,9 @@ pub struct Built {
 }
 
 /// Builds the credentials of every identity and the broker. `base_url` is where the server
-/// is reachable (the development issuer's `iss`).
-pub fn build(config: &Config, base_url: &str) -> Result<Built, String> {
+/// is reachable (the development issuer's `iss`); `store` is the run's persistent store,
+/// which `user` credentials share with the cache.
+pub fn build(config: &Config, base_url: &str, store: &persist::Opened) -> Result<Built, String> {
     let upstream = &config.upstream;
     let entra = entra_client(upstream)?;
     let dev_issuer = match &config.dev {
@@ -79,7 +81,8 @@ pub fn build(config: &Config, base_url: &str) -> Result<Built, String> {
 
     let mut specs = Vec::new();
     for identity in &config.identities {
-        let chain = credential_chain(identity, identity.tenant_id.as_deref(), &entra, dev_issuer.as_ref(), upstream)?;
+        let chain =
+            credential_chain(identity, identity.tenant_id.as_deref(), &entra, dev_issuer.as_ref(), upstream, store)?;
         // Once per identity at start: which credential will be tried first, and why.
         match chain.first_usable() {
             Some((first, why)) => tracing::info!(
@@ -139,14 +142,24 @@ fn entra_client(upstream: &config::UpstreamConfig) -> Result<Arc<EntraClient>, S
     })?))
 }
 
-/// The credential chain of one identity, asking tokens of `tenant_id`.
+/// The credential chain of one identity, asking tokens of `tenant_id`. A `user` credential
+/// needs `store`: when it could not be opened, the chain cannot be built and the error says
+/// why.
 fn credential_chain(
     identity: &IdentityConfig,
     tenant_id: Option<&str>,
     entra: &Arc<EntraClient>,
     dev_issuer: Option<&Arc<DevIssuer>>,
     upstream: &config::UpstreamConfig,
+    store: &persist::Opened,
 ) -> Result<Chain, String> {
+    let store: Option<Arc<dyn Store>> = match store {
+        Ok(store) => store.clone().map(|store| store as Arc<dyn Store>),
+        Err(problem) if has_user_credential(identity) => {
+            return Err(format!("identity {:?}: user: {problem}", identity.name));
+        }
+        Err(_) => None,
+    };
     let context = BuildContext {
         entra,
         dev_issuer,
@@ -154,6 +167,7 @@ fn credential_chain(
         object_id: identity.object_id.as_deref(),
         tenant_id,
         timeout: Duration::from_secs(upstream.timeout_secs),
+        store: store.as_ref(),
     };
     let links = identity
         .credentials
@@ -162,6 +176,17 @@ fn credential_chain(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("identity {:?}: {e}", identity.name))?;
     Ok(Chain::new(links))
+}
+
+fn has_user_credential(identity: &IdentityConfig) -> bool {
+    identity.credentials.iter().any(|credential| matches!(credential, config::CredentialConfig::User(_)))
+}
+
+/// The store for commands that do not persist the token cache (`check`, `token --tenant`):
+/// opened only when a `user` credential needs its refresh token, since opening may create
+/// the cache's directory, lock file and keyring entry.
+fn store_for_credentials(config: &Config) -> persist::Opened {
+    if config.identities.iter().any(has_user_credential) { persist::open(config) } else { Ok(None) }
 }
 
 /// `127.0.0.1:8080`, or `localhost`-free `[::1]:8080` for IPv6; unspecified addresses are

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use super::{credential_chain, describe_failure, display_addr, entra_client};
+use super::{credential_chain, describe_failure, display_addr, entra_client, store_for_credentials};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Config};
 use crate::credential::LinkStatus;
@@ -48,6 +48,7 @@ pub(super) async fn check(config: &Config, fetch: bool, resource: Option<&str>) 
         }
         None => None,
     };
+    let store = store_for_credentials(config);
     let mut failed = false;
     println!(
         "# credential chains{}",
@@ -60,6 +61,7 @@ pub(super) async fn check(config: &Config, fetch: bool, resource: Option<&str>) 
             &entra,
             dev_issuer.as_ref(),
             &config.upstream,
+            &store,
         ) {
             Ok(chain) => chain,
             Err(error) => {

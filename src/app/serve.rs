@@ -14,7 +14,8 @@ use crate::server::{self, AppState, Limits, Server};
 pub(super) async fn serve(config: Config) -> ExitCode {
     // First, so that reading a large persistent cache overlaps binding and building; the
     // tokens go into the broker below, before anything is served.
-    let loading = persist::start_loading(&config);
+    let store = persist::open(&config);
+    let loading = persist::start_loading(&config, &store);
     let server = match Server::bind(config.server.listen, limits(&config.server)).await {
         Ok(server) => server,
         Err(error) => {
@@ -33,7 +34,7 @@ pub(super) async fn serve(config: Config) -> ExitCode {
         tracing::warn!(%addr, "listening beyond loopback: anything that can reach this address can obtain tokens");
     }
     let base_url = format!("http://{}", display_addr(addr));
-    let built = match build(&config, &base_url) {
+    let built = match build(&config, &base_url, &store) {
         Ok(built) => built,
         Err(error) => {
             eprintln!("tokenrelay: {error}");

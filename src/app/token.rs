@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use super::{build, credential_chain, describe_failure, display_addr, entra_client, persist};
+use super::{build, credential_chain, describe_failure, display_addr, entra_client, persist, store_for_credentials};
 use crate::broker::{CachedToken, Selector};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Config};
@@ -10,7 +10,8 @@ use crate::server::wire::render_token_body;
 
 pub(super) async fn token(config: Config, resource: &str, client_id: Option<String>) -> ExitCode {
     let base_url = format!("http://{}", display_addr(config.server.listen));
-    let built = match build(&config, &base_url) {
+    let store = persist::open(&config);
+    let built = match build(&config, &base_url, &store) {
         Ok(built) => built,
         Err(error) => {
             eprintln!("tokenrelay: {error}");
@@ -20,7 +21,7 @@ pub(super) async fn token(config: Config, resource: &str, client_id: Option<Stri
     let resource = config::normalize_resource(resource.trim());
     let selector = client_id.map_or(Selector::Default, Selector::ClientId);
     let broker = &built.broker;
-    persist::attach(&config, broker).await;
+    persist::attach(&config, &store, broker).await;
     let result = match broker.resolve(&selector) {
         Ok(identity) => broker.token(identity, resource).await.map(|served| (identity.clone(), served)),
         Err(error) => Err(error),
@@ -69,9 +70,9 @@ pub(super) async fn token_for_tenant(
         return ExitCode::FAILURE;
     }
     let resource = config::normalize_resource(resource.trim());
-    let chain = match entra_client(&config.upstream)
-        .and_then(|entra| credential_chain(identity, Some(tenant), &entra, None, &config.upstream))
-    {
+    let chain = match entra_client(&config.upstream).and_then(|entra| {
+        credential_chain(identity, Some(tenant), &entra, None, &config.upstream, &store_for_credentials(config))
+    }) {
         Ok(chain) => chain,
         Err(error) => {
             eprintln!("tokenrelay: {error}");

@@ -117,12 +117,10 @@ impl Serialize for CacheKey {
 pub struct UserConfig {
     /// Where the AuthenticationRecord is.
     pub authentication_record: PathBuf,
-    /// The account it names.
+    /// The account it names. Its refresh token is in the persistent cache
+    /// (`cache.persistence`), which validation guarantees is on.
     #[serde(skip)]
     pub record: AuthenticationRecord,
-    /// The persistent cache holding the refresh token.
-    #[serde(skip)]
-    pub persistence: PersistenceConfig,
 }
 
 /// The variables persistence may need, read from the process environment: where the user's
@@ -203,7 +201,7 @@ impl Validator<'_> {
             self.error(&record_key, "user: set authentication_record to the file `tokenrelay login --record` wrote")
         })?;
         let raw: RawPersistence = self.figment.extract_inner("cache.persistence").unwrap_or_default();
-        let persistence = self.persistence(raw)?.ok_or_else(|| {
+        self.persistence(raw)?.ok_or_else(|| {
             self.error(
                 "cache.persistence.enabled",
                 "the user credential keeps its refresh token in the persistent cache: set enabled = true \
@@ -216,7 +214,7 @@ impl Validator<'_> {
                 format!("{problem}; sign in first with `tokenrelay login --device-code --record {}`", path.display()),
             )
         })?;
-        Ok(UserConfig { authentication_record: path, record, persistence })
+        Ok(UserConfig { authentication_record: path, record })
     }
 
     /// `$XDG_CACHE_HOME/tokenrelay/<name>.cache`, else `$HOME/.cache/tokenrelay/<name>.cache`.
