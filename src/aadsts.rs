@@ -1,9 +1,10 @@
 //! The AADSTS error codes tokenrelay knows: those its code reacts to, those its fakes and
 //! documentation name, and the common ones an operator meets with the credentials it
-//! supports. Entra documents that codes change and are added at any time
+//! supports. Code that reacts to a code names it from here, never as a number of its own.
+//! Entra documents that codes change and are added at any time
 //! (login.microsoftonline.com/error looks any of them up), so nothing may depend on this list
-//! being complete: it exists so that a metric label keeps a bounded set of values. A code
-//! not listed is reported as `other` there, and in full in the error and the log.
+//! being complete; [`KNOWN`] exists so that a metric label keeps a bounded set of values. A
+//! code not listed is reported as `other` there, and in full in the error and the log.
 
 /// Missing or malformed request body parameter.
 pub const MISSING_PARAMETER: u32 = 900144;
@@ -77,6 +78,15 @@ pub const CONSENT_REQUIRED: u32 = 65001;
 pub const CONSENT_DECLINED: u32 = 65004;
 /// The scope value is not valid for the flow (client credentials need `/.default`).
 pub const SCOPE_NOT_VALID_FOR_FLOW: u32 = 1002012;
+
+/// The refusals a newer client assertion may cure: one outside its validity window, or one
+/// whose signature the authority no longer accepts (the issuer's key or the certificate
+/// rotated). Credentials that read their assertion from a file read it again and retry once.
+pub const STALE_ASSERTION: [u32; 2] = [ASSERTION_EXPIRED, INVALID_SIGNATURE];
+
+/// The refusals a newer client secret may cure: the secret is not (or no longer) one of the
+/// application's, or it expired.
+pub const STALE_SECRET: [u32; 2] = [INVALID_CLIENT_SECRET, CLIENT_SECRET_EXPIRED];
 
 /// Every code above, in ascending order.
 pub const KNOWN: [u32; 36] = {

@@ -20,8 +20,9 @@ use reqwest::{StatusCode, Url, header};
 use serde::Deserialize;
 
 use super::entra::{Application, ClientAuth, relayed};
-use super::jwt::{NO_MATCHING_FEDERATION, describe_federated_claims};
+use super::jwt::describe_federated_claims;
 use super::{Credential, CredentialError, LinkStatus};
+use crate::aadsts;
 use crate::config::CredentialKind;
 use crate::config::PipelinesConfig;
 use crate::secret::Secret;
@@ -124,7 +125,7 @@ impl Credential for AzurePipelinesCredential {
         let oidc_token = self.oidc_token().await?;
         let result = self.application.exchange(self.kind(), resource, ClientAuth::Assertion(&oidc_token)).await;
         result.map_err(|error| {
-            error.with_detail(NO_MATCHING_FEDERATION, || {
+            error.with_detail(aadsts::NO_MATCHING_FEDERATION, || {
                 format!(
                     "presented {} (service connection {}); compare them with the application's federated credential",
                     describe_federated_claims(&oidc_token),

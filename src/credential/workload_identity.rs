@@ -13,18 +13,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::entra::{Application, ClientAuth};
-use super::jwt::{NO_MATCHING_FEDERATION, describe_federated_claims};
+use super::jwt::describe_federated_claims;
 use super::watched::{LoadError, WatchedFiles, non_empty_text};
 use super::{Credential, CredentialError, LinkStatus};
+use crate::aadsts;
 use crate::config::CredentialKind;
 use crate::secret::Secret;
 use crate::token::AccessToken;
 
 /// Longest time a token file's contents are trusted without reading it again.
 const MAX_FILE_AGE: Duration = Duration::from_secs(300);
-/// AADSTS codes a newer token may cure: expired or not yet valid (700024), a signature the
-/// authority does not accept, as after the issuer's signing key rotated (700027).
-const STALE_ASSERTION: [u32; 2] = [700024, 700027];
 
 /// An application federated with the cluster's service-account issuer.
 pub struct WorkloadIdentityCredential {
@@ -65,11 +63,13 @@ impl Credential for WorkloadIdentityCredential {
             self.application.exchange(self.kind(), resource, ClientAuth::Assertion(&assertion)).await
         };
         let (result, assertion) =
-            self.assertion.exchange(&STALE_ASSERTION, exchange).await.map_err(|e| self.unavailable(e))?;
+            self.assertion.exchange(&aadsts::STALE_ASSERTION, exchange).await.map_err(|e| self.unavailable(e))?;
         // Name what was presented: the three values Entra matched against the federated
         // identity credential.
         result.map_err(|error| {
-            error.with_detail(NO_MATCHING_FEDERATION, || format!("presented {}", describe_federated_claims(&assertion)))
+            error.with_detail(aadsts::NO_MATCHING_FEDERATION, || {
+                format!("presented {}", describe_federated_claims(&assertion))
+            })
         })
     }
 

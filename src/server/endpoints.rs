@@ -23,6 +23,7 @@ use super::error::ApiError;
 use super::host::AllowedHosts;
 use super::state::AppState;
 use super::token::Flavour;
+use super::wire::OAuthError;
 use super::{app_service, imds};
 use crate::config::IMDS_PATH;
 
@@ -130,7 +131,7 @@ where
 fn uri_too_long(length: usize, max: usize) -> Response {
     ApiError {
         status: StatusCode::URI_TOO_LONG,
-        error: "invalid_request",
+        error: OAuthError::InvalidRequest,
         description: format!("the request target is {length} bytes; the limit is {max}"),
         retry_after: None,
     }
@@ -141,7 +142,7 @@ fn uri_too_long(length: usize, max: usize) -> Response {
 fn method_not_allowed() -> Response {
     let mut response = ApiError {
         status: StatusCode::METHOD_NOT_ALLOWED,
-        error: "invalid_request",
+        error: OAuthError::InvalidRequest,
         description: "token endpoints answer GET only".to_owned(),
         retry_after: None,
     }
