@@ -19,7 +19,7 @@ pub(super) async fn token(config: Config, resource: &str, client_id: Option<Stri
         }
     };
     let resource = config::normalize_resource(resource.trim());
-    let selector = client_id.map_or(Selector::Default, Selector::ClientId);
+    let selector = client_id.map_or(Selector::Default, |id| Selector::ClientId(id.into()));
     let broker = &built.broker;
     persist::attach(&config, &store, broker).await;
     let result = match broker.resolve(&selector) {
@@ -51,7 +51,7 @@ pub(super) async fn token_for_tenant(
     tenant: &str,
 ) -> ExitCode {
     let identity = match &client_id {
-        Some(id) => config.identities.iter().find(|i| i.client_id.eq_ignore_ascii_case(id)),
+        Some(id) => config.identities.iter().find(|i| i.client_id == *id),
         None => config.identities.iter().find(|i| i.default),
     };
     let Some(identity) = identity else {
@@ -59,8 +59,8 @@ pub(super) async fn token_for_tenant(
         eprintln!("tokenrelay: no identity with {selector} is configured here");
         return ExitCode::FAILURE;
     };
-    let own = identity.tenant_id.as_deref().is_some_and(|t| t.eq_ignore_ascii_case(tenant));
-    let allowed = identity.additionally_allowed_tenants.iter().any(|t| t == "*" || t.eq_ignore_ascii_case(tenant));
+    let own = identity.tenant_id.as_ref().is_some_and(|t| *t == tenant);
+    let allowed = identity.additionally_allowed_tenants.iter().any(|t| *t == "*" || *t == tenant);
     if !own && !allowed {
         eprintln!(
             "tokenrelay: identity {:?} is not configured to acquire tokens for tenant {tenant}; add it to \

@@ -26,6 +26,7 @@ use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::credential::{Credential, CredentialError};
+use crate::id::Id;
 use crate::store::{Held, HeldIdentity, HeldSource, HeldToken, PersistedToken, Store, Writer};
 use crate::telemetry::{self, metrics};
 
@@ -34,11 +35,11 @@ pub struct IdentitySpec {
     /// The configuration's name for it (`app`); used in logs.
     pub name: String,
     /// The application (client) id; what `client_id` selects and what responses echo.
-    pub client_id: String,
+    pub client_id: Id,
     /// The object (principal) id, if known; what `object_id` / `principal_id` select.
-    pub object_id: Option<String>,
+    pub object_id: Option<Id>,
     /// The Azure resource id of a user-assigned identity; what `msi_res_id` selects.
-    pub resource_id: Option<String>,
+    pub resource_id: Option<Id>,
     /// Whether requests without a selector get this identity.
     pub is_default: bool,
     /// Resources fetched at start; readiness waits for them.
@@ -73,9 +74,9 @@ pub struct Identity {
     /// Configuration name.
     pub name: String,
     /// Application (client) id.
-    pub client_id: String,
-    object_id: Option<String>,
-    resource_id: Option<String>,
+    pub client_id: Id,
+    object_id: Option<Id>,
+    resource_id: Option<Id>,
     prefetch: Vec<String>,
     credential: Box<dyn Credential>,
     tokens: TokenCache,
@@ -103,11 +104,11 @@ pub enum Selector {
     /// No selector: the default identity.
     Default,
     /// `client_id` (also `clientid`).
-    ClientId(String),
+    ClientId(Id),
     /// `object_id` or `principal_id`.
-    ObjectId(String),
+    ObjectId(Id),
     /// `msi_res_id`, `mi_res_id` or `msi-res-id`.
-    ResourceId(String),
+    ResourceId(Id),
 }
 
 impl fmt::Display for Selector {
@@ -344,15 +345,14 @@ impl Broker {
     pub async fn seed(&self, tokens: Vec<PersistedToken>) -> SeedReport {
         let now = self.clock.now();
         let mut report = SeedReport::default();
-        let mut resolved: Option<(String, Option<usize>)> = None;
+        let mut resolved: Option<(Id, Option<usize>)> = None;
         let mut per_identity: Vec<Vec<PersistedToken>> = self.identities.iter().map(|_| Vec::new()).collect();
         for persisted in tokens {
             let identity = match &resolved {
-                Some((client_id, identity)) if client_id.eq_ignore_ascii_case(&persisted.client_id) => *identity,
+                Some((client_id, identity)) if *client_id == persisted.client_id => *identity,
                 _ => {
-                    let identity =
-                        self.identities.iter().position(|i| i.client_id.eq_ignore_ascii_case(&persisted.client_id));
-                    resolved = Some((persisted.client_id.clone(), identity));
+                    let identity = self.identities.iter().position(|i| i.client_id == persisted.client_id);
+                    resolved = Some((Id::from(persisted.client_id.as_str()), identity));
                     identity
                 }
             };
@@ -389,13 +389,9 @@ impl Broker {
             Selector::Default => {
                 return self.default.map(|i| &self.identities[i]).ok_or(BrokerError::NoDefaultIdentity);
             }
-            Selector::ClientId(id) => self.identities.iter().find(|i| i.client_id.eq_ignore_ascii_case(id)),
-            Selector::ObjectId(id) => {
-                self.identities.iter().find(|i| i.object_id.as_deref().is_some_and(|o| o.eq_ignore_ascii_case(id)))
-            }
-            Selector::ResourceId(id) => {
-                self.identities.iter().find(|i| i.resource_id.as_deref().is_some_and(|r| r.eq_ignore_ascii_case(id)))
-            }
+            Selector::ClientId(id) => self.identities.iter().find(|i| i.client_id == *id),
+            Selector::ObjectId(id) => self.identities.iter().find(|i| i.object_id.as_ref() == Some(id)),
+            Selector::ResourceId(id) => self.identities.iter().find(|i| i.resource_id.as_ref() == Some(id)),
         };
         found.ok_or_else(|| BrokerError::UnknownIdentity(selector.clone()))
     }
@@ -753,7 +749,7 @@ impl HeldSource for Broker {
                 .collect();
             identities.push(HeldIdentity {
                 name: identity.name.clone(),
-                client_id: identity.client_id.clone(),
+                client_id: identity.client_id.to_string(),
                 credential: identity.credential.kind().as_str().to_owned(),
                 tokens,
             });

@@ -14,6 +14,7 @@ use reqwest::Url;
 use serde::Serialize;
 
 use super::{ConfigError, CredentialConfig, CredentialKind, Validator, raw};
+use crate::id::Id;
 use crate::secret::Secret;
 
 /// The IMDS token endpoint on every Azure VM and node.
@@ -521,11 +522,11 @@ impl Validator<'_> {
     }
 
     /// Additional tenants an identity may get tokens for (`token --tenant`).
-    pub(super) fn allowed_tenants(&self, key: &str, tenants: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    pub(super) fn allowed_tenants(&self, key: &str, tenants: Vec<String>) -> Result<Vec<Id>, ConfigError> {
         tenants
             .into_iter()
             .map(|tenant| {
-                let tenant = tenant.trim().to_owned();
+                let tenant = Id::from(tenant.trim());
                 if tenant == "*" {
                     return Ok(tenant);
                 }

@@ -37,6 +37,7 @@ pub use sources::{
     log_ignored_variables,
 };
 
+use crate::id::Id;
 use crate::secret::Secret;
 
 /// Tenant id of the development issuer.
@@ -225,18 +226,18 @@ pub enum IdentitySource {
 #[derive(Debug, Serialize)]
 pub struct IdentityConfig {
     pub name: String,
-    pub client_id: String,
+    pub client_id: Id,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tenant_id: Option<String>,
+    pub tenant_id: Option<Id>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub object_id: Option<String>,
+    pub object_id: Option<Id>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub resource_id: Option<String>,
+    pub resource_id: Option<Id>,
     pub default: bool,
     pub prefetch: Vec<String>,
     /// Tenants besides `tenant_id` that `tokenrelay token --tenant` may ask for (`*`: any).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub additionally_allowed_tenants: Vec<String>,
+    pub additionally_allowed_tenants: Vec<Id>,
     /// Tried in order; the first that yields a token wins.
     pub credentials: Vec<CredentialConfig>,
 }
@@ -805,10 +806,10 @@ impl Validator<'_> {
         }
         Ok(IdentityConfig {
             name: raw.name.unwrap_or_else(|| format!("identity-{index}")),
-            client_id,
-            tenant_id,
-            object_id: raw.object_id,
-            resource_id: raw.resource_id,
+            client_id: client_id.into(),
+            tenant_id: tenant_id.map(Id::from),
+            object_id: raw.object_id.map(Id::from),
+            resource_id: raw.resource_id.map(Id::from),
             default: raw.default,
             prefetch: self.prefetch(&key("prefetch"), raw.prefetch)?,
             additionally_allowed_tenants,
@@ -839,8 +840,8 @@ impl Validator<'_> {
         }
         Ok(IdentityConfig {
             name: "default".into(),
-            client_id: client_id.to_owned(),
-            tenant_id: tenant_id.map(str::to_owned),
+            client_id: client_id.into(),
+            tenant_id: tenant_id.map(Id::from),
             object_id: None,
             resource_id: None,
             default: true,
@@ -864,10 +865,10 @@ impl Validator<'_> {
             }
             identities.push(IdentityConfig {
                 name: identity.name.unwrap_or_else(|| format!("identity-{index}")),
-                client_id: identity.client_id.trim().to_owned(),
+                client_id: identity.client_id.trim().into(),
                 tenant_id: None,
-                object_id: identity.object_id,
-                resource_id: identity.resource_id,
+                object_id: identity.object_id.map(Id::from),
+                resource_id: identity.resource_id.map(Id::from),
                 default: identity.default,
                 prefetch: self.prefetch(&format!("identities.{index}.prefetch"), identity.prefetch)?,
                 additionally_allowed_tenants: Vec::new(),
@@ -879,7 +880,7 @@ impl Validator<'_> {
         }
         let has_default = identities.iter().any(|i| i.default);
         let dev_client_id = dev.client_id.trim();
-        if !identities.iter().any(|i| i.client_id.eq_ignore_ascii_case(dev_client_id)) {
+        if !identities.iter().any(|i| i.client_id == dev_client_id) {
             identities.push(dev_identity("dev", dev_client_id, !has_default));
         }
         for (n, client_id) in dev.identities.iter().enumerate() {
@@ -887,7 +888,7 @@ impl Validator<'_> {
             if client_id.is_empty() {
                 return Err(self.error("dev.identities", "a --dev-identity client id is empty"));
             }
-            if !identities.iter().any(|i| i.client_id.eq_ignore_ascii_case(client_id)) {
+            if !identities.iter().any(|i| i.client_id == client_id) {
                 identities.push(dev_identity(&format!("dev-{}", n + 1), client_id, false));
             }
         }
@@ -912,7 +913,7 @@ impl Validator<'_> {
             if !names.insert(identity.name.clone()) {
                 return Err(self.error("identities", format!("two identities are named {:?}", identity.name)));
             }
-            if !client_ids.insert(identity.client_id.to_ascii_lowercase()) {
+            if !client_ids.insert(&identity.client_id) {
                 return Err(self.error("identities", format!("two identities have client_id {}", identity.client_id)));
             }
         }
@@ -947,7 +948,7 @@ impl Validator<'_> {
 fn dev_identity(name: &str, client_id: &str, default: bool) -> IdentityConfig {
     IdentityConfig {
         name: name.to_owned(),
-        client_id: client_id.to_owned(),
+        client_id: client_id.into(),
         tenant_id: None,
         object_id: None,
         resource_id: None,

@@ -102,9 +102,9 @@ impl<'q> TokenQuery<'q> {
                     api_version = Some(value);
                     continue;
                 }
-                "client_id" | "clientid" => Selector::ClientId(value.clone().into_owned()),
-                "object_id" | "principal_id" => Selector::ObjectId(value.clone().into_owned()),
-                _ => Selector::ResourceId(value.clone().into_owned()),
+                "client_id" | "clientid" => Selector::ClientId(value.clone().into_owned().into()),
+                "object_id" | "principal_id" => Selector::ObjectId(value.clone().into_owned().into()),
+                _ => Selector::ResourceId(value.clone().into_owned().into()),
             };
             if let Some((previous, ..)) = &selector {
                 return Err(QueryError::ConflictingSelectors(previous, name));
