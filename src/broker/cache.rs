@@ -13,6 +13,7 @@ use moka::policy::EvictionPolicy;
 use crate::clock::Clock;
 use crate::config::CredentialKind;
 use crate::token::AccessToken;
+use zeroize::Zeroize;
 
 /// A token in the cache, with the moment the broker plans to replace it.
 pub struct CachedToken {
@@ -46,6 +47,16 @@ impl std::fmt::Debug for CachedToken {
             .field("refreshing", &self.refreshing)
             .field("failures", &self.failures)
             .finish_non_exhaustive()
+    }
+}
+
+/// The rendering may hold the token itself (when it needed escaping): zeroed with the entry.
+/// The token is a `Secret`, which zeroes itself.
+impl Drop for CachedToken {
+    fn drop(&mut self) {
+        if let Some(rendered) = self.rendered.get_mut() {
+            rendered.zeroize();
+        }
     }
 }
 

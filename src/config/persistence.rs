@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use super::AuthenticationRecord;
 use super::{ConfigError, Validator};
+use zeroize::Zeroize;
 
 /// Default cache name: the file is `<name>.cache`, the keyring entry `<name>/cache-key`.
 const DEFAULT_NAME: &str = "tokenrelay";
@@ -80,6 +81,13 @@ pub struct CacheKey {
     bytes: [u8; 32],
     /// Something the operator should fix about how the key is kept, for a warning at start.
     warning: Option<String>,
+}
+
+/// The key leaves memory with the configuration: zeroed on drop, as a `Secret` is.
+impl Drop for CacheKey {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+    }
 }
 
 impl CacheKey {
@@ -237,7 +245,7 @@ impl Validator<'_> {
         let (mut bytes, warning) =
             read_key_file(file).map_err(|problem| self.error(key, format!("{}: {problem}", file.display())))?;
         let decoded = decode_key(&bytes);
-        bytes.fill(0);
+        bytes.zeroize();
         let decoded = decoded.ok_or_else(|| self.error(key, format!("{}: {KEY_FORMATS}", file.display())))?;
         Ok(CacheKey { source: format!("key_file {}", file.display()), bytes: decoded, warning })
     }
@@ -292,7 +300,7 @@ fn read_key_file(path: &Path) -> Result<(Vec<u8>, Option<String>), String> {
     let mut bytes = Vec::new();
     file.take(MAX_KEY_FILE + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read it: {e}"))?;
     if bytes.len() as u64 > MAX_KEY_FILE {
-        bytes.fill(0);
+        bytes.zeroize();
         return Err(format!("larger than {MAX_KEY_FILE} bytes, so not a key file; {KEY_FORMATS}"));
     }
     Ok((bytes, warning))

@@ -25,6 +25,7 @@ use super::format::{self, Contents, Protection};
 use super::{Held, OnUnreadable, PersistedAccount, SaveReport, Snapshot, Store, StoreError};
 use crate::clock::{Clock, SystemClock};
 use crate::trust::{self, Opened, Owners, Untrusted};
+use zeroize::Zeroize;
 
 /// How long to wait for another process to release the lock before giving up. A writer
 /// holds it for milliseconds; a process stuck with it must not hang this one for ever.
@@ -42,11 +43,19 @@ pub struct FileStore {
 }
 
 /// The file as read and the file to be written, each as large as the store (17.5 MB for
-/// 10,000 tokens).
+/// 10,000 tokens). `read` is zeroed after every save; both are zeroed when the store is
+/// dropped (`write` holds plaintext tokens when the cache is not encrypted).
 #[derive(Default)]
 struct SaveBuffers {
     read: Vec<u8>,
     write: Vec<u8>,
+}
+
+impl Drop for SaveBuffers {
+    fn drop(&mut self) {
+        self.read.zeroize();
+        self.write.zeroize();
+    }
 }
 
 impl FileStore {
@@ -138,7 +147,7 @@ impl FileStore {
         };
         // Decrypted, the buffer holds every token in plaintext; do not leave that to the
         // allocator's free lists.
-        bytes.fill(0);
+        bytes.zeroize();
         match decoded {
             Ok(snapshot) => Ok(snapshot),
             Err(error) => self.unreadable(error.to_string(), on_unreadable),
@@ -231,7 +240,7 @@ impl Store for FileStore {
             })();
             // The read buffer may now hold every token in plaintext, whether the merge worked
             // or not; it stays allocated, so it must not stay readable.
-            read.fill(0);
+            read.zeroize();
             let report = merged?;
             self.replace_locked(write)?;
             Ok(report)

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use super::{Held, HeldIdentity, HeldToken, PersistedAccount, PersistedToken, SaveReport, Snapshot};
 use crate::secret::Secret;
 use crate::token::AccessToken;
+use zeroize::Zeroize;
 
 /// First bytes of every cache file.
 const MAGIC: &[u8; 8] = b"TOKENRLY";
@@ -185,7 +186,7 @@ pub fn decode(bytes: &[u8], protection: &Protection) -> Result<Snapshot, DecodeE
     let mut copy = bytes.to_vec();
     let decoded = decode_in_place(&mut copy, protection);
     // Decrypted, the copy holds every token in plaintext, as `FileStore`'s buffers do.
-    copy.fill(0);
+    copy.zeroize();
     decoded
 }
 
