@@ -16,8 +16,10 @@ use crate::credential::entra::{EntraClient, EntraSettings};
 use crate::credential::{self, BuildContext, Chain, CredentialError};
 use crate::dev_issuer::DevIssuer;
 use crate::store::Store;
+pub use error::AppError;
 
 mod check;
+mod error;
 mod login;
 mod persist;
 mod serve;
@@ -25,29 +27,22 @@ mod serve;
 mod server_tests;
 mod token;
 
-/// Exit status for an invalid configuration (EX_USAGE).
-const EXIT_CONFIG: u8 = 64;
-
-/// Runs the parsed command line.
+/// Runs the parsed command line; every failure becomes its exit status in
+/// [`AppError::exit`]: 64 for a configuration that cannot work, 1 for anything else.
 pub fn run(cli: Cli) -> ExitCode {
-    let config = match config::load(&cli.load_options()) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("tokenrelay: {error}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
+    AppError::exit(run_command(cli))
+}
+
+fn run_command(cli: Cli) -> Result<(), AppError> {
+    let config = config::load(&cli.load_options()).map_err(|error| AppError::Usage(error.to_string()))?;
     let _telemetry = crate::telemetry::init(&config.log, config.telemetry.traces.as_ref());
     // Once per process, now that there is a log: TOKENRELAY_* variables that are not
     // configuration (Kubernetes service links, or a single `_` where `__` belongs).
     config::log_ignored_variables();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("tokenrelay: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| AppError::Runtime(format!("cannot start the async runtime: {error}")))?;
     match cli.command {
         Command::Serve(_) => runtime.block_on(serve::serve(config)),
         Command::Token(args) => match args.tenant {
@@ -69,7 +64,7 @@ pub struct Built {
 /// Builds the credentials of every identity and the broker. `base_url` is where the server
 /// is reachable (the development issuer's `iss`); `store` is the run's persistent store,
 /// which `user` credentials share with the cache.
-pub fn build(config: &Config, base_url: &str, store: &persist::Opened) -> Result<Built, String> {
+pub fn build(config: &Config, base_url: &str, store: &persist::Opened) -> Result<Built, AppError> {
     let upstream = &config.upstream;
     let entra = entra_client(upstream)?;
     let dev_issuer = match &config.dev {
@@ -129,7 +124,7 @@ pub fn build(config: &Config, base_url: &str, store: &persist::Opened) -> Result
 }
 
 /// The Entra client every credential of this configuration shares.
-fn entra_client(upstream: &config::UpstreamConfig) -> Result<Arc<EntraClient>, String> {
+fn entra_client(upstream: &config::UpstreamConfig) -> Result<Arc<EntraClient>, AppError> {
     let authority_host = Url::parse(&upstream.authority_host).map_err(|e| format!("authority host: {e}"))?;
     Ok(Arc::new(EntraClient::new(EntraSettings {
         authority_host,
@@ -152,11 +147,11 @@ fn credential_chain(
     dev_issuer: Option<&Arc<DevIssuer>>,
     upstream: &config::UpstreamConfig,
     store: &persist::Opened,
-) -> Result<Chain, String> {
+) -> Result<Chain, AppError> {
     let store: Option<Arc<dyn Store>> = match store {
         Ok(store) => store.clone().map(|store| store as Arc<dyn Store>),
         Err(problem) if has_user_credential(identity) => {
-            return Err(format!("identity {:?}: user: {problem}", identity.name));
+            return Err(AppError::Runtime(format!("identity {:?}: user: {problem}", identity.name)));
         }
         Err(_) => None,
     };

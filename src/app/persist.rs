@@ -2,10 +2,10 @@
 //! broker before serving, attach the write-through writer, flush it at exit; and the
 //! `cache list` / `cache clear` commands.
 
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::AppError;
 use crate::broker::Broker;
 use crate::cli::CacheAction;
 use crate::clock::{Clock, SystemClock};
@@ -146,31 +146,15 @@ fn for_cache(opened: &Opened) -> Option<Arc<FileStore>> {
 }
 
 /// `tokenrelay cache list` and `tokenrelay cache clear`.
-pub async fn cache(config: &Config, action: CacheAction) -> ExitCode {
+pub async fn cache(config: &Config, action: CacheAction) -> Result<(), AppError> {
     let Some(persistence) = config.cache.persistence.as_ref() else {
         // The command line forces persistence on, so this only happens through a bug.
-        eprintln!("tokenrelay: the persistent cache is not configured");
-        return ExitCode::FAILURE;
+        return Err(AppError::Runtime("the persistent cache is not configured".to_owned()));
     };
-    let store = match store::open(persistence) {
-        Ok(store) => store,
-        Err(unavailable) => {
-            eprintln!("tokenrelay: the persistent cache cannot be used: {unavailable}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let store = store::open(persistence)
+        .map_err(|unavailable| AppError::Runtime(format!("the persistent cache cannot be used: {unavailable}")))?;
     let result = tokio::task::spawn_blocking(move || run_cache(&*store, action)).await;
-    match result {
-        Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(error)) => {
-            eprintln!("tokenrelay: {error}");
-            ExitCode::FAILURE
-        }
-        Err(error) => {
-            eprintln!("tokenrelay: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    result.map_err(|error| AppError::Runtime(error.to_string()))?.map_err(AppError::Runtime)
 }
 
 fn run_cache(store: &dyn Store, action: CacheAction) -> Result<(), String> {
