@@ -10,7 +10,8 @@
 //! - [`credential`]: how tokens are obtained upstream. Knows nothing of caching.
 //! - [`store`]: the optional persistent cache (encrypted file, key in a file or the keyring).
 //! - [`dev_issuer`]: the development issuer's key, signing and discovery documents.
-//! - [`token`], [`secret`], [`clock`], [`telemetry`], [`trust`], [`aadsts`], [`id`]: small shared
+//! - [`token`], [`secret`], [`clock`], [`telemetry`], [`trust`], [`aadsts`], [`id`],
+//!   [`backoff`]: small shared
 //!   pieces.
 //!
 //! Dependencies point one way, down this list of layers (a module uses only modules of lower
@@ -24,7 +25,7 @@
 //! 6. `dev_issuer`, `telemetry`
 //! 7. `config`
 //! 8. `token`, `trust`
-//! 9. `secret`, `clock`, `aadsts`, `id`
+//! 9. `secret`, `clock`, `aadsts`, `id`, `backoff`
 //!
 //! One deliberate exception, which the check cannot see because it is a value and not a
 //! path: the broker's cache entry carries the server's pre-rendered body members, opaque to
@@ -32,6 +33,7 @@
 
 pub mod aadsts;
 pub mod app;
+pub mod backoff;
 pub mod broker;
 pub mod cli;
 pub mod clock;
@@ -64,7 +66,7 @@ mod tests {
         &["dev_issuer", "telemetry"],
         &["config"],
         &["token", "trust"],
-        &["secret", "clock", "aadsts", "id"],
+        &["secret", "clock", "aadsts", "id", "backoff"],
     ];
 
     fn layer(module: &str) -> Option<usize> {

@@ -24,6 +24,7 @@ pub use readiness::Readiness;
 
 use tracing::Instrument;
 
+use crate::backoff::Backoff;
 use crate::clock::Clock;
 use crate::credential::{Credential, CredentialError};
 use crate::id::Id;
@@ -248,6 +249,10 @@ pub struct Broker {
     /// One permit per background refresh allowed to run (`max_background_refreshes`).
     refresh_slots: Arc<Semaphore>,
 }
+
+/// The waits between a prefetch's attempts: 2 s after the first failure, doubling to 32 s.
+/// A prefetch retries until it succeeds, because readiness waits for it.
+const PREFETCH_BACKOFF: Backoff = Backoff { base: Duration::from_secs(1), max: Duration::from_secs(32) };
 
 /// What [`Broker::seed`] did with the persisted tokens it was given.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -722,7 +727,7 @@ impl Broker {
                             }
                             Err(error) => {
                                 failures += 1;
-                                let wait = Duration::from_secs(1u64 << failures.min(5));
+                                let wait = PREFETCH_BACKOFF.delay(failures);
                                 tracing::warn!(identity = %identity.name, resource, %error, retry_in_secs = wait.as_secs(), "prefetch failed");
                                 tokio::time::sleep(wait).await;
                             }

@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 
 use super::CredentialError;
 use crate::aadsts;
+use crate::backoff::Backoff;
 use crate::clock::{Clock, SystemClock};
 use crate::config::CredentialKind;
 use crate::secret::Secret;
@@ -282,10 +283,7 @@ impl EntraClient {
         if let Some(asked) = retry_after {
             return (asked <= max).then_some(asked);
         }
-        let exponential = self.settings.retry_base.saturating_mul(1 << attempt.min(16));
-        // Full jitter on the upper half keeps a fleet of sidecars from retrying in lockstep.
-        let jittered = exponential / 2 + exponential.mul_f64(fastrand::f64() / 2.0);
-        Some(jittered.min(max))
+        Some(Backoff { base: self.settings.retry_base, max }.jittered(attempt, fastrand::f64()))
     }
 
     async fn send_once<T>(

@@ -28,6 +28,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::{Credential, CredentialError, LinkStatus};
+use crate::backoff::Backoff;
 use crate::clock::{Clock, SystemClock};
 use crate::config::CredentialKind;
 use crate::config::{ManagedIdentityConfig, ManagedIdentityFlavour};
@@ -278,7 +279,7 @@ struct RetryPolicy {
 
 impl RetryPolicy {
     fn delay(&self, attempt: u32) -> Duration {
-        self.base.saturating_mul(1 << attempt.min(16)).min(self.max_delay)
+        Backoff { base: self.base, max: self.max_delay }.delay(attempt)
     }
 
     /// The wait after the `count`-th consecutive 410 (from 0), `since_first` after the first,
