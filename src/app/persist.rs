@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::AppError;
 use crate::broker::Broker;
 use crate::cli::CacheAction;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{self, Clock, SystemClock};
 use crate::config::Config;
 use crate::store::{self, FileStore, OnUnreadable, Snapshot, Store, StoreError};
 
@@ -194,7 +194,7 @@ fn sign_in(account: &store::PersistedAccount) -> String {
         "# sign-in {} (client {}, refresh token stored {}; `tokenrelay login`)",
         printable(&account.home_account_id),
         printable(&account.client_id),
-        store::utc(account.updated_at)
+        clock::rfc3339(account.updated_at)
     )
 }
 
@@ -248,7 +248,7 @@ fn table(tokens: &[store::PersistedToken], now: u64) -> String {
                 printable(&t.identity).into_owned(),
                 printable(&t.client_id).into_owned(),
                 printable(&t.resource).into_owned(),
-                format!("{} ({left})", store::utc(expires_on)),
+                format!("{} ({left})", clock::rfc3339(expires_on)),
                 t.token.token.fingerprint(),
             ]
         })

@@ -385,7 +385,8 @@ fn refused(what: &'static str, path: &Path, why: &Untrusted, detail: Option<&str
 /// Renames `path` to `<path>.<label>-<UTC time>` (plus a counter if taken), in the same
 /// directory; a rename moves a symbolic link itself, never what it points to.
 fn move_aside(path: &Path, label: &str) -> std::io::Result<PathBuf> {
-    let stamp: String = super::utc(SystemClock.now()).chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let stamp: String =
+        crate::clock::rfc3339(SystemClock.now()).chars().filter(|c| c.is_ascii_alphanumeric()).collect();
     let base = format!("{}.{label}-{stamp}", path.display());
     let mut target = PathBuf::from(&base);
     let mut n = 1;
