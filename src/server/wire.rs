@@ -428,8 +428,9 @@ mod tests {
         };
         assert!(TokenQuery::parse(Some(&query(MAX_PARAMETERS))).is_ok(), "64 parameters are fine");
         assert_eq!(TokenQuery::parse(Some(&query(MAX_PARAMETERS + 1))), Err(QueryError::TooMany));
-        // The case that cost ~240 normal requests: thousands of distinct unknown parameters,
-        // refused after the 64th; empty pairs (`&&`) are skipped and do not count.
+        // Thousands of distinct unknown parameters, each costing a comparison against every
+        // one before it, are refused after the 64th; empty pairs (`&&`) are skipped and do
+        // not count.
         assert_eq!(TokenQuery::parse(Some(&query(2700))), Err(QueryError::TooMany));
         assert!(TokenQuery::parse(Some(&format!("{}{}", "&".repeat(5000), query(10)))).is_ok());
         // A duplicate within the first 64 is still named as one.

@@ -42,9 +42,9 @@ pub struct FileStore {
     buffers: Mutex<SaveBuffers>,
 }
 
-/// The file as read and the file to be written, each as large as the store (17.5 MB for
-/// 10,000 tokens). `read` is zeroed after every save; both are zeroed when the store is
-/// dropped (`write` holds plaintext tokens when the cache is not encrypted).
+/// The file as read and the file to be written, each as large as the store. `read` is
+/// zeroed after every save; both are zeroed when the store is dropped (`write` holds
+/// plaintext tokens when the cache is not encrypted).
 #[derive(Default)]
 struct SaveBuffers {
     read: Vec<u8>,
@@ -215,12 +215,12 @@ impl Store for FileStore {
 
     fn save(&self, held: &Held, now: u64) -> Result<SaveReport, StoreError> {
         // The writer calls this for every batch, however small, and the file holds every
-        // token (17.5 MB for 10,000). The existing tokens are merged where they lie in the
-        // decrypted file rather than parsed into `String`s, so a save needs two buffers the
-        // size of the file and nothing per token; and the two are kept for the next save
-        // rather than freed: glibc serves blocks this large from its arenas once one has
-        // been freed, and kept what the writer freed every batch (RSS grew by ~150 MB over a
-        // refresh storm). Kept, they cost twice the file's size, once.
+        // token. The existing tokens are merged where they lie in the decrypted file rather
+        // than parsed into `String`s, so a save needs two buffers the size of the file and
+        // nothing per token; and the two are kept for the next save rather than freed: glibc
+        // serves blocks this large from its arenas once one has been freed and does not give
+        // them back, so freeing them every batch makes resident memory grow with every
+        // refresh storm. Kept, they cost twice the file's size, once.
         with_lock(&self.path, || {
             let mut buffers = self.buffers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let SaveBuffers { read, write } = &mut *buffers;
