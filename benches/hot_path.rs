@@ -27,7 +27,7 @@ fn dev_config() -> Config {
 fn hot_path(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let config = dev_config();
-    let built = tokenrelay::app::build(&config, "http://127.0.0.1:8080").unwrap();
+    let built = tokenrelay::app::build(&config, "http://127.0.0.1:8080", &Ok(None)).unwrap();
     let broker = built.broker.clone();
     let identity = broker.resolve(&Selector::Default).unwrap().clone();
     // Warm the cache: every measured lookup below is a hit.

@@ -1,9 +1,10 @@
 //! The AADSTS error codes tokenrelay knows: those its code reacts to, those its fakes and
 //! documentation name, and the common ones an operator meets with the credentials it
-//! supports. Entra documents that codes change and are added at any time
+//! supports. Code that reacts to a code names it from here, never as a number of its own.
+//! Entra documents that codes change and are added at any time
 //! (login.microsoftonline.com/error looks any of them up), so nothing may depend on this list
-//! being complete: it exists so that a metric label keeps a bounded set of values. A code
-//! not listed is reported as `other` there, and in full in the error and the log.
+//! being complete; [`KNOWN`] exists so that a metric label keeps a bounded set of values. A
+//! code not listed is reported as `other` there, and in full in the error and the log.
 
 /// Missing or malformed request body parameter.
 pub const MISSING_PARAMETER: u32 = 900144;
@@ -77,9 +78,23 @@ pub const CONSENT_REQUIRED: u32 = 65001;
 pub const CONSENT_DECLINED: u32 = 65004;
 /// The scope value is not valid for the flow (client credentials need `/.default`).
 pub const SCOPE_NOT_VALID_FOR_FLOW: u32 = 1002012;
+/// An on-behalf-of assertion (the user's token) whose signature, audience or issuer the
+/// authority does not accept.
+pub const INVALID_ASSERTION: u32 = 50013;
+/// An on-behalf-of assertion outside its validity window.
+pub const ASSERTION_NOT_CURRENT: u32 = 500133;
+
+/// The refusals a newer client assertion may cure: one outside its validity window, or one
+/// whose signature the authority no longer accepts (the issuer's key or the certificate
+/// rotated). Credentials that read their assertion from a file read it again and retry once.
+pub const STALE_ASSERTION: [u32; 2] = [ASSERTION_EXPIRED, INVALID_SIGNATURE];
+
+/// The refusals a newer client secret may cure: the secret is not (or no longer) one of the
+/// application's, or it expired.
+pub const STALE_SECRET: [u32; 2] = [INVALID_CLIENT_SECRET, CLIENT_SECRET_EXPIRED];
 
 /// Every code above, in ascending order.
-pub const KNOWN: [u32; 36] = {
+pub const KNOWN: [u32; 38] = {
     let mut codes = [
         MISSING_PARAMETER,
         UNSUPPORTED_GRANT_TYPE,
@@ -117,6 +132,8 @@ pub const KNOWN: [u32; 36] = {
         CONSENT_REQUIRED,
         CONSENT_DECLINED,
         SCOPE_NOT_VALID_FOR_FLOW,
+        INVALID_ASSERTION,
+        ASSERTION_NOT_CURRENT,
     ];
     // Insertion sort: a `const` block cannot call `sort`.
     let mut i = 1;
@@ -138,10 +155,10 @@ pub const KNOWN: [u32; 36] = {
 pub fn label(code: Option<u32>) -> &'static str {
     /// The decimal text of each [`KNOWN`] code, in the same order.
     const LABELS: [&str; KNOWN.len()] = [
-        "50034", "50053", "50055", "50057", "50076", "50079", "50126", "50158", "50173", "50196", "53003", "65001",
-        "65004", "70000", "70003", "70011", "70016", "70021", "70043", "90002", "500011", "530003", "700016", "700021",
-        "700024", "700027", "700082", "700211", "700212", "700213", "900144", "1002012", "7000112", "7000215",
-        "7000218", "7000222",
+        "50013", "50034", "50053", "50055", "50057", "50076", "50079", "50126", "50158", "50173", "50196", "53003",
+        "65001", "65004", "70000", "70003", "70011", "70016", "70021", "70043", "90002", "500011", "500133", "530003",
+        "700016", "700021", "700024", "700027", "700082", "700211", "700212", "700213", "900144", "1002012", "7000112",
+        "7000215", "7000218", "7000222",
     ];
     match code {
         None => "none",

@@ -15,11 +15,15 @@ use crate::config::{self, Config, IdentityConfig};
 use crate::credential::entra::{EntraClient, EntraSettings};
 use crate::credential::{self, BuildContext, Chain, CredentialError};
 use crate::dev_issuer::DevIssuer;
+use crate::id::Id;
 use crate::inbound::keys::{DevKeys, DiscoveryKeys, KeyCache};
 use crate::inbound::{self, Issuers, Tenants, Validator};
 use crate::server::{DownstreamApi, UserEndpoints};
+use crate::store::Store;
+pub use error::AppError;
 
 mod check;
+mod error;
 mod login;
 mod persist;
 mod serve;
@@ -27,29 +31,22 @@ mod serve;
 mod server_tests;
 mod token;
 
-/// Exit status for an invalid configuration (EX_USAGE).
-const EXIT_CONFIG: u8 = 64;
-
-/// Runs the parsed command line.
+/// Runs the parsed command line; every failure becomes its exit status in
+/// [`AppError::exit`]: 64 for a configuration that cannot work, 1 for anything else.
 pub fn run(cli: Cli) -> ExitCode {
-    let config = match config::load(&cli.load_options()) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("tokenrelay: {error}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
+    AppError::exit(run_command(cli))
+}
+
+fn run_command(cli: Cli) -> Result<(), AppError> {
+    let config = config::load(&cli.load_options()).map_err(|error| AppError::Usage(error.to_string()))?;
     let _telemetry = crate::telemetry::init(&config.log, config.telemetry.traces.as_ref());
     // Once per process, now that there is a log: TOKENRELAY_* variables that are not
     // configuration (Kubernetes service links, or a single `_` where `__` belongs).
     config::log_ignored_variables();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("tokenrelay: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| AppError::Runtime(format!("cannot start the async runtime: {error}")))?;
     match cli.command {
         Command::Serve(_) => runtime.block_on(serve::serve(config)),
         Command::Token(args) => match args.tenant {
@@ -71,8 +68,9 @@ pub struct Built {
 }
 
 /// Builds the credentials of every identity and the broker. `base_url` is where the server
-/// is reachable (the development issuer's `iss`).
-pub fn build(config: &Config, base_url: &str) -> Result<Built, String> {
+/// is reachable (the development issuer's `iss`); `store` is the run's persistent store,
+/// which `user` credentials share with the cache.
+pub fn build(config: &Config, base_url: &str, store: &persist::Opened) -> Result<Built, AppError> {
     let upstream = &config.upstream;
     let entra = entra_client(upstream)?;
     let dev_issuer = match &config.dev {
@@ -84,7 +82,8 @@ pub fn build(config: &Config, base_url: &str) -> Result<Built, String> {
 
     let mut specs = Vec::new();
     for identity in &config.identities {
-        let chain = credential_chain(identity, identity.tenant_id.as_deref(), &entra, dev_issuer.as_ref(), upstream)?;
+        let chain =
+            credential_chain(identity, identity.tenant_id.as_deref(), &entra, dev_issuer.as_ref(), upstream, store)?;
         // Once per identity at start: which credential will be tried first, and why.
         match chain.first_usable() {
             Some((first, why)) => tracing::info!(
@@ -92,7 +91,7 @@ pub fn build(config: &Config, base_url: &str) -> Result<Built, String> {
                 client_id = %identity.client_id,
                 default = identity.default,
                 credentials = ?chain.kinds(),
-                first = first,
+                first = first.as_str(),
                 "identity configured; {first} will be tried first: {why}"
             ),
             None => tracing::warn!(
@@ -163,13 +162,12 @@ fn user_endpoints(
         None => {
             // Entra signs every tenant's tokens with the same keys; a single configured tenant
             // is asked directly, several (or any) through `common`.
-            let mut tenants: Vec<&str> =
-                inbound.iter().flat_map(|(_, i)| i.tenants.iter().map(String::as_str)).collect();
-            tenants.sort_unstable();
+            let mut tenants: Vec<&Id> = inbound.iter().flat_map(|(_, i)| i.tenants.iter()).collect();
+            tenants.sort_unstable_by_key(|t| t.to_ascii_lowercase());
             tenants.dedup();
             let any = inbound.iter().any(|(_, i)| i.tenants.is_empty());
             let tenant = match tenants.as_slice() {
-                [only] if !any => *only,
+                [only] if !any => only.as_str(),
                 _ => "common",
             };
             let discovery = Url::parse(&format!("{authority}/{tenant}/v2.0/.well-known/openid-configuration"))
@@ -201,7 +199,7 @@ fn user_endpoints(
 }
 
 /// The Entra client every credential of this configuration shares.
-fn entra_client(upstream: &config::UpstreamConfig) -> Result<Arc<EntraClient>, String> {
+fn entra_client(upstream: &config::UpstreamConfig) -> Result<Arc<EntraClient>, AppError> {
     let authority_host = Url::parse(&upstream.authority_host).map_err(|e| format!("authority host: {e}"))?;
     Ok(Arc::new(EntraClient::new(EntraSettings {
         authority_host,
@@ -214,14 +212,24 @@ fn entra_client(upstream: &config::UpstreamConfig) -> Result<Arc<EntraClient>, S
     })?))
 }
 
-/// The credential chain of one identity, asking tokens of `tenant_id`.
+/// The credential chain of one identity, asking tokens of `tenant_id`. A `user` credential
+/// needs `store`: when it could not be opened, the chain cannot be built and the error says
+/// why.
 fn credential_chain(
     identity: &IdentityConfig,
     tenant_id: Option<&str>,
     entra: &Arc<EntraClient>,
     dev_issuer: Option<&Arc<DevIssuer>>,
     upstream: &config::UpstreamConfig,
-) -> Result<Chain, String> {
+    store: &persist::Opened,
+) -> Result<Chain, AppError> {
+    let store: Option<Arc<dyn Store>> = match store {
+        Ok(store) => store.clone().map(|store| store as Arc<dyn Store>),
+        Err(problem) if has_user_credential(identity) => {
+            return Err(AppError::Runtime(format!("identity {:?}: user: {problem}", identity.name)));
+        }
+        Err(_) => None,
+    };
     let context = BuildContext {
         entra,
         dev_issuer,
@@ -229,6 +237,7 @@ fn credential_chain(
         object_id: identity.object_id.as_deref(),
         tenant_id,
         timeout: Duration::from_secs(upstream.timeout_secs),
+        store: store.as_ref(),
     };
     let links = identity
         .credentials
@@ -237,6 +246,17 @@ fn credential_chain(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("identity {:?}: {e}", identity.name))?;
     Ok(Chain::new(links))
+}
+
+fn has_user_credential(identity: &IdentityConfig) -> bool {
+    identity.credentials.iter().any(|credential| matches!(credential, config::CredentialConfig::User(_)))
+}
+
+/// The store for commands that do not persist the token cache (`check`, `token --tenant`):
+/// opened only when a `user` credential needs its refresh token, since opening may create
+/// the cache's directory, lock file and keyring entry.
+fn store_for_credentials(config: &Config) -> persist::Opened {
+    if config.identities.iter().any(has_user_credential) { persist::open(config) } else { Ok(None) }
 }
 
 /// `127.0.0.1:8080`, or `localhost`-free `[::1]:8080` for IPv6; unspecified addresses are

@@ -4,6 +4,7 @@
 //! clock. The broker takes a `Clock` so unit tests can move time by hand; production uses
 //! `SystemClock`. Waiting (backoff sleeps) uses tokio's timer, which tests pause instead.
 
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -67,17 +68,85 @@ pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
+/// Writes epoch second `seconds` as RFC 3339 in UTC: `2026-11-29T12:00:00Z`, or with `micros`
+/// `2026-11-29T12:00:00.904784Z`. The one date formatter of the program (log lines, `cache
+/// list`, names of files moved aside). Digit by digit into a fixed buffer, because every log
+/// line starts with one and `write!` with padded arguments costs more than the rest of the
+/// line's fixed members together. A year past 9999 (a forged cache file's expiry) is written
+/// in full rather than cut to four digits.
+pub fn write_rfc3339(out: &mut impl fmt::Write, seconds: u64, micros: Option<u32>) -> fmt::Result {
+    let (year, month, day) = civil_from_days(seconds / 86_400);
+    let second_of_day = seconds % 86_400;
+    let (hour, minute, second) = (second_of_day / 3600, second_of_day / 60 % 60, second_of_day % 60);
+    if year > 9999 {
+        write!(out, "{year}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}")?;
+        if let Some(micros) = micros {
+            write!(out, ".{micros:06}")?;
+        }
+        return out.write_char('Z');
+    }
+    let mut text = *b"0000-00-00T00:00:00.000000Z";
+    put_digits(&mut text[0..4], year);
+    put_digits(&mut text[5..7], month);
+    put_digits(&mut text[8..10], day);
+    put_digits(&mut text[11..13], hour);
+    put_digits(&mut text[14..16], minute);
+    put_digits(&mut text[17..19], second);
+    let text = match micros {
+        Some(micros) => {
+            put_digits(&mut text[20..26], u64::from(micros));
+            &text[..]
+        }
+        None => {
+            text[19] = b'Z';
+            &text[..20]
+        }
+    };
+    out.write_str(std::str::from_utf8(text).expect("only ASCII digits and separators"))
+}
+
+/// [`write_rfc3339`] to a string, without fractional seconds.
+pub fn rfc3339(seconds: u64) -> String {
+    let mut text = String::with_capacity(20);
+    write_rfc3339(&mut text, seconds, None).expect("writing to a String cannot fail");
+    text
+}
+
+/// Writes the last `digits.len()` decimal digits of `value`, zero-padded, into `digits`.
+fn put_digits(digits: &mut [u8], mut value: u64) {
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+}
+
 #[cfg(test)]
 mod civil_tests {
     use proptest::prelude::*;
 
-    use super::civil_from_days;
+    use super::{civil_from_days, rfc3339, write_rfc3339};
 
     #[test]
     fn known_days() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         assert_eq!(civil_from_days(20_786), (2026, 11, 29));
+    }
+
+    #[test]
+    fn formats_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_764_417_600), "2025-11-29T12:00:00Z");
+        let mut text = String::new();
+        write_rfc3339(&mut text, 1_795_968_258, Some(904_784)).unwrap();
+        assert_eq!(text, "2026-11-29T16:04:18.904784Z");
+        let mut text = String::new();
+        write_rfc3339(&mut text, 0, Some(7)).unwrap();
+        assert_eq!(text, "1970-01-01T00:00:00.000007Z");
+        assert!(rfc3339(u64::MAX).starts_with("584554051223-"), "{}", rfc3339(u64::MAX));
+        assert_eq!(rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(253_402_300_800), "10000-01-01T00:00:00Z");
     }
 
     proptest! {

@@ -11,7 +11,8 @@
 //! - [`inbound`]: validation of the user tokens callers forward (signature, issuer, audience).
 //! - [`store`]: the optional persistent cache (encrypted file, key in a file or the keyring).
 //! - [`dev_issuer`]: the development issuer's key, signing and discovery documents.
-//! - [`token`], [`secret`], [`clock`], [`telemetry`], [`trust`], [`aadsts`]: small shared pieces.
+//! - [`token`], [`secret`], [`clock`], [`telemetry`], [`trust`], [`aadsts`], [`id`],
+//!   [`backoff`]: small shared pieces.
 //!
 //! Dependencies point one way, down this list of layers (a module uses only modules of lower
 //! layers; `tests::dependencies_point_one_way` checks it on every `crate::` path in `src/`):
@@ -24,7 +25,7 @@
 //! 6. `dev_issuer`, `telemetry`
 //! 7. `config`
 //! 8. `token`, `trust`
-//! 9. `secret`, `clock`, `aadsts`
+//! 9. `secret`, `clock`, `aadsts`, `id`, `backoff`
 //!
 //! One deliberate exception, which the check cannot see because it is a value and not a
 //! path: the broker's cache entry carries the server's pre-rendered body members, opaque to
@@ -32,12 +33,14 @@
 
 pub mod aadsts;
 pub mod app;
+pub mod backoff;
 pub mod broker;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod credential;
 pub mod dev_issuer;
+pub mod id;
 pub mod inbound;
 pub mod secret;
 pub mod server;
@@ -64,7 +67,7 @@ mod tests {
         &["dev_issuer", "telemetry"],
         &["config"],
         &["token", "trust"],
-        &["secret", "clock", "aadsts"],
+        &["secret", "clock", "aadsts", "id", "backoff"],
     ];
 
     fn layer(module: &str) -> Option<usize> {

@@ -9,10 +9,22 @@ use std::fmt;
 use aws_lc_rs::digest;
 use serde::{Serialize, Serializer};
 use subtle::ConstantTimeEq;
+use zeroize::Zeroize;
 
 /// Text that must never reach logs, errors, metrics or `Debug` output.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// No `PartialEq`: the only comparison is [`matches`](Self::matches), whose time does not
+/// depend on the values. Dropping a `Secret` overwrites its buffer with zeros (`zeroize`, which
+/// the optimiser cannot remove); copies made from [`expose`](Self::expose) are the caller's
+/// (docs/threat-model.md#memory).
+#[derive(Clone)]
 pub struct Secret(String);
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
 
 impl Secret {
     /// Wraps a value.
@@ -99,6 +111,27 @@ mod tests {
         assert!(!secret.matches(b"s3cret "));
         assert!(!secret.matches(b"S3cret"));
         assert!(!secret.matches(b""));
+    }
+
+    /// `Secret` has no `==`, whose time would depend on the values: comparing goes through
+    /// `matches`. (An inherent method whose impl needs `PartialEq` is chosen over the trait's
+    /// fallback only when the type has it.)
+    #[test]
+    fn has_no_equality_operator() {
+        struct Probe<T>(std::marker::PhantomData<T>);
+        trait Fallback {
+            fn has_eq(&self) -> bool {
+                false
+            }
+        }
+        impl<T> Fallback for Probe<T> {}
+        impl<T: PartialEq> Probe<T> {
+            fn has_eq(&self) -> bool {
+                true
+            }
+        }
+        assert!(Probe::<String>(std::marker::PhantomData).has_eq(), "the probe sees PartialEq");
+        assert!(!Probe::<Secret>(std::marker::PhantomData).has_eq());
     }
 
     #[test]

@@ -1,9 +1,8 @@
 //! `tokenrelay check`: the effective configuration, each chain link's status, and an optional fetch.
 
-use std::process::ExitCode;
 use std::sync::Arc;
 
-use super::{credential_chain, describe_failure, display_addr, entra_client};
+use super::{AppError, credential_chain, describe_failure, display_addr, entra_client, store_for_credentials};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Config};
 use crate::credential::LinkStatus;
@@ -14,59 +13,43 @@ const CHECK_RESOURCE: &str = "https://management.azure.com";
 
 /// `check`: the effective configuration, every identity's chain and whether each link can
 /// run here; with `fetch`, one token per identity through its chain.
-pub(super) async fn check(config: &Config, fetch: bool, resource: Option<&str>) -> ExitCode {
-    let text = match toml::to_string_pretty(config) {
-        Ok(text) => text,
-        Err(error) => {
-            eprintln!("tokenrelay: cannot print the configuration: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
+pub(super) async fn check(config: &Config, fetch: bool, resource: Option<&str>) -> Result<(), AppError> {
+    let text = toml::to_string_pretty(config)
+        .map_err(|error| AppError::Runtime(format!("cannot print the configuration: {error}")))?;
     println!("# effective configuration (secrets redacted)\n{text}");
     let ignored = config::ignored_variables();
     if !ignored.is_empty() {
         let names: Vec<&str> = ignored.iter().map(|v| v.name.as_str()).collect();
         println!("# ignored, not configuration (configuration variables join keys with `__`): {}", names.join(", "));
     }
-    let entra = match entra_client(&config.upstream) {
-        Ok(entra) => entra,
-        Err(error) => {
-            eprintln!("tokenrelay: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let entra = entra_client(&config.upstream)?;
     let dev_issuer = match &config.dev {
         Some(dev) => {
             let base_url = format!("http://{}", display_addr(config.server.listen));
             match DevIssuer::generate(base_url, dev.tenant_id.clone(), dev.token_lifetime_secs) {
                 Ok(issuer) => Some(Arc::new(issuer)),
                 Err(error) => {
-                    eprintln!("tokenrelay: {error}");
-                    return ExitCode::FAILURE;
+                    return Err(error.into());
                 }
             }
         }
         None => None,
     };
+    let store = store_for_credentials(config);
     let mut failed = false;
     println!(
         "# credential chains{}",
         if fetch { "" } else { " (nothing contacted; `tokenrelay check --fetch` obtains one token per identity)" }
     );
     for identity in &config.identities {
-        let chain = match credential_chain(
+        let chain = credential_chain(
             identity,
             identity.tenant_id.as_deref(),
             &entra,
             dev_issuer.as_ref(),
             &config.upstream,
-        ) {
-            Ok(chain) => chain,
-            Err(error) => {
-                eprintln!("tokenrelay: {error}");
-                return ExitCode::FAILURE;
-            }
-        };
+            &store,
+        )?;
         println!("# identity {:?} (client_id {}):", identity.name, identity.client_id);
         for (n, (kind, status)) in chain.statuses().iter().enumerate() {
             let verdict = match status {
@@ -100,8 +83,8 @@ pub(super) async fn check(config: &Config, fetch: bool, resource: Option<&str>) 
         }
     }
     if failed {
-        return ExitCode::FAILURE;
+        return Err(AppError::Reported);
     }
     println!("# configuration is valid");
-    ExitCode::SUCCESS
+    Ok(())
 }

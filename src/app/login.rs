@@ -2,8 +2,8 @@
 //! persistent cache and writes the AuthenticationRecord a `user` credential points at.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
+use super::AppError;
 use crate::cli::LoginArgs;
 use crate::clock::{Clock, SystemClock};
 use crate::config::AuthenticationRecord;
@@ -15,17 +15,11 @@ use crate::store::{self, PersistedAccount, Store};
 const DEFAULT_SCOPE: &str = "https://management.azure.com/.default";
 
 /// Runs the device code flow and stores its result.
-pub async fn login(config: &Config, args: LoginArgs) -> ExitCode {
-    match run(config, args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("tokenrelay: login failed: {error}");
-            ExitCode::FAILURE
-        }
-    }
+pub async fn login(config: &Config, args: LoginArgs) -> Result<(), AppError> {
+    run(config, args).await.map_err(|error| AppError::Runtime(format!("login failed: {error}")))
 }
 
-async fn run(config: &Config, args: LoginArgs) -> Result<(), String> {
+async fn run(config: &Config, args: LoginArgs) -> Result<(), AppError> {
     let persistence = config.cache.persistence.as_ref().ok_or("the persistent cache is not configured")?;
     // Open the store first: a sign-in whose refresh token cannot be kept is wasted.
     let store = store::open(persistence).map_err(|unavailable| {

@@ -2,24 +2,30 @@
 //! broker before serving, attach the write-through writer, flush it at exit; and the
 //! `cache list` / `cache clear` commands.
 
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::AppError;
 use crate::broker::Broker;
 use crate::cli::CacheAction;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{self, Clock, SystemClock};
 use crate::config::Config;
 use crate::store::{self, FileStore, OnUnreadable, Snapshot, Store, StoreError};
 
 /// Longest wait for the last write at exit.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Opens the store (when `[cache.persistence]` is on), loads its unexpired tokens into the
-/// broker (at most `cache.max_entries` per identity) and persists the cache from now on. Never fails the start: a store that
-/// cannot work is logged and the service runs from memory.
-pub async fn attach(config: &Config, broker: &Arc<Broker>) {
-    attach_loaded(start_loading(config), broker).await;
+/// The persistent store of this run, opened once by [`open`]: the broker's cache and the
+/// `user` credential's refresh token live in the same file, and one `FileStore` per file
+/// keeps one process from locking and rewriting it through two handles. `Ok(None)`:
+/// persistence is off (not configured, or `--dev`); `Err`: configured but unusable here.
+pub type Opened = Result<Option<Arc<FileStore>>, store::Unavailable>;
+
+/// Loads the store's unexpired tokens into the broker (at most `cache.max_entries` per
+/// identity) and persists the cache from now on. Never fails the start: a store that cannot
+/// work is logged and the service runs from memory.
+pub async fn attach(config: &Config, opened: &Opened, broker: &Arc<Broker>) {
+    attach_loaded(start_loading(config, opened), broker).await;
 }
 
 /// A read of the persistent cache under way on a blocking thread ([`start_loading`]).
@@ -29,11 +35,12 @@ pub struct Loading {
     task: tokio::task::JoinHandle<Result<Snapshot, StoreError>>,
 }
 
-/// Opens the store and starts reading it on a blocking thread. Reading and decrypting a large
-/// store is most of the time to readiness and needs nothing but the configuration, so
-/// `serve` starts it first and binds its listeners and builds its credentials meanwhile.
-pub fn start_loading(config: &Config) -> Option<Loading> {
-    let store = open(config)?;
+/// Starts reading the store on a blocking thread (logging why not when it is unusable).
+/// Reading and decrypting a large store is most of the time to readiness and needs nothing
+/// but the configuration, so `serve` starts it first and binds its listeners and builds its
+/// credentials meanwhile.
+pub fn start_loading(config: &Config, opened: &Opened) -> Option<Loading> {
+    let store = for_cache(opened)?;
     let started = Instant::now();
     let loading = Arc::clone(&store);
     // Never more than the cache can hold: only those tokens are copied out of the file.
@@ -103,25 +110,30 @@ pub async fn flush(broker: &Broker) {
     }
 }
 
-/// The store, or `None` (logged) when persistence is off or cannot work here.
-fn open(config: &Config) -> Option<Arc<FileStore>> {
-    let persistence = config.cache.persistence.as_ref()?;
+/// Opens the store the configuration names, once per run ([`Opened`]).
+pub fn open(config: &Config) -> Opened {
+    let Some(persistence) = config.cache.persistence.as_ref() else { return Ok(None) };
     if config.is_dev() {
         // The development issuer's key dies with the process, so its tokens would not
         // verify after a restart; and real tokens must not be served in development mode.
         tracing::info!("persistent token cache not used under --dev");
-        return None;
+        return Ok(None);
     }
     if let Some(warning) = persistence.key.as_ref().and_then(|key| key.warning()) {
         tracing::warn!("{warning}");
     }
-    match store::open(persistence) {
-        Ok(store) => {
-            if let Some(warning) = store.directory_warning() {
-                tracing::warn!("{warning}");
-            }
-            Some(store)
-        }
+    let store = store::open(persistence)?;
+    if let Some(warning) = store.directory_warning() {
+        tracing::warn!("{warning}");
+    }
+    Ok(Some(store))
+}
+
+/// The store for the token cache, or `None` (logged) when persistence is off or cannot work
+/// here.
+fn for_cache(opened: &Opened) -> Option<Arc<FileStore>> {
+    match opened {
+        Ok(store) => store.clone(),
         Err(unavailable) if unavailable.explicit => {
             tracing::error!(reason = %unavailable, "persistent token cache off: the configured backend cannot work here");
             None
@@ -134,31 +146,15 @@ fn open(config: &Config) -> Option<Arc<FileStore>> {
 }
 
 /// `tokenrelay cache list` and `tokenrelay cache clear`.
-pub async fn cache(config: &Config, action: CacheAction) -> ExitCode {
+pub async fn cache(config: &Config, action: CacheAction) -> Result<(), AppError> {
     let Some(persistence) = config.cache.persistence.as_ref() else {
         // The command line forces persistence on, so this only happens through a bug.
-        eprintln!("tokenrelay: the persistent cache is not configured");
-        return ExitCode::FAILURE;
+        return Err(AppError::Runtime("the persistent cache is not configured".to_owned()));
     };
-    let store = match store::open(persistence) {
-        Ok(store) => store,
-        Err(unavailable) => {
-            eprintln!("tokenrelay: the persistent cache cannot be used: {unavailable}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let store = store::open(persistence)
+        .map_err(|unavailable| AppError::Runtime(format!("the persistent cache cannot be used: {unavailable}")))?;
     let result = tokio::task::spawn_blocking(move || run_cache(&*store, action)).await;
-    match result {
-        Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(error)) => {
-            eprintln!("tokenrelay: {error}");
-            ExitCode::FAILURE
-        }
-        Err(error) => {
-            eprintln!("tokenrelay: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    result.map_err(|error| AppError::Runtime(error.to_string()))?.map_err(AppError::Runtime)
 }
 
 fn run_cache(store: &dyn Store, action: CacheAction) -> Result<(), String> {
@@ -198,7 +194,7 @@ fn sign_in(account: &store::PersistedAccount) -> String {
         "# sign-in {} (client {}, refresh token stored {}; `tokenrelay login`)",
         printable(&account.home_account_id),
         printable(&account.client_id),
-        store::utc(account.updated_at)
+        clock::rfc3339(account.updated_at)
     )
 }
 
@@ -252,7 +248,7 @@ fn table(tokens: &[store::PersistedToken], now: u64) -> String {
                 printable(&t.identity).into_owned(),
                 printable(&t.client_id).into_owned(),
                 printable(&t.resource).into_owned(),
-                format!("{} ({left})", store::utc(expires_on)),
+                format!("{} ({left})", clock::rfc3339(expires_on)),
                 t.token.token.fingerprint(),
             ]
         })

@@ -1,54 +1,33 @@
 //! `tokenrelay serve`: bind, wire the server to the broker, run until a signal.
 
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 
-use super::{build, display_addr, persist};
+use super::{AppError, build, display_addr, persist};
 use crate::config::{self, Config};
 use crate::secret::Secret;
 use crate::server::{self, AppState, Limits, Server};
 
-pub(super) async fn serve(config: Config) -> ExitCode {
+pub(super) async fn serve(config: Config) -> Result<(), AppError> {
     // First, so that reading a large persistent cache overlaps binding and building; the
     // tokens go into the broker below, before anything is served.
-    let loading = persist::start_loading(&config);
-    let server = match Server::bind(config.server.listen, limits(&config.server)).await {
-        Ok(server) => server,
-        Err(error) => {
-            eprintln!("tokenrelay: cannot listen on {}: {error}", config.server.listen);
-            return ExitCode::FAILURE;
-        }
-    };
-    let addr = match server.local_addr() {
-        Ok(addr) => addr,
-        Err(error) => {
-            eprintln!("tokenrelay: cannot read the bound address: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let store = persist::open(&config);
+    let loading = persist::start_loading(&config, &store);
+    let server = Server::bind(config.server.listen, limits(&config.server))
+        .await
+        .map_err(|error| AppError::Runtime(format!("cannot listen on {}: {error}", config.server.listen)))?;
+    let addr =
+        server.local_addr().map_err(|error| AppError::Runtime(format!("cannot read the bound address: {error}")))?;
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "listening beyond loopback: anything that can reach this address can obtain tokens");
     }
     let base_url = format!("http://{}", display_addr(addr));
-    let built = match build(&config, &base_url) {
-        Ok(built) => built,
-        Err(error) => {
-            eprintln!("tokenrelay: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let built = build(&config, &base_url, &store)?;
     let identity_header = match (&config.server.identity_header, config.is_dev()) {
         (Some(secret), _) => Some(secret.clone()),
-        (None, true) if config.server.app_service => match generate_secret() {
-            Ok(secret) => Some(secret),
-            Err(error) => {
-                eprintln!("tokenrelay: {error}");
-                return ExitCode::FAILURE;
-            }
-        },
+        (None, true) if config.server.app_service => Some(generate_secret()?),
         (None, _) => None,
     };
 
@@ -64,8 +43,7 @@ pub(super) async fn serve(config: Config) -> ExitCode {
                 Some(admin)
             }
             Err(error) => {
-                eprintln!("tokenrelay: cannot listen on {admin_addr} (server.admin_listen): {error}");
-                return ExitCode::FAILURE;
+                return Err(AppError::Runtime(format!("cannot listen on {admin_addr} (server.admin_listen): {error}")));
             }
         },
         None => None,
@@ -132,16 +110,9 @@ pub(super) async fn serve(config: Config) -> ExitCode {
         let _ = task.await;
     }
     persist::flush(&built.broker).await;
-    match served {
-        Ok(()) => {
-            tracing::info!("stopped");
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("tokenrelay: server error: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    served.map_err(|error| AppError::Runtime(format!("server error: {error}")))?;
+    tracing::info!("stopped");
+    Ok(())
 }
 
 /// The connection-level limits of `server`.
@@ -165,7 +136,7 @@ fn admin_limits(server: &config::ServerConfig) -> Limits {
 }
 
 /// A random 32-byte hex secret for the App Service flavour under `--dev`.
-fn generate_secret() -> Result<Secret, String> {
+fn generate_secret() -> Result<Secret, AppError> {
     let mut bytes = [0u8; 32];
     SystemRandom::new().fill(&mut bytes).map_err(|_| "no randomness for the identity header secret")?;
     Ok(Secret::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))

@@ -27,7 +27,7 @@ fn build_dev_router() -> (Endpoints, tokio::runtime::Runtime) {
     let figment = Figment::from(Serialized::defaults(RawConfig::default()))
         .merge(Toml::string("[dev]\nenabled = true\n[server]\nidentity_header = \"secret-0123456789abcdef\""));
     let config = Config::from_figment(&figment, &HashMap::new()).unwrap();
-    let built = crate::app::build(&config, "http://127.0.0.1:8080").unwrap();
+    let built = crate::app::build(&config, "http://127.0.0.1:8080", &Ok(None)).unwrap();
     let state = AppState {
         broker: built.broker,
         identity_header: config.server.identity_header.clone().map(std::sync::Arc::new),

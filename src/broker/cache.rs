@@ -11,7 +11,9 @@ use moka::notification::RemovalCause;
 use moka::policy::EvictionPolicy;
 
 use crate::clock::Clock;
+use crate::config::CredentialKind;
 use crate::token::AccessToken;
+use zeroize::Zeroize;
 
 /// A token in the cache, with the moment the broker plans to replace it.
 pub struct CachedToken {
@@ -19,8 +21,8 @@ pub struct CachedToken {
     pub token: AccessToken,
     /// From this epoch second on, serving triggers a background refresh.
     pub refresh_on: u64,
-    /// Which credential produced it (for logs).
-    pub credential: &'static str,
+    /// Which credential produced it; `None` for a token loaded from the persistent cache.
+    pub credential: Option<CredentialKind>,
     /// The token's fingerprint for log lines, computed once rather than hashed per request.
     pub fingerprint: Box<str>,
     /// The server's rendering of the response members that never change for this token
@@ -48,9 +50,19 @@ impl std::fmt::Debug for CachedToken {
     }
 }
 
+/// The rendering may hold the token itself (when it needed escaping): zeroed with the entry.
+/// The token is a `Secret`, which zeroes itself.
+impl Drop for CachedToken {
+    fn drop(&mut self) {
+        if let Some(rendered) = self.rendered.get_mut() {
+            rendered.zeroize();
+        }
+    }
+}
+
 impl CachedToken {
     /// Wraps a freshly fetched token.
-    pub fn new(token: AccessToken, refresh_on: u64, credential: &'static str) -> Self {
+    pub fn new(token: AccessToken, refresh_on: u64, credential: Option<CredentialKind>) -> Self {
         Self {
             fingerprint: token.token.fingerprint().into_boxed_str(),
             token,
@@ -353,7 +365,7 @@ mod tests {
             ext_expires_on: 5000,
             refresh_on: None,
         };
-        CachedToken::new(token, 4000, "test")
+        CachedToken::new(token, 4000, Some(CredentialKind::Dev))
     }
 
     #[test]

@@ -26,8 +26,10 @@ pub use readiness::Readiness;
 
 use tracing::Instrument;
 
+use crate::backoff::Backoff;
 use crate::clock::Clock;
 use crate::credential::{Credential, CredentialError, OnBehalfOf};
+use crate::id::Id;
 use crate::secret::Secret;
 use crate::store::{Held, HeldIdentity, HeldSource, HeldToken, PersistedToken, Store, Writer};
 use crate::telemetry::{self, metrics};
@@ -37,11 +39,11 @@ pub struct IdentitySpec {
     /// The configuration's name for it (`app`); used in logs.
     pub name: String,
     /// The application (client) id; what `client_id` selects and what responses echo.
-    pub client_id: String,
+    pub client_id: Id,
     /// The object (principal) id, if known; what `object_id` / `principal_id` select.
-    pub object_id: Option<String>,
+    pub object_id: Option<Id>,
     /// The Azure resource id of a user-assigned identity; what `msi_res_id` selects.
-    pub resource_id: Option<String>,
+    pub resource_id: Option<Id>,
     /// Whether requests without a selector get this identity.
     pub is_default: bool,
     /// Resources fetched at start; readiness waits for them.
@@ -76,9 +78,9 @@ pub struct Identity {
     /// Configuration name.
     pub name: String,
     /// Application (client) id.
-    pub client_id: String,
-    object_id: Option<String>,
-    resource_id: Option<String>,
+    pub client_id: Id,
+    object_id: Option<Id>,
+    resource_id: Option<Id>,
     prefetch: Vec<String>,
     credential: Box<dyn Credential>,
     tokens: TokenCache,
@@ -108,11 +110,11 @@ pub enum Selector {
     /// No selector: the default identity.
     Default,
     /// `client_id` (also `clientid`).
-    ClientId(String),
+    ClientId(Id),
     /// `object_id` or `principal_id`.
-    ObjectId(String),
+    ObjectId(Id),
     /// `msi_res_id`, `mi_res_id` or `msi-res-id`.
-    ResourceId(String),
+    ResourceId(Id),
 }
 
 impl fmt::Display for Selector {
@@ -270,6 +272,10 @@ pub struct Broker {
     refresh_slots: Arc<Semaphore>,
 }
 
+/// The waits between a prefetch's attempts: 2 s after the first failure, doubling to 32 s.
+/// A prefetch retries until it succeeds, because readiness waits for it.
+const PREFETCH_BACKOFF: Backoff = Backoff { base: Duration::from_secs(1), max: Duration::from_secs(32) };
+
 /// What [`Broker::seed`] did with the persisted tokens it was given.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SeedReport {
@@ -283,9 +289,6 @@ pub struct SeedReport {
     /// freshest.
     pub over_limit: usize,
 }
-
-/// The credential name logs show for a token loaded from the persistent cache.
-pub const PERSISTED: &str = "persisted";
 
 impl Broker {
     /// Builds the broker. Configuration validation guarantees at most one default.
@@ -370,15 +373,14 @@ impl Broker {
     pub async fn seed(&self, tokens: Vec<PersistedToken>) -> SeedReport {
         let now = self.clock.now();
         let mut report = SeedReport::default();
-        let mut resolved: Option<(String, Option<usize>)> = None;
+        let mut resolved: Option<(Id, Option<usize>)> = None;
         let mut per_identity: Vec<Vec<PersistedToken>> = self.identities.iter().map(|_| Vec::new()).collect();
         for persisted in tokens {
             let identity = match &resolved {
-                Some((client_id, identity)) if client_id.eq_ignore_ascii_case(&persisted.client_id) => *identity,
+                Some((client_id, identity)) if *client_id == persisted.client_id => *identity,
                 _ => {
-                    let identity =
-                        self.identities.iter().position(|i| i.client_id.eq_ignore_ascii_case(&persisted.client_id));
-                    resolved = Some((persisted.client_id.clone(), identity));
+                    let identity = self.identities.iter().position(|i| i.client_id == persisted.client_id);
+                    resolved = Some((Id::from(persisted.client_id.as_str()), identity));
                     identity
                 }
             };
@@ -401,7 +403,7 @@ impl Broker {
                 tokens.truncate(max);
             }
             for persisted in tokens {
-                let entry = CachedToken::new(persisted.token, persisted.refresh_on, PERSISTED);
+                let entry = CachedToken::new(persisted.token, persisted.refresh_on, None);
                 identity.tokens.seed(persisted.resource, Arc::new(entry)).await;
                 report.loaded += 1;
             }
@@ -415,13 +417,9 @@ impl Broker {
             Selector::Default => {
                 return self.default.map(|i| &self.identities[i]).ok_or(BrokerError::NoDefaultIdentity);
             }
-            Selector::ClientId(id) => self.identities.iter().find(|i| i.client_id.eq_ignore_ascii_case(id)),
-            Selector::ObjectId(id) => {
-                self.identities.iter().find(|i| i.object_id.as_deref().is_some_and(|o| o.eq_ignore_ascii_case(id)))
-            }
-            Selector::ResourceId(id) => {
-                self.identities.iter().find(|i| i.resource_id.as_deref().is_some_and(|r| r.eq_ignore_ascii_case(id)))
-            }
+            Selector::ClientId(id) => self.identities.iter().find(|i| i.client_id == *id),
+            Selector::ObjectId(id) => self.identities.iter().find(|i| i.object_id.as_ref() == Some(id)),
+            Selector::ResourceId(id) => self.identities.iter().find(|i| i.resource_id.as_ref() == Some(id)),
         };
         found.ok_or_else(|| BrokerError::UnknownIdentity(selector.clone()))
     }
@@ -478,7 +476,7 @@ impl Broker {
             Err(CredentialError::Unavailable { .. }) => ("unavailable", None),
         };
         let elapsed = started.elapsed();
-        metrics::upstream(kind, outcome, aadsts, elapsed);
+        metrics::upstream(kind.as_str(), outcome, aadsts, elapsed);
         let latency_us = elapsed.as_micros() as u64;
         let now = self.clock.now();
         match result {
@@ -489,7 +487,7 @@ impl Broker {
                 tracing::info!(
                     identity = %identity.name,
                     scopes,
-                    credential = kind,
+                    credential = kind.as_str(),
                     exchange = "on_behalf_of",
                     expires_in = token.expires_on.saturating_sub(now),
                     cached_for = serve_until.saturating_sub(now),
@@ -514,7 +512,7 @@ impl Broker {
                 tracing::warn!(
                     identity = %identity.name,
                     scopes,
-                    credential = kind,
+                    credential = kind.as_str(),
                     exchange = "on_behalf_of",
                     outcome,
                     latency_us,
@@ -654,7 +652,7 @@ impl Broker {
     ) -> Result<Arc<CachedToken>, BrokerError> {
         let kind = identity.credential.kind();
         let span = telemetry::span(
-            || tracing::info_span!("upstream_request", otel.kind = "client", identity = %identity.name, resource, credential = kind),
+            || tracing::info_span!("upstream_request", otel.kind = "client", identity = %identity.name, resource, credential = kind.as_str()),
         );
         let started = std::time::Instant::now();
         let result = identity.credential.get_token(resource).instrument(span).await.and_then(|token| {
@@ -681,17 +679,17 @@ impl Broker {
             Err(CredentialError::UserRefused { aadsts, .. }) => ("user_refused", *aadsts),
         };
         let elapsed = started.elapsed();
-        metrics::upstream(kind, outcome, aadsts, elapsed);
+        metrics::upstream(kind.as_str(), outcome, aadsts, elapsed);
         let latency_us = elapsed.as_micros() as u64;
         match result {
             Ok(token) => {
                 let now = self.clock.now();
                 let refresh_on = self.settings.policy.refresh_on(&token, now, fastrand::f64());
-                let entry = CachedToken::new(token, refresh_on, kind);
+                let entry = CachedToken::new(token, refresh_on, Some(kind));
                 tracing::info!(
                     identity = %identity.name,
                     resource,
-                    credential = kind,
+                    credential = kind.as_str(),
                     exchange = exchange.as_str(),
                     expires_in = entry.token.expires_on.saturating_sub(now),
                     fingerprint = &*entry.fingerprint,
@@ -702,7 +700,7 @@ impl Broker {
                 if down_since != 0 {
                     tracing::info!(
                         identity = %identity.name,
-                        credential = kind,
+                        credential = kind.as_str(),
                         down_secs = now.saturating_sub(down_since),
                         "upstream up"
                     );
@@ -715,7 +713,7 @@ impl Broker {
                 tracing::warn!(
                     identity = %identity.name,
                     resource,
-                    credential = kind,
+                    credential = kind.as_str(),
                     exchange = exchange.as_str(),
                     outcome,
                     latency_us,
@@ -728,7 +726,7 @@ impl Broker {
                 if !permanent
                     && identity.down_since.compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire).is_ok()
                 {
-                    tracing::warn!(identity = %identity.name, credential = kind, outcome, %error, "upstream down");
+                    tracing::warn!(identity = %identity.name, credential = kind.as_str(), outcome, %error, "upstream down");
                 }
                 if permanent {
                     identity.refusals.insert(resource.to_owned(), error.clone()).await;
@@ -848,7 +846,7 @@ impl Broker {
                             }
                             Err(error) => {
                                 failures += 1;
-                                let wait = Duration::from_secs(1u64 << failures.min(5));
+                                let wait = PREFETCH_BACKOFF.delay(failures);
                                 tracing::warn!(identity = %identity.name, resource, %error, retry_in_secs = wait.as_secs(), "prefetch failed");
                                 tokio::time::sleep(wait).await;
                             }
@@ -875,8 +873,8 @@ impl HeldSource for Broker {
                 .collect();
             identities.push(HeldIdentity {
                 name: identity.name.clone(),
-                client_id: identity.client_id.clone(),
-                credential: identity.credential.kind().to_owned(),
+                client_id: identity.client_id.to_string(),
+                credential: identity.credential.kind().as_str().to_owned(),
                 tokens,
             });
         }

@@ -1,6 +1,9 @@
 //! When a cached token should be refreshed and when it may still be served
 //! (docs/caching.md#refresh-point, docs/protocols.md#client-refresh-rules).
 
+use std::time::Duration;
+
+use crate::backoff::Backoff;
 use crate::token::AccessToken;
 
 /// Lifetimes from this long upward are refreshed at half-life, as every MSAL does.
@@ -45,8 +48,11 @@ impl Policy {
 
     /// The wait after the `failures`-th consecutive failed refresh (1-based).
     pub fn refresh_backoff(&self, failures: u32) -> u64 {
-        let factor = 1u64 << failures.saturating_sub(1).min(16);
-        self.refresh_backoff_secs.saturating_mul(factor).min(self.refresh_backoff_max_secs)
+        let backoff = Backoff {
+            base: Duration::from_secs(self.refresh_backoff_secs),
+            max: Duration::from_secs(self.refresh_backoff_max_secs),
+        };
+        backoff.delay(failures.saturating_sub(1)).as_secs()
     }
 }
 

@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 
 use super::*;
 use crate::clock::ManualClock;
+use crate::config::CredentialKind;
 use crate::secret::Secret;
 use crate::token::AccessToken;
 
@@ -32,8 +33,8 @@ impl Scripted {
 
 #[async_trait]
 impl Credential for Arc<Scripted> {
-    fn kind(&self) -> &'static str {
-        "scripted"
+    fn kind(&self) -> CredentialKind {
+        CredentialKind::ClientSecret
     }
 
     async fn get_token(&self, _resource: &str) -> Result<AccessToken, CredentialError> {
@@ -56,7 +57,7 @@ impl Credential for Arc<Scripted> {
 }
 
 fn transient() -> CredentialError {
-    CredentialError::Transient { credential: "scripted", reason: "authority down".into() }
+    CredentialError::Transient { credential: CredentialKind::ClientSecret, reason: "authority down".into() }
 }
 
 fn broker(clock: &ManualClock, credential: Arc<Scripted>) -> Arc<Broker> {
@@ -180,7 +181,7 @@ async fn errors_reach_every_waiter_and_are_not_cached() {
 async fn permanent_refusals_are_remembered_briefly() {
     let clock = ManualClock::new(START);
     let refused = CredentialError::Rejected {
-        credential: "scripted",
+        credential: CredentialKind::ClientSecret,
         aadsts: Some(7000215),
         message: "bad secret".into(),
         correlation_id: None,
@@ -344,7 +345,7 @@ async fn seeding_serves_persisted_tokens_and_counts_what_it_skips() {
     for (resource, value) in [("r1", "persisted-1"), ("r5", "persisted-5")] {
         let served = b.token(&id, resource).await.unwrap();
         assert_eq!((served.outcome, token_text(&served)), (CacheOutcome::Hit, value));
-        assert_eq!(served.entry.credential, PERSISTED);
+        assert_eq!(served.entry.credential, None, "loaded from the persistent cache");
     }
     assert_eq!(cred.calls.load(Ordering::SeqCst), 0, "persisted tokens need no upstream call");
     let fetched = b.token(&id, "r2").await.unwrap();
@@ -597,7 +598,7 @@ async fn the_writer_is_told_after_a_fetch_and_a_refresh_and_reads_the_cache() {
 #[test]
 fn upstream_errors_are_classified_from_the_credential_error() {
     let rejected = CredentialError::Rejected {
-        credential: "client_secret",
+        credential: CredentialKind::ClientSecret,
         aadsts: Some(7000215),
         message: "AADSTS7000215: bad secret".into(),
         correlation_id: Some("c0rr".into()),
@@ -607,10 +608,11 @@ fn upstream_errors_are_classified_from_the_credential_error() {
     let BrokerError::Upstream { kind, .. } = error else { panic!("{error:?}") };
     assert_eq!(kind, UpstreamKind::Permanent { aadsts: Some(7000215), correlation_id: Some("c0rr".into()) });
 
-    let throttled = CredentialError::Throttled { credential: "x", retry_after: Duration::from_secs(120) };
+    let throttled =
+        CredentialError::Throttled { credential: CredentialKind::AzureCli, retry_after: Duration::from_secs(120) };
     assert_eq!(UpstreamKind::of(&throttled), UpstreamKind::Throttled { retry_after: Duration::from_secs(120) });
-    let transient = CredentialError::Transient { credential: "x", reason: "refused".into() };
+    let transient = CredentialError::Transient { credential: CredentialKind::AzureCli, reason: "refused".into() };
     assert_eq!(UpstreamKind::of(&transient), UpstreamKind::Transient);
-    let unavailable = CredentialError::Unavailable { credential: "x", reason: "no file".into() };
+    let unavailable = CredentialError::Unavailable { credential: CredentialKind::AzureCli, reason: "no file".into() };
     assert_eq!(UpstreamKind::of(&unavailable), UpstreamKind::Transient);
 }

@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use reqwest::Url;
 use serde::Serialize;
 
-use super::{ConfigError, CredentialConfig, Validator, raw};
+use super::{ConfigError, CredentialConfig, CredentialKind, Validator, raw};
+use crate::id::Id;
 use crate::secret::Secret;
 
 /// The IMDS token endpoint on every Azure VM and node.
@@ -285,7 +286,7 @@ impl Validator<'_> {
                 // and a laptop (`[azure_pipelines, azure_cli]`).
                 let (Some(oidc_request_uri), Some(system_access_token)) = (oidc_request_uri, token) else {
                     return Ok(CredentialConfig::NotConfigured {
-                        credential: "azure_pipelines",
+                        credential: CredentialKind::AzurePipelines,
                         reason: "not in an Azure Pipelines job: SYSTEM_OIDCREQUESTURI (or oidc_request_uri) and \
                                  SYSTEM_ACCESSTOKEN (or system_access_token_file; map it with \
                                  env: SYSTEM_ACCESSTOKEN: $(System.AccessToken)) are both needed"
@@ -378,16 +379,17 @@ impl Validator<'_> {
 
     /// DefaultAzureCredential's service chain for an identity without `credentials`.
     pub(super) fn default_chain(&self, client_id: &str, tenant: Option<&str>) -> Vec<CredentialConfig> {
-        let needs_tenant = |credential: &'static str| CredentialConfig::NotConfigured {
+        let needs_tenant = |credential: CredentialKind| CredentialConfig::NotConfigured {
             credential,
             reason: "no tenant: set tenant_id on the identity or AZURE_TENANT_ID".to_owned(),
         };
-        let environment = if tenant.is_some() { self.environment(client_id) } else { needs_tenant("environment") };
+        let environment =
+            if tenant.is_some() { self.environment(client_id) } else { needs_tenant(CredentialKind::Environment) };
         let workload_identity = match (self.env("AZURE_FEDERATED_TOKEN_FILE"), tenant) {
             (Some(file), Some(_)) => CredentialConfig::WorkloadIdentity { token_file: PathBuf::from(file) },
-            (Some(_), None) => needs_tenant("workload_identity"),
+            (Some(_), None) => needs_tenant(CredentialKind::WorkloadIdentity),
             (None, _) => CredentialConfig::NotConfigured {
-                credential: "workload_identity",
+                credential: CredentialKind::WorkloadIdentity,
                 reason: "AZURE_FEDERATED_TOKEN_FILE is not set".to_owned(),
             },
         };
@@ -400,7 +402,8 @@ impl Validator<'_> {
 
     /// EnvironmentCredential's detection: a secret, else a certificate, for `AZURE_CLIENT_ID`.
     fn environment(&self, client_id: &str) -> CredentialConfig {
-        let not_configured = |reason: String| CredentialConfig::NotConfigured { credential: "environment", reason };
+        let not_configured =
+            |reason: String| CredentialConfig::NotConfigured { credential: CredentialKind::Environment, reason };
         let Some(env_client_id) = self.env("AZURE_CLIENT_ID") else {
             return not_configured("AZURE_CLIENT_ID is not set".to_owned());
         };
@@ -437,7 +440,7 @@ impl Validator<'_> {
     /// supported and say so.
     fn managed_identity_from_env(&self, client_id: Option<String>) -> CredentialConfig {
         let not_configured =
-            |reason: String| CredentialConfig::NotConfigured { credential: "managed_identity", reason };
+            |reason: String| CredentialConfig::NotConfigured { credential: CredentialKind::ManagedIdentity, reason };
         let mut config = match (self.env("IDENTITY_ENDPOINT"), self.env("IDENTITY_HEADER")) {
             (Some(endpoint), Some(header)) => self.managed_identity(
                 "IDENTITY_ENDPOINT",
@@ -519,11 +522,11 @@ impl Validator<'_> {
     }
 
     /// Additional tenants an identity may get tokens for (`token --tenant`).
-    pub(super) fn allowed_tenants(&self, key: &str, tenants: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    pub(super) fn allowed_tenants(&self, key: &str, tenants: Vec<String>) -> Result<Vec<Id>, ConfigError> {
         tenants
             .into_iter()
             .map(|tenant| {
-                let tenant = tenant.trim().to_owned();
+                let tenant = Id::from(tenant.trim());
                 if tenant == "*" {
                     return Ok(tenant);
                 }

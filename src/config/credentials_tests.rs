@@ -107,7 +107,10 @@ fn azure_pipelines_takes_the_job_variables_and_is_skipped_outside_a_job() {
     assert!(!toml::to_string(&config).unwrap().contains("job-token"), "the access token is redacted");
 
     let outside = credentials(&toml, &[]);
-    assert!(matches!(&outside[..], [CredentialConfig::NotConfigured { credential: "azure_pipelines", .. }]));
+    assert!(matches!(
+        &outside[..],
+        [CredentialConfig::NotConfigured { credential: CredentialKind::AzurePipelines, .. }]
+    ));
 
     let without_id = identity("credentials = [{ kind = \"azure_pipelines\" }]", Some("t"));
     assert_eq!(load(&without_id, &env).unwrap_err().key, "identities.0.credentials.0.service_connection_id");
@@ -141,7 +144,7 @@ fn a_managed_identity_endpoint_that_is_tokenrelay_itself_is_refused() {
     let env = [("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://127.0.0.1:8080")];
     let chain = credentials(&default_chain, &env);
     assert!(
-        matches!(&chain[2], CredentialConfig::NotConfigured { credential: "managed_identity", reason } if reason.contains("itself")),
+        matches!(&chain[2], CredentialConfig::NotConfigured { credential: CredentialKind::ManagedIdentity, reason } if reason.contains("itself")),
         "{chain:?}"
     );
     let explicit = identity(
@@ -167,7 +170,7 @@ fn every_spelling_of_the_own_listener_is_refused_as_a_managed_identity_endpoint(
     let env = [("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://0.0.0.0:8080")];
     let chain = credentials(&identity("", Some("t")), &env);
     assert!(
-        matches!(&chain[2], CredentialConfig::NotConfigured { credential: "managed_identity", reason } if reason.contains("own listener")),
+        matches!(&chain[2], CredentialConfig::NotConfigured { credential: CredentialKind::ManagedIdentity, reason } if reason.contains("own listener")),
         "{chain:?}"
     );
     // Another loopback address is another socket: nothing listens there for this relay.
@@ -182,7 +185,7 @@ fn every_spelling_of_the_own_listener_is_refused_as_a_managed_identity_endpoint(
 fn the_default_chain_follows_default_azure_credential() {
     let toml = identity("", Some("t"));
     let chain = credentials(&toml, &[]);
-    let kinds: Vec<&str> = chain.iter().map(CredentialConfig::kind).collect();
+    let kinds: Vec<&str> = chain.iter().map(|c| c.kind().as_str()).collect();
     assert_eq!(kinds, ["environment", "workload_identity", "managed_identity", "azure_cli"]);
     assert!(matches!(&chain[0], CredentialConfig::NotConfigured { .. }));
     assert!(matches!(&chain[1], CredentialConfig::NotConfigured { .. }));

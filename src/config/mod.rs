@@ -7,6 +7,7 @@
 //! reports every such problem at once ([`ConfigErrors`], see `report`).
 
 mod credentials;
+mod kind;
 mod persistence;
 mod raw;
 mod record;
@@ -26,6 +27,7 @@ pub use credentials::{
     AssertionAlgorithm, AssertionSource, AzureCliConfig, CertificateConfig, EnvironmentSource, IMDS_ENDPOINT,
     ManagedIdentityConfig, ManagedIdentityFlavour, PipelinesConfig, cloud_authority_host,
 };
+pub use kind::{CredentialKind, UnknownKind};
 pub use persistence::{CacheKey, PersistenceBackend, PersistenceConfig, RawPersistence, UserConfig};
 pub use raw::RawConfig;
 pub use record::AuthenticationRecord;
@@ -35,6 +37,7 @@ pub use sources::{
     log_ignored_variables,
 };
 
+use crate::id::Id;
 use crate::secret::Secret;
 
 /// Tenant id of the development issuer.
@@ -228,18 +231,18 @@ pub enum IdentitySource {
 #[derive(Debug, Serialize)]
 pub struct IdentityConfig {
     pub name: String,
-    pub client_id: String,
+    pub client_id: Id,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tenant_id: Option<String>,
+    pub tenant_id: Option<Id>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub object_id: Option<String>,
+    pub object_id: Option<Id>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub resource_id: Option<String>,
+    pub resource_id: Option<Id>,
     pub default: bool,
     pub prefetch: Vec<String>,
     /// Tenants besides `tenant_id` that `tokenrelay token --tenant` may ask for (`*`: any).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub additionally_allowed_tenants: Vec<String>,
+    pub additionally_allowed_tenants: Vec<Id>,
     /// Tried in order; the first that yields a token wins.
     pub credentials: Vec<CredentialConfig>,
     /// Which user tokens it accepts, when it accepts any.
@@ -252,8 +255,8 @@ pub struct IdentityConfig {
 pub struct InboundConfig {
     /// Accepted `aud` values (default: the client id and `api://{client_id}`).
     pub audiences: Vec<String>,
-    /// Accepted tenants, lower case; empty means any (`"*"`).
-    pub tenants: Vec<String>,
+    /// Accepted tenants; empty means any (`"*"`).
+    pub tenants: Vec<Id>,
     /// One of these must be in `scp`, or one of `roles` in `roles`, when either is set.
     pub scopes: Vec<String>,
     pub roles: Vec<String>,
@@ -302,7 +305,7 @@ pub enum CredentialConfig {
     /// A link whose inputs are absent here (a default-chain link without its variables, a
     /// pipelines link outside a job); the chain skips it and `check` shows the reason.
     NotConfigured {
-        credential: &'static str,
+        credential: CredentialKind,
         reason: String,
     },
     /// A user signed in with `tokenrelay login`: the refresh-token grant, with the refresh
@@ -314,19 +317,19 @@ pub enum CredentialConfig {
 
 impl CredentialConfig {
     /// The `kind` name used in files and logs.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> CredentialKind {
         match self {
-            Self::ClientSecret { .. } => "client_secret",
-            Self::WorkloadIdentity { .. } => "workload_identity",
-            Self::ClientCertificate(_) => "client_certificate",
-            Self::ClientAssertion { .. } => "client_assertion",
-            Self::AzurePipelines(_) => "azure_pipelines",
-            Self::ManagedIdentity(_) => "managed_identity",
-            Self::AzureCli(_) => "azure_cli",
-            Self::Environment { .. } => "environment",
-            Self::NotConfigured { credential, .. } => credential,
-            Self::User(_) => "user",
-            Self::Dev => "dev",
+            Self::ClientSecret { .. } => CredentialKind::ClientSecret,
+            Self::WorkloadIdentity { .. } => CredentialKind::WorkloadIdentity,
+            Self::ClientCertificate(_) => CredentialKind::ClientCertificate,
+            Self::ClientAssertion { .. } => CredentialKind::ClientAssertion,
+            Self::AzurePipelines(_) => CredentialKind::AzurePipelines,
+            Self::ManagedIdentity(_) => CredentialKind::ManagedIdentity,
+            Self::AzureCli(_) => CredentialKind::AzureCli,
+            Self::Environment { .. } => CredentialKind::Environment,
+            Self::NotConfigured { credential, .. } => *credential,
+            Self::User(_) => CredentialKind::User,
+            Self::Dev => CredentialKind::Dev,
         }
     }
 
@@ -671,12 +674,12 @@ impl Validator<'_> {
                     "the identity has no tenant_id: list the tenants whose users are accepted, or \"*\" for any",
                 ));
             };
-            vec![tenant.to_ascii_lowercase()]
+            vec![Id::from(tenant)]
         } else {
             for tenant in &tenants {
                 validate_tenant(tenant).map_err(|problem| self.error(&format!("{key}.tenants"), problem))?;
             }
-            tenants.into_iter().map(|t| t.to_ascii_lowercase()).collect()
+            tenants.into_iter().map(Id::from).collect()
         };
         let clock_skew_secs = raw.clock_skew_secs.unwrap_or(DEFAULT_CLOCK_SKEW_SECS);
         if clock_skew_secs > MAX_CLOCK_SKEW_SECS {
@@ -977,10 +980,10 @@ impl Validator<'_> {
         };
         Ok(IdentityConfig {
             name: raw.name.unwrap_or_else(|| format!("identity-{index}")),
-            client_id,
-            tenant_id,
-            object_id: raw.object_id,
-            resource_id: raw.resource_id,
+            client_id: client_id.into(),
+            tenant_id: tenant_id.map(Id::from),
+            object_id: raw.object_id.map(Id::from),
+            resource_id: raw.resource_id.map(Id::from),
             default: raw.default,
             prefetch: self.prefetch(&key("prefetch"), raw.prefetch)?,
             additionally_allowed_tenants,
@@ -1012,8 +1015,8 @@ impl Validator<'_> {
         }
         Ok(IdentityConfig {
             name: "default".into(),
-            client_id: client_id.to_owned(),
-            tenant_id: tenant_id.map(str::to_owned),
+            client_id: client_id.into(),
+            tenant_id: tenant_id.map(Id::from),
             object_id: None,
             resource_id: None,
             default: true,
@@ -1047,10 +1050,10 @@ impl Validator<'_> {
             )?;
             identities.push(IdentityConfig {
                 name: identity.name.unwrap_or_else(|| format!("identity-{index}")),
-                client_id: identity.client_id.trim().to_owned(),
+                client_id: identity.client_id.trim().into(),
                 tenant_id: None,
-                object_id: identity.object_id,
-                resource_id: identity.resource_id,
+                object_id: identity.object_id.map(Id::from),
+                resource_id: identity.resource_id.map(Id::from),
                 default: identity.default,
                 prefetch: self.prefetch(&format!("identities.{index}.prefetch"), identity.prefetch)?,
                 additionally_allowed_tenants: Vec::new(),
@@ -1063,7 +1066,7 @@ impl Validator<'_> {
         }
         let has_default = identities.iter().any(|i| i.default);
         let dev_client_id = dev.client_id.trim();
-        if !identities.iter().any(|i| i.client_id.eq_ignore_ascii_case(dev_client_id)) {
+        if !identities.iter().any(|i| i.client_id == dev_client_id) {
             identities.push(dev_identity("dev", dev_client_id, !has_default, &dev.tenant_id));
         }
         for (n, client_id) in dev.identities.iter().enumerate() {
@@ -1071,7 +1074,7 @@ impl Validator<'_> {
             if client_id.is_empty() {
                 return Err(self.error("dev.identities", "a --dev-identity client id is empty"));
             }
-            if !identities.iter().any(|i| i.client_id.eq_ignore_ascii_case(client_id)) {
+            if !identities.iter().any(|i| i.client_id == client_id) {
                 identities.push(dev_identity(&format!("dev-{}", n + 1), client_id, false, &dev.tenant_id));
             }
         }
@@ -1096,7 +1099,7 @@ impl Validator<'_> {
             if !names.insert(identity.name.clone()) {
                 return Err(self.error("identities", format!("two identities are named {:?}", identity.name)));
             }
-            if !client_ids.insert(identity.client_id.to_ascii_lowercase()) {
+            if !client_ids.insert(&identity.client_id) {
                 return Err(self.error("identities", format!("two identities have client_id {}", identity.client_id)));
             }
         }
@@ -1131,7 +1134,7 @@ impl Validator<'_> {
 fn dev_identity(name: &str, client_id: &str, default: bool, tenant_id: &str) -> IdentityConfig {
     IdentityConfig {
         name: name.to_owned(),
-        client_id: client_id.to_owned(),
+        client_id: client_id.into(),
         tenant_id: None,
         object_id: None,
         resource_id: None,
@@ -1141,7 +1144,7 @@ fn dev_identity(name: &str, client_id: &str, default: bool, tenant_id: &str) -> 
         credentials: vec![CredentialConfig::Dev],
         inbound: Some(InboundConfig {
             audiences: vec![client_id.to_owned(), format!("api://{client_id}")],
-            tenants: vec![tenant_id.to_ascii_lowercase()],
+            tenants: vec![Id::from(tenant_id)],
             scopes: Vec::new(),
             roles: Vec::new(),
             clock_skew_secs: DEFAULT_CLOCK_SKEW_SECS,

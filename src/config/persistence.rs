@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use super::AuthenticationRecord;
 use super::{ConfigError, Validator};
+use zeroize::Zeroize;
 
 /// Default cache name: the file is `<name>.cache`, the keyring entry `<name>/cache-key`.
 const DEFAULT_NAME: &str = "tokenrelay";
@@ -82,6 +83,13 @@ pub struct CacheKey {
     warning: Option<String>,
 }
 
+/// The key leaves memory with the configuration: zeroed on drop, as a `Secret` is.
+impl Drop for CacheKey {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+    }
+}
+
 impl CacheKey {
     /// `key_file /path` or `environment variable NAME`.
     pub fn source(&self) -> &str {
@@ -117,12 +125,10 @@ impl Serialize for CacheKey {
 pub struct UserConfig {
     /// Where the AuthenticationRecord is.
     pub authentication_record: PathBuf,
-    /// The account it names.
+    /// The account it names. Its refresh token is in the persistent cache
+    /// (`cache.persistence`), which validation guarantees is on.
     #[serde(skip)]
     pub record: AuthenticationRecord,
-    /// The persistent cache holding the refresh token.
-    #[serde(skip)]
-    pub persistence: PersistenceConfig,
 }
 
 /// The variables persistence may need, read from the process environment: where the user's
@@ -203,7 +209,7 @@ impl Validator<'_> {
             self.error(&record_key, "user: set authentication_record to the file `tokenrelay login --record` wrote")
         })?;
         let raw: RawPersistence = self.figment.extract_inner("cache.persistence").unwrap_or_default();
-        let persistence = self.persistence(raw)?.ok_or_else(|| {
+        self.persistence(raw)?.ok_or_else(|| {
             self.error(
                 "cache.persistence.enabled",
                 "the user credential keeps its refresh token in the persistent cache: set enabled = true \
@@ -216,7 +222,7 @@ impl Validator<'_> {
                 format!("{problem}; sign in first with `tokenrelay login --device-code --record {}`", path.display()),
             )
         })?;
-        Ok(UserConfig { authentication_record: path, record, persistence })
+        Ok(UserConfig { authentication_record: path, record })
     }
 
     /// `$XDG_CACHE_HOME/tokenrelay/<name>.cache`, else `$HOME/.cache/tokenrelay/<name>.cache`.
@@ -239,7 +245,7 @@ impl Validator<'_> {
         let (mut bytes, warning) =
             read_key_file(file).map_err(|problem| self.error(key, format!("{}: {problem}", file.display())))?;
         let decoded = decode_key(&bytes);
-        bytes.fill(0);
+        bytes.zeroize();
         let decoded = decoded.ok_or_else(|| self.error(key, format!("{}: {KEY_FORMATS}", file.display())))?;
         Ok(CacheKey { source: format!("key_file {}", file.display()), bytes: decoded, warning })
     }
@@ -294,7 +300,7 @@ fn read_key_file(path: &Path) -> Result<(Vec<u8>, Option<String>), String> {
     let mut bytes = Vec::new();
     file.take(MAX_KEY_FILE + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read it: {e}"))?;
     if bytes.len() as u64 > MAX_KEY_FILE {
-        bytes.fill(0);
+        bytes.zeroize();
         return Err(format!("larger than {MAX_KEY_FILE} bytes, so not a key file; {KEY_FORMATS}"));
     }
     Ok((bytes, warning))

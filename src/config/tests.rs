@@ -66,7 +66,7 @@ fn the_identity_comes_from_the_azure_environment_when_none_is_configured() {
     assert_eq!(config.upstream.authority_host, "https://login.microsoftonline.us/");
     let identity = &config.identities[0];
     assert_eq!(identity.client_id, "22222222-2222-2222-2222-222222222222");
-    let kinds: Vec<&str> = identity.credentials.iter().map(CredentialConfig::kind).collect();
+    let kinds: Vec<&str> = identity.credentials.iter().map(|c| c.kind().as_str()).collect();
     assert_eq!(kinds, ["environment", "workload_identity", "managed_identity", "azure_cli"], "the default chain");
     assert!(matches!(&identity.credentials[0], CredentialConfig::NotConfigured { reason, .. }
         if reason.contains("AZURE_CLIENT_SECRET")));

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use super::process::{self, Output, RunError, quote_stderr};
 use super::{Credential, CredentialError, LinkStatus};
 use crate::clock::{Clock, SystemClock};
+use crate::config::CredentialKind;
 use crate::secret::Secret;
 use crate::token::AccessToken;
 
@@ -77,8 +78,8 @@ impl AzureCliCredential {
 
 #[async_trait]
 impl Credential for AzureCliCredential {
-    fn kind(&self) -> &'static str {
-        "azure_cli"
+    fn kind(&self) -> CredentialKind {
+        CredentialKind::AzureCli
     }
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {

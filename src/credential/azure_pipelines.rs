@@ -20,8 +20,10 @@ use reqwest::{StatusCode, Url, header};
 use serde::Deserialize;
 
 use super::entra::{Application, ClientAuth, relayed};
-use super::jwt::{NO_MATCHING_FEDERATION, describe_federated_claims};
+use super::jwt::describe_federated_claims;
 use super::{Credential, CredentialError, Grant, LinkStatus, OnBehalfOf};
+use crate::aadsts;
+use crate::config::CredentialKind;
 use crate::config::PipelinesConfig;
 use crate::secret::Secret;
 use crate::token::AccessToken;
@@ -108,7 +110,7 @@ impl AzurePipelinesCredential {
         let oidc_token = self.oidc_token().await?;
         let result = self.application.exchange(self.kind(), grant, ClientAuth::Assertion(&oidc_token)).await;
         result.map_err(|error| {
-            error.with_detail(NO_MATCHING_FEDERATION, || {
+            error.with_detail(aadsts::NO_MATCHING_FEDERATION, || {
                 format!(
                     "presented {} (service connection {}); compare them with the application's federated credential",
                     describe_federated_claims(&oidc_token),
@@ -129,8 +131,8 @@ impl AzurePipelinesCredential {
 
 #[async_trait]
 impl Credential for AzurePipelinesCredential {
-    fn kind(&self) -> &'static str {
-        "azure_pipelines"
+    fn kind(&self) -> CredentialKind {
+        CredentialKind::AzurePipelines
     }
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {

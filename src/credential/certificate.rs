@@ -30,18 +30,15 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use super::entra::{Application, ClientAuth};
 use super::watched::{FileContent, LoadError, WatchedFiles, non_empty_text};
 use super::{Credential, CredentialError, Grant, LinkStatus, OnBehalfOf};
+use crate::aadsts;
 use crate::clock::{Clock, SystemClock};
+use crate::config::CredentialKind;
 use crate::config::{AssertionAlgorithm, CertificateConfig};
 use crate::secret::Secret;
 use crate::token::AccessToken;
 
 /// How long an assertion is valid; Entra's documentation suggests 5 to 10 minutes.
 const ASSERTION_LIFETIME_SECS: u64 = 600;
-/// AADSTS code for an assertion whose signature (or certificate) Entra does not accept: what
-/// an application answers once its old certificate is removed, so a rotated file may cure it.
-const INVALID_SIGNATURE: u32 = 700027;
-/// AADSTS code for an assertion outside its validity window.
-const ASSERTION_EXPIRED: u32 = 700024;
 
 /// An application authenticating with a certificate.
 pub struct CertificateCredential {
@@ -98,11 +95,11 @@ impl CertificateCredential {
     async fn obtain(&self, grant: Grant<'_>) -> Result<AccessToken, CredentialError> {
         let exchange = |material: Arc<Material>| async move { self.exchange(grant, &material).await };
         let (result, material) =
-            self.material.exchange(&[INVALID_SIGNATURE], exchange).await.map_err(|e| self.unreadable(e))?;
+            self.material.exchange(&[aadsts::INVALID_SIGNATURE], exchange).await.map_err(|e| self.unreadable(e))?;
         result.map_err(|error| {
             error
-                .with_detail(INVALID_SIGNATURE, || material.describe_for_support(self.files.algorithm))
-                .with_detail(ASSERTION_EXPIRED, || {
+                .with_detail(aadsts::INVALID_SIGNATURE, || material.describe_for_support(self.files.algorithm))
+                .with_detail(aadsts::ASSERTION_EXPIRED, || {
                     "the assertion was signed just now with a 10-minute lifetime; check this machine's clock".to_owned()
                 })
         })
@@ -127,8 +124,8 @@ impl CertificateCredential {
 
 #[async_trait]
 impl Credential for CertificateCredential {
-    fn kind(&self) -> &'static str {
-        "client_certificate"
+    fn kind(&self) -> CredentialKind {
+        CredentialKind::ClientCertificate
     }
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {

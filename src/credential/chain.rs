@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 
 use super::{Credential, CredentialError, LinkStatus, OnBehalfOf};
+use crate::config::CredentialKind;
 use crate::token::AccessToken;
 
 /// Tries each credential in turn. An unavailable credential is skipped; any other error
@@ -20,17 +21,17 @@ impl Chain {
     }
 
     /// The kinds, in order, for logs and `tokenrelay check`.
-    pub fn kinds(&self) -> Vec<&'static str> {
+    pub fn kinds(&self) -> Vec<CredentialKind> {
         self.links.iter().map(|c| c.kind()).collect()
     }
 
     /// Every link with whether it can run here, in order; nothing is contacted.
-    pub fn statuses(&self) -> Vec<(&'static str, LinkStatus)> {
+    pub fn statuses(&self) -> Vec<(CredentialKind, LinkStatus)> {
         self.links.iter().map(|c| (c.kind(), c.status())).collect()
     }
 
     /// The first link that can run here and why, or `None` when no link can.
-    pub fn first_usable(&self) -> Option<(&'static str, String)> {
+    pub fn first_usable(&self) -> Option<(CredentialKind, String)> {
         self.links.iter().find_map(|c| match c.status() {
             LinkStatus::Usable(why) => Some((c.kind(), why)),
             LinkStatus::NotUsable(_) => None,
@@ -38,7 +39,7 @@ impl Chain {
     }
 
     /// Like `get_token`, also naming the link that produced the token.
-    pub async fn token_from(&self, resource: &str) -> Result<(&'static str, AccessToken), CredentialError> {
+    pub async fn token_from(&self, resource: &str) -> Result<(CredentialKind, AccessToken), CredentialError> {
         self.first_answer(|link| link.get_token(resource)).await
     }
 
@@ -46,7 +47,7 @@ impl Chain {
     async fn first_answer<'a, F>(
         &'a self,
         ask: impl Fn(&'a dyn Credential) -> F,
-    ) -> Result<(&'static str, AccessToken), CredentialError>
+    ) -> Result<(CredentialKind, AccessToken), CredentialError>
     where
         F: std::future::Future<Output = Result<AccessToken, CredentialError>> + 'a,
     {
@@ -54,13 +55,13 @@ impl Chain {
         for link in &self.links {
             match ask(link.as_ref()).await {
                 Ok(token) => {
-                    tracing::debug!(credential = link.kind(), "credential provided a token");
+                    tracing::debug!(credential = link.kind().as_str(), "credential provided a token");
                     return Ok((link.kind(), token));
                 }
                 // A lone credential's error is the chain's error, unchanged.
                 Err(error) if self.links.len() == 1 => return Err(error),
                 Err(CredentialError::Unavailable { credential, reason }) => {
-                    tracing::debug!(credential, %reason, "credential unavailable, trying the next");
+                    tracing::debug!(credential = credential.as_str(), %reason, "credential unavailable, trying the next");
                     unavailable.push(format!("{credential}: {reason}"));
                 }
                 Err(other) => return Err(other),
@@ -73,10 +74,10 @@ impl Chain {
 
 #[async_trait]
 impl Credential for Chain {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> CredentialKind {
         match self.links.as_slice() {
             [only] => only.kind(),
-            _ => "chain",
+            _ => CredentialKind::Chain,
         }
     }
 
@@ -107,14 +108,14 @@ mod tests {
 
     /// A link with a fixed answer that counts its calls.
     struct Fixed {
-        kind: &'static str,
+        kind: CredentialKind,
         answer: Result<AccessToken, CredentialError>,
         calls: Arc<AtomicUsize>,
     }
 
     #[async_trait]
     impl Credential for Fixed {
-        fn kind(&self) -> &'static str {
+        fn kind(&self) -> CredentialKind {
             self.kind
         }
         async fn get_token(&self, _: &str) -> Result<AccessToken, CredentialError> {
@@ -130,7 +131,7 @@ mod tests {
     }
 
     fn link(
-        kind: &'static str,
+        kind: CredentialKind,
         answer: Result<AccessToken, CredentialError>,
     ) -> (Box<dyn Credential>, Arc<AtomicUsize>) {
         let calls = Arc::new(AtomicUsize::new(0));
@@ -141,34 +142,39 @@ mod tests {
         AccessToken { token: Secret::new("t"), expires_on, not_before: 0, ext_expires_on: expires_on, refresh_on: None }
     }
 
-    fn unavailable(credential: &'static str, reason: &str) -> CredentialError {
+    fn unavailable(credential: CredentialKind, reason: &str) -> CredentialError {
         CredentialError::Unavailable { credential, reason: reason.into() }
     }
 
     #[tokio::test]
     async fn tries_links_in_order_skipping_unavailable_ones() {
-        let (env, env_calls) = link("environment", Err(unavailable("environment", "no AZURE_CLIENT_SECRET")));
-        let (wi, wi_calls) = link("workload_identity", Ok(token(100)));
-        let (cli, cli_calls) = link("azure_cli", Ok(token(200)));
+        let (env, env_calls) =
+            link(CredentialKind::Environment, Err(unavailable(CredentialKind::Environment, "no AZURE_CLIENT_SECRET")));
+        let (wi, wi_calls) = link(CredentialKind::WorkloadIdentity, Ok(token(100)));
+        let (cli, cli_calls) = link(CredentialKind::AzureCli, Ok(token(200)));
         let chain = Chain::new(vec![env, wi, cli]);
         let (from, token) = chain.token_from("r").await.unwrap();
-        assert_eq!((from, token.expires_on), ("workload_identity", 100));
+        assert_eq!((from, token.expires_on), (CredentialKind::WorkloadIdentity, 100));
         assert_eq!(
             (env_calls.load(Ordering::SeqCst), wi_calls.load(Ordering::SeqCst), cli_calls.load(Ordering::SeqCst)),
             (1, 1, 0),
             "the link after the winner is never asked"
         );
-        assert_eq!(chain.first_usable().unwrap().0, "workload_identity");
-        assert_eq!(chain.kinds(), ["environment", "workload_identity", "azure_cli"]);
+        assert_eq!(chain.first_usable().unwrap().0, CredentialKind::WorkloadIdentity);
+        assert_eq!(
+            chain.kinds(),
+            [CredentialKind::Environment, CredentialKind::WorkloadIdentity, CredentialKind::AzureCli]
+        );
     }
 
     #[tokio::test]
     async fn the_aggregated_error_lists_every_link() {
-        let (a, _) = link("environment", Err(unavailable("environment", "no AZURE_CLIENT_SECRET")));
-        let (b, _) = link("azure_cli", Err(unavailable("azure_cli", "az is not on PATH")));
+        let (a, _) =
+            link(CredentialKind::Environment, Err(unavailable(CredentialKind::Environment, "no AZURE_CLIENT_SECRET")));
+        let (b, _) = link(CredentialKind::AzureCli, Err(unavailable(CredentialKind::AzureCli, "az is not on PATH")));
         let chain = Chain::new(vec![a, b]);
         let err = chain.get_token("r").await.unwrap_err();
-        assert!(matches!(err, CredentialError::Unavailable { credential: "chain", .. }));
+        assert!(matches!(err, CredentialError::Unavailable { credential: CredentialKind::Chain, .. }));
         let text = err.to_string();
         assert!(
             text.contains("environment: no AZURE_CLIENT_SECRET") && text.contains("azure_cli: az is not on PATH"),
@@ -181,20 +187,20 @@ mod tests {
     #[tokio::test]
     async fn a_rejection_or_transient_failure_stops_the_chain() {
         let rejected = CredentialError::Rejected {
-            credential: "client_secret",
+            credential: CredentialKind::ClientSecret,
             aadsts: Some(7000215),
             message: "bad secret".into(),
             correlation_id: None,
         };
-        let (bad, _) = link("client_secret", Err(rejected));
-        let (good, good_calls) = link("workload_identity", Ok(token(1)));
+        let (bad, _) = link(CredentialKind::ClientSecret, Err(rejected));
+        let (good, good_calls) = link(CredentialKind::WorkloadIdentity, Ok(token(1)));
         let chain = Chain::new(vec![bad, good]);
         assert!(chain.get_token("r").await.unwrap_err().is_permanent());
         assert_eq!(good_calls.load(Ordering::SeqCst), 0);
 
-        let down = CredentialError::Transient { credential: "managed_identity", reason: "500".into() };
-        let (down, _) = link("managed_identity", Err(down));
-        let (good, good_calls) = link("azure_cli", Ok(token(1)));
+        let down = CredentialError::Transient { credential: CredentialKind::ManagedIdentity, reason: "500".into() };
+        let (down, _) = link(CredentialKind::ManagedIdentity, Err(down));
+        let (good, good_calls) = link(CredentialKind::AzureCli, Ok(token(1)));
         let chain = Chain::new(vec![down, good]);
         assert!(matches!(chain.get_token("r").await, Err(CredentialError::Transient { .. })));
         assert_eq!(good_calls.load(Ordering::SeqCst), 0);

@@ -14,18 +14,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::entra::{Application, ClientAuth};
-use super::jwt::{NO_MATCHING_FEDERATION, describe_federated_claims};
+use super::jwt::describe_federated_claims;
 use super::process::{self, RunError, quote_stderr};
 use super::watched::{LoadError, WatchedFiles, non_empty_text};
 use super::{Credential, CredentialError, Grant, LinkStatus, OnBehalfOf};
+use crate::aadsts;
 use crate::config::AssertionSource;
+use crate::config::CredentialKind;
 use crate::secret::Secret;
 use crate::token::AccessToken;
 
-/// AADSTS code for an assertion outside its validity window.
-const ASSERTION_EXPIRED: u32 = 700024;
-/// AADSTS codes a newer assertion file may cure: expired, or a signature not accepted.
-const STALE_ASSERTION: [u32; 2] = [ASSERTION_EXPIRED, 700027];
 /// Longest time a file's contents are trusted without reading it again.
 const MAX_FILE_AGE: Duration = Duration::from_secs(300);
 
@@ -83,14 +81,16 @@ impl ClientAssertionCredential {
         let (result, assertion) = match &self.source {
             Source::File(file) => {
                 let exchange = |assertion: Secret| async move { self.exchange(grant, &assertion).await };
-                file.exchange(&STALE_ASSERTION, exchange).await.map_err(|e| self.unreadable(e))?
+                file.exchange(&aadsts::STALE_ASSERTION, exchange).await.map_err(|e| self.unreadable(e))?
             }
             Source::Command { command, timeout } => self.run_command(command, *timeout, grant).await?,
         };
         result.map_err(|error| {
             error
-                .with_detail(NO_MATCHING_FEDERATION, || format!("presented {}", describe_federated_claims(&assertion)))
-                .with_detail(ASSERTION_EXPIRED, || {
+                .with_detail(aadsts::NO_MATCHING_FEDERATION, || {
+                    format!("presented {}", describe_federated_claims(&assertion))
+                })
+                .with_detail(aadsts::ASSERTION_EXPIRED, || {
                     format!("the {} yielded an expired assertion; make sure it is refreshed", self.source_name())
                 })
         })
@@ -119,8 +119,8 @@ impl ClientAssertionCredential {
 
 #[async_trait]
 impl Credential for ClientAssertionCredential {
-    fn kind(&self) -> &'static str {
-        "client_assertion"
+    fn kind(&self) -> CredentialKind {
+        CredentialKind::ClientAssertion
     }
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {

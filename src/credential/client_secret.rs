@@ -14,12 +14,10 @@ use async_trait::async_trait;
 use super::entra::{Application, ClientAuth};
 use super::watched::{LoadError, WatchedFiles, non_empty_text};
 use super::{Credential, CredentialError, Grant, LinkStatus, OnBehalfOf};
+use crate::aadsts;
+use crate::config::CredentialKind;
 use crate::secret::Secret;
 use crate::token::AccessToken;
-
-/// AADSTS codes that a newer secret file may cure: the secret is not (or no longer) one of
-/// the application's, or it expired.
-const STALE_SECRET: [u32; 2] = [7000215, 7000222];
 
 /// An application (service principal) authenticating with its secret.
 pub struct ClientSecretCredential {
@@ -56,7 +54,8 @@ impl ClientSecretCredential {
                 let exchange = |secret: Secret| async move {
                     self.application.exchange(self.kind(), grant, ClientAuth::Secret(&secret)).await
                 };
-                let (result, _) = file.exchange(&STALE_SECRET, exchange).await.map_err(|e| self.unavailable(e))?;
+                let (result, _) =
+                    file.exchange(&aadsts::STALE_SECRET, exchange).await.map_err(|e| self.unavailable(e))?;
                 result
             }
         }
@@ -78,8 +77,8 @@ impl ClientSecretCredential {
 
 #[async_trait]
 impl Credential for ClientSecretCredential {
-    fn kind(&self) -> &'static str {
-        "client_secret"
+    fn kind(&self) -> CredentialKind {
+        CredentialKind::ClientSecret
     }
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {

@@ -10,8 +10,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 
 use super::{Credential, CredentialError, OnBehalfOf};
+use crate::aadsts;
 use crate::clock::{Clock, SystemClock};
-use crate::config::split_scope;
+use crate::config::{CredentialKind, split_scope};
 use crate::dev_issuer::{DevIssuer, DevUser};
 use crate::token::AccessToken;
 
@@ -31,8 +32,8 @@ impl DevCredential {
 
 #[async_trait]
 impl Credential for DevCredential {
-    fn kind(&self) -> &'static str {
-        "dev"
+    fn kind(&self) -> CredentialKind {
+        CredentialKind::Dev
     }
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {
@@ -45,9 +46,9 @@ impl Credential for DevCredential {
     /// read here), for the scopes' resource, as Entra's exchange would issue it.
     async fn on_behalf_of(&self, request: OnBehalfOf<'_>) -> Result<AccessToken, CredentialError> {
         let rejected = |message: &str| CredentialError::UserRefused {
-            credential: "dev",
+            credential: CredentialKind::Dev,
             error: "invalid_grant".into(),
-            aadsts: Some(50013),
+            aadsts: Some(aadsts::INVALID_ASSERTION),
             message: message.to_owned(),
             claims: None,
             correlation_id: None,

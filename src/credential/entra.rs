@@ -19,7 +19,10 @@ use serde::{Deserialize, Deserializer};
 use tokio::sync::Semaphore;
 
 use super::{CredentialError, Grant};
+use crate::aadsts;
+use crate::backoff::Backoff;
 use crate::clock::{Clock, SystemClock};
+use crate::config::CredentialKind;
 use crate::secret::Secret;
 use crate::token::AccessToken;
 
@@ -102,7 +105,7 @@ impl Endpoint {
 /// One form POST to the authority.
 pub struct Request<'a> {
     /// The calling credential's kind, which every error names.
-    pub credential: &'static str,
+    pub credential: CredentialKind,
     /// The tenant whose endpoint is called.
     pub tenant: &'a str,
     /// The application (client) id, named by advice about the refusal.
@@ -138,7 +141,7 @@ impl Failure {
 pub struct Refusal {
     status: StatusCode,
     body: ErrorResponse,
-    credential: &'static str,
+    credential: CredentialKind,
     tenant: String,
     client_id: String,
 }
@@ -239,7 +242,7 @@ impl EntraClient {
     /// Private to this module: credentials go through [`Application::exchange`].
     async fn grant(
         &self,
-        credential: &'static str,
+        credential: CredentialKind,
         tenant: &str,
         client_id: &str,
         grant: Grant<'_>,
@@ -328,10 +331,7 @@ impl EntraClient {
         if let Some(asked) = retry_after {
             return (asked <= max).then_some(asked);
         }
-        let exponential = self.settings.retry_base.saturating_mul(1 << attempt.min(16));
-        // Full jitter on the upper half keeps a fleet of sidecars from retrying in lockstep.
-        let jittered = exponential / 2 + exponential.mul_f64(fastrand::f64() / 2.0);
-        Some(jittered.min(max))
+        Some(Backoff { base: self.settings.retry_base, max }.jittered(attempt, fastrand::f64()))
     }
 
     async fn send_once<T>(
@@ -405,32 +405,36 @@ enum Attempt {
 /// What to tell an operator for the AADSTS codes that mean "fix your configuration".
 fn advice(code: u32, client_id: &str, tenant: &str) -> Option<String> {
     let text = match code {
-        7000215 => format!(
+        aadsts::INVALID_CLIENT_SECRET => format!(
             "AADSTS7000215: the client secret is not valid for application {client_id}; \
              check that the secret value (not its id) belongs to this application"
         ),
-        7000222 => format!(
+        aadsts::CLIENT_SECRET_EXPIRED => format!(
             "AADSTS7000222: the client secret of application {client_id} has expired; \
              create a new secret and update the configuration"
         ),
-        700016 => format!(
+        aadsts::APPLICATION_NOT_FOUND => format!(
             "AADSTS700016: application {client_id} was not found in tenant {tenant}; \
              check client_id and tenant_id"
         ),
-        90002 => format!("AADSTS90002: tenant {tenant} was not found; check tenant_id and the authority host (cloud)"),
-        70021 => format!(
+        aadsts::TENANT_NOT_FOUND => {
+            format!("AADSTS90002: tenant {tenant} was not found; check tenant_id and the authority host (cloud)")
+        }
+        aadsts::NO_MATCHING_FEDERATION => format!(
             "AADSTS70021: no federated identity credential of application {client_id} matches the \
              presented token; check the issuer, subject and audience configured on the application"
         ),
-        700024 => "AADSTS700024: the client assertion has expired or is not yet valid; \
+        aadsts::ASSERTION_EXPIRED => "AADSTS700024: the client assertion has expired or is not yet valid; \
                    check that the token file is refreshed (projected service account token)"
             .to_owned(),
-        700027 => format!(
+        aadsts::INVALID_SIGNATURE => format!(
             "AADSTS700027: the client assertion signature is not valid for application {client_id}; \
              check that the certificate is registered on the application"
         ),
-        500011 => "AADSTS500011: the resource was not found in the tenant; check the resource URI".to_owned(),
-        70011 => "AADSTS70011: the requested scope is not valid; check the resource URI".to_owned(),
+        aadsts::RESOURCE_NOT_FOUND => {
+            "AADSTS500011: the resource was not found in the tenant; check the resource URI".to_owned()
+        }
+        aadsts::INVALID_SCOPE => "AADSTS70011: the requested scope is not valid; check the resource URI".to_owned(),
         _ => return None,
     };
     Some(text)
@@ -758,7 +762,7 @@ mod tests {
         Refusal {
             status: StatusCode::BAD_REQUEST,
             body: ErrorResponse::parse(body.as_bytes()),
-            credential: "client_secret",
+            credential: CredentialKind::ClientSecret,
             tenant: "t1".into(),
             client_id: "c1".into(),
         }

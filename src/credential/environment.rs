@@ -10,6 +10,7 @@
 use async_trait::async_trait;
 
 use super::{Credential, CredentialError, LinkStatus, OnBehalfOf};
+use crate::config::CredentialKind;
 use crate::token::AccessToken;
 
 /// A client secret or certificate credential found in the `AZURE_*` variables.
@@ -27,8 +28,8 @@ impl EnvironmentCredential {
 
 #[async_trait]
 impl Credential for EnvironmentCredential {
-    fn kind(&self) -> &'static str {
-        "environment"
+    fn kind(&self) -> CredentialKind {
+        CredentialKind::Environment
     }
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {

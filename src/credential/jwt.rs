@@ -29,9 +29,6 @@ pub(crate) fn describe_federated_claims(assertion: &Secret) -> String {
     format!("issuer \"{}\", subject \"{}\", audience \"{}\"", claim("iss"), claim("sub"), claim("aud"))
 }
 
-/// The AADSTS code for a federated token that matches no federated identity credential.
-pub(crate) const NO_MATCHING_FEDERATION: u32 = 70021;
-
 #[cfg(test)]
 mod tests {
     use super::*;

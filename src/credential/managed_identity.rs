@@ -28,7 +28,9 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::{Credential, CredentialError, LinkStatus};
+use crate::backoff::Backoff;
 use crate::clock::{Clock, SystemClock};
+use crate::config::CredentialKind;
 use crate::config::{ManagedIdentityConfig, ManagedIdentityFlavour};
 use crate::secret::Secret;
 use crate::token::AccessToken;
@@ -132,8 +134,8 @@ impl ManagedIdentityCredential {
 
 #[async_trait]
 impl Credential for ManagedIdentityCredential {
-    fn kind(&self) -> &'static str {
-        "managed_identity"
+    fn kind(&self) -> CredentialKind {
+        CredentialKind::ManagedIdentity
     }
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {
@@ -277,7 +279,7 @@ struct RetryPolicy {
 
 impl RetryPolicy {
     fn delay(&self, attempt: u32) -> Duration {
-        self.base.saturating_mul(1 << attempt.min(16)).min(self.max_delay)
+        Backoff { base: self.base, max: self.max_delay }.delay(attempt)
     }
 
     /// The wait after the `count`-th consecutive 410 (from 0), `since_first` after the first,

@@ -28,6 +28,7 @@ use async_trait::async_trait;
 pub use build::{BuildContext, NotConfigured, build};
 pub use chain::Chain;
 
+use crate::config::CredentialKind;
 use crate::secret::Secret;
 use crate::token::AccessToken;
 
@@ -38,13 +39,13 @@ pub enum CredentialError {
     /// The credential cannot run here (not configured, a file is missing); a chain moves
     /// on to its next credential.
     #[error("{credential}: unavailable: {reason}")]
-    Unavailable { credential: &'static str, reason: String },
+    Unavailable { credential: CredentialKind, reason: String },
 
     /// The authority refused the request for a reason that retrying will not fix (a bad
     /// secret, an unknown application, a federation mismatch). Fix the configuration.
     #[error("{credential}: {message}")]
     Rejected {
-        credential: &'static str,
+        credential: CredentialKind,
         /// The AADSTS error number, when the authority sent one.
         aadsts: Option<u32>,
         /// What went wrong and what to check.
@@ -55,11 +56,11 @@ pub enum CredentialError {
 
     /// The authority is throttling us; try again after `retry_after`.
     #[error("{credential}: the authority is throttling requests (retry after {}s)", retry_after.as_secs())]
-    Throttled { credential: &'static str, retry_after: Duration },
+    Throttled { credential: CredentialKind, retry_after: Duration },
 
     /// A failure that may pass: timeout, connection refused, a 5xx from the authority.
     #[error("{credential}: {reason}")]
-    Transient { credential: &'static str, reason: String },
+    Transient { credential: CredentialKind, reason: String },
 
     /// The authority refused an on-behalf-of exchange because of the user or the user's token
     /// (multi-factor authentication or conditional access asking for more claims, consent
@@ -67,7 +68,7 @@ pub enum CredentialError {
     /// again, can cure it, so it goes back to the caller with the challenge intact.
     #[error("{credential}: the authority refused the exchange for this user: {message}")]
     UserRefused {
-        credential: &'static str,
+        credential: CredentialKind,
         /// The OAuth `error` code (`interaction_required`, `invalid_grant`, ...), one line.
         error: String,
         /// The AADSTS error number, when the authority sent one.
@@ -157,7 +158,7 @@ pub enum Grant<'a> {
 #[async_trait]
 pub trait Credential: Send + Sync {
     /// A short name for logs and errors, such as `client_secret`.
-    fn kind(&self) -> &'static str;
+    fn kind(&self) -> CredentialKind;
 
     /// Obtains a new token for `resource` (an App ID URI such as `https://vault.azure.net`,
     /// never a scope). Implementations do not cache.

@@ -19,6 +19,7 @@ use super::entra::{Endpoint, EntraClient, Failure, Request, parse_user_token_res
 use super::{Credential, CredentialError, LinkStatus};
 use crate::clock::{Clock, SystemClock};
 use crate::config::AuthenticationRecord;
+use crate::config::CredentialKind;
 use crate::secret::Secret;
 use crate::store::{OnUnreadable, PersistedAccount, Store};
 use crate::token::AccessToken;
@@ -29,7 +30,7 @@ pub const DEFAULT_CLIENT_ID: &str = "04b07795-8ddb-461a-bbee-02f9e1bf7b46";
 /// Work and school accounts of any tenant.
 pub const DEFAULT_TENANT: &str = "organizations";
 const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
-const CREDENTIAL: &str = "user";
+const CREDENTIAL: CredentialKind = CredentialKind::User;
 /// What the error says when only a new sign-in helps.
 const LOGIN_AGAIN: &str = "run `tokenrelay login --device-code` again";
 /// The longest a device code is polled for, whatever the authority says (Entra: 15 minutes).
@@ -293,7 +294,7 @@ impl UserCredential {
 
 #[async_trait]
 impl Credential for UserCredential {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> CredentialKind {
         CREDENTIAL
     }
 

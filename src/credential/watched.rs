@@ -34,6 +34,7 @@ use tokio::sync::Mutex;
 
 use super::CredentialError;
 use crate::token::AccessToken;
+use zeroize::Zeroize;
 
 /// Largest file read: far above any secret, token, PEM chain or PFX, and a bound on what a
 /// wrong path (a log file, `/dev/zero` behind a symlink) can make the process hold.
@@ -333,11 +334,11 @@ fn read_one(path: &Path) -> Result<(Fingerprint, Vec<u8>), String> {
     let mut content = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
     let read = file.take(MAX_FILE_BYTES + 1).read_to_end(&mut content);
     if let Err(e) = read {
-        content.fill(0);
+        content.zeroize();
         return Err(e.to_string());
     }
     if content.len() as u64 > MAX_FILE_BYTES {
-        content.fill(0);
+        content.zeroize();
         return Err(format!("larger than {MAX_FILE_BYTES} bytes"));
     }
     Ok((Fingerprint::of(target, &metadata), content))
@@ -359,7 +360,7 @@ fn content_digest(contents: &[Vec<u8>]) -> [u8; 32] {
 /// Zeroes raw contents (secrets, private keys) before their buffers are freed.
 fn wipe(contents: &mut [Vec<u8>]) {
     for content in contents {
-        content.fill(0);
+        content.zeroize();
     }
 }
 
@@ -382,6 +383,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+    use crate::config::CredentialKind;
     use crate::secret::Secret;
 
     fn secret_file(path: &Path) -> WatchedFiles<Secret> {
@@ -414,7 +416,7 @@ mod tests {
 
     fn refused(code: u32) -> CredentialError {
         CredentialError::Rejected {
-            credential: "test",
+            credential: CredentialKind::ClientCertificate,
             aadsts: Some(code),
             message: String::new(),
             correlation_id: None,

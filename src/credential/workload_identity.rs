@@ -13,17 +13,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::entra::{Application, ClientAuth};
-use super::jwt::{NO_MATCHING_FEDERATION, describe_federated_claims};
+use super::jwt::describe_federated_claims;
 use super::watched::{LoadError, WatchedFiles, non_empty_text};
 use super::{Credential, CredentialError, Grant, LinkStatus, OnBehalfOf};
+use crate::aadsts;
+use crate::config::CredentialKind;
 use crate::secret::Secret;
 use crate::token::AccessToken;
 
 /// Longest time a token file's contents are trusted without reading it again.
 const MAX_FILE_AGE: Duration = Duration::from_secs(300);
-/// AADSTS codes a newer token may cure: expired or not yet valid (700024), a signature the
-/// authority does not accept, as after the issuer's signing key rotated (700027).
-const STALE_ASSERTION: [u32; 2] = [700024, 700027];
 
 /// An application federated with the cluster's service-account issuer.
 pub struct WorkloadIdentityCredential {
@@ -47,11 +46,13 @@ impl WorkloadIdentityCredential {
             self.application.exchange(self.kind(), grant, ClientAuth::Assertion(&assertion)).await
         };
         let (result, assertion) =
-            self.assertion.exchange(&STALE_ASSERTION, exchange).await.map_err(|e| self.unavailable(e))?;
+            self.assertion.exchange(&aadsts::STALE_ASSERTION, exchange).await.map_err(|e| self.unavailable(e))?;
         // Name what was presented: the three values Entra matched against the federated
         // identity credential.
         result.map_err(|error| {
-            error.with_detail(NO_MATCHING_FEDERATION, || format!("presented {}", describe_federated_claims(&assertion)))
+            error.with_detail(aadsts::NO_MATCHING_FEDERATION, || {
+                format!("presented {}", describe_federated_claims(&assertion))
+            })
         })
     }
 
@@ -68,8 +69,8 @@ impl WorkloadIdentityCredential {
 
 #[async_trait]
 impl Credential for WorkloadIdentityCredential {
-    fn kind(&self) -> &'static str {
-        "workload_identity"
+    fn kind(&self) -> CredentialKind {
+        CredentialKind::WorkloadIdentity
     }
 
     async fn get_token(&self, resource: &str) -> Result<AccessToken, CredentialError> {

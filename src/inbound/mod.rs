@@ -21,6 +21,7 @@ use serde_json::{Map, Value};
 
 use self::keys::{KeyCache, KeyError};
 use crate::clock::Clock;
+use crate::id::Id;
 
 /// Longest token looked at; Entra's access tokens are 1 to 3 KiB, a few more with groups.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -30,8 +31,8 @@ pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 pub enum Tenants {
     /// Any tenant (a multi-tenant application); the issuer must still match the token's `tid`.
     Any,
-    /// These tenant ids, lower case.
-    List(Vec<String>),
+    /// These tenant ids (compared without regard to case, as [`Id`] compares).
+    List(Vec<Id>),
 }
 
 /// What one identity accepts.
@@ -39,7 +40,9 @@ pub enum Tenants {
 pub struct Policy {
     /// The identity's configuration name.
     pub identity: String,
-    /// Accepted `aud` values.
+    /// Accepted `aud` values, compared without regard to ASCII case: the default ones are
+    /// the client id and `api://{client_id}`, and Entra treats application ids (as [`Id`]
+    /// does) and application ID URIs case-insensitively.
     pub audiences: Vec<String>,
     /// Accepted tenants.
     pub tenants: Tenants,
@@ -50,6 +53,13 @@ pub struct Policy {
     pub roles: Vec<String>,
     /// Tolerated clock difference for `exp` and `nbf`, seconds.
     pub clock_skew_secs: u64,
+}
+
+impl Policy {
+    /// Whether one of the token's `aud` values is an accepted audience.
+    fn accepts_audience(&self, aud: &[&str]) -> bool {
+        aud.iter().any(|a| self.audiences.iter().any(|accepted| accepted.eq_ignore_ascii_case(a)))
+    }
 }
 
 /// Which issuer names tokens carry.
@@ -182,13 +192,9 @@ impl Validator {
         let aud = audience(&claims);
         let policy = match policy {
             Some(index) => index,
-            None => self
-                .policies
-                .iter()
-                .position(|p| aud.iter().any(|a| p.audiences.iter().any(|accepted| accepted == a)))
-                .ok_or_else(|| {
-                    Refusal::invalid(format!("the audience {} is not accepted by any identity", shown(&aud)))
-                })?,
+            None => self.policies.iter().position(|p| p.accepts_audience(&aud)).ok_or_else(|| {
+                Refusal::invalid(format!("the audience {} is not accepted by any identity", shown(&aud)))
+            })?,
         };
         let key = self.keys.key(kid).await.map_err(|error| match error {
             KeyError::UnknownKid => Refusal::invalid(format!(
@@ -206,7 +212,7 @@ impl Validator {
         }
         let policy_ref = &self.policies[policy];
         let expires_on = self.check_time(&claims, policy_ref.clock_skew_secs)?;
-        if !aud.iter().any(|a| policy_ref.audiences.iter().any(|accepted| accepted == a)) {
+        if !policy_ref.accepts_audience(&aud) {
             return Err(Refusal::invalid(format!(
                 "the audience {} is not accepted by identity {:?} (inbound.audiences)",
                 shown(&aud),
@@ -244,7 +250,7 @@ fn check_issuer(issuers: &Issuers, policy: &Policy, claims: &Map<String, Value>)
     };
     let tenant_ok = match &policy.tenants {
         Tenants::Any => true,
-        Tenants::List(tenants) => tenants.iter().any(|t| t.eq_ignore_ascii_case(tid)),
+        Tenants::List(tenants) => tenants.iter().any(|t| t == tid),
     };
     if !tenant_ok {
         return Err(Refusal::invalid(format!(

@@ -85,6 +85,22 @@ async fn accepts_a_good_token_in_both_issuer_forms() {
     assert!(f.validator.validate(&by_client_id, None).await.is_ok(), "the client id as audience");
 }
 
+/// Tenant ids and audiences are matched as Entra matches them, without regard to ASCII case:
+/// a tenant configured in upper case accepts its tokens, whose `tid` Entra writes in lower
+/// case, and an audience differing only in case is the same application.
+#[tokio::test]
+async fn tenants_and_audiences_match_without_regard_to_case() {
+    let f = fixture(&[], &[], Tenants::List(vec![TENANT.to_ascii_uppercase().into()]));
+    let token = f.issuer.sign(&claims()).unwrap();
+    assert!(f.validator.validate(&token, None).await.is_ok(), "an upper-case tenant in the policy");
+    let upper_aud = f.issuer.sign(&with(|c| c["aud"] = json!("API://MY-API"))).unwrap();
+    assert!(f.validator.validate(&upper_aud, None).await.is_ok(), "an audience in another case");
+    let upper_client = f.issuer.sign(&with(|c| c["aud"] = json!("CLIENT-1"))).unwrap();
+    assert!(f.validator.validate(&upper_client, Some(0)).await.is_ok(), "the client id in another case");
+    let prefix = f.issuer.sign(&with(|c| c["aud"] = json!("api://my-api2"))).unwrap();
+    assert!(refusal(&f, &prefix).await.description.contains("audience"), "case folds, nothing else does");
+}
+
 #[tokio::test]
 async fn refuses_expired_and_not_yet_valid_tokens_beyond_the_skew() {
     let f = fixture(&[], &[], Tenants::List(vec![TENANT.into()]));

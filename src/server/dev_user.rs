@@ -13,6 +13,7 @@ use super::error::ApiError;
 use super::host::AllowedHosts;
 use super::state::AppState;
 use super::token;
+use super::wire::OAuthError;
 use crate::dev_issuer::{DevUser, dev_object_id};
 
 /// Largest request body read.
@@ -55,7 +56,7 @@ where
     if request.method() != Method::POST {
         let mut response = ApiError {
             status: StatusCode::METHOD_NOT_ALLOWED,
-            error: "invalid_request",
+            error: OAuthError::InvalidRequest,
             description: "POST a JSON body (every member optional)".into(),
             retry_after: None,
         }

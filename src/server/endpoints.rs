@@ -23,6 +23,7 @@ use super::error::ApiError;
 use super::host::AllowedHosts;
 use super::state::AppState;
 use super::token::Flavour;
+use super::wire::OAuthError;
 use super::{app_service, dev_user, imds, sidecar};
 use crate::config::IMDS_PATH;
 
@@ -154,7 +155,7 @@ where
 fn uri_too_long(length: usize, max: usize) -> Response {
     ApiError {
         status: StatusCode::URI_TOO_LONG,
-        error: "invalid_request",
+        error: OAuthError::InvalidRequest,
         description: format!("the request target is {length} bytes; the limit is {max}"),
         retry_after: None,
     }
@@ -165,7 +166,7 @@ fn uri_too_long(length: usize, max: usize) -> Response {
 fn method_not_allowed() -> Response {
     let mut response = ApiError {
         status: StatusCode::METHOD_NOT_ALLOWED,
-        error: "invalid_request",
+        error: OAuthError::InvalidRequest,
         description: "token endpoints answer GET only".to_owned(),
         retry_after: None,
     }
@@ -208,8 +209,8 @@ mod tests {
     fn a_token_request_future_stays_small() {
         // Each request's future is moved into a box; the upstream wait and the router are
         // boxed separately so that a cache hit does not create and copy kilobytes of state.
-        // Measured in the test (debug) build, where futures are largest: about 4 KiB, against
-        // about 11 KiB with the upstream wait and the router inline.
+        // The bound holds in the test (debug) build, where futures are largest; inlining the
+        // upstream wait or the router would break it.
         let inner = inner(true, None);
         let request = Request::get("/metadata/identity/oauth2/token").body(Body::empty()).unwrap();
         let size = std::mem::size_of_val(&inner.answer(request));

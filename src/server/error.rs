@@ -9,7 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::host::Refusal;
-use super::wire::ErrorBody;
+use super::wire::{ErrorBody, OAuthError};
 use crate::broker::{BrokerError, UpstreamKind};
 
 /// The longest `Retry-After` we send: MSAL Python replays an error for that long.
@@ -21,7 +21,7 @@ const TRANSIENT_RETRY_AFTER_SECS: u64 = 2;
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub error: &'static str,
+    pub error: OAuthError,
     pub description: String,
     pub retry_after: Option<u64>,
 }
@@ -31,7 +31,7 @@ impl ApiError {
     pub fn bad_request(description: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
-            error: "invalid_request",
+            error: OAuthError::InvalidRequest,
             description: description.into(),
             retry_after: None,
         }
@@ -46,7 +46,7 @@ impl ApiError {
     pub fn unauthorized(description: impl Into<String>) -> Self {
         Self {
             status: StatusCode::UNAUTHORIZED,
-            error: "unauthorized_client",
+            error: OAuthError::UnauthorizedClient,
             description: description.into(),
             retry_after: None,
         }
@@ -73,7 +73,7 @@ impl ApiError {
     pub fn loop_detected() -> Self {
         Self {
             status: StatusCode::LOOP_DETECTED,
-            error: "loop_detected",
+            error: OAuthError::LoopDetected,
             description: "refused: the request comes from a tokenrelay's managed_identity link (it carries \
                           X-Tokenrelay-Hop), which a tokenrelay never serves, so that a link leading back to a \
                           tokenrelay fails at once as a loop"
@@ -86,7 +86,7 @@ impl ApiError {
     pub fn not_found() -> Self {
         Self {
             status: StatusCode::NOT_FOUND,
-            error: "not_found",
+            error: OAuthError::NotFound,
             description: "no such endpoint".into(),
             retry_after: None,
         }
@@ -96,7 +96,7 @@ impl ApiError {
     pub fn timed_out(description: impl Into<String>) -> Self {
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,
-            error: "temporarily_unavailable",
+            error: OAuthError::TemporarilyUnavailable,
             description: description.into(),
             retry_after: Some(TRANSIENT_RETRY_AFTER_SECS),
         }
@@ -118,13 +118,17 @@ impl From<BrokerError> for ApiError {
             // The caller's own rate of new resources: 429, like the authority's throttling.
             BrokerError::NewKeysLimited { retry_after_secs, .. } => Self {
                 status: StatusCode::TOO_MANY_REQUESTS,
-                error: "throttled",
+                error: OAuthError::Throttled,
                 description,
                 retry_after: Some((*retry_after_secs).clamp(1, MAX_RETRY_AFTER_SECS)),
             },
             BrokerError::Upstream { kind, .. } => match kind {
                 UpstreamKind::Permanent { aadsts, correlation_id } => {
-                    let error = if *aadsts == Some(500011) { "invalid_resource" } else { "unauthorized_client" };
+                    let error = if *aadsts == Some(crate::aadsts::RESOURCE_NOT_FOUND) {
+                        OAuthError::InvalidResource
+                    } else {
+                        OAuthError::UnauthorizedClient
+                    };
                     let description = match correlation_id {
                         Some(id) => format!("{description} (correlation id {id})"),
                         None => description,
@@ -133,18 +137,21 @@ impl From<BrokerError> for ApiError {
                 }
                 UpstreamKind::Throttled { retry_after } => Self {
                     status: StatusCode::TOO_MANY_REQUESTS,
-                    error: "throttled",
+                    error: OAuthError::Throttled,
                     description,
                     retry_after: Some(retry_after.as_secs().clamp(1, MAX_RETRY_AFTER_SECS)),
                 },
                 // Only on-behalf-of exchanges are refused this way, and their endpoints map it
                 // themselves (`server::sidecar`); a token endpoint never sees it.
-                UpstreamKind::UserRefused { .. } => {
-                    Self { status: StatusCode::BAD_REQUEST, error: "invalid_grant", description, retry_after: None }
-                }
+                UpstreamKind::UserRefused { .. } => Self {
+                    status: StatusCode::BAD_REQUEST,
+                    error: OAuthError::InvalidGrant,
+                    description,
+                    retry_after: None,
+                },
                 UpstreamKind::Transient => Self {
                     status: StatusCode::SERVICE_UNAVAILABLE,
-                    error: "temporarily_unavailable",
+                    error: OAuthError::TemporarilyUnavailable,
                     description,
                     retry_after: Some(TRANSIENT_RETRY_AFTER_SECS),
                 },
@@ -227,7 +234,7 @@ mod tests {
         let flood = limited(1);
         assert_eq!(
             (flood.status, flood.error, flood.retry_after),
-            (StatusCode::TOO_MANY_REQUESTS, "throttled", Some(1))
+            (StatusCode::TOO_MANY_REQUESTS, OAuthError::Throttled, Some(1))
         );
         assert!(flood.description.contains("cache.new_keys_per_minute"), "{}", flood.description);
         assert_eq!(limited(60).retry_after, Some(5), "capped like the authority's");

@@ -1,12 +1,13 @@
 //! The HTTP surface: both managed-identity flavours, health and readiness, and the
 //! development issuer's discovery documents. Knows nothing of credentials.
 
+mod admin;
 mod app_service;
 mod connection;
 mod dev_user;
+mod discovery;
 mod endpoints;
 mod error;
-mod health;
 mod host;
 mod imds;
 mod sidecar;
@@ -42,16 +43,16 @@ use crate::config::ServerConfig;
 /// Paths are normalised, so `//metadata/identity/oauth2/token/` is the IMDS endpoint as
 /// clients expect.
 pub fn endpoints(state: AppState, server: &ServerConfig) -> Endpoints {
-    let mut others = Router::new().route("/healthz", get(health::healthz)).route("/readyz", get(health::readyz));
+    let mut others = Router::new().route("/healthz", get(admin::healthz)).route("/readyz", get(admin::readyz));
     if state.metrics.is_some() {
-        others = others.route("/metrics", get(health::metrics));
+        others = others.route("/metrics", get(admin::metrics));
     }
     if state.dev_issuer.is_some() {
         others = others
-            .route("/.well-known/openid-configuration", get(health::openid_configuration))
-            .route("/.well-known/jwks.json", get(health::jwks));
+            .route("/.well-known/openid-configuration", get(discovery::openid_configuration))
+            .route("/.well-known/jwks.json", get(discovery::jwks));
     }
-    let others = others.fallback(health::fallback).with_state(state.clone());
+    let others = others.fallback(admin::fallback).with_state(state.clone());
     let app_service_path = server.app_service.then_some(server.app_service_path.as_str());
     Endpoints::new(state, server.imds, app_service_path, server.max_uri_bytes, host::AllowedHosts::new(server), others)
         .with_user_endpoints()
@@ -60,11 +61,11 @@ pub fn endpoints(state: AppState, server: &ServerConfig) -> Endpoints {
 /// The admin listener's service: health, readiness and metrics only, never a token endpoint,
 /// so it may listen beyond loopback for the kubelet's probes and Prometheus.
 pub fn admin_endpoints(state: AppState, server: &ServerConfig) -> Endpoints {
-    let mut others = Router::new().route("/healthz", get(health::healthz)).route("/readyz", get(health::readyz));
+    let mut others = Router::new().route("/healthz", get(admin::healthz)).route("/readyz", get(admin::readyz));
     if state.metrics.is_some() {
-        others = others.route("/metrics", get(health::metrics));
+        others = others.route("/metrics", get(admin::metrics));
     }
-    let others = others.fallback(health::fallback).with_state(state.clone());
+    let others = others.fallback(admin::fallback).with_state(state.clone());
     Endpoints::new(state, false, None, server.max_uri_bytes, host::AllowedHosts::default(), others)
 }
 

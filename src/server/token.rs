@@ -179,7 +179,7 @@ fn log_refusal(call: &Call<'_>, error: &ApiError, elapsed: std::time::Duration) 
                 path = call.path,
                 flavour = call.flavour.as_str(),
                 status,
-                error = error.error,
+                error = error.error.as_str(),
                 description = error.description(),
                 latency_us,
                 "token request refused"

@@ -102,9 +102,9 @@ impl<'q> TokenQuery<'q> {
                     api_version = Some(value);
                     continue;
                 }
-                "client_id" | "clientid" => Selector::ClientId(value.clone().into_owned()),
-                "object_id" | "principal_id" => Selector::ObjectId(value.clone().into_owned()),
-                _ => Selector::ResourceId(value.clone().into_owned()),
+                "client_id" | "clientid" => Selector::ClientId(value.clone().into_owned().into()),
+                "object_id" | "principal_id" => Selector::ObjectId(value.clone().into_owned().into()),
+                _ => Selector::ResourceId(value.clone().into_owned().into()),
             };
             if let Some((previous, ..)) = &selector {
                 return Err(QueryError::ConflictingSelectors(previous, name));
@@ -291,10 +291,63 @@ fn echo_field(name: &str) -> Option<&'static str> {
     }
 }
 
+/// The OAuth `error` code of an error body. The codes of RFC 6749 section 5.2 where one fits
+/// (`invalid_request`, `unauthorized_client`), the ones Azure's managed-identity endpoints
+/// use (`invalid_resource`, `temporarily_unavailable`), and three of tokenrelay's own for
+/// answers those do not cover. Clients branch on the status code; the code names the case
+/// for people and logs, so an existing one never changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OAuthError {
+    /// A request that is malformed or names nothing this server can serve.
+    InvalidRequest,
+    /// The caller, or the configured application upstream, is not allowed a token.
+    UnauthorizedClient,
+    /// The authority does not know the requested resource (AADSTS500011).
+    InvalidResource,
+    /// Upstream trouble that may pass, or a request that waited too long.
+    TemporarilyUnavailable,
+    /// The authority's throttling, or the identity's allowance of new resources.
+    Throttled,
+    /// A request from a tokenrelay's `managed_identity` link (508).
+    LoopDetected,
+    /// A path that serves nothing.
+    NotFound,
+    /// The authority refused a user's token in an on-behalf-of exchange.
+    InvalidGrant,
+}
+
+impl OAuthError {
+    /// The code as it appears in the body's `error` member.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::UnauthorizedClient => "unauthorized_client",
+            Self::InvalidResource => "invalid_resource",
+            Self::TemporarilyUnavailable => "temporarily_unavailable",
+            Self::Throttled => "throttled",
+            Self::LoopDetected => "loop_detected",
+            Self::NotFound => "not_found",
+            Self::InvalidGrant => "invalid_grant",
+        }
+    }
+}
+
+impl std::fmt::Display for OAuthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for OAuthError {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 /// The JSON error body every failure uses.
 #[derive(Debug, Serialize)]
 pub struct ErrorBody<'a> {
-    pub error: &'a str,
+    pub error: OAuthError,
     pub error_description: &'a str,
     /// App Service flavour only (see `ApiError::into_app_service_response`).
     #[serde(rename = "statusCode", skip_serializing_if = "Option::is_none")]
@@ -307,6 +360,27 @@ pub struct ErrorBody<'a> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The `error` member is the code's text: clients and logs have seen these strings, and
+    /// a variant renamed in code must not rename it on the wire.
+    #[test]
+    fn error_codes_serialise_as_their_oauth_text() {
+        let codes = [
+            (OAuthError::InvalidRequest, "invalid_request"),
+            (OAuthError::UnauthorizedClient, "unauthorized_client"),
+            (OAuthError::InvalidResource, "invalid_resource"),
+            (OAuthError::TemporarilyUnavailable, "temporarily_unavailable"),
+            (OAuthError::Throttled, "throttled"),
+            (OAuthError::LoopDetected, "loop_detected"),
+            (OAuthError::NotFound, "not_found"),
+            (OAuthError::InvalidGrant, "invalid_grant"),
+        ];
+        for (code, text) in codes {
+            let body = ErrorBody { error: code, error_description: "d", status_code: None, message: None };
+            assert_eq!(serde_json::to_value(&body).unwrap()["error"], text);
+            assert_eq!(code.to_string(), text);
+        }
+    }
 
     #[test]
     fn parses_resource_selectors_and_decodes() {
@@ -358,8 +432,9 @@ mod tests {
         };
         assert!(TokenQuery::parse(Some(&query(MAX_PARAMETERS))).is_ok(), "64 parameters are fine");
         assert_eq!(TokenQuery::parse(Some(&query(MAX_PARAMETERS + 1))), Err(QueryError::TooMany));
-        // The case that cost ~240 normal requests: thousands of distinct unknown parameters,
-        // refused after the 64th; empty pairs (`&&`) are skipped and do not count.
+        // Thousands of distinct unknown parameters, each costing a comparison against every
+        // one before it, are refused after the 64th; empty pairs (`&&`) are skipped and do
+        // not count.
         assert_eq!(TokenQuery::parse(Some(&query(2700))), Err(QueryError::TooMany));
         assert!(TokenQuery::parse(Some(&format!("{}{}", "&".repeat(5000), query(10)))).is_ok());
         // A duplicate within the first 64 is still named as one.
@@ -387,7 +462,7 @@ mod tests {
             ext_expires_on: 1_760_007_200,
             refresh_on: None,
         };
-        CachedToken::new(token, 0, "test")
+        CachedToken::new(token, 0, None)
     }
 
     fn body_json(entry: &CachedToken, echo: Option<&(&'static str, String)>) -> serde_json::Value {

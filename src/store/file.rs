@@ -25,6 +25,7 @@ use super::format::{self, Contents, Protection};
 use super::{Held, OnUnreadable, PersistedAccount, SaveReport, Snapshot, Store, StoreError};
 use crate::clock::{Clock, SystemClock};
 use crate::trust::{self, Opened, Owners, Untrusted};
+use zeroize::Zeroize;
 
 /// How long to wait for another process to release the lock before giving up. A writer
 /// holds it for milliseconds; a process stuck with it must not hang this one for ever.
@@ -41,12 +42,20 @@ pub struct FileStore {
     buffers: Mutex<SaveBuffers>,
 }
 
-/// The file as read and the file to be written, each as large as the store (17.5 MB for
-/// 10,000 tokens).
+/// The file as read and the file to be written, each as large as the store. `read` is
+/// zeroed after every save; both are zeroed when the store is dropped (`write` holds
+/// plaintext tokens when the cache is not encrypted).
 #[derive(Default)]
 struct SaveBuffers {
     read: Vec<u8>,
     write: Vec<u8>,
+}
+
+impl Drop for SaveBuffers {
+    fn drop(&mut self) {
+        self.read.zeroize();
+        self.write.zeroize();
+    }
 }
 
 impl FileStore {
@@ -138,7 +147,7 @@ impl FileStore {
         };
         // Decrypted, the buffer holds every token in plaintext; do not leave that to the
         // allocator's free lists.
-        bytes.fill(0);
+        bytes.zeroize();
         match decoded {
             Ok(snapshot) => Ok(snapshot),
             Err(error) => self.unreadable(error.to_string(), on_unreadable),
@@ -206,12 +215,12 @@ impl Store for FileStore {
 
     fn save(&self, held: &Held, now: u64) -> Result<SaveReport, StoreError> {
         // The writer calls this for every batch, however small, and the file holds every
-        // token (17.5 MB for 10,000). The existing tokens are merged where they lie in the
-        // decrypted file rather than parsed into `String`s, so a save needs two buffers the
-        // size of the file and nothing per token; and the two are kept for the next save
-        // rather than freed: glibc serves blocks this large from its arenas once one has
-        // been freed, and kept what the writer freed every batch (RSS grew by ~150 MB over a
-        // refresh storm). Kept, they cost twice the file's size, once.
+        // token. The existing tokens are merged where they lie in the decrypted file rather
+        // than parsed into `String`s, so a save needs two buffers the size of the file and
+        // nothing per token; and the two are kept for the next save rather than freed: glibc
+        // serves blocks this large from its arenas once one has been freed and does not give
+        // them back, so freeing them every batch makes resident memory grow with every
+        // refresh storm. Kept, they cost twice the file's size, once.
         with_lock(&self.path, || {
             let mut buffers = self.buffers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let SaveBuffers { read, write } = &mut *buffers;
@@ -231,7 +240,7 @@ impl Store for FileStore {
             })();
             // The read buffer may now hold every token in plaintext, whether the merge worked
             // or not; it stays allocated, so it must not stay readable.
-            read.fill(0);
+            read.zeroize();
             let report = merged?;
             self.replace_locked(write)?;
             Ok(report)
@@ -376,7 +385,8 @@ fn refused(what: &'static str, path: &Path, why: &Untrusted, detail: Option<&str
 /// Renames `path` to `<path>.<label>-<UTC time>` (plus a counter if taken), in the same
 /// directory; a rename moves a symbolic link itself, never what it points to.
 fn move_aside(path: &Path, label: &str) -> std::io::Result<PathBuf> {
-    let stamp: String = super::utc(SystemClock.now()).chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let stamp: String =
+        crate::clock::rfc3339(SystemClock.now()).chars().filter(|c| c.is_ascii_alphanumeric()).collect();
     let base = format!("{}.{label}-{stamp}", path.display());
     let mut target = PathBuf::from(&base);
     let mut n = 1;

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use super::{Held, HeldIdentity, HeldToken, PersistedAccount, PersistedToken, SaveReport, Snapshot};
 use crate::secret::Secret;
 use crate::token::AccessToken;
+use zeroize::Zeroize;
 
 /// First bytes of every cache file.
 const MAGIC: &[u8; 8] = b"TOKENRLY";
@@ -125,9 +126,10 @@ const WRITER: &str = concat!("tokenrelay ", env!("CARGO_PKG_VERSION"));
 
 /// Serialises and protects a payload into `out` (cleared first; its allocation is reused):
 /// the header, then the JSON written straight from the borrowed strings, sealed in place,
-/// then the tag. A store of 10,000 tokens is ~17.5 MB and the writer rewrites it every batch;
-/// each extra copy (owned clones of every token, a separate JSON buffer, a second buffer for
-/// header + ciphertext) was another 17.5 MB allocated and freed per write.
+/// then the tag. The writer rewrites the whole store every batch, and a store holds every
+/// token in full, so every extra copy (owned clones of every token, a
+/// separate JSON buffer, a second buffer for header + ciphertext) would allocate and free the
+/// store's size again per write.
 fn seal(payload: &Payload<'_>, protection: &Protection, out: &mut Vec<u8>) {
     out.clear();
     out.reserve(HEADER_LEN + estimated_len(payload) + AES_256_GCM.tag_len());
@@ -160,7 +162,7 @@ fn seal(payload: &Payload<'_>, protection: &Protection, out: &mut Vec<u8>) {
 }
 
 /// A slight overestimate of the JSON's length, so that the buffer is allocated once instead
-/// of doubling (and copying) its way up to 17.5 MB. Besides its strings, a token's JSON is
+/// of doubling (and copying) its way up to the store's size. Besides its strings, a token's JSON is
 /// about 200 bytes of member names, punctuation and numbers; strings needing escapes (none in
 /// practice) only make the buffer grow once more.
 fn estimated_len(payload: &Payload<'_>) -> usize {
@@ -185,13 +187,14 @@ pub fn decode(bytes: &[u8], protection: &Protection) -> Result<Snapshot, DecodeE
     let mut copy = bytes.to_vec();
     let decoded = decode_in_place(&mut copy, protection);
     // Decrypted, the copy holds every token in plaintext, as `FileStore`'s buffers do.
-    copy.fill(0);
+    copy.zeroize();
     decoded
 }
 
 /// Checks, decrypts and parses a file's bytes without copying them: the ciphertext is
-/// decrypted where it lies and the JSON parsed from that slice, so loading a 17.5 MB store
-/// allocates the file's bytes once instead of three times. Afterwards `bytes` holds the
+/// decrypted where it lies and the JSON parsed from that slice, so loading a store allocates
+/// the file's bytes once rather than once for the ciphertext, once for the plaintext and
+/// once for the JSON. Afterwards `bytes` holds the
 /// plaintext (or, if the tag did not match, unspecified bytes); the caller drops it.
 pub fn decode_in_place(bytes: &mut [u8], protection: &Protection) -> Result<Snapshot, DecodeError> {
     Ok(Contents::open(bytes, protection)?.into_snapshot())
@@ -449,8 +452,8 @@ impl<'a> StoredToken<'a> {
         super::key_order((&a.client_id, &a.resource), (&b.client_id, &b.resource))
     }
 
-    /// One allocation per string, from the buffer into the token (serde_json made the same
-    /// one when it parsed into `String`s).
+    /// One allocation per string, from the buffer into the token: the least any owned token
+    /// needs.
     fn into_token(self) -> PersistedToken {
         PersistedToken {
             identity: self.identity.into_owned(),

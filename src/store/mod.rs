@@ -443,13 +443,6 @@ pub fn open(config: &PersistenceConfig) -> Result<Arc<FileStore>, Unavailable> {
     })
 }
 
-/// `2026-11-29T12:00:00Z` for an epoch second (UTC, proleptic Gregorian).
-pub fn utc(epoch: u64) -> String {
-    let (year, month, day) = crate::clock::civil_from_days(epoch / 86_400);
-    let secs = epoch % 86_400;
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -550,13 +543,6 @@ pub(crate) mod tests {
             proptest::prop_assert_eq!(got, expected);
             proptest::prop_assert_eq!(pruned, expected_pruned);
         }
-    }
-
-    #[test]
-    fn formats_utc() {
-        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(utc(1_764_417_600), "2025-11-29T12:00:00Z");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::clock::civil_from_days;
+use crate::clock::write_rfc3339;
 
 /// Formats each event as one JSON object on one line.
 #[derive(Clone, Copy, Debug, Default)]
@@ -159,31 +159,11 @@ impl<W: Write> Write for Escaping<'_, W> {
     }
 }
 
-/// Writes `time` as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC), as tracing-subscriber's JSON did.
-/// Digit by digit into a fixed buffer: `write!` with padded arguments cost more than the rest
-/// of the line's fixed members together.
+/// Writes `time` as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC), the timestamp format of
+/// tracing-subscriber's JSON, which log pipelines already parse.
 fn write_rfc3339_micros(out: &mut impl Write, time: SystemTime) -> fmt::Result {
     let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let seconds = since_epoch.as_secs();
-    let (year, month, day) = civil_from_days(seconds / 86_400);
-    let second_of_day = seconds % 86_400;
-    let mut text = *b"0000-00-00T00:00:00.000000Z";
-    put_digits(&mut text[0..4], year);
-    put_digits(&mut text[5..7], month);
-    put_digits(&mut text[8..10], day);
-    put_digits(&mut text[11..13], second_of_day / 3600);
-    put_digits(&mut text[14..16], second_of_day / 60 % 60);
-    put_digits(&mut text[17..19], second_of_day % 60);
-    put_digits(&mut text[20..26], u64::from(since_epoch.subsec_micros()));
-    out.write_str(std::str::from_utf8(&text).expect("only ASCII digits and separators"))
-}
-
-/// Writes the last `digits.len()` decimal digits of `value`, zero-padded, into `digits`.
-fn put_digits(digits: &mut [u8], mut value: u64) {
-    for digit in digits.iter_mut().rev() {
-        *digit = b'0' + (value % 10) as u8;
-        value /= 10;
-    }
+    write_rfc3339(out, since_epoch.as_secs(), Some(since_epoch.subsec_micros()))
 }
 
 #[cfg(test)]

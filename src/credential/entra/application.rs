@@ -7,6 +7,7 @@ use std::sync::Arc;
 use reqwest::Url;
 
 use super::{ClientAuth, EntraClient};
+use crate::config::CredentialKind;
 use crate::credential::{CredentialError, Grant};
 use crate::token::AccessToken;
 
@@ -38,7 +39,7 @@ impl Application {
     /// error names.
     pub async fn exchange(
         &self,
-        credential: &'static str,
+        credential: CredentialKind,
         grant: Grant<'_>,
         auth: ClientAuth<'_>,
     ) -> Result<AccessToken, CredentialError> {
@@ -83,9 +84,9 @@ mod tests {
     async fn errors_name_the_calling_credential() {
         let secret = Secret::new("s");
         let error = Application::unreachable()
-            .exchange("client_secret", Grant::App("https://vault.azure.net"), ClientAuth::Secret(&secret))
+            .exchange(CredentialKind::ClientSecret, Grant::App("https://vault.azure.net"), ClientAuth::Secret(&secret))
             .await;
         let Err(CredentialError::Transient { credential, .. }) = error else { panic!("{error:?}") };
-        assert_eq!(credential, "client_secret");
+        assert_eq!(credential, CredentialKind::ClientSecret);
     }
 }

@@ -1,4 +1,5 @@
-//! Liveness, readiness and the development issuer's discovery documents.
+//! The admin endpoints: liveness, readiness, metrics, and the answer to any other path. The
+//! admin listener serves these alone (never tokens); the token listener serves them too.
 
 use axum::Json;
 use axum::extract::State;
@@ -23,22 +24,6 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         let body = json!({ "status": "waiting", "pending_prefetches": readiness.pending() });
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
-    }
-}
-
-/// `GET /.well-known/openid-configuration` under `--dev`.
-pub async fn openid_configuration(State(state): State<AppState>) -> Response {
-    match &state.dev_issuer {
-        Some(issuer) => Json(issuer.openid_configuration()).into_response(),
-        None => ApiError::not_found().into_response(),
-    }
-}
-
-/// `GET /.well-known/jwks.json` under `--dev`.
-pub async fn jwks(State(state): State<AppState>) -> Response {
-    match &state.dev_issuer {
-        Some(issuer) => Json(issuer.jwks()).into_response(),
-        None => ApiError::not_found().into_response(),
     }
 }
 
