@@ -31,6 +31,9 @@ probes (each but soak takes under about two minutes):
                  MALLOC_ARENA_MAX=2 bench_probe memory ... measures that allocator setting
   startup        spawn to the first /readyz 200 and to the first served token, with 10,000
                  persisted tokens (encrypted store) and without; 10 runs each; RSS when ready
+  coldstart      spawn to the first /readyz 200 with one prefetched resource against an
+                 authority answering in 100 ms; 20 runs: the total and tokenrelay's own share
+                 (the total minus the authority's 100 ms)
   refresh-storm  10,000 persisted tokens sharing one refresh point, swept by 32 clients while
                  an authority answering in 50 ms counts calls, concurrency and arrival times;
                  then the refresh points written back to the store
@@ -62,6 +65,7 @@ async fn main() {
         "stampede" => stampede(&bin).await,
         "memory" => memory(&bin).await,
         "startup" => startup(&bin).await,
+        "coldstart" => coldstart(&bin).await,
         "refresh-storm" => refresh_storm(&bin).await,
         "flood" => flood(&bin).await,
         "soak" => soak(&bin).await,
@@ -373,8 +377,13 @@ async fn soak(bin: &str) {
     tokio::time::sleep(SETTLE).await;
     let (rss_after, anon_after) = (relay::rss_mib(pid), relay::anon_mib(pid));
     let held = relay.cached_tokens(&client).await;
+    // `/metrics` serves one rendering for up to a second: each scrape below waits out the
+    // rendering before it, so the two counts bracket exactly the one request.
+    const RENDERING: Duration = Duration::from_millis(1_100);
+    tokio::time::sleep(RENDERING).await;
     let hits_before = cache_lookups(&client, &relay.url).await;
     let outcome = relay::get_token(&client, &relay.url, APP).await;
+    tokio::time::sleep(RENDERING).await;
     let hits_after = cache_lookups(&client, &relay.url).await;
     let same_token = outcome.status == Some(200) && outcome.token.is_some() && outcome.token == app_token;
     let app_calls_after = app_calls();
@@ -498,6 +507,37 @@ async fn startup(bin: &str) {
             println!("    of which loading and seeding the store, as the relay logs it: {}", spread_ms(&mut load));
         }
     }
+}
+
+/// A pod's critical path: spawn to ready with one prefetched resource, against an authority
+/// that takes a fixed 100 ms, so that what is left over is tokenrelay's own share (process
+/// start, configuration, binding, the upstream request's own work, readiness).
+async fn coldstart(bin: &str) {
+    const RUNS: usize = 20;
+    const AUTHORITY_DELAY: Duration = Duration::from_millis(100);
+    let authority = Authority::start(AUTHORITY_DELAY).await;
+    let scratch = Scratch::new("coldstart");
+    let settings = Settings { authority: &authority.url, max_concurrent: 16, persistence: None, prefetch: Some(tokens::resource(0)) };
+    let config = settings.write(&scratch.0);
+    let client = relay::client();
+    let (mut ready, mut share) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        let calls_before = authority.calls();
+        let relay = Relay::spawn(bin, &config, &[]);
+        let elapsed = relay.wait_ready(&client).await;
+        assert_eq!(authority.calls(), calls_before + 1, "one upstream call for the prefetched resource");
+        ready.push(elapsed);
+        share.push(elapsed.saturating_sub(AUTHORITY_DELAY));
+        relay.kill().await;
+    }
+    println!(
+        "coldstart: {RUNS} runs, one prefetched resource, authority {} ms: spawn to /readyz 200 {}; tokenrelay's \
+         share (minus the authority's delay) {}; load average {}",
+        AUTHORITY_DELAY.as_millis(),
+        spread_ms(&mut ready),
+        spread_ms(&mut share),
+        load_average()
+    );
 }
 
 /// 10,000 persisted tokens whose refresh points coincide: one refresh per key, never more than

@@ -51,6 +51,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
                     })
                 })
                 .collect();
+            telemetry_metrics::render_request_durations(&mut text);
             telemetry_metrics::render_cache(&mut text, &entries, &samples);
             crate::telemetry::render_log_lines_dropped(&mut text);
             text

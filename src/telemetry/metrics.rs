@@ -5,15 +5,14 @@
 //! are rendered at scrape time from the cache itself, so evicted tokens leave no stale series.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::body::Bytes;
 use tokio::time::Instant;
 
-use metrics::{
-    Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
-};
+use metrics::{Counter, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const REQUESTS: &str = "tokenrelay_requests_total";
@@ -42,7 +41,6 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .install_recorder()
         .map_err(|e| e.to_string())?;
     describe_counter!(REQUESTS, "Token requests answered, by flavour and HTTP status.");
-    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Time to answer a token request, by flavour.");
     describe_counter!(
         CACHE_LOOKUPS,
         "Cache lookups by outcome: hit, stale (served while refreshing), miss, coalesced (waited for another request's fetch)."
@@ -146,7 +144,6 @@ impl Exposition {
 /// labelled key on each call allocates and hashes, which the cache-hit path should not pay.
 struct HotPath {
     served: [Counter; 2],
-    durations: [Histogram; 2],
     lookups: [Counter; 4],
 }
 
@@ -155,7 +152,6 @@ static HOT_PATH: OnceLock<HotPath> = OnceLock::new();
 fn hot_path() -> &'static HotPath {
     HOT_PATH.get_or_init(|| HotPath {
         served: FLAVOURS.map(|flavour| counter!(REQUESTS, "flavour" => flavour, "status" => "200")),
-        durations: FLAVOURS.map(|flavour| histogram!(REQUEST_DURATION, "flavour" => flavour)),
         lookups: OUTCOMES.map(|outcome| counter!(CACHE_LOOKUPS, "outcome" => outcome)),
     })
 }
@@ -165,16 +161,71 @@ const OUTCOMES: [&str; 4] = ["hit", "stale", "miss", "coalesced"];
 
 /// A token request was answered.
 pub fn request(flavour: &'static str, status: u16, elapsed: Duration) {
-    match FLAVOURS.iter().position(|f| *f == flavour) {
-        Some(i) if status == 200 => {
-            let hot = hot_path();
-            hot.served[i].increment(1);
-            hot.durations[i].record(elapsed.as_secs_f64());
+    let index = FLAVOURS.iter().position(|f| *f == flavour);
+    if let Some(i) = index {
+        REQUEST_DURATIONS[i].record(elapsed);
+    }
+    match index {
+        Some(i) if status == 200 => hot_path().served[i].increment(1),
+        _ => counter!(REQUESTS, "flavour" => flavour, "status" => status_label(status)).increment(1),
+    }
+}
+
+/// The request-duration histogram of each flavour (indexed as [`FLAVOURS`]).
+static REQUEST_DURATIONS: [FixedHistogram; 2] = [const { FixedHistogram::new() }; 2];
+
+/// A Prometheus histogram over [`REQUEST_BUCKETS`] kept in atomics, for the one histogram
+/// every request records. The `metrics` facade's histograms keep each sample until upkeep
+/// folds them into buckets: at tens of thousands of requests a second that is megabytes of
+/// samples between upkeeps, memory the allocator keeps after the load has gone, and an upkeep
+/// pass that holds a worker thread while it sorts them in. Here recording is three relaxed
+/// additions that allocate nothing, and the buckets are read at scrape time.
+///
+/// Invariant: `counts[i]` counts the observations in `(REQUEST_BUCKETS[i - 1], REQUEST_BUCKETS[i]]`
+/// (the last one those above every bound); rendering accumulates them, and derives `_count`
+/// from them so that it always equals the `+Inf` bucket.
+struct FixedHistogram {
+    counts: [AtomicU64; REQUEST_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl FixedHistogram {
+    const fn new() -> Self {
+        Self { counts: [const { AtomicU64::new(0) }; REQUEST_BUCKETS.len() + 1], sum_nanos: AtomicU64::new(0) }
+    }
+
+    fn record(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let bucket = REQUEST_BUCKETS.iter().position(|bound| seconds <= *bound).unwrap_or(REQUEST_BUCKETS.len());
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        // Saturating: 584 years of summed request time fit in a u64 of nanoseconds.
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Appends the `_bucket`, `_sum` and `_count` series of `name{labels}`.
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0u64;
+        for (i, count) in self.counts.iter().enumerate() {
+            cumulative += count.load(Ordering::Relaxed);
+            let _ = match REQUEST_BUCKETS.get(i) {
+                Some(bound) => writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}"),
+                None => writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}"),
+            };
         }
-        _ => {
-            counter!(REQUESTS, "flavour" => flavour, "status" => status_label(status)).increment(1);
-            histogram!(REQUEST_DURATION, "flavour" => flavour).record(elapsed.as_secs_f64());
-        }
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+    }
+}
+
+/// Appends the request-duration histograms (rendered here rather than by the recorder; see
+/// [`FixedHistogram`]).
+pub fn render_request_durations(out: &mut String) {
+    let _ = writeln!(out, "# HELP {REQUEST_DURATION} Time to answer a token request, by flavour.");
+    let _ = writeln!(out, "# TYPE {REQUEST_DURATION} histogram");
+    for (flavour, histogram) in FLAVOURS.iter().zip(&REQUEST_DURATIONS) {
+        histogram.render(out, REQUEST_DURATION, &format!("flavour=\"{flavour}\""));
     }
 }
 
@@ -298,6 +349,30 @@ mod tests {
     use metrics_exporter_prometheus::PrometheusRecorder;
 
     use super::*;
+
+    #[test]
+    fn request_durations_render_as_a_cumulative_histogram() {
+        let histogram = FixedHistogram::new();
+        for micros in [100, 500, 700, 3_000, 45_000_000] {
+            histogram.record(Duration::from_micros(micros));
+        }
+        let mut out = String::new();
+        histogram.render(&mut out, "d", "flavour=\"imds\"");
+        let value = |series: &str| -> f64 {
+            let line = out.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("{series} in {out}"));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        // 100 µs and 500 µs are within the first bound (0.0005 s, inclusive), 700 µs within
+        // the second, 3 ms within the third, 45 s above every bound.
+        assert_eq!(value("d_bucket{flavour=\"imds\",le=\"0.0005\"}"), 2.0);
+        assert_eq!(value("d_bucket{flavour=\"imds\",le=\"0.001\"}"), 3.0);
+        assert_eq!(value("d_bucket{flavour=\"imds\",le=\"0.005\"}"), 4.0);
+        assert_eq!(value("d_bucket{flavour=\"imds\",le=\"30\"}"), 4.0);
+        assert_eq!(value("d_bucket{flavour=\"imds\",le=\"+Inf\"}"), 5.0);
+        assert_eq!(value("d_count{flavour=\"imds\"}"), 5.0);
+        assert!((value("d_sum{flavour=\"imds\"}") - 45.0043).abs() < 1e-9, "{out}");
+        assert_eq!(out.lines().filter(|l| l.starts_with("d_bucket")).count(), REQUEST_BUCKETS.len() + 1);
+    }
 
     /// An exposition over a recorder of its own (the global one is never installed in unit
     /// tests), and a counter of its renderings.
