@@ -578,6 +578,12 @@ impl FileStore {
         let mut forgotten = 0;
         let mut picks: BTreeMap<Key, Candidate<'_>> = BTreeMap::new();
         for (key, entry) in std::mem::take(&mut replay.entries) {
+            // Pruned before the merge, so that a token expiring implausibly far ahead cannot
+            // win its key over the genuine one memory holds.
+            if entry.expires_on <= now || implausible(entry.expires_on, now) {
+                pruned += 1;
+                continue;
+            }
             let gone = held.writer != 0
                 && entry.written_by == held.writer
                 && held.serves(&key.client).is_some()
@@ -605,9 +611,6 @@ impl FileStore {
                 }
             }
         }
-        let before = picks.len();
-        picks.retain(|_, c| c.expires_on > now && !implausible(c.expires_on, now));
-        pruned += before - picks.len();
         let mut kept: Vec<(Key, Candidate<'_>)> = picks.into_iter().collect();
         let over_cap = cap_per_client(
             &mut kept,
@@ -1205,6 +1208,20 @@ mod tests {
         assert!(report.compacted);
         assert_eq!(report.pruned, 1);
         assert_eq!(loaded(dir.path()), ["kept=k", "r2=r2", "x1=x1"]);
+    }
+
+    #[test]
+    fn a_token_expiring_implausibly_far_ahead_never_displaces_the_one_memory_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let forged = vec![token("app", "r1", 100 + super::super::MAX_PLAUSIBLE_LIFETIME + 1, "forged")];
+        let protection = Protection::Encrypted(Cipher::new(&[5; 32]));
+        let snapshot = Snapshot { tokens: forged, accounts: Vec::new() };
+        fs::write(dir.path().join("tokens.cache"), format::encode(&snapshot, &protection, 1)).unwrap();
+        let mut memory = Memory::new(7);
+        memory.fetch("r1", 5000, "genuine");
+        let report = memory.save(&store(dir.path()));
+        assert_eq!((report.kept, report.pruned, report.compacted), (1, 1, true));
+        assert_eq!(loaded(dir.path()), ["r1=genuine"]);
     }
 
     #[test]

@@ -95,17 +95,23 @@ impl Header {
         Self(bytes)
     }
 
-    /// Checks a header read from a file against the configured protection. The version byte
-    /// must already be known to be 2.
+    /// Checks a header read from a file against the configured protection.
     pub fn parse(bytes: &[u8], protection: &Protection) -> Result<Self, DecodeError> {
-        if bytes.len() < HEADER_LEN {
+        if bytes.len() < 8 {
             return Err(DecodeError::Truncated(bytes.len()));
         }
-        if &bytes[..8] != format::MAGIC {
+        if bytes[..8] != format::MAGIC[..] {
             return Err(DecodeError::NotACacheFile);
+        }
+        if bytes.len() < 9 {
+            return Err(DecodeError::Truncated(bytes.len()));
         }
         if bytes[8] != VERSION {
             return Err(DecodeError::UnknownVersion(bytes[8]));
+        }
+        if bytes.len() < HEADER_LEN {
+            // Too short for any record: whatever was written of it was cut off.
+            return Err(DecodeError::Tampered);
         }
         match (bytes[9], protection) {
             (format::PLAINTEXT, Protection::Plaintext) => {}
