@@ -172,7 +172,8 @@ async fn flood(bin: &str) {
         ),
     )
     .unwrap();
-    let file_mib = || std::fs::metadata(&store.path).map_or(0.0, |m| m.len() as f64 / 1024.0 / 1024.0);
+    // The cache file and its journal together.
+    let file_mib = || store.on_disk().0 as f64 / 1024.0 / 1024.0;
     let client = relay::client();
 
     let relay = Relay::spawn(bin, &config, &[]);
@@ -203,11 +204,11 @@ async fn flood(bin: &str) {
         restarted.memory(),
         restarted.peak_mib()
     );
-    let written = std::fs::metadata(&store.path).unwrap().modified().unwrap();
+    let written = store.on_disk().1;
     let outcome = relay::get_token(&client, &restarted.url, &tokens::resource(FLOOD)).await;
     assert_eq!(outcome.status, Some(200));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::metadata(&store.path).unwrap().modified().unwrap() == written {
+    while store.on_disk().1 == written {
         assert!(Instant::now() < deadline, "no write within 10 s of a new token");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

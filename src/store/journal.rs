@@ -427,7 +427,8 @@ impl FileStore {
         let sealer = Sealer::new(header, &self.protection);
         let mut seq = records;
         let appended = (|| -> io::Result<u64> {
-            let mut chunk = Vec::with_capacity(CHUNK + 4096);
+            // Sized to the change (a batch is usually a few tokens), at most a chunk.
+            let mut chunk = Vec::with_capacity(usize::try_from(estimate).unwrap_or(CHUNK).min(CHUNK) + HEADER_LEN);
             if created {
                 chunk.extend_from_slice(header.bytes());
             } else {
