@@ -42,7 +42,10 @@ probes (each but soak takes under about two minutes):
   soak           SOAK_SECS (default 300) of wrk, 64 connections, on the application's token
                  while a flood client asks for distinct new resources over 4 connections, the
                  cache at its defaults (new-key limit on): errors, RSS 30 s after against
-                 before, and whether the application's token is still a cache hit. Needs wrk";
+                 before, and whether the application's token is still a cache hit. Needs wrk
+
+Persisted stores are written as this build writes them (format version 2); BENCH_STORE_V1=1
+writes format version 1 instead, as releases before the journal did and can read";
 
 /// How far above its level before the load the soak allows the relay's RSS to stay, 30 s after
 /// it: the flood's tokens under the default new-key limit (a few hundred of 1.5 KB) and what
