@@ -495,6 +495,30 @@ mod tests {
         assert_eq!(Header::parse(a.bytes(), &Protection::Plaintext).err(), Some(DecodeError::NoKey));
     }
 
+    proptest::proptest! {
+        /// Whatever follows a header (damage, a forged file of the right owner), reading
+        /// frames ends, without a panic and without reading past the file, and only frames
+        /// that authenticate come out.
+        #[test]
+        fn any_bytes_after_a_header_read_as_frames_torn_or_corrupt(
+            tail in proptest::collection::vec(proptest::num::u8::ANY, 0..400),
+            records in 0usize..3,
+            cut in 0usize..64,
+        ) {
+            let protection = Protection::Encrypted(Cipher::new(&[7; 32]));
+            let header = Header::new(FileKind::Journal, [0; ID_LEN], &protection);
+            let good: Vec<&[u8]> = [b"\x01a".as_slice(), b"\x01bb", b"\x01ccc"][..records].to_vec();
+            let mut bytes = frames_of(&header, &protection, &good);
+            bytes.truncate(bytes.len().saturating_sub(cut).max(HEADER_LEN));
+            bytes.extend_from_slice(&tail);
+            let (read, _) = read_all(&bytes, &protection);
+            proptest::prop_assert!(read.len() <= records);
+            for (got, expected) in read.iter().zip(&good) {
+                proptest::prop_assert_eq!(got.as_slice(), *expected);
+            }
+        }
+    }
+
     #[test]
     fn records_round_trip() {
         let mut bytes = Vec::new();
