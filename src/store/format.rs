@@ -216,23 +216,6 @@ pub fn decode_in_place(bytes: &mut [u8], protection: &Protection) -> Result<Snap
     Ok(Contents::open(bytes, protection)?.into_snapshot())
 }
 
-/// [`decode_in_place`] keeping at most `max_per_client` unexpired tokens per client id (see
-/// [`super::Store::load_bounded`]); only those are copied out of `bytes`.
-pub fn decode_in_place_bounded(
-    bytes: &mut [u8],
-    protection: &Protection,
-    max_per_client: usize,
-    now: u64,
-) -> Result<Snapshot, DecodeError> {
-    let mut contents = Contents::open(bytes, protection)?;
-    let tokens = &mut contents.0.tokens;
-    tokens.retain(|t| t.expires_on > now);
-    // Stable: tokens of one client id become contiguous and keep their order.
-    tokens.sort_by(StoredToken::order);
-    super::cap_per_client(tokens, max_per_client, |t| &t.client_id, |t| (t.in_use, t.expires_on));
-    Ok(contents.into_snapshot())
-}
-
 /// A decrypted version-1 file whose strings still lie in its buffer.
 pub struct Contents<'a>(Payload<'a>);
 
@@ -409,11 +392,6 @@ impl<'a> StoredToken<'a> {
             in_use,
             written_by: 0,
         }
-    }
-
-    /// The order of [`super::merge`], on borrowed strings.
-    fn order(a: &Self, b: &Self) -> std::cmp::Ordering {
-        super::key_order((&a.client_id, &a.resource), (&b.client_id, &b.resource))
     }
 
     /// One allocation per string, from the buffer into the token (serde_json made the same
