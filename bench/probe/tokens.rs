@@ -11,7 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tokenrelay::secret::Secret;
 use tokenrelay::store::format;
-use tokenrelay::store::{Cipher, PersistedToken, Protection, Snapshot};
+use tokenrelay::store::{Cipher, FileStore, Held, OnUnreadable, PersistedToken, Protection, Snapshot, Store};
 use tokenrelay::token::AccessToken;
 
 /// Length of every token the probes hand out or persist.
@@ -83,7 +83,10 @@ pub fn persisted(count: usize, issued_at: u64, refresh_on: u64, expires_on: u64)
         .collect()
 }
 
-/// An encrypted store file and its key file, in `dir`, written with the relay's own format.
+/// An encrypted store file and its key file, in `dir`, written with the relay's own store
+/// code: the cache file a relay of this build leaves (format version 2), or with
+/// `BENCH_STORE_V1=1` a version-1 file as earlier releases wrote it (which this build migrates
+/// at its first save, and which a build from before the journal can read).
 pub struct StoreFile {
     pub path: PathBuf,
     pub key_file: PathBuf,
@@ -98,15 +101,29 @@ impl StoreFile {
         let key_file = dir.join("key");
         std::fs::write(&key_file, key.iter().map(|b| format!("{b:02x}")).collect::<String>()).unwrap();
         let path = dir.join("tokens.cache");
-        let bytes = format::encode(&Snapshot { tokens, accounts: Vec::new() }, &Self::protection(&key), now);
-        std::fs::write(&path, bytes).unwrap();
+        if std::env::var_os("BENCH_STORE_V1").is_some() {
+            let bytes = format::encode(&Snapshot { tokens, accounts: Vec::new() }, &Self::protection(&key), now);
+            std::fs::write(&path, bytes).unwrap();
+        } else {
+            let store = FileStore::new(&path, Self::protection(&key), String::new());
+            store.save(&Held::from_tokens(tokens, 0, usize::MAX), now).expect("the store is written");
+        }
         Self { path, key_file, key }
     }
 
-    /// What the file holds now (after the relay rewrote it, say).
+    /// What the store holds now (after the relay wrote to it, say): the file and its
+    /// journal, read as the relay reads them.
     pub fn read(&self) -> Vec<PersistedToken> {
-        let bytes = std::fs::read(&self.path).unwrap();
-        format::decode(&bytes, &Self::protection(&self.key)).expect("the store decodes with its key").tokens
+        let store = FileStore::new(&self.path, Self::protection(&self.key), String::new());
+        store.load(OnUnreadable::Report).expect("the store reads with its key").tokens
+    }
+
+    /// The cache file and its journal as they are now: their size in bytes together, and the
+    /// latest time either was modified.
+    pub fn on_disk(&self) -> (u64, Option<std::time::SystemTime>) {
+        let journal = PathBuf::from(format!("{}.journal", self.path.display()));
+        let files: Vec<_> = [&self.path, &journal].into_iter().filter_map(|p| std::fs::metadata(p).ok()).collect();
+        (files.iter().map(|m| m.len()).sum(), files.iter().filter_map(|m| m.modified().ok()).max())
     }
 
     /// The `[cache.persistence]` table that makes the relay load this file.

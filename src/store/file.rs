@@ -1,14 +1,16 @@
-//! The cache file: atomic replacement, an advisory lock shared by every process that uses
-//! the file, owner-only permissions, and bad files moved aside rather than overwritten.
+//! The cache file and its journal: atomic replacement, an advisory lock shared by every
+//! process that uses the file, owner-only permissions, and bad files moved aside rather than
+//! overwritten. What is written when, and how the two are read together, is in
+//! [`super::journal`].
 //!
-//! Writes go to a temporary file in the same directory (created 0600), which is flushed to
-//! disk, renamed over the cache file and followed by an fsync of the directory, so a crash
-//! leaves either the old file or the new one, never half of one. Every read-merge-write runs
+//! A snapshot is written to a temporary file in the same directory (created 0600), which is
+//! flushed to disk, renamed over the cache file and followed by an fsync of the directory, so
+//! a crash leaves either the old file or the new one, never half of one. Every read and write runs
 //! while holding an exclusive `flock` on `<file>.lock` (the lock file is never deleted,
 //! which would let two processes lock different inodes), so two tokenrelay processes sharing
 //! a file merge their tokens instead of losing one another's.
 //!
-//! The cache file and the lock file are opened without following symbolic links and used
+//! The cache file, its journal and the lock file are opened without following symbolic links and used
 //! only when the running user owns them and no one else can write them ([`super::trust`]):
 //! in a shared directory another user could have planted either. A refused file is renamed
 //! to `<file>.refused-<UTC time>` where the directory allows, and a fresh one is used;
@@ -16,16 +18,15 @@
 //! persistence off for the run rather than trusting the file or waiting on its lock.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::format::{self, Contents, Protection};
+use super::format::Protection;
+use super::journal::Written;
 use super::{Held, OnUnreadable, PersistedAccount, SaveReport, Snapshot, Store, StoreError};
 use crate::clock::{Clock, SystemClock};
 use crate::trust::{self, Opened, Owners, Untrusted};
-use zeroize::Zeroize;
 
 /// How long to wait for another process to release the lock before giving up. A writer
 /// holds it for milliseconds; a process stuck with it must not hang this one for ever.
@@ -36,32 +37,16 @@ const LOCK_RETRY: Duration = Duration::from_millis(20);
 /// A cache file and how its contents are protected.
 pub struct FileStore {
     path: PathBuf,
-    protection: Protection,
+    pub(super) protection: Protection,
     description: String,
-    /// The buffers of [`Store::save`], kept from one save to the next (see there).
-    buffers: Mutex<SaveBuffers>,
-}
-
-/// The file as read and the file to be written, each as large as the store. `read` is
-/// zeroed after every save; both are zeroed when the store is dropped (`write` holds
-/// plaintext tokens when the cache is not encrypted).
-#[derive(Default)]
-struct SaveBuffers {
-    read: Vec<u8>,
-    write: Vec<u8>,
-}
-
-impl Drop for SaveBuffers {
-    fn drop(&mut self) {
-        self.read.zeroize();
-        self.write.zeroize();
-    }
+    /// What this process last wrote, which a save compares memory with.
+    pub(super) written: Mutex<Written>,
 }
 
 impl FileStore {
     /// A store at `path`; nothing is touched until the first operation.
     pub fn new(path: &Path, protection: Protection, description: String) -> Self {
-        Self { path: path.to_owned(), protection, description, buffers: Mutex::default() }
+        Self { path: path.to_owned(), protection, description, written: Mutex::default() }
     }
 
     /// The cache file.
@@ -107,86 +92,77 @@ impl FileStore {
         })
     }
 
-    /// Reads the file into `into` (replacing what it held); must run under the lock. False
-    /// when there is none, or when it could not be read or was refused and was moved aside.
-    fn read_locked(&self, into: &mut Vec<u8>, on_unreadable: OnUnreadable) -> Result<bool, StoreError> {
-        into.clear();
+    /// Opens a cache file or journal to read it; must run under the lock. `None` when there
+    /// is none, or when it could not be opened or was refused and was moved aside.
+    pub(super) fn open_trusted(
+        &self,
+        path: &Path,
+        what: &'static str,
+        on_unreadable: OnUnreadable,
+    ) -> Result<Option<File>, StoreError> {
         let mut options = OpenOptions::new();
         options.read(true);
-        let mut file = match trust::open(&self.path, &mut options, Owners::RunningUser) {
-            Opened::Trusted(file) => file,
-            Opened::Failed(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        match trust::open(path, &mut options, Owners::RunningUser) {
+            Opened::Trusted(file) => Ok(Some(file)),
+            Opened::Failed(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Opened::Failed(error) => {
-                return self.unreadable(format!("cannot read it: {error}"), on_unreadable).map(|_| false);
+                self.unreadable(path, format!("cannot read it: {error}"), on_unreadable).map(|()| None)
             }
             Opened::Refused { why, .. } if on_unreadable == OnUnreadable::Report => {
-                return Err(refused(CACHE_FILE, &self.path, &why, None));
+                Err(refused(what, path, &why, None))
             }
             Opened::Refused { why, identity } => {
-                set_aside_refused(CACHE_FILE, &self.path, &why, identity)?;
-                return Ok(false);
+                set_aside_refused(what, path, &why, identity)?;
+                Ok(None)
             }
-        };
-        match file.read_to_end(into) {
-            Ok(_) => Ok(true),
-            Err(error) => self.unreadable(format!("cannot read it: {error}"), on_unreadable).map(|_| false),
         }
     }
 
-    /// Reads and decodes the file, keeping at most `bound = (max_per_client, now)` tokens
-    /// per client id when given; must run under the lock.
-    fn load_locked(&self, on_unreadable: OnUnreadable, bound: Option<(usize, u64)>) -> Result<Snapshot, StoreError> {
-        let mut bytes = Vec::new();
-        if !self.read_locked(&mut bytes, on_unreadable)? {
-            return Ok(Snapshot::default());
-        }
-        // In place: the file's bytes are the only buffer besides the tokens parsed from it.
-        let decoded = match bound {
-            None => format::decode_in_place(&mut bytes, &self.protection),
-            Some((max, now)) => format::decode_in_place_bounded(&mut bytes, &self.protection, max, now),
-        };
-        // Decrypted, the buffer holds every token in plaintext; do not leave that to the
-        // allocator's free lists.
-        bytes.zeroize();
-        match decoded {
-            Ok(snapshot) => Ok(snapshot),
-            Err(error) => self.unreadable(error.to_string(), on_unreadable),
-        }
-    }
-
-    fn unreadable(&self, reason: String, on_unreadable: OnUnreadable) -> Result<Snapshot, StoreError> {
-        let path = self.path.display().to_string();
+    /// A cache file (or journal) that cannot be read: an error with [`OnUnreadable::Report`],
+    /// else renamed to `<name>.unreadable-<UTC time>` and logged.
+    pub(super) fn unreadable(
+        &self,
+        path: &Path,
+        reason: String,
+        on_unreadable: OnUnreadable,
+    ) -> Result<(), StoreError> {
+        let shown = path.display().to_string();
         if on_unreadable == OnUnreadable::Report {
-            return Err(StoreError::Unreadable { path, reason });
+            return Err(StoreError::Unreadable { path: shown, reason });
         }
-        let aside = move_aside(&self.path, "unreadable").map_err(|source| StoreError::CannotMoveAside {
-            path: path.clone(),
+        let aside = move_aside(path, "unreadable").map_err(|source| StoreError::CannotMoveAside {
+            path: shown.clone(),
             reason: reason.clone(),
             source,
         })?;
-        tracing::warn!(
-            path,
-            moved_to = %aside.display(),
-            reason,
-            "the token cache could not be read; moved it aside and starting with an empty cache"
-        );
-        Ok(Snapshot::default())
+        if path == self.path {
+            tracing::warn!(
+                path = shown,
+                moved_to = %aside.display(),
+                reason,
+                "the token cache could not be read; moved it aside and starting with an empty cache"
+            );
+        } else {
+            tracing::warn!(
+                path = shown,
+                moved_to = %aside.display(),
+                reason,
+                "the token cache's journal could not be read; moved it aside, keeping what could be read before the damage"
+            );
+        }
+        Ok(())
     }
 
-    /// Replaces the file with `snapshot`; must run under the lock.
-    fn write_locked(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
-        self.replace_locked(&format::encode(snapshot, &self.protection, SystemClock.now()))
-    }
-
-    /// Replaces the file with `bytes` (temporary file, fsync, rename); must run under the lock.
-    fn replace_locked(&self, bytes: &[u8]) -> Result<(), StoreError> {
+    /// Replaces the cache file with what `write` writes into a new file (temporary file,
+    /// fsync, rename, fsync of the directory); must run under the lock.
+    pub(super) fn replace_with(&self, write: impl FnOnce(&mut File) -> std::io::Result<()>) -> Result<(), StoreError> {
         let dir = parent(&self.path);
         let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         remove_stale_temporaries(dir, &name);
         let temporary = dir.join(format!(".{name}.tmp-{}-{:08x}", std::process::id(), fastrand::u32(..)));
         let written = (|| {
             let mut file = create_private(&temporary)?;
-            file.write_all(bytes)?;
+            write(&mut file)?;
             file.sync_all()?;
             drop(file);
             fs::rename(&temporary, &self.path)
@@ -214,37 +190,10 @@ impl Store for FileStore {
     }
 
     fn save(&self, held: &Held, now: u64) -> Result<SaveReport, StoreError> {
-        // The writer calls this for every batch, however small, and the file holds every
-        // token. The existing tokens are merged where they lie in the decrypted file rather
-        // than parsed into `String`s, so a save needs two buffers the size of the file and
-        // nothing per token; and the two are kept for the next save rather than freed: glibc
-        // serves blocks this large from its arenas once one has been freed and does not give
-        // them back, so freeing them every batch makes resident memory grow with every
-        // refresh storm. Kept, they cost twice the file's size, once.
-        with_lock(&self.path, || {
-            let mut buffers = self.buffers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let SaveBuffers { read, write } = &mut *buffers;
-            let merged = (|| {
-                let existing = match self.read_locked(read, OnUnreadable::MoveAside)? {
-                    false => Ok(Contents::empty()),
-                    true => Contents::open(read, &self.protection),
-                };
-                let existing = match existing {
-                    Ok(contents) => contents,
-                    Err(error) => {
-                        self.unreadable(error.to_string(), OnUnreadable::MoveAside)?;
-                        Contents::empty()
-                    }
-                };
-                Ok(existing.merge(held, now, &self.protection, write))
-            })();
-            // The read buffer may now hold every token in plaintext, whether the merge worked
-            // or not; it stays allocated, so it must not stay readable.
-            read.zeroize();
-            let report = merged?;
-            self.replace_locked(write)?;
-            Ok(report)
-        })
+        // A save appends what changed since this process's last write to the journal, so
+        // its cost (memory, I/O) is that of the change; a compaction streams the store into
+        // a new snapshot record by record (see `super::journal`).
+        with_lock(&self.path, || self.save_locked(held, now))
     }
 
     fn clear(&self, identity: Option<&str>) -> Result<usize, StoreError> {
@@ -262,7 +211,7 @@ impl Store for FileStore {
             }
             let removed = before - snapshot.tokens.len();
             if removed > 0 || identity.is_none() {
-                self.write_locked(&snapshot)?;
+                self.rewrite_locked(&snapshot)?;
             }
             Ok(removed)
         })
@@ -272,7 +221,7 @@ impl Store for FileStore {
         with_lock(&self.path, || {
             let mut snapshot = self.load_locked(OnUnreadable::MoveAside, None)?;
             super::merge_account(&mut snapshot.accounts, account);
-            self.write_locked(&snapshot)
+            self.rewrite_locked(&snapshot)
         })
     }
 }
@@ -314,7 +263,9 @@ pub fn with_lock<T>(path: &Path, work: impl FnOnce() -> Result<T, StoreError>) -
 }
 
 /// What the cache file is called in messages.
-const CACHE_FILE: &str = "token cache";
+pub(super) const CACHE_FILE: &str = "token cache";
+/// What the journal is called in messages.
+pub(super) const JOURNAL_FILE: &str = "token cache's journal";
 /// What the lock file is called in messages.
 const LOCK_FILE: &str = "token cache's lock file";
 
@@ -399,7 +350,7 @@ fn move_aside(path: &Path, label: &str) -> std::io::Result<PathBuf> {
     Ok(target)
 }
 
-fn parent(path: &Path) -> &Path {
+pub(super) fn parent(path: &Path) -> &Path {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -419,20 +370,20 @@ fn remove_stale_temporaries(dir: &Path, name: &str) {
 }
 
 /// Makes a rename durable. Best effort: some file systems cannot fsync a directory.
-fn sync_directory(dir: &Path) {
+pub(super) fn sync_directory(dir: &Path) {
     if let Err(error) = File::open(dir).and_then(|d| d.sync_all()) {
         tracing::debug!(dir = %dir.display(), %error, "cannot fsync the cache directory");
     }
 }
 
 #[cfg(unix)]
-fn create_private(path: &Path) -> std::io::Result<File> {
+pub(super) fn create_private(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
 }
 
 #[cfg(not(unix))]
-fn create_private(path: &Path) -> std::io::Result<File> {
+pub(super) fn create_private(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().write(true).create_new(true).open(path)
 }
 
@@ -496,7 +447,7 @@ mod tests {
         let s = store(dir.path(), 1);
         assert!(s.load(OnUnreadable::MoveAside).unwrap().tokens.is_empty(), "no file: empty");
         let report = s.save(&held(vec![token("a", "r1", 5000, "t1")]), 100).unwrap();
-        assert_eq!(report, SaveReport { kept: 1, pruned: 0, dropped: 0 });
+        assert_eq!(report, SaveReport { kept: 1, pruned: 0, dropped: 0, compacted: true });
         s.save(&held(vec![token("a", "r2", 6000, "t2"), token("a", "r0", 50, "gone")]), 100).unwrap();
         let loaded = s.load(OnUnreadable::Report).unwrap();
         assert_eq!(loaded.tokens.len(), 2);
@@ -505,7 +456,9 @@ mod tests {
         assert_eq!(mode(s.path()), 0o600);
         assert_eq!(mode(&dir.path().join("sub")), 0o700);
         assert_eq!(mode(&dir.path().join("sub/tokens.cache.lock")), 0o600);
-        assert_eq!(files(&dir.path().join("sub")), ["tokens.cache", "tokens.cache.lock"], "no temporaries left");
+        assert_eq!(mode(&dir.path().join("sub/tokens.cache.journal")), 0o600);
+        let names = files(&dir.path().join("sub"));
+        assert_eq!(names, ["tokens.cache", "tokens.cache.journal", "tokens.cache.lock"], "no temporaries left");
     }
 
     #[test]

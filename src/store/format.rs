@@ -1,5 +1,8 @@
-//! The on-disk format of the persistent cache: a fixed header, then the payload, encrypted
-//! with AES-256-GCM or (only when the operator allowed it) in plaintext.
+//! Format version 1 of the persistent cache, one sealed document: a fixed header, then the
+//! payload, encrypted with AES-256-GCM or (only when the operator allowed it) in plaintext.
+//! Releases since the journal ([`super::journal`]) write version 2 (the record layout of
+//! `src/store/records.rs`) and read version 1 to migrate it; [`encode`] still writes version 1,
+//! for tools and tests that plant a file of an earlier release.
 //!
 //! ```text
 //! offset  size  field
@@ -15,28 +18,26 @@
 //! The payload is JSON ([`Payload`]). The header is authenticated, so a file whose version or
 //! key id was edited fails to decrypt. The key id lets a reader tell "encrypted with another
 //! key" from "damaged" without trying to decrypt; it reveals nothing about a random key.
-//! A later release that changes the layout bumps the version and keeps a reader for 1.
-
-use std::borrow::Cow;
-use std::collections::HashSet;
+//! Version 2 keeps the magic, version, protection and key id bytes where version 1 has them.
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::digest;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
-use super::{Held, HeldIdentity, HeldToken, PersistedAccount, PersistedToken, SaveReport, Snapshot};
+use super::{HeldIdentity, HeldToken, PersistedAccount, PersistedToken, Snapshot};
 use crate::secret::Secret;
 use crate::token::AccessToken;
 use zeroize::Zeroize;
 
 /// First bytes of every cache file.
-const MAGIC: &[u8; 8] = b"TOKENRLY";
-/// The version this build writes and the newest it reads.
+pub(super) const MAGIC: &[u8; 8] = b"TOKENRLY";
+/// The version of the one-document layout ([`encode`], [`decode`]).
 pub const VERSION: u8 = 1;
-const PLAINTEXT: u8 = 0;
-const AES_256_GCM_ID: u8 = 1;
-const KEY_ID_LEN: usize = 8;
+pub(super) const PLAINTEXT: u8 = 0;
+pub(super) const AES_256_GCM_ID: u8 = 1;
+pub(super) const KEY_ID_LEN: usize = 8;
 /// Length of the header, which is also the associated data of the cipher.
 pub const HEADER_LEN: usize = 8 + 1 + 1 + KEY_ID_LEN + NONCE_LEN;
 
@@ -52,13 +53,31 @@ pub enum Protection {
 pub struct Cipher {
     key: LessSafeKey,
     key_id: [u8; KEY_ID_LEN],
+    /// The key itself, from which each version-2 file's own key is derived.
+    secret: [u8; 32],
 }
 
 impl Cipher {
     /// A cipher for a 32-byte key.
     pub fn new(key: &[u8; 32]) -> Self {
         let unbound = UnboundKey::new(&AES_256_GCM, key).expect("AES-256-GCM takes exactly the 32 bytes given");
-        Self { key: LessSafeKey::new(unbound), key_id: key_id(key) }
+        Self { key: LessSafeKey::new(unbound), key_id: key_id(key), secret: *key }
+    }
+
+    /// The id written into headers.
+    pub(super) fn key_id(&self) -> &[u8; KEY_ID_LEN] {
+        &self.key_id
+    }
+
+    /// The key, for deriving a file's own key.
+    pub(super) fn secret(&self) -> &[u8; 32] {
+        &self.secret
+    }
+}
+
+impl Drop for Cipher {
+    fn drop(&mut self) {
+        self.secret.fill(0);
     }
 }
 
@@ -84,7 +103,7 @@ pub enum DecodeError {
     NotACacheFile,
     /// Written by a newer release (or damaged in the version byte).
     #[error(
-        "format version {0} is unknown to this release (it reads version {VERSION}); was it written by a newer tokenrelay?"
+        "format version {0} is unknown to this release (it reads versions 1 and 2); was it written by a newer tokenrelay?"
     )]
     UnknownVersion(u8),
     /// The protection byte is neither plaintext nor AES-256-GCM.
@@ -200,33 +219,10 @@ pub fn decode_in_place(bytes: &mut [u8], protection: &Protection) -> Result<Snap
     Ok(Contents::open(bytes, protection)?.into_snapshot())
 }
 
-/// [`decode_in_place`] keeping at most `max_per_client` unexpired tokens per client id (see
-/// [`super::Store::load_bounded`]); only those are copied out of `bytes`.
-pub fn decode_in_place_bounded(
-    bytes: &mut [u8],
-    protection: &Protection,
-    max_per_client: usize,
-    now: u64,
-) -> Result<Snapshot, DecodeError> {
-    let mut contents = Contents::open(bytes, protection)?;
-    let tokens = &mut contents.0.tokens;
-    tokens.retain(|t| t.expires_on > now);
-    // Stable: tokens of one client id become contiguous and keep their order.
-    tokens.sort_by(StoredToken::order);
-    super::cap_per_client(tokens, max_per_client, |t| &t.client_id, |t| (t.in_use, t.expires_on));
-    Ok(contents.into_snapshot())
-}
-
-/// A decrypted file whose strings still lie in its buffer: what a save merges into without
-/// allocating a `String` per member of every token it keeps.
+/// A decrypted version-1 file whose strings still lie in its buffer.
 pub struct Contents<'a>(Payload<'a>);
 
 impl<'a> Contents<'a> {
-    /// Nothing: a missing file, or one set aside as unreadable.
-    pub fn empty() -> Self {
-        Self(Payload { written_at: 0, writer: Cow::Borrowed(""), tokens: Vec::new(), accounts: Vec::new() })
-    }
-
     /// Checks and decrypts `bytes` in place and parses the JSON, borrowing its strings.
     pub fn open(bytes: &'a mut [u8], protection: &Protection) -> Result<Self, DecodeError> {
         if bytes.len() < MAGIC.len() {
@@ -271,57 +267,6 @@ impl<'a> Contents<'a> {
             accounts: self.0.accounts.into_iter().map(StoredAccount::into_account).collect(),
         }
     }
-
-    /// The file's contents updated with what `held` holds (the rule of
-    /// [`super::Store::save`]), serialised and protected into `out`. Nothing is copied but
-    /// the kept tokens, once, from this buffer or from memory into `out`.
-    pub fn merge(self, held: &Held, now: u64, protection: &Protection, out: &mut Vec<u8>) -> SaveReport {
-        let Payload { accounts, tokens: existing, .. } = self.0;
-        let held_keys: Vec<(&str, HashSet<&str>)> = held
-            .identities
-            .iter()
-            .map(|identity| (identity.client_id.as_str(), identity.tokens.iter().map(|(r, ..)| r.as_str()).collect()))
-            .collect();
-        let holds = |client_id: &str, resource: &str| {
-            held_keys
-                .iter()
-                .any(|(held, resources)| held.eq_ignore_ascii_case(client_id) && resources.contains(resource))
-        };
-        let mut forgotten = 0;
-        // What this writer wrote and no longer holds was evicted, expired or refreshed away
-        // here: it goes. Another writer's token it does not hold stays (within the cap).
-        let existing = existing.into_iter().filter(|t| {
-            let gone = held.writer != 0
-                && t.written_by == held.writer
-                && held.serves(&t.client_id).is_some()
-                && !holds(&t.client_id, &t.resource);
-            forgotten += usize::from(gone);
-            !gone
-        });
-        let existing: Vec<StoredToken<'_>> = existing.collect();
-        let in_memory = held.identities.iter().flat_map(|identity| {
-            identity
-                .tokens
-                .iter()
-                .map(move |(resource, token, in_use)| StoredToken::from_held(identity, resource, &**token, *in_use))
-        });
-        let stamped = in_memory.map(|mut t| {
-            t.written_by = held.writer;
-            t
-        });
-        let (mut tokens, pruned) =
-            super::merge_by(existing.into_iter().chain(stamped), now, |t| t.expires_on, StoredToken::order);
-        let over_cap = super::cap_per_client(
-            &mut tokens,
-            held.max_per_client,
-            |t| &t.client_id,
-            |t| (holds(&t.client_id, &t.resource), t.in_use, t.expires_on),
-        );
-        let report = SaveReport { kept: tokens.len(), pruned, dropped: forgotten + over_cap };
-        let payload = Payload { written_at: now, writer: Cow::Borrowed(WRITER), tokens, accounts };
-        seal(&payload, protection, out);
-        report
-    }
 }
 
 /// What the file holds once decrypted. Strings borrow from the decrypted buffer when read
@@ -343,20 +288,20 @@ struct Payload<'a> {
 
 /// A refresh token as serialised; like [`StoredToken`], the only place it is a plain string.
 #[derive(Deserialize, Serialize)]
-struct StoredAccount<'a> {
+pub(super) struct StoredAccount<'a> {
     #[serde(borrow)]
-    home_account_id: Cow<'a, str>,
+    pub(super) home_account_id: Cow<'a, str>,
     #[serde(borrow)]
-    client_id: Cow<'a, str>,
+    pub(super) client_id: Cow<'a, str>,
     #[serde(borrow)]
-    tenant_id: Cow<'a, str>,
+    pub(super) tenant_id: Cow<'a, str>,
     #[serde(borrow)]
-    refresh_token: Cow<'a, str>,
-    updated_at: u64,
+    pub(super) refresh_token: Cow<'a, str>,
+    pub(super) updated_at: u64,
 }
 
 impl<'a> StoredAccount<'a> {
-    fn from_account(account: &'a PersistedAccount) -> Self {
+    pub(super) fn from_account(account: &'a PersistedAccount) -> Self {
         Self {
             home_account_id: Cow::Borrowed(&account.home_account_id),
             client_id: Cow::Borrowed(&account.client_id),
@@ -366,7 +311,7 @@ impl<'a> StoredAccount<'a> {
         }
     }
 
-    fn into_account(self) -> PersistedAccount {
+    pub(super) fn into_account(self) -> PersistedAccount {
         PersistedAccount {
             home_account_id: self.home_account_id.into_owned(),
             client_id: self.client_id.into_owned(),
@@ -380,30 +325,30 @@ impl<'a> StoredAccount<'a> {
 /// One token as serialised. Only this private type ever holds the plaintext token as a plain
 /// string, and only between the cipher's buffer and a [`Secret`].
 #[derive(Deserialize, Serialize)]
-struct StoredToken<'a> {
+pub(super) struct StoredToken<'a> {
     #[serde(borrow)]
-    identity: Cow<'a, str>,
+    pub(super) identity: Cow<'a, str>,
     #[serde(borrow)]
-    client_id: Cow<'a, str>,
+    pub(super) client_id: Cow<'a, str>,
     #[serde(borrow)]
-    resource: Cow<'a, str>,
+    pub(super) resource: Cow<'a, str>,
     #[serde(default, borrow)]
-    credential: Cow<'a, str>,
+    pub(super) credential: Cow<'a, str>,
     #[serde(borrow)]
-    access_token: Cow<'a, str>,
-    expires_on: u64,
+    pub(super) access_token: Cow<'a, str>,
+    pub(super) expires_on: u64,
     #[serde(default)]
-    not_before: u64,
+    pub(super) not_before: u64,
     #[serde(default)]
-    ext_expires_on: u64,
+    pub(super) ext_expires_on: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    upstream_refresh_on: Option<u64>,
+    pub(super) upstream_refresh_on: Option<u64>,
     #[serde(default)]
-    refresh_on: u64,
+    pub(super) refresh_on: u64,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    in_use: bool,
+    pub(super) in_use: bool,
     #[serde(default, skip_serializing_if = "is_zero")]
-    written_by: u64,
+    pub(super) written_by: u64,
 }
 
 fn is_zero(value: &u64) -> bool {
@@ -411,7 +356,7 @@ fn is_zero(value: &u64) -> bool {
 }
 
 impl<'a> StoredToken<'a> {
-    fn from_token(token: &'a PersistedToken) -> Self {
+    pub(super) fn from_token(token: &'a PersistedToken) -> Self {
         Self {
             identity: Cow::Borrowed(&token.identity),
             client_id: Cow::Borrowed(&token.client_id),
@@ -429,7 +374,12 @@ impl<'a> StoredToken<'a> {
     }
 
     /// A token held in memory by `identity`, borrowed.
-    fn from_held(identity: &'a HeldIdentity, resource: &'a str, token: &'a dyn HeldToken, in_use: bool) -> Self {
+    pub(super) fn from_held(
+        identity: &'a HeldIdentity,
+        resource: &'a str,
+        token: &'a dyn HeldToken,
+        in_use: bool,
+    ) -> Self {
         let access = token.access_token();
         Self {
             identity: Cow::Borrowed(&identity.name),
@@ -447,14 +397,9 @@ impl<'a> StoredToken<'a> {
         }
     }
 
-    /// The order of [`super::merge`], on borrowed strings.
-    fn order(a: &Self, b: &Self) -> std::cmp::Ordering {
-        super::key_order((&a.client_id, &a.resource), (&b.client_id, &b.resource))
-    }
-
-    /// One allocation per string, from the buffer into the token: the least any owned token
-    /// needs.
-    fn into_token(self) -> PersistedToken {
+    /// One allocation per string, from the buffer into the token (serde_json made the same
+    /// one when it parsed into `String`s).
+    pub(super) fn into_token(self) -> PersistedToken {
         PersistedToken {
             identity: self.identity.into_owned(),
             client_id: self.client_id.into_owned(),
@@ -596,127 +541,6 @@ mod tests {
         assert_eq!(decode_in_place(&mut bytes, &cipher(7)).err(), Some(DecodeError::Tampered));
         let mut plain = encode(&snapshot(), &Protection::Plaintext, 1);
         assert_eq!(decode_in_place(&mut plain, &Protection::Plaintext).unwrap().accounts.len(), 1);
-    }
-
-    /// Merging where the tokens lie in the decrypted file gives the file that decoding,
-    /// [`super::super::merge`] and encoding give, accounts included.
-    #[test]
-    fn merging_in_place_matches_merging_decoded_tokens() {
-        use super::super::tests::token;
-        let mut existing = snapshot();
-        existing.tokens = vec![
-            token("App", "r1", 5000, "old-1"),
-            token("app", "r2", 9000, "keeps-2"),
-            token("b", "r3", 50, "expired-3"),
-            token("c\u{e9}", "r\"4", 5000, "escaped-4"),
-        ];
-        let incoming = vec![
-            token("APP", "r1", 6000, "new-1"),
-            token("app", "r2", 8000, "older-2"),
-            token("b", "r0", 7000, "new-0"),
-        ];
-        let file = encode(&existing, &Protection::Plaintext, 1);
-
-        let mut bytes = file.clone();
-        // Whatever the output buffer held is replaced.
-        let mut merged_file = vec![1, 2, 3];
-        let report = Contents::open(&mut bytes, &Protection::Plaintext).unwrap().merge(
-            &Held::from_tokens(incoming.clone(), 0, usize::MAX),
-            100,
-            &Protection::Plaintext,
-            &mut merged_file,
-        );
-        let (expected, pruned) = super::super::merge(existing.tokens.clone(), incoming, 100);
-        assert_eq!(report, SaveReport { kept: expected.len(), pruned, dropped: 0 });
-        let back = decode(&merged_file, &Protection::Plaintext).unwrap();
-        let view = |tokens: &[PersistedToken]| -> Vec<(String, String, String, u64)> {
-            tokens
-                .iter()
-                .map(|t| {
-                    (t.client_id.clone(), t.resource.clone(), t.token.token.expose().to_owned(), t.token.expires_on)
-                })
-                .collect()
-        };
-        assert_eq!(view(&back.tokens), view(&expected));
-        assert_eq!(back.account("oid.tid", "c").unwrap().refresh_token.expose(), "refresh-token-xyz");
-        let mut empty = Vec::new();
-        assert!(Contents::open(&mut empty, &Protection::Plaintext).is_err());
-        let mut fresh = Vec::new();
-        let held = Held::from_tokens(vec![token("a", "r", 5000, "t")], 0, usize::MAX);
-        let report = Contents::empty().merge(&held, 100, &cipher(7), &mut fresh);
-        let expected = SaveReport { kept: 1, pruned: 0, dropped: 0 };
-        assert_eq!((report, decode(&fresh, &cipher(7)).unwrap().tokens.len()), (expected, 1));
-    }
-
-    /// Saves `held` over `file` (plaintext): the report, what the file then holds as
-    /// `(client id, resource, token)` sorted, and the new file.
-    fn save_over(file: &[u8], held: &Held, now: u64) -> (SaveReport, Vec<(String, String, String)>, Vec<u8>) {
-        let mut bytes = file.to_vec();
-        let contents = if bytes.is_empty() {
-            Contents::empty()
-        } else {
-            Contents::open(&mut bytes, &Protection::Plaintext).unwrap()
-        };
-        let mut out = Vec::new();
-        let report = contents.merge(held, now, &Protection::Plaintext, &mut out);
-        let mut tokens: Vec<_> = decode(&out, &Protection::Plaintext)
-            .unwrap()
-            .tokens
-            .into_iter()
-            .map(|t| (t.client_id, t.resource, t.token.token.expose().to_owned()))
-            .collect();
-        tokens.sort();
-        (report, tokens, out)
-    }
-
-    fn held(writer: u64, max: usize, tokens: &[(&str, &str, u64, &str)]) -> Held {
-        let tokens = tokens
-            .iter()
-            .map(|&(client, resource, expires, value)| super::super::tests::token(client, resource, expires, value));
-        Held::from_tokens(tokens.collect(), writer, max)
-    }
-
-    fn view(tokens: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
-        tokens.iter().map(|&(c, r, t)| (c.to_owned(), r.to_owned(), t.to_owned())).collect()
-    }
-
-    #[test]
-    fn a_save_keeps_what_memory_holds_and_drops_what_this_writer_evicted() {
-        // Writer 7 held r1..r3; then r1 was evicted and r4 fetched.
-        let first = held(7, 100, &[("a", "r1", 5000, "t1"), ("a", "r2", 5000, "t2"), ("a", "r3", 5000, "t3")]);
-        let (_, _, file) = save_over(&[], &first, 100);
-        let second = held(7, 100, &[("a", "r2", 5000, "t2"), ("a", "r3", 5000, "t3"), ("a", "r4", 5000, "t4")]);
-        let (report, tokens, file) = save_over(&file, &second, 100);
-        assert_eq!(tokens, view(&[("a", "r2", "t2"), ("a", "r3", "t3"), ("a", "r4", "t4")]));
-        assert_eq!(report, SaveReport { kept: 3, pruned: 0, dropped: 1 });
-
-        // Another process (writer 8) sharing the file and the identity keeps writer 7's
-        // tokens, and writer 7 keeps its: neither holds the other's.
-        let (report, _, file) = save_over(&file, &held(8, 100, &[("A", "x1", 5000, "x1")]), 100);
-        assert_eq!(report, SaveReport { kept: 4, pruned: 0, dropped: 0 });
-        let (report, tokens, _) = save_over(&file, &held(7, 100, &[("a", "r2", 5000, "t2")]), 100);
-        assert_eq!(tokens, view(&[("A", "x1", "x1"), ("a", "r2", "t2")]), "7 drops only what it evicted");
-        assert_eq!(report.dropped, 2);
-
-        // Expired tokens go whoever wrote them; tokens of client ids not served stay.
-        let (_, _, file) = save_over(&[], &held(9, 100, &[("a", "old", 50, "o"), ("b", "kept", 5000, "k")]), 10);
-        let (report, tokens, _) = save_over(&file, &held(7, 100, &[("a", "r1", 5000, "t1")]), 100);
-        assert_eq!(tokens, view(&[("a", "r1", "t1"), ("b", "kept", "k")]));
-        assert_eq!((report.pruned, report.dropped), (1, 0));
-    }
-
-    #[test]
-    fn a_save_bounds_each_client_id_preferring_what_memory_holds() {
-        // A file from a release without the bound: 50 tokens of client a, by another writer.
-        let old: Vec<(String, u64)> = (0..50).map(|i| (format!("old{i:02}"), 9000 + i)).collect();
-        let old: Vec<(&str, &str, u64, &str)> = old.iter().map(|(r, e)| ("a", r.as_str(), *e, "o")).collect();
-        let (_, _, file) = save_over(&[], &held(0, usize::MAX, &old), 100);
-        // This process holds 3 (expiring before all of them) and allows 5 per client id.
-        let memory = held(7, 5, &[("a", "m1", 5000, "m1"), ("a", "m2", 5000, "m2"), ("a", "m3", 5000, "m3")]);
-        let (report, tokens, _) = save_over(&file, &memory, 100);
-        let resources: Vec<&str> = tokens.iter().map(|(_, r, _)| r.as_str()).collect();
-        assert_eq!(resources, ["m1", "m2", "m3", "old48", "old49"], "held first, then the freshest");
-        assert_eq!(report, SaveReport { kept: 5, pruned: 0, dropped: 48 });
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The persistent token cache: tokens kept across restarts, so a restarted tokenrelay serves
 //! at once and keeps serving through an Entra outage (docs/persistent-cache.md).
 //!
-//! One [`Store`] trait with one real backend, a file ([`file::FileStore`]) written atomically
-//! under an advisory lock, in the format of [`format`]: AES-256-GCM with a key from
+//! One [`Store`] trait with one real backend, a file ([`file::FileStore`]) and its journal
+//! ([`journal`]: a save appends what changed, a compaction rewrites the file atomically), under
+//! an advisory lock, in the record layout of `records.rs` (older files in that of [`format`]):
+//! AES-256-GCM with a key from
 //! `key_file`, an environment variable or the OS keyring ([`keyring`]), or plaintext when the
 //! operator explicitly allowed it. [`open`] picks the protection from the configuration;
 //! [`writer::Writer`] persists fetched tokens off the request path, in batches.
@@ -17,7 +19,9 @@
 
 pub mod file;
 pub mod format;
+pub mod journal;
 pub mod keyring;
+mod records;
 pub mod writer;
 
 use std::fmt;
@@ -230,6 +234,10 @@ pub struct SaveReport {
     /// Unexpired tokens dropped: this writer's that it no longer holds, and any beyond
     /// `max_per_client` for a client id.
     pub dropped: usize,
+    /// Whether the save rewrote the file (a compaction) rather than appending to the
+    /// journal. After an append, `kept` counts the tokens as this process's own changes left
+    /// the file, and `pruned` is 0: expired tokens are dropped by the next compaction.
+    pub compacted: bool,
 }
 
 /// A place tokens survive restarts in. Calls block on file I/O: async callers use
@@ -248,14 +256,15 @@ pub trait Store: Send + Sync {
     /// A file that cannot be read is moved aside ([`OnUnreadable::MoveAside`]).
     fn load_bounded(&self, max_per_client: usize, now: u64) -> Result<Snapshot, StoreError>;
 
-    /// Writes what `held` holds and prunes the rest, under the store's lock, replacing the
-    /// file atomically. Afterwards the file holds every token in `held`. Of the tokens it held
-    /// before, those this writer wrote and no longer holds (evicted or expired from its
-    /// memory) are dropped; those another process sharing the file wrote, and those of client
-    /// ids `held` does not serve, stay. Per key the token that expires last wins; expired
-    /// tokens are dropped; and no client id keeps more than `max_per_client` (held ones first,
-    /// then those in use, then the freshest). So the file holds what memory holds, and never
-    /// more than `max_per_client` tokens per client id.
+    /// Writes what `held` holds and prunes the rest, under the store's lock. Afterwards the
+    /// store holds every token in `held`. Of the tokens it held before, those this writer
+    /// wrote and no longer holds (evicted or expired from its memory) are dropped; those
+    /// another process sharing the file wrote, and those of client ids `held` does not serve,
+    /// stay. Per key the token that expires last wins. A compaction also drops expired tokens
+    /// and keeps no more than `max_per_client` per client id (held ones first, then those in
+    /// use, then the freshest); the file backend compacts at a writer's first save and often
+    /// enough after ([`journal`]). So the file holds what memory holds, and never more than
+    /// `max_per_client` tokens per client id once compacted.
     fn save(&self, held: &Held, now: u64) -> Result<SaveReport, StoreError>;
 
     /// Removes every token, or those of one identity (its name or client id). Returns how

@@ -2,8 +2,9 @@
 //! fetched or refreshed) without waiting; one background task gathers signals for a short
 //! window, then reads what the broker holds and saves it on a blocking thread (the file keeps
 //! what memory keeps, see [`Store::save`]). A save that fails (a read-only or full directory)
-//! is tried again with the next signal or the flush at exit; as every save writes the whole
-//! memory cache, nothing fetched meanwhile is missing once saves work again.
+//! is tried again with the next signal or the flush at exit; as every save writes what changed
+//! since the last save that succeeded (the store compares memory with what it last wrote), nothing
+//! fetched meanwhile is missing once saves work again.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;

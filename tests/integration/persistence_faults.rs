@@ -47,7 +47,7 @@ async fn survive(fault: Fault, reason: &str) {
     // A good file to start from.
     let vault = token(&relay, VAULT).await;
     eventually("the first write", async || writes(&relay, "success").await >= 1).await;
-    let good = std::fs::read(&file).expect("the cache file was written");
+    let good = store_bytes(&file);
 
     let filler = match fault {
         Fault::ReadOnly => {
@@ -61,7 +61,7 @@ async fn survive(fault: Fault, reason: &str) {
     eventually("the failed write is counted", async || writes(&relay, "failure").await >= 1).await;
     let logs = relay.logs();
     assert!(logs.contains("cannot persist tokens") && logs.contains(reason), "{logs}");
-    assert_eq!(std::fs::read(&file).unwrap(), good, "the good file is left as it was");
+    assert_eq!(store_bytes(&file), good, "the good file and its journal are left as they were");
     assert_no_debris(&mount.outside(&dir));
 
     match filler {
@@ -71,7 +71,7 @@ async fn survive(fault: Fault, reason: &str) {
     let successes = writes(&relay, "success").await;
     let graph = token(&relay, GRAPH).await;
     eventually("a later write succeeds", async || writes(&relay, "success").await > successes).await;
-    assert_ne!(std::fs::read(&file).unwrap(), good, "the file was replaced");
+    assert_ne!(store_bytes(&file), good, "the store was written");
     assert_no_debris(&mount.outside(&dir));
     assert_eq!(relay.terminate().await.code(), Some(0), "{}", relay.logs());
     assert!(!relay.logs().contains("panicked"), "{}", relay.logs());
@@ -98,6 +98,13 @@ async fn writes(relay: &TestRelay, result: &str) -> u64 {
     let text = relay.get("/metrics", &[]).await.text().await.unwrap();
     let series = format!("tokenrelay_persistence_writes_total{{result=\"{result}\"}} ");
     text.lines().find_map(|line| line.strip_prefix(&series)).map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// The cache file's bytes followed by its journal's (none before the first append).
+fn store_bytes(file: &Path) -> Vec<u8> {
+    let mut bytes = std::fs::read(file).expect("the cache file was written");
+    bytes.extend(std::fs::read(tokenrelay::store::journal::journal_path(file)).unwrap_or_default());
+    bytes
 }
 
 /// No temporary file or moved-aside copy beside the cache file.

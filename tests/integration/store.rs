@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use tokenrelay::secret::Secret;
+use tokenrelay::store::journal::journal_path;
 use tokenrelay::store::{Cipher, PersistedToken, Protection, Snapshot, format};
 use tokenrelay::token::AccessToken;
 
@@ -33,8 +34,9 @@ async fn a_restart_during_an_outage_serves_persisted_tokens_and_is_ready_at_once
     let storage = json(first.imds(STORAGE).await).await;
     assert_eq!(first.terminate().await.code(), Some(0), "{}", first.logs());
 
-    // The file: private, and neither token readable in its bytes.
-    let bytes = std::fs::read(cache.file()).expect("the cache file was written");
+    // The file and its journal: private, and neither token readable in their bytes.
+    let mut bytes = std::fs::read(cache.file()).expect("the cache file was written");
+    bytes.extend(std::fs::read(journal_path(&cache.file())).unwrap_or_default());
     assert!(!contains(&bytes, &token) && !contains(&bytes, storage["access_token"].as_str().unwrap()));
     assert!(!contains(&bytes, "fake-token") && !contains(&bytes, "vault.azure.net"));
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -62,6 +64,48 @@ async fn a_restart_during_an_outage_serves_persisted_tokens_and_is_ready_at_once
     let logs = second.logs();
     assert!(logs.contains("loaded the persistent token cache") && logs.contains("loaded=2"), "{logs}");
     assert!(!logs.contains(&token), "no token in the logs");
+}
+
+/// Tokens fetched after the first write are appended to the journal, fsynced: a relay killed
+/// without its flush at exit (SIGKILL) loses none of them, and a restart during an outage
+/// serves every one without the authority.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_after_a_crash_during_an_outage_serves_every_token_the_journal_kept() {
+    let entra = FakeEntra::start().await;
+    let cache = CacheDir::new();
+    let toml = cache.config(&entra);
+    let relay = TestRelay::serve(&toml, &[]).await;
+    let resources = ["https://vault.azure.net", "https://storage.azure.com", "https://graph.microsoft.com"];
+    let mut tokens = Vec::new();
+    for (n, resource) in resources.iter().enumerate() {
+        let served = json(relay.imds(&format!("api-version=2018-02-01&resource={resource}")).await).await;
+        tokens.push(served["access_token"].as_str().unwrap().to_owned());
+        eventually("the write", async || successful_writes(&relay).await > n as u64).await;
+    }
+    let journal = std::fs::read(journal_path(&cache.file())).expect("the later tokens went to the journal");
+    assert!(tokens.iter().all(|t| !contains(&journal, t)), "the journal is encrypted");
+    let mode = std::fs::metadata(journal_path(&cache.file())).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let killed = std::process::Command::new("kill").args(["-KILL", &relay.pid().to_string()]).status().unwrap();
+    assert!(killed.success());
+    drop(relay);
+    entra.set_down(true);
+    let before = entra.requests();
+    let restarted = TestRelay::serve(&toml, &[]).await;
+    for (resource, token) in resources.iter().zip(&tokens) {
+        let served = json(restarted.imds(&format!("api-version=2018-02-01&resource={resource}")).await).await;
+        assert_eq!(served["access_token"], token.as_str(), "{resource}:\n{}", restarted.logs());
+    }
+    assert_eq!(entra.requests(), before, "every token from the persisted cache");
+    assert!(cache.set_aside().is_empty(), "nothing was damaged");
+}
+
+/// `tokenrelay_persistence_writes_total{result="success"}` on `/metrics` (0 before the first).
+async fn successful_writes(relay: &TestRelay) -> u64 {
+    let text = relay.get("/metrics", &[]).await.text().await.unwrap();
+    let series = "tokenrelay_persistence_writes_total{result=\"success\"} ";
+    text.lines().find_map(|line| line.strip_prefix(series)).map_or(0, |n| n.trim().parse().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread")]
