@@ -5,7 +5,9 @@
 //! authority. Nothing here caches: the broker decides when to call a credential.
 
 pub mod azure_cli;
+pub mod azure_developer_cli;
 pub mod azure_pipelines;
+pub mod azure_powershell;
 mod build;
 pub mod certificate;
 mod chain;

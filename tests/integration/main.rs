@@ -11,6 +11,7 @@ mod cli;
 mod connections;
 mod credentials;
 mod dev;
+mod developer_tools;
 mod faults;
 mod floods;
 mod imds;
