@@ -18,6 +18,7 @@ use crate::dev_issuer::DevIssuer;
 use crate::store::Store;
 pub use error::AppError;
 
+mod browser;
 mod check;
 mod error;
 mod login;

@@ -33,7 +33,8 @@ const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer
 
 /// Form fields whose values are credentials. Whatever the authority says back is scrubbed of
 /// them before it is relayed: a misconfigured authority may echo the request body.
-const SECRET_FIELDS: [&str; 4] = ["client_secret", "client_assertion", "refresh_token", "device_code"];
+const SECRET_FIELDS: [&str; 6] =
+    ["client_secret", "client_assertion", "refresh_token", "device_code", "code", "code_verifier"];
 
 /// How the upstream is reached and how hard we try.
 #[derive(Clone, Debug)]
