@@ -8,6 +8,7 @@ mod cache;
 mod callers;
 mod certificates;
 mod cli;
+mod compose;
 mod connections;
 mod credentials;
 mod dev;

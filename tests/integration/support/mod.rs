@@ -2,6 +2,7 @@
 
 pub mod cache_dir;
 pub mod certs;
+pub mod compose;
 pub mod dev_tools;
 pub mod fake_devops;
 pub mod fake_entra;
