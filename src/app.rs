@@ -22,6 +22,7 @@ use crate::server::{DownstreamApi, UserEndpoints};
 use crate::store::Store;
 pub use error::AppError;
 
+mod browser;
 mod check;
 mod error;
 mod login;

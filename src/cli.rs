@@ -45,7 +45,7 @@ pub enum Command {
     ///
     /// Uses the same configuration as `serve`; persistence is treated as enabled.
     Cache(CacheArgs),
-    /// Sign in as a user (device code flow) for identities with a `user` credential.
+    /// Sign in as a user (device code flow, or a browser) for identities with a `user` credential.
     ///
     /// Stores the refresh token in the persistent cache ([cache.persistence]; encrypted unless
     /// allow_unencrypted_storage) and writes the AuthenticationRecord that names the account.
@@ -53,11 +53,24 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
+#[group(id = "method", required = true, multiple = false, args = ["device_code", "browser"])]
 pub struct LoginArgs {
-    /// Sign in with the device code flow: open the URL shown, enter the code. (The only
-    /// method so far.)
-    #[arg(long, required = true)]
+    /// Sign in with the device code flow: open the URL shown (on any device), enter the code.
+    #[arg(long)]
     pub device_code: bool,
+
+    /// Sign in in a browser on this machine: the authorization code flow with PKCE, redirected
+    /// to a loopback port (http://localhost:<free port>).
+    #[arg(long)]
+    pub browser: bool,
+
+    /// With --browser: print the sign-in URL instead of opening the system browser.
+    #[arg(long, conflicts_with = "device_code")]
+    pub no_open: bool,
+
+    /// With --browser: how long to wait for the sign-in to come back, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 300, conflicts_with = "device_code")]
+    pub timeout: u64,
 
     /// The tenant to sign in to; default `organizations` (any work or school account).
     #[arg(long, value_name = "TENANT")]
@@ -299,5 +312,19 @@ mod tests {
         assert_eq!(flags["dev"]["enabled"], true);
         assert_eq!(flags["dev"]["identities"][0], "abc");
         assert!(flags["server"].get("identity_header").is_none());
+    }
+
+    #[test]
+    fn login_takes_exactly_one_method() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args);
+        assert!(parse(&["tokenrelay", "login"]).is_err(), "a method is required");
+        assert!(parse(&["tokenrelay", "login", "--device-code", "--browser"]).is_err());
+        assert!(parse(&["tokenrelay", "login", "--device-code", "--no-open"]).is_err(), "--no-open is for --browser");
+        let Ok(Cli { command: Command::Login(args), .. }) = parse(&["tokenrelay", "login", "--browser", "--no-open"])
+        else {
+            panic!("--browser --no-open parses");
+        };
+        assert!(args.browser && args.no_open && !args.device_code);
+        assert_eq!(args.timeout, 300);
     }
 }

@@ -112,6 +112,61 @@ pub fn rfc3339(seconds: u64) -> String {
     text
 }
 
+/// The day number since 1970-01-01 of a proleptic Gregorian date on or after the epoch (the
+/// inverse of [`civil_from_days`], Howard Hinnant's `days_from_civil`).
+pub fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year / 400;
+    let year_of_era = year - era * 400;
+    let month_index = if month > 2 { month - 3 } else { month + 9 };
+    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    (era * 146_097 + day_of_era).saturating_sub(719_468)
+}
+
+/// Epoch seconds of an RFC 3339 date-time (`2026-11-29T12:00:00Z`, `2026-11-29T13:00:00+01:00`,
+/// fractional seconds dropped), as developer tools print expiry times. `None` for anything
+/// else, including dates before 1970.
+pub fn parse_rfc3339(text: &str) -> Option<u64> {
+    let text = text.trim().as_bytes();
+    let number = |range: std::ops::Range<usize>| -> Option<u64> {
+        let digits = text.get(range)?;
+        digits.iter().all(u8::is_ascii_digit).then(|| digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+    };
+    let separators = [(4, b'-'), (7, b'-'), (13, b':'), (16, b':')];
+    if separators.iter().any(|&(at, byte)| text.get(at) != Some(&byte)) || !matches!(text.get(10), Some(b'T' | b't')) {
+        return None;
+    }
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    if year < 1970 || !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60
+    {
+        return None;
+    }
+    let mut rest = &text[19..];
+    if let Some(fraction) = rest.strip_prefix(b".") {
+        let digits = fraction.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 {
+            return None;
+        }
+        rest = &fraction[digits..];
+    }
+    let local = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
+    match rest {
+        b"Z" | b"z" => Some(local),
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            if ![h1, h2, m1, m2].iter().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let hours = u64::from(h1 - b'0') * 10 + u64::from(h2 - b'0');
+            let minutes = u64::from(m1 - b'0') * 10 + u64::from(m2 - b'0');
+            let offset = hours * 3600 + minutes * 60;
+            if *sign == b'+' { local.checked_sub(offset) } else { Some(local + offset) }
+        }
+        _ => None,
+    }
+}
+
 /// Writes the last `digits.len()` decimal digits of `value`, zero-padded, into `digits`.
 fn put_digits(digits: &mut [u8], mut value: u64) {
     for digit in digits.iter_mut().rev() {
@@ -125,6 +180,28 @@ mod civil_tests {
     use proptest::prelude::*;
 
     use super::{civil_from_days, rfc3339, write_rfc3339};
+
+    #[test]
+    fn parses_rfc3339_with_offsets_and_fractions() {
+        use super::parse_rfc3339;
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339("2038-01-18T00:00:00Z"), Some(2_147_385_600));
+        assert_eq!(parse_rfc3339("2038-01-18T01:30:00+01:30"), Some(2_147_385_600));
+        assert_eq!(parse_rfc3339("2038-01-17T19:00:00.123456789-05:00"), Some(2_147_385_600));
+        for bad in [
+            "",
+            "2038-01-18",
+            "2038-01-18 00:00:00Z",
+            "2038-01-18T00:00:00",
+            "1969-12-31T23:59:59Z",
+            "2038-13-18T00:00:00Z",
+            "2038-01-18T00:00:00+0100",
+            "2038-01-18T00:00:00.Z",
+            "2038-01-18T00:00:00Zjunk",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn known_days() {
@@ -151,16 +228,14 @@ mod civil_tests {
 
     proptest! {
         #[test]
+        fn parsing_reads_back_what_is_written(seconds in 0u64..253_402_300_799) {
+            prop_assert_eq!(super::parse_rfc3339(&rfc3339(seconds)), Some(seconds));
+        }
+
+        #[test]
         fn the_inverse_gives_the_day_back(days in 0u64..200_000) {
-            // days_from_civil, the same paper's inverse.
             let (year, month, day) = civil_from_days(days);
-            let y = year - u64::from(month <= 2);
-            let era = y / 400;
-            let year_of_era = y - era * 400;
-            let m = if month > 2 { month - 3 } else { month + 9 };
-            let day_of_year = (153 * m + 2) / 5 + day - 1;
-            let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-            prop_assert_eq!(era * 146_097 + day_of_era - 719_468, days);
+            prop_assert_eq!(super::days_from_civil(year, month, day), days);
             prop_assert!((1..=12).contains(&month) && (1..=31).contains(&day));
         }
     }

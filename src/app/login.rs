@@ -1,20 +1,22 @@
-//! `tokenrelay login --device-code`: signs a user in, keeps the refresh token in the
-//! persistent cache and writes the AuthenticationRecord a `user` credential points at.
+//! `tokenrelay login --device-code` and `--browser`: signs a user in, keeps the refresh token
+//! in the persistent cache and writes the AuthenticationRecord a `user` credential points at.
+//! Both methods end the same way ([`keep`]), so the `user` credential cannot tell them apart.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::AppError;
 use crate::cli::LoginArgs;
 use crate::clock::{Clock, SystemClock};
 use crate::config::AuthenticationRecord;
 use crate::config::Config;
-use crate::credential::user::{DEFAULT_CLIENT_ID, DEFAULT_TENANT, UserGrants};
+use crate::credential::user::{DEFAULT_CLIENT_ID, DEFAULT_TENANT, UserGrants, UserTokens};
 use crate::store::{self, PersistedAccount, Store};
 
 /// What a sign-in consents to when `--scope` is not given.
 const DEFAULT_SCOPE: &str = "https://management.azure.com/.default";
 
-/// Runs the device code flow and stores its result.
+/// Signs the user in (device code flow or browser) and stores the result.
 pub async fn login(config: &Config, args: LoginArgs) -> Result<(), AppError> {
     run(config, args).await.map_err(|error| AppError::Runtime(format!("login failed: {error}")))
 }
@@ -22,7 +24,7 @@ pub async fn login(config: &Config, args: LoginArgs) -> Result<(), AppError> {
 async fn run(config: &Config, args: LoginArgs) -> Result<(), AppError> {
     let persistence = config.cache.persistence.as_ref().ok_or("the persistent cache is not configured")?;
     // Open the store first: a sign-in whose refresh token cannot be kept is wasted.
-    let store = store::open(persistence).map_err(|unavailable| {
+    let store: Arc<dyn Store> = store::open(persistence).map_err(|unavailable| {
         format!("the refresh token needs the persistent cache, which cannot be used here: {unavailable}")
     })?;
     // The same client, retries and concurrency cap as every other request to the authority.
@@ -31,13 +33,29 @@ async fn run(config: &Config, args: LoginArgs) -> Result<(), AppError> {
     let client_id = args.client_id.as_deref().unwrap_or(DEFAULT_CLIENT_ID);
     let scope = scope(args.scope.as_deref().unwrap_or(DEFAULT_SCOPE));
 
-    let code = grants.start_device_code(tenant, client_id, &scope).await.map_err(|e| e.to_string())?;
-    if code.message.is_empty() {
-        eprintln!("To sign in, open {} and enter the code {}", code.verification_uri, code.user_code);
+    let tokens = if args.browser {
+        super::browser::sign_in(&grants, tenant, client_id, &scope, args.no_open, args.timeout).await?
     } else {
-        eprintln!("{}", code.message);
-    }
-    let tokens = grants.complete_device_code(tenant, client_id, &code).await.map_err(|e| e.to_string())?;
+        let code = grants.start_device_code(tenant, client_id, &scope).await.map_err(|e| e.to_string())?;
+        if code.message.is_empty() {
+            eprintln!("To sign in, open {} and enter the code {}", code.verification_uri, code.user_code);
+        } else {
+            eprintln!("{}", code.message);
+        }
+        grants.complete_device_code(tenant, client_id, &code).await.map_err(|e| e.to_string())?
+    };
+    let path = args.record.unwrap_or_else(|| default_record_path(&persistence.path, &persistence.name));
+    keep(&store, &grants, client_id, tokens, &path).await
+}
+
+/// Stores a sign-in's refresh token and writes its AuthenticationRecord to `path`.
+async fn keep(
+    store: &Arc<dyn Store>,
+    grants: &UserGrants,
+    client_id: &str,
+    tokens: UserTokens,
+    path: &std::path::Path,
+) -> Result<(), AppError> {
     let account = tokens.account.ok_or(
         "the authority did not say which account signed in (neither client_info nor an ID token with oid and tid)",
     )?;
@@ -65,8 +83,7 @@ async fn run(config: &Config, args: LoginArgs) -> Result<(), AppError> {
         username: account.username,
         version: "1.0".to_owned(),
     };
-    let path = args.record.unwrap_or_else(|| default_record_path(&persistence.path, &persistence.name));
-    record.write(&path)?;
+    record.write(path)?;
     println!(
         "signed in as {}; refresh token stored in the {}; AuthenticationRecord written to {}",
         record.username,

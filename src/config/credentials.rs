@@ -2,8 +2,8 @@
 //! default chain, and the typed values the credential modules are built from.
 //!
 //! An identity that names no `credentials` gets the default chain of the Azure SDKs'
-//! DefaultAzureCredential for services: `environment`, `workload_identity`,
-//! `managed_identity`, `azure_cli`. A link whose inputs are absent (no `AZURE_CLIENT_SECRET`,
+//! DefaultAzureCredential: `environment`, `workload_identity`, `managed_identity`,
+//! `azure_cli`, `azure_powershell`, `azure_developer_cli`. A link whose inputs are absent (no `AZURE_CLIENT_SECRET`,
 //! no token file) becomes [`CredentialConfig::NotConfigured`], which the chain skips and
 //! `tokenrelay check` explains.
 
@@ -106,7 +106,8 @@ pub struct ManagedIdentityConfig {
     pub max_retries: u32,
 }
 
-/// The developer's Azure CLI.
+/// A developer tool run for every token: the Azure CLI (`azure_cli`), the Azure Developer CLI
+/// (`azure_developer_cli`) or Azure PowerShell (`azure_powershell`).
 #[derive(Clone, Debug, Serialize)]
 pub struct AzureCliConfig {
     pub timeout_secs: u64,
@@ -364,11 +365,13 @@ impl Validator<'_> {
                 Ok(CredentialConfig::ManagedIdentity(config))
             }
             raw::RawCredential::AzureCli { timeout_secs } => {
-                let timeout_secs = timeout_secs.unwrap_or(10);
-                if timeout_secs == 0 {
-                    return Err(self.error(&format!("{key}.timeout_secs"), "must be at least 1"));
-                }
-                Ok(CredentialConfig::AzureCli(AzureCliConfig { timeout_secs, search_path: self.search_path() }))
+                Ok(CredentialConfig::AzureCli(self.developer_tool(key, timeout_secs)?))
+            }
+            raw::RawCredential::AzureDeveloperCli { timeout_secs } => {
+                Ok(CredentialConfig::AzureDeveloperCli(self.developer_tool(key, timeout_secs)?))
+            }
+            raw::RawCredential::AzurePowershell { timeout_secs } => {
+                Ok(CredentialConfig::AzurePowershell(self.developer_tool(key, timeout_secs)?))
             }
             raw::RawCredential::Environment {} => Ok(self.environment(client_id)),
             raw::RawCredential::User { authentication_record } => {
@@ -377,7 +380,19 @@ impl Validator<'_> {
         }
     }
 
-    /// DefaultAzureCredential's service chain for an identity without `credentials`.
+    /// A developer tool's settings: its deadline (default 10 s, as the Azure SDKs' process
+    /// timeout) and the `PATH` it is looked up on.
+    fn developer_tool(&self, key: &str, timeout_secs: Option<u64>) -> Result<AzureCliConfig, ConfigError> {
+        let timeout_secs = timeout_secs.unwrap_or(10);
+        if timeout_secs == 0 {
+            return Err(self.error(&format!("{key}.timeout_secs"), "must be at least 1"));
+        }
+        Ok(AzureCliConfig { timeout_secs, search_path: self.search_path() })
+    }
+
+    /// DefaultAzureCredential's chain for an identity without `credentials`: the service links,
+    /// then the developer tools in the SDKs' order (Azure CLI, Azure PowerShell, Azure
+    /// Developer CLI).
     pub(super) fn default_chain(&self, client_id: &str, tenant: Option<&str>) -> Vec<CredentialConfig> {
         let needs_tenant = |credential: CredentialKind| CredentialConfig::NotConfigured {
             credential,
@@ -395,9 +410,15 @@ impl Validator<'_> {
         };
         // As DefaultAzureCredential does, AZURE_CLIENT_ID selects the upstream identity.
         let managed_identity = self.managed_identity_from_env(self.env("AZURE_CLIENT_ID").map(str::to_owned));
-        let azure_cli =
-            CredentialConfig::AzureCli(AzureCliConfig { timeout_secs: 10, search_path: self.search_path() });
-        vec![environment, workload_identity, managed_identity, azure_cli]
+        let tool = || AzureCliConfig { timeout_secs: 10, search_path: self.search_path() };
+        vec![
+            environment,
+            workload_identity,
+            managed_identity,
+            CredentialConfig::AzureCli(tool()),
+            CredentialConfig::AzurePowershell(tool()),
+            CredentialConfig::AzureDeveloperCli(tool()),
+        ]
     }
 
     /// EnvironmentCredential's detection: a secret, else a certificate, for `AZURE_CLIENT_ID`.

@@ -182,11 +182,37 @@ fn every_spelling_of_the_own_listener_is_refused_as_a_managed_identity_endpoint(
 }
 
 #[test]
+fn the_developer_tools_have_a_deadline_and_the_path() {
+    for kind in ["azure_developer_cli", "azure_powershell"] {
+        let toml = identity(&format!("credentials = [{{ kind = \"{kind}\", timeout_secs = 30 }}]"), None);
+        let chain = credentials(&toml, &[("PATH", "/usr/local/bin")]);
+        let (CredentialConfig::AzureDeveloperCli(tool) | CredentialConfig::AzurePowershell(tool)) = &chain[0] else {
+            panic!("{kind} is a developer tool");
+        };
+        assert_eq!(chain[0].kind().as_str(), kind);
+        assert_eq!((tool.timeout_secs, tool.search_path.as_deref()), (30, Some("/usr/local/bin")));
+        assert!(!chain[0].needs_tenant(), "the tool's login decides the tenant");
+        let zero = identity(&format!("credentials = [{{ kind = \"{kind}\", timeout_secs = 0 }}]"), None);
+        assert!(load(&zero, &[]).unwrap_err().to_string().contains("timeout_secs"));
+    }
+}
+
+#[test]
 fn the_default_chain_follows_default_azure_credential() {
     let toml = identity("", Some("t"));
     let chain = credentials(&toml, &[]);
     let kinds: Vec<&str> = chain.iter().map(|c| c.kind().as_str()).collect();
-    assert_eq!(kinds, ["environment", "workload_identity", "managed_identity", "azure_cli"]);
+    assert_eq!(
+        kinds,
+        [
+            "environment",
+            "workload_identity",
+            "managed_identity",
+            "azure_cli",
+            "azure_powershell",
+            "azure_developer_cli"
+        ]
+    );
     assert!(matches!(&chain[0], CredentialConfig::NotConfigured { .. }));
     assert!(matches!(&chain[1], CredentialConfig::NotConfigured { .. }));
     assert!(matches!(&chain[2], CredentialConfig::ManagedIdentity(mi) if mi.client_id.is_none()));

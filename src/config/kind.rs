@@ -20,6 +20,8 @@ pub enum CredentialKind {
     AzurePipelines,
     ManagedIdentity,
     AzureCli,
+    AzureDeveloperCli,
+    AzurePowershell,
     Environment,
     User,
     Dev,
@@ -31,7 +33,7 @@ pub enum CredentialKind {
 impl CredentialKind {
     /// Every kind configuration can produce: `dev` through `--dev`, the others as the `kind`
     /// of a credential table.
-    pub const CONFIGURABLE: [Self; 10] = [
+    pub const CONFIGURABLE: [Self; 12] = [
         Self::ClientSecret,
         Self::WorkloadIdentity,
         Self::ClientCertificate,
@@ -39,6 +41,8 @@ impl CredentialKind {
         Self::AzurePipelines,
         Self::ManagedIdentity,
         Self::AzureCli,
+        Self::AzureDeveloperCli,
+        Self::AzurePowershell,
         Self::Environment,
         Self::User,
         Self::Dev,
@@ -54,6 +58,8 @@ impl CredentialKind {
             Self::AzurePipelines => "azure_pipelines",
             Self::ManagedIdentity => "managed_identity",
             Self::AzureCli => "azure_cli",
+            Self::AzureDeveloperCli => "azure_developer_cli",
+            Self::AzurePowershell => "azure_powershell",
             Self::Environment => "environment",
             Self::User => "user",
             Self::Dev => "dev",
@@ -140,6 +146,8 @@ mod tests {
             "kind = \"azure_pipelines\"",
             "kind = \"managed_identity\"",
             "kind = \"azure_cli\"",
+            "kind = \"azure_developer_cli\"",
+            "kind = \"azure_powershell\"",
             "kind = \"environment\"",
             "kind = \"user\"",
         ];

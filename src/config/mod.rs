@@ -298,6 +298,10 @@ pub enum CredentialConfig {
     AzurePipelines(PipelinesConfig),
     ManagedIdentity(ManagedIdentityConfig),
     AzureCli(AzureCliConfig),
+    /// The developer's Azure Developer CLI (`azd auth token`).
+    AzureDeveloperCli(AzureCliConfig),
+    /// The developer's Azure PowerShell (`Get-AzAccessToken`).
+    AzurePowershell(AzureCliConfig),
     /// What the Azure SDKs' EnvironmentCredential found in the `AZURE_*` variables.
     Environment {
         source: EnvironmentSource,
@@ -326,6 +330,8 @@ impl CredentialConfig {
             Self::AzurePipelines(_) => CredentialKind::AzurePipelines,
             Self::ManagedIdentity(_) => CredentialKind::ManagedIdentity,
             Self::AzureCli(_) => CredentialKind::AzureCli,
+            Self::AzureDeveloperCli(_) => CredentialKind::AzureDeveloperCli,
+            Self::AzurePowershell(_) => CredentialKind::AzurePowershell,
             Self::Environment { .. } => CredentialKind::Environment,
             Self::NotConfigured { credential, .. } => *credential,
             Self::User(_) => CredentialKind::User,

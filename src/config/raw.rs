@@ -343,6 +343,14 @@ pub enum RawCredential {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timeout_secs: Option<u64>,
     },
+    AzureDeveloperCli {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_secs: Option<u64>,
+    },
+    AzurePowershell {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_secs: Option<u64>,
+    },
     Environment {},
     /// A signed-in user (`tokenrelay login`); see `super::persistence`.
     User {

@@ -67,7 +67,18 @@ fn the_identity_comes_from_the_azure_environment_when_none_is_configured() {
     let identity = &config.identities[0];
     assert_eq!(identity.client_id, "22222222-2222-2222-2222-222222222222");
     let kinds: Vec<&str> = identity.credentials.iter().map(|c| c.kind().as_str()).collect();
-    assert_eq!(kinds, ["environment", "workload_identity", "managed_identity", "azure_cli"], "the default chain");
+    assert_eq!(
+        kinds,
+        [
+            "environment",
+            "workload_identity",
+            "managed_identity",
+            "azure_cli",
+            "azure_powershell",
+            "azure_developer_cli"
+        ],
+        "the default chain"
+    );
     assert!(matches!(&identity.credentials[0], CredentialConfig::NotConfigured { reason, .. }
         if reason.contains("AZURE_CLIENT_SECRET")));
     assert!(matches!(&identity.credentials[1], CredentialConfig::WorkloadIdentity { token_file }

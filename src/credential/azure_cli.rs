@@ -8,7 +8,6 @@
 //! `az` is found through the process's `PATH` and inherits its environment, as when a
 //! developer runs it: that is where its login lives.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -115,7 +114,7 @@ impl Credential for AzureCliCredential {
     }
 
     fn status(&self) -> LinkStatus {
-        match find_program(self.search_path.as_deref()) {
+        match process::find_program(PROGRAM, self.search_path.as_deref()) {
             Some(path) => LinkStatus::Usable(format!("az found at {} (login state is not checked)", path.display())),
             None => LinkStatus::NotUsable("the Azure CLI (az) is not on PATH".to_owned()),
         }
@@ -147,22 +146,6 @@ impl Epoch {
     }
 }
 
-/// The first executable `az` on `search_path`.
-fn find_program(search_path: Option<&str>) -> Option<PathBuf> {
-    std::env::split_paths(search_path?).map(|dir| dir.join(PROGRAM)).find(|candidate| is_executable(candidate))
-}
-
-#[cfg(unix)]
-fn is_executable(path: &std::path::Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-#[cfg(not(unix))]
-fn is_executable(path: &std::path::Path) -> bool {
-    path.is_file()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,22 +170,5 @@ mod tests {
         assert_eq!(token.expires_on.unwrap().seconds().unwrap(), 1795960209);
         let old: CliToken = serde_json::from_str(r#"{"accessToken":"t","expiresOn":"2026-11-29 13:00:00"}"#).unwrap();
         assert!(old.expires_on.is_none());
-    }
-
-    #[test]
-    fn finds_az_only_when_it_is_an_executable_on_the_path() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(find_program(Some(dir.path().to_str().unwrap())).is_none());
-        let az = dir.path().join("az");
-        std::fs::write(&az, "#!/bin/sh\n").unwrap();
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            assert!(find_program(Some(dir.path().to_str().unwrap())).is_none(), "not executable yet");
-            std::fs::set_permissions(&az, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        let path = format!("/nonexistent:{}", dir.path().display());
-        assert_eq!(find_program(Some(&path)), Some(az));
-        assert!(find_program(None).is_none());
     }
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::azure_cli::AzureCliCredential;
+use super::azure_developer_cli::AzureDeveloperCliCredential;
 use super::azure_pipelines::AzurePipelinesCredential;
+use super::azure_powershell::AzurePowershellCredential;
 use super::certificate::CertificateCredential;
 use super::client_assertion::ClientAssertionCredential;
 use super::client_secret::ClientSecretCredential;
@@ -72,6 +74,16 @@ pub fn build(config: &CredentialConfig, context: &BuildContext<'_>) -> Result<Bo
             context.tenant_id.map(str::to_owned),
             Duration::from_secs(cli.timeout_secs),
             cli.search_path.clone(),
+        )),
+        CredentialConfig::AzureDeveloperCli(azd) => Box::new(AzureDeveloperCliCredential::new(
+            context.tenant_id.map(str::to_owned),
+            Duration::from_secs(azd.timeout_secs),
+            azd.search_path.clone(),
+        )),
+        CredentialConfig::AzurePowershell(pwsh) => Box::new(AzurePowershellCredential::new(
+            context.tenant_id.map(str::to_owned),
+            Duration::from_secs(pwsh.timeout_secs),
+            pwsh.search_path.clone(),
         )),
         CredentialConfig::Environment { source } => {
             let (inner, variables): (Box<dyn Credential>, _) = match source {

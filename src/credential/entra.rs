@@ -46,7 +46,8 @@ const MAX_CLAIMS_BYTES: usize = 4096;
 
 /// Form fields whose values are credentials. Whatever the authority says back is scrubbed of
 /// them before it is relayed: a misconfigured authority may echo the request body.
-const SECRET_FIELDS: [&str; 5] = ["client_secret", "client_assertion", "refresh_token", "device_code", "assertion"];
+const SECRET_FIELDS: [&str; 7] =
+    ["client_secret", "client_assertion", "refresh_token", "device_code", "assertion", "code", "code_verifier"];
 
 /// How the upstream is reached and how hard we try.
 #[derive(Clone, Debug)]

@@ -4,8 +4,11 @@
 //! identity's credentials in order; [`entra`] is the only code that speaks OAuth2 to the
 //! authority. Nothing here caches: the broker decides when to call a credential.
 
+pub mod auth_code;
 pub mod azure_cli;
+pub mod azure_developer_cli;
 pub mod azure_pipelines;
+pub mod azure_powershell;
 mod build;
 pub mod certificate;
 mod chain;

@@ -1,6 +1,8 @@
-//! Running a helper program with a deadline: the Azure CLI (`azure_cli`) and client-assertion
-//! commands (`client_assertion`). No shell is involved; the program is found on `PATH`.
+//! Running a helper program with a deadline: the developer tools (`azure_cli`,
+//! `azure_developer_cli`, `azure_powershell`) and client-assertion commands
+//! (`client_assertion`). No shell is involved; the program is found on `PATH`.
 
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -61,6 +63,33 @@ pub async fn run(program: &str, args: &[&str], env: &[(&str, &str)], timeout: Du
     tokio::time::timeout(timeout, work).await.unwrap_or(Err(RunError::TimedOut))
 }
 
+/// The first executable `program` on `search_path` (a `PATH` value), for `tokenrelay check`.
+pub fn find_program(program: &str, search_path: Option<&str>) -> Option<PathBuf> {
+    std::env::split_paths(search_path?).map(|dir| dir.join(program)).find(|candidate| is_executable(candidate))
+}
+
+#[cfg(unix)]
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(not(unix))]
+fn is_executable(path: &Path) -> bool {
+    path.is_file() || path.with_extension("exe").is_file()
+}
+
+/// Whether `resource` is safe to hand to a developer tool as a resource or scope argument:
+/// the characters of an App ID URI only (the Azure SDKs' `validate_scope` accepts the same
+/// set), so a caller-chosen resource can neither start an option (`-x`), nor leave a quoted
+/// PowerShell string, nor carry whitespace or control characters.
+pub fn is_plain_resource(resource: &str) -> bool {
+    !resource.is_empty()
+        && !resource.starts_with('-')
+        && resource.len() <= 512
+        && resource.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/'))
+}
+
 /// `: first line of stderr`, shortened; empty when there is none.
 pub fn quote_stderr(stderr: &str) -> String {
     let line = stderr.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
@@ -101,6 +130,35 @@ mod tests {
             Err(RunError::NotFound)
         ));
         assert!(matches!(run("sleep", &["30"], &[], Duration::from_millis(100)).await, Err(RunError::TimedOut)));
+    }
+
+    #[test]
+    fn finds_a_program_only_when_it_is_an_executable_on_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(find_program("az", Some(dir.path().to_str().unwrap())).is_none());
+        let az = dir.path().join("az");
+        std::fs::write(&az, "#!/bin/sh\n").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert!(find_program("az", Some(dir.path().to_str().unwrap())).is_none(), "not executable yet");
+            std::fs::set_permissions(&az, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let path = format!("/nonexistent:{}", dir.path().display());
+        assert_eq!(find_program("az", Some(&path)), Some(az));
+        assert!(find_program("az", None).is_none());
+    }
+
+    #[test]
+    fn only_app_id_uri_characters_reach_a_tool() {
+        for plain in ["https://vault.azure.net", "api://0a1b-2c3d/", "https://management.core.windows.net/"] {
+            assert!(is_plain_resource(plain), "{plain}");
+        }
+        for hostile in
+            ["", "-x", "https://a' ; Remove-Item x", "https://a b", "https://a\nb", "https://a\"b", "https://a$b"]
+        {
+            assert!(!is_plain_resource(hostile), "{hostile:?}");
+        }
     }
 
     #[test]

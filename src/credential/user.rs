@@ -32,7 +32,11 @@ pub const DEFAULT_TENANT: &str = "organizations";
 const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 const CREDENTIAL: CredentialKind = CredentialKind::User;
 /// What the error says when only a new sign-in helps.
-const LOGIN_AGAIN: &str = "run `tokenrelay login --device-code` again";
+const LOGIN_AGAIN: &str = "run `tokenrelay login --device-code` (or `--browser`) again";
+/// What a sign-in refused for want of consent says to do.
+pub const CONSENT: &str = "consent is required: an administrator of the tenant must grant the application the permissions \
+                           asked for (or sign in to a tenant where it has them, with --tenant), or use --client-id with \
+                           an application consented there";
 /// The longest a device code is polled for, whatever the authority says (Entra: 15 minutes).
 pub const MAX_DEVICE_CODE_SECS: u64 = 3600;
 
@@ -84,6 +88,11 @@ impl UserGrants {
     /// The grants of the authority `entra` talks to.
     pub fn new(entra: Arc<EntraClient>) -> Self {
         Self { entra }
+    }
+
+    /// The authority's base URL (`https://login.microsoftonline.com/`), for the authorize URL.
+    pub fn authority_host(&self) -> &reqwest::Url {
+        self.entra.authority_host()
     }
 
     /// The host part for the AuthenticationRecord.
@@ -168,6 +177,47 @@ impl UserGrants {
         }
     }
 
+    /// The authorization code grant with PKCE (RFC 6749 section 4.1.3, RFC 7636 section 4.5):
+    /// redeems the code a browser sign-in brought back to `redirect_uri`, proving with
+    /// `verifier` that this is the program that asked for it. `scope` is the authorize
+    /// request's.
+    pub async fn redeem_code(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        code: &Secret,
+        redirect_uri: &str,
+        verifier: &Secret,
+        scope: &str,
+    ) -> Result<UserTokens, CredentialError> {
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("client_id", client_id),
+            ("code", code.expose()),
+            ("redirect_uri", redirect_uri),
+            ("code_verifier", verifier.expose()),
+            ("scope", scope),
+            ("client_info", "1"),
+        ];
+        match self.token(tenant, client_id, &form).await {
+            Ok(tokens) => Ok(tokens),
+            Err(Failure::Refused(refusal))
+                if matches!(refusal.error(), "consent_required" | "interaction_required") =>
+            {
+                let message = format!("{}; {CONSENT}", refusal.detail());
+                Err(refusal.reject(message))
+            }
+            Err(Failure::Refused(refusal)) if refusal.error() == "invalid_grant" => {
+                let message = format!(
+                    "the authorization code was not accepted ({}); it is single-use and short-lived: {LOGIN_AGAIN}",
+                    refusal.detail()
+                );
+                Err(refusal.reject(message))
+            }
+            Err(failure) => Err(failure.into_error()),
+        }
+    }
+
     /// The refresh-token grant: a new access token for `resource` and a rotated refresh token.
     pub async fn refresh(
         &self,
@@ -216,7 +266,7 @@ impl UserGrants {
 const OIDC_SCOPES: [&str; 3] = ["openid", "profile", "offline_access"];
 
 /// `scope` with whichever of [`OIDC_SCOPES`] it lacks.
-fn with_oidc_scopes(scope: &str) -> String {
+pub(super) fn with_oidc_scopes(scope: &str) -> String {
     let mut scopes: Vec<&str> = scope.split_whitespace().collect();
     for oidc in OIDC_SCOPES {
         if !scopes.contains(&oidc) {

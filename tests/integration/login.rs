@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 
-use crate::support::fake_login::{DEVICE_CODE, FakeLogin, Outage, USER_CODE, USER_OID, USER_TENANT, USERNAME};
+use crate::support::fake_login::{DEVICE_CODE, FakeLogin, Outage, SignIn, USER_CODE, USER_OID, USER_TENANT, USERNAME};
 use crate::support::{TestConfig, command, utf8};
 
 /// A directory with a key, a configuration using a `user` credential, and helpers to run
@@ -264,4 +264,244 @@ async fn an_authority_echoing_requests_never_gets_the_device_code_or_refresh_tok
     let stderr = text(&token.stderr);
     assert!(stderr.contains("refresh_token=<redacted>"), "{stderr}");
     assert!(!stderr.contains("refresh-token-"), "{stderr}");
+}
+
+// ---- login --browser ----
+
+/// `login --browser --no-open` running, and the URL it printed for the browser.
+struct BrowserLogin {
+    child: tokio::process::Child,
+    url: String,
+    /// stderr up to the URL, and a task collecting the rest.
+    stderr: Vec<String>,
+    rest: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl BrowserLogin {
+    async fn start(laptop: &Laptop, extra: &[&str]) -> Self {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let record = laptop.path("record.json");
+        let mut child = command()
+            .args(["login", "--browser", "--no-open", "--record", record.to_str().unwrap()])
+            .args(extra)
+            .args(["--config", laptop.config.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut stderr = Vec::new();
+        let url = loop {
+            let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+                .await
+                .expect("the sign-in URL is printed")
+                .unwrap()
+                .unwrap_or_else(|| panic!("login ended before printing a URL: {stderr:?}"));
+            stderr.push(line.clone());
+            if line.starts_with("http") {
+                break line;
+            }
+        };
+        let rest = tokio::spawn(async move {
+            let mut rest = Vec::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                rest.push(line);
+            }
+            rest
+        });
+        Self { child, url, stderr, rest }
+    }
+
+    /// Waits for the login to end: its status, stdout and all of stderr.
+    async fn finish(mut self) -> (std::process::ExitStatus, String, String) {
+        use tokio::io::AsyncReadExt;
+        let status = tokio::time::timeout(std::time::Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("login ends")
+            .unwrap();
+        let mut stdout = String::new();
+        self.child.stdout.take().unwrap().read_to_string(&mut stdout).await.unwrap();
+        self.stderr.extend(self.rest.await.unwrap());
+        (status, stdout, self.stderr.join("\n"))
+    }
+}
+
+/// The browser: no cookies, no redirects followed on its own, so each hop is visible.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+/// Opens `url` at the authority and returns where it redirects the browser.
+async fn authorize(url: &str) -> String {
+    let response = browser().get(url).send().await.unwrap();
+    assert_eq!(response.status(), 302, "{}", response.text().await.unwrap());
+    response.headers()["location"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn browser_login_then_silent_tokens() {
+    let authority = FakeLogin::start().await;
+    let laptop = Laptop::new(&authority);
+    let login = BrowserLogin::start(&laptop, &[]).await;
+    assert!(
+        login.url.starts_with(&format!("{}/organizations/oauth2/v2.0/authorize?", authority.url())),
+        "{}",
+        login.url
+    );
+
+    let location = authorize(&login.url).await;
+    let redirect_uri = authority.authorize_requests()[0]["redirect_uri"].clone();
+    assert!(location.starts_with(&format!("{redirect_uri}/?code=")), "{location}");
+    let port: u16 = redirect_uri.strip_prefix("http://localhost:").unwrap().parse().unwrap();
+
+    // Something else on this machine knocks first, without the state: ignored.
+    let stray = browser().get(format!("http://127.0.0.1:{port}/?code=forged&state=guess")).send().await.unwrap();
+    assert_eq!(stray.status(), 400);
+    let favicon = browser().get(format!("http://127.0.0.1:{port}/favicon.ico")).send().await.unwrap();
+    assert_eq!(favicon.status(), 404);
+
+    // The browser follows the redirect to the loopback listener (localhost, as the browser resolves it).
+    let page = browser().get(location.replace("http://localhost:", "http://127.0.0.1:")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("Sign-in complete"));
+
+    let (status, stdout, stderr) = login.finish().await;
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains(USERNAME), "{stdout}");
+    let grant = authority.seen().last().cloned().unwrap();
+    assert_eq!(grant["grant_type"], "authorization_code");
+    assert_eq!(grant["redirect_uri"], redirect_uri, "the same redirect URI, exactly");
+    assert_eq!(grant["client_info"], "1");
+    assert!(!stderr.contains("auth-code-secret") && !stdout.contains("auth-code-secret"), "the code is never printed");
+
+    // Exactly what `login --device-code` leaves: the record, and the refresh token in the cache.
+    let record = record(&laptop);
+    assert_eq!(record["homeAccountId"], format!("{USER_OID}.{USER_TENANT}"));
+    assert_eq!(record["clientId"], "04b07795-8ddb-461a-bbee-02f9e1bf7b46");
+    let token = laptop.token("https://vault.azure.net").await;
+    assert!(token.status.success(), "{}", text(&token.stderr));
+    let last = authority.seen().last().cloned().unwrap();
+    assert_eq!((last["grant_type"].as_str(), last["refresh_token"].as_str()), ("refresh_token", "refresh-token-1"));
+
+    // The code was single-use: redeeming it again (as an attacker who saw it would) fails.
+    let code = reqwest::Url::parse(&location).unwrap().query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
+    let replay = browser()
+        .post(format!("{}/organizations/oauth2/v2.0/token", authority.url()))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("client_id", "04b07795-8ddb-461a-bbee-02f9e1bf7b46"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 400);
+    assert!(replay.text().await.unwrap().contains("AADSTS54005"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn browser_login_cancelled_needing_consent_or_timing_out_says_why() {
+    for (answer, expected) in [
+        (SignIn::Decline, "sign-in was cancelled"),
+        (SignIn::NeedsConsent, "an administrator of the tenant must grant"),
+    ] {
+        let authority = FakeLogin::start().await;
+        authority.sign_in(answer);
+        let laptop = Laptop::new(&authority);
+        let login = BrowserLogin::start(&laptop, &[]).await;
+        let location = authorize(&login.url).await;
+        let page = browser().get(location.replace("http://localhost:", "http://127.0.0.1:")).send().await.unwrap();
+        assert_eq!(page.status(), 200);
+        let (status, _, stderr) = login.finish().await;
+        assert!(!status.success());
+        assert!(stderr.contains(expected), "{answer:?}: {stderr}");
+        assert!(!laptop.path("record.json").exists());
+        assert!(authority.seen().is_empty(), "nothing is redeemed");
+    }
+
+    let authority = FakeLogin::start().await;
+    let laptop = Laptop::new(&authority);
+    let login = BrowserLogin::start(&laptop, &["--timeout", "1"]).await;
+    let (status, _, stderr) = login.finish().await;
+    assert!(!status.success());
+    assert!(stderr.contains("no sign-in came back within 1 s"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_browser_code_that_expired_is_explained_and_an_echo_never_relays_it() {
+    let authority = FakeLogin::start().await;
+    authority.code_lifetime(std::time::Duration::ZERO);
+    let laptop = Laptop::new(&authority);
+    let login = BrowserLogin::start(&laptop, &[]).await;
+    let location = authorize(&login.url).await;
+    browser().get(location.replace("http://localhost:", "http://127.0.0.1:")).send().await.unwrap();
+    let (status, _, stderr) = login.finish().await;
+    assert!(!status.success());
+    assert!(stderr.contains("AADSTS70008") && stderr.contains("single-use and short-lived"), "{stderr}");
+
+    let authority = FakeLogin::start().await;
+    authority.echo_request_bodies();
+    let laptop = Laptop::new(&authority);
+    let login = BrowserLogin::start(&laptop, &[]).await;
+    let location = authorize(&login.url).await;
+    browser().get(location.replace("http://localhost:", "http://127.0.0.1:")).send().await.unwrap();
+    let (status, _, stderr) = login.finish().await;
+    assert!(!status.success());
+    assert!(stderr.contains("code=<redacted>") && stderr.contains("code_verifier=<redacted>"), "{stderr}");
+    assert!(!stderr.contains("auth-code-secret"), "{stderr}");
+}
+
+/// The fake authority holds a browser sign-in to what Entra checks, so the flow above passing
+/// means tokenrelay sent what Entra needs: an unregistered redirect URI gets no redirect, and a
+/// code is redeemed only with the same redirect URI and the verifier of the challenge.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fake_authority_checks_pkce_and_the_redirect_uri_as_entra_does() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let authority = FakeLogin::start().await;
+    let base = format!("{}/organizations/oauth2/v2.0", authority.url());
+    let challenge = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"the-verifier"));
+    let authorize_url = |redirect: &str| {
+        let mut url = reqwest::Url::parse(&format!("{base}/authorize")).unwrap();
+        url.query_pairs_mut()
+            .append_pair("client_id", "app")
+            .append_pair("response_type", "code")
+            .append_pair("redirect_uri", redirect)
+            .append_pair("scope", "openid offline_access")
+            .append_pair("state", "s")
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256");
+        url.to_string()
+    };
+    let unregistered = browser().get(authorize_url("http://evil.example:5000")).send().await.unwrap();
+    assert_eq!(unregistered.status(), 400, "no redirect to an unregistered URI");
+
+    let redeem = async |code: &str, redirect: &str, verifier: &str| {
+        let response = browser()
+            .post(format!("{base}/token"))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("client_id", "app"),
+                ("code", code),
+                ("redirect_uri", redirect),
+                ("code_verifier", verifier),
+            ])
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    let code_of = |location: String| {
+        reqwest::Url::parse(&location).unwrap().query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned()
+    };
+    let code = code_of(authorize(&authorize_url("http://localhost:5000")).await);
+    let (status, body) = redeem(&code, "http://localhost:5000", "another-verifier").await;
+    assert_eq!(status, 400);
+    assert!(body.contains("AADSTS501481"), "{body}");
+    let code = code_of(authorize(&authorize_url("http://localhost:5000")).await);
+    let (status, _) = redeem(&code, "http://localhost:5001", "the-verifier").await;
+    assert_eq!(status, 400, "the redirect URI must be the same");
+    let code = code_of(authorize(&authorize_url("http://localhost:5000")).await);
+    let (status, body) = redeem(&code, "http://localhost:5000", "the-verifier").await;
+    assert_eq!(status, 200, "{body}");
 }

@@ -19,15 +19,33 @@
 //!   rotated away.
 //! - Throttling is 429 with `Retry-After`, an outage 503, both with Entra's JSON error body.
 //! - Bodies must be form-encoded; anything else is refused with 415.
+//! - `/authorize` (the authorization code flow, for a public client; the identity platform's
+//!   auth code flow page, RFC 6749 section 4.1, RFC 7636): `client_id`, `response_type=code`
+//!   and a `scope` are required, and the `redirect_uri` must be a registered one: for a public
+//!   client `http://localhost` with any port and no path, as Entra matches loopback URIs;
+//!   anything else gets an error page and no redirect (AADSTS50011), as Entra does. PKCE is
+//!   required here with `code_challenge_method=S256` (Entra accepts `plain` and no PKCE for
+//!   some clients; this fake is stricter). The browser is then redirected with `code`,
+//!   `state` echoed verbatim and Entra's extra `session_state`; or, as scripted, with
+//!   `error=access_denied` (the user declined, AADSTS65004) or `error=consent_required`
+//!   (AADSTS65001), also echoing `state`.
+//! - The `authorization_code` grant: the code must have been issued to the same `client_id`,
+//!   is single-use (a second redemption is `invalid_grant`, AADSTS54005) and short-lived
+//!   (after its lifetime, ten minutes unless a test shortens it, `invalid_grant` AADSTS70008);
+//!   `redirect_uri` must equal the authorize request's exactly (`invalid_grant` otherwise),
+//!   and `code_verifier` must hash (SHA-256, base64url) to the
+//!   `code_challenge` (AADSTS501481 otherwise). The token answer follows the scopes of the
+//!   authorize request, as for the device code.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{Form, Path, State};
+use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -51,8 +69,40 @@ pub enum Outage {
     ServerError(u16),
 }
 
+/// What the user does on the sign-in page.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SignIn {
+    /// Signs in and consents: redirected with a code.
+    #[default]
+    Approve,
+    /// Declines: redirected with `error=access_denied`.
+    Decline,
+    /// The tenant requires an administrator's consent: `error=consent_required`.
+    NeedsConsent,
+}
+
+/// A code issued by `/authorize`, with what its redemption must repeat.
+struct IssuedCode {
+    client_id: String,
+    redirect_uri: String,
+    challenge: String,
+    scopes: String,
+    issued: Instant,
+}
+
 #[derive(Default)]
 struct Behaviour {
+    /// What the next `/authorize` visits do.
+    sign_in: SignIn,
+    /// Codes issued and not yet redeemed.
+    codes: HashMap<String, IssuedCode>,
+    /// Codes redeemed once already.
+    redeemed: HashSet<String>,
+    codes_issued: u32,
+    /// How long a code stays redeemable; ten minutes when unset.
+    code_lifetime: Option<Duration>,
+    /// Every `/authorize` query, in order.
+    authorize_requests: Vec<HashMap<String, String>>,
     /// OAuth errors answered to the next device code polls, in order; then success.
     polls: VecDeque<&'static str>,
     /// Failures answered to the next token requests, in order.
@@ -84,6 +134,7 @@ impl FakeLogin {
         let app = Router::new()
             .route("/{tenant}/oauth2/v2.0/devicecode", post(device_code))
             .route("/{tenant}/oauth2/v2.0/token", post(token))
+            .route("/{tenant}/oauth2/v2.0/authorize", get(authorize))
             .with_state(state.clone());
         Self { server: FakeServer::serve(app).await, state }
     }
@@ -116,6 +167,21 @@ impl FakeLogin {
     /// quotes the raw request body, as a misbehaving authority might.
     pub fn echo_request_bodies(&self) {
         self.state.lock().unwrap().echo = true;
+    }
+
+    /// What the user does at the next sign-ins.
+    pub fn sign_in(&self, answer: SignIn) {
+        self.state.lock().unwrap().sign_in = answer;
+    }
+
+    /// Codes stay redeemable for `lifetime`.
+    pub fn code_lifetime(&self, lifetime: Duration) {
+        self.state.lock().unwrap().code_lifetime = Some(lifetime);
+    }
+
+    /// Every `/authorize` query, in order.
+    pub fn authorize_requests(&self) -> Vec<HashMap<String, String>> {
+        self.state.lock().unwrap().authorize_requests.clone()
     }
 
     /// Every token request's form, in order.
@@ -160,6 +226,95 @@ async fn device_code(
         "message": format!("To sign in, use a web browser to open the page https://microsoft.com/devicelogin and enter the code {USER_CODE} to authenticate."),
     }))
     .into_response()
+}
+
+/// A page Entra shows instead of redirecting, for a request it cannot trust with a redirect.
+fn error_page(aadsts: u32, text: &str) -> Response {
+    (StatusCode::BAD_REQUEST, format!("<html><body>AADSTS{aadsts}: {text}</body></html>")).into_response()
+}
+
+/// Whether `uri` matches the registered `http://localhost` redirect URI of a public client:
+/// any port, no path, query or fragment.
+fn registered_loopback(uri: &str) -> bool {
+    let Some(rest) = uri.strip_prefix("http://localhost") else { return false };
+    match rest.strip_prefix(':') {
+        None => rest.is_empty(),
+        Some(port) => !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()),
+    }
+}
+
+async fn authorize(
+    State(state): State<Arc<Mutex<Behaviour>>>,
+    Path(_tenant): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let mut s = state.lock().unwrap();
+    s.authorize_requests.push(query.clone());
+    let field = |name: &str| query.get(name).map(String::as_str).unwrap_or_default();
+    if field("client_id").is_empty() {
+        return error_page(900144, "The request body must contain the following parameter: 'client_id'.");
+    }
+    let redirect_uri = field("redirect_uri");
+    if !registered_loopback(redirect_uri) {
+        return error_page(
+            50011,
+            "The redirect URI specified in the request does not match the redirect URIs configured for the application.",
+        );
+    }
+    let redirect = |pairs: &[(&str, &str)]| {
+        let mut location = reqwest::Url::parse(redirect_uri).unwrap();
+        {
+            let mut query_pairs = location.query_pairs_mut();
+            for (name, value) in pairs {
+                query_pairs.append_pair(name, value);
+            }
+            if let Some(returned) = query.get("state") {
+                query_pairs.append_pair("state", returned);
+            }
+        }
+        (StatusCode::FOUND, [("location", location.to_string())]).into_response()
+    };
+    if field("response_type") != "code" || field("scope").trim().is_empty() {
+        return redirect(&[
+            ("error", "invalid_request"),
+            ("error_description", "AADSTS900144: response_type=code and scope are required."),
+        ]);
+    }
+    if field("code_challenge").is_empty() || field("code_challenge_method") != "S256" {
+        return redirect(&[
+            ("error", "invalid_request"),
+            ("error_description", "AADSTS501491: PKCE with code_challenge_method S256 is required."),
+        ]);
+    }
+    match s.sign_in {
+        SignIn::Decline => {
+            return redirect(&[
+                ("error", "access_denied"),
+                ("error_description", "AADSTS65004: User declined to consent to access the app."),
+            ]);
+        }
+        SignIn::NeedsConsent => {
+            return redirect(&[
+                ("error", "consent_required"),
+                (
+                    "error_description",
+                    "AADSTS65001: The user or administrator has not consented to use the application.",
+                ),
+            ]);
+        }
+        SignIn::Approve => {}
+    }
+    s.codes_issued += 1;
+    let code = format!("auth-code-secret-{}", s.codes_issued);
+    let issued = IssuedCode {
+        client_id: field("client_id").to_owned(),
+        redirect_uri: redirect_uri.to_owned(),
+        challenge: field("code_challenge").to_owned(),
+        scopes: field("scope").to_owned(),
+        issued: Instant::now(),
+    };
+    s.codes.insert(code.clone(), issued);
+    redirect(&[("code", &code), ("session_state", "00000000-0000-0000-0000-000000000000")])
 }
 
 async fn token(
@@ -216,6 +371,63 @@ async fn token(
                 return oauth_error(StatusCode::BAD_REQUEST, error, code, "Scripted device code answer.");
             }
             ("https://management.azure.com".to_owned(), s.device_scopes.clone())
+        }
+        "authorization_code" => {
+            let code = form.get("code").cloned().unwrap_or_default();
+            if s.redeemed.contains(&code) {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    54005,
+                    "OAuth2 Authorization code was already redeemed, please retry with a new valid code or use an existing refresh token.",
+                );
+            }
+            let lifetime = s.code_lifetime.unwrap_or(Duration::from_secs(600));
+            let Some(issued) = s.codes.remove(&code) else {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    70000,
+                    "The provided authorization code is not valid.",
+                );
+            };
+            s.redeemed.insert(code);
+            let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
+            if issued.issued.elapsed() > lifetime {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    70008,
+                    "The provided authorization code or refresh token has expired due to inactivity.",
+                );
+            }
+            if field("client_id") != issued.client_id {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    70000,
+                    "The code was issued to another application.",
+                );
+            }
+            if field("redirect_uri") != issued.redirect_uri {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    50148,
+                    "The redirect_uri does not match the one of the authorization request.",
+                );
+            }
+            let hashed = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, field("code_verifier").as_bytes());
+            if URL_SAFE_NO_PAD.encode(hashed) != issued.challenge {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    501481,
+                    "The Code_Verifier does not match the code_challenge supplied in the authorization request.",
+                );
+            }
+            let resource = issued.scopes.split(' ').next().unwrap_or_default().trim_end_matches("/.default").to_owned();
+            (resource, issued.scopes)
         }
         "refresh_token" => {
             let presented = form.get("refresh_token").cloned().unwrap_or_default();

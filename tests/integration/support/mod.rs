@@ -2,7 +2,9 @@
 
 pub mod cache_dir;
 pub mod certs;
+pub mod compose;
 pub mod config;
+pub mod dev_tools;
 pub mod fake_devops;
 pub mod fake_entra;
 pub mod fake_imds;
