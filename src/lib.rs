@@ -9,6 +9,7 @@
 //! - [`broker`]: identities, the token cache, refresh and prefetch. Knows nothing of HTTP.
 //! - [`credential`]: how tokens are obtained upstream. Knows nothing of caching.
 //! - [`store`]: the optional persistent cache (encrypted file, key in a file or the keyring).
+//! - [`shared`]: the optional shared token cache on Valkey/Redis (encrypted entries, leases).
 //! - [`dev_issuer`]: the development issuer's key, signing and discovery documents.
 //! - [`token`], [`secret`], [`clock`], [`telemetry`], [`trust`], [`aadsts`]: small shared pieces.
 //!
@@ -18,7 +19,7 @@
 //! 1. `app`
 //! 2. `server`, `cli`
 //! 3. `broker`
-//! 4. `credential`
+//! 4. `credential`, `shared`
 //! 5. `store`
 //! 6. `dev_issuer`, `telemetry`
 //! 7. `config`
@@ -39,6 +40,7 @@ pub mod credential;
 pub mod dev_issuer;
 pub mod secret;
 pub mod server;
+pub mod shared;
 pub mod store;
 pub mod telemetry;
 pub mod token;
@@ -57,7 +59,7 @@ mod tests {
         &["app"],
         &["server", "cli"],
         &["broker"],
-        &["credential"],
+        &["credential", "shared"],
         &["store"],
         &["dev_issuer", "telemetry"],
         &["config"],

@@ -78,6 +78,13 @@ impl CachedToken {
         self.refreshing.store(false, Ordering::Release);
     }
 
+    /// Gives up a claim without trying and without counting a failure, and allows the next
+    /// claim only from `until` on (another replica is refreshing this key).
+    pub fn postpone_refresh(&self, until: u64) {
+        self.next_attempt.store(until, Ordering::Release);
+        self.refreshing.store(false, Ordering::Release);
+    }
+
     /// Records a failed refresh: no new attempt before `now + backoff(failures)`.
     /// Returns the number of consecutive failures.
     pub fn refresh_failed(&self, now: u64, backoff: impl Fn(u32) -> u64) -> u32 {
