@@ -29,6 +29,7 @@ use crate::credential::{Credential, CredentialError};
 use crate::shared::{Claim, Found, Names, SharedCache, SharedToken};
 use crate::store::{Held, HeldIdentity, HeldSource, HeldToken, PersistedToken, Store, Writer};
 use crate::telemetry::{self, metrics};
+use crate::token::AccessToken;
 
 /// How a configured identity is described to the broker.
 pub struct IdentitySpec {
@@ -333,10 +334,16 @@ impl Broker {
 
     /// Whether a token from the shared cache may be served: servable now, and (for a refresh)
     /// newer than what this replica holds and not itself due.
-    fn accept_shared(&self, token: &SharedToken, newer_than: Option<u64>) -> bool {
+    fn accept_shared(&self, token: &SharedToken, replacing: Option<&AccessToken>) -> bool {
         let now = self.clock.now();
         self.settings.policy.servable(token.token.expires_on, now)
-            && newer_than.is_none_or(|held| token.token.expires_on > held && now < token.refresh_on)
+            && replacing.is_none_or(|held| {
+                // Another token that lasts at least as long (a refresh in the same second as the
+                // fetch it replaces has the same expiry), and not itself due.
+                token.token.expires_on >= held.expires_on
+                    && token.token.token.expose() != held.token.expose()
+                    && now < token.refresh_on
+            })
     }
 
     /// A shared-cache entry as a cache entry of this replica.
@@ -411,8 +418,7 @@ impl Broker {
             return Some(self.fetch(identity, resource, Exchange::Refresh).await);
         };
         let names = shared.names(&identity.client_id, resource);
-        let held = entry.token.expires_on;
-        let accept = |token: &SharedToken| self.accept_shared(token, Some(held));
+        let accept = |token: &SharedToken| self.accept_shared(token, Some(&entry.token));
         let lease = match shared.get(&names, self.clock.now(), &accept).await {
             Found::Token(token) => return Some(Ok(self.from_shared(identity, resource, token))),
             Found::Unreachable => None,

@@ -70,7 +70,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
         "Requests for a resource not cached that were refused with 429 by cache.new_keys_per_minute, by identity."
     );
     describe_counter!(REFRESHES, "Background refreshes by result.");
-    describe_gauge!(SHARED_UP, "1 while the shared token cache ([cache.shared]) answers, 0 while it is skipped.");
+    describe_gauge!(SHARED_UP, "Whether the shared token cache ([cache.shared]) answers: 1, or 0 while it is down and skipped.");
     describe_counter!(
         SHARED_LOOKUPS,
         "Shared token cache lookups after a local miss, by result: hit, miss, unreadable (wrong key or tampered), error, skipped (down)."
@@ -81,7 +81,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
     );
     describe_counter!(
         SHARED_LEASES,
-        "Claims to fetch a key upstream for the fleet, by result: acquired, waited (another replica's token arrived), timed_out, skipped (down or failed)."
+        "Claims to fetch a key upstream for the fleet, by result: acquired, waited (another replica's token arrived), held (a refresh found another replica refreshing), skipped (down, failed, or the wait ran out)."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the labels carry the version.");
     describe_counter!(PERSISTENCE_WRITES, "Batched writes of the persistent cache, by result.");

@@ -12,6 +12,7 @@ mod connections;
 mod credentials;
 mod dev;
 mod faults;
+mod fleet;
 mod floods;
 mod imds;
 mod kubernetes;
