@@ -9,6 +9,7 @@
 //! ```
 
 mod authority;
+mod fleet;
 mod relay;
 mod tokens;
 
@@ -42,7 +43,11 @@ probes (each but soak takes under about two minutes):
   soak           SOAK_SECS (default 300) of wrk, 64 connections, on the application's token
                  while a flood client asks for distinct new resources over 4 connections, the
                  cache at its defaults (new-key limit on): errors, RSS 30 s after against
-                 before, and whether the application's token is still a cache hit. Needs wrk";
+                 before, and whether the application's token is still a cache hit. Needs wrk
+  fleet          20 relays sharing one local redis-server ([cache.shared]): upstream calls of a
+                 rollout (20 relays x 5 resources) without it, onto an empty server and after
+                 restarting all 20; latency of a local hit, a shared-cache hit and an upstream
+                 call; then the server killed. Needs redis-server";
 
 /// How far above its level before the load the soak allows the relay's RSS to stay, 30 s after
 /// it: the flood's tokens under the default new-key limit (a few hundred of 1.5 KB) and what
@@ -65,6 +70,7 @@ async fn main() {
         "refresh-storm" => refresh_storm(&bin).await,
         "flood" => flood(&bin).await,
         "soak" => soak(&bin).await,
+        "fleet" => fleet::fleet(&bin).await,
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);

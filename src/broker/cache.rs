@@ -373,6 +373,16 @@ mod tests {
     }
 
     #[test]
+    fn a_postponed_refresh_waits_without_counting_a_failure() {
+        let e = entry();
+        assert!(e.try_begin_refresh(4000));
+        e.postpone_refresh(4002);
+        assert!(!e.try_begin_refresh(4001), "another replica is refreshing: not before 4002");
+        assert!(e.try_begin_refresh(4002));
+        assert_eq!(e.refresh_failed(4002, |f| 30 * u64::from(f)), 1, "the postponement was no failure");
+    }
+
+    #[test]
     fn one_refresh_at_a_time_and_backoff_after_failure() {
         let e = entry();
         assert!(e.try_begin_refresh(4000));

@@ -144,8 +144,10 @@ pub struct SharedCache {
     generation: AtomicU64,
     down_since: Mutex<Option<std::time::Instant>>,
     unreadable: Mutex<Unreadable>,
-    /// The kind of the last command refusal logged (a full server, a missing permission).
-    refused: Mutex<Option<String>>,
+    /// Per operation (`write`, `lease`, `release`, `read`), the refusal last logged (a full
+    /// server, a missing permission), cleared when that operation succeeds again: a full
+    /// server refuses every write while reads succeed, and logs that once, not once per token.
+    refused: Mutex<Vec<(&'static str, String)>>,
 }
 
 impl std::fmt::Debug for SharedCache {
@@ -218,7 +220,7 @@ impl SharedCache {
             generation: AtomicU64::new(0),
             down_since: Mutex::new(None),
             unreadable: Mutex::new(Unreadable::None),
-            refused: Mutex::new(None),
+            refused: Mutex::new(Vec::new()),
         }))
     }
 
@@ -294,7 +296,7 @@ impl SharedCache {
         plaintext.fill(0);
         let mut command = redis::cmd("SET");
         command.arg(&names.token).arg(sealed).arg("PX").arg(remaining.saturating_mul(1000));
-        let result = match self.run::<Option<String>>(&command).await {
+        let result = match self.run::<Option<String>>("write", &command).await {
             Some(Ok(_)) => "success",
             Some(Err(())) => "failure",
             None => "skipped",
@@ -366,7 +368,7 @@ impl SharedCache {
     pub async fn release(self: &Arc<Self>, names: &Names, lease: Lease) {
         let mut command = redis::cmd("EVAL");
         command.arg(RELEASE).arg(1).arg(&names.lease).arg(lease.0);
-        let _ = self.run::<i64>(&command).await;
+        let _ = self.run::<i64>("release", &command).await;
     }
 
     /// `Some(Some(lease))` when this replica took the lease, `Some(None)` when another holds
@@ -377,7 +379,7 @@ impl SharedCache {
         let value: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let mut command = redis::cmd("SET");
         command.arg(&names.lease).arg(&value).arg("NX").arg("PX").arg(self.lease.as_millis() as u64);
-        match self.run::<Option<String>>(&command).await? {
+        match self.run::<Option<String>>("lease", &command).await? {
             Ok(Some(_)) => Some(Some(Lease(value))),
             Ok(None) => Some(None),
             Err(()) => None,
@@ -387,7 +389,7 @@ impl SharedCache {
     async fn read(self: &Arc<Self>, names: &Names, now: u64, accept: &(dyn Fn(&SharedToken) -> bool + Sync)) -> Read {
         let mut command = redis::cmd("GET");
         command.arg(&names.token);
-        let bytes = match self.run::<Option<Vec<u8>>>(&command).await {
+        let bytes = match self.run::<Option<Vec<u8>>>("read", &command).await {
             None => return Read::Skipped,
             Some(Err(())) => return Read::Failed,
             Some(Ok(None)) => return Read::Miss,
@@ -456,12 +458,16 @@ impl SharedCache {
 
     /// Runs one command under `timeout`: `None` when the server is skipped (down), `Some(Err)`
     /// when it failed (and was logged), else its answer.
-    async fn run<T: redis::FromRedisValue>(self: &Arc<Self>, command: &redis::Cmd) -> Option<Result<T, ()>> {
+    async fn run<T: redis::FromRedisValue>(
+        self: &Arc<Self>,
+        operation: &'static str,
+        command: &redis::Cmd,
+    ) -> Option<Result<T, ()>> {
         let (mut connection, generation) = self.connection().await?;
         let result = tokio::time::timeout(self.timeout, command.query_async::<T>(&mut connection)).await;
         match result {
             Ok(Ok(value)) => {
-                self.refused.lock().unwrap_or_else(|e| e.into_inner()).take();
+                self.refused.lock().unwrap_or_else(|e| e.into_inner()).retain(|(op, _)| *op != operation);
                 Some(Ok(value))
             }
             Ok(Err(error)) if !reaches_nothing(&error) => {
@@ -469,9 +475,14 @@ impl SharedCache {
                 // up, and this command failed.
                 let code = error.code().unwrap_or("error").to_owned();
                 let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
-                if refused.as_deref() != Some(code.as_str()) {
-                    tracing::warn!(%error, "the shared token cache refused a command; carrying on without it for that key");
-                    *refused = Some(code);
+                if !refused.iter().any(|(op, logged)| *op == operation && *logged == code) {
+                    tracing::warn!(
+                        operation,
+                        %error,
+                        "the shared token cache refused a command; carrying on without it for that key"
+                    );
+                    refused.retain(|(op, _)| *op != operation);
+                    refused.push((operation, code));
                 }
                 Some(Err(()))
             }

@@ -70,7 +70,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
         "Requests for a resource not cached that were refused with 429 by cache.new_keys_per_minute, by identity."
     );
     describe_counter!(REFRESHES, "Background refreshes by result.");
-    describe_gauge!(SHARED_UP, "Whether the shared token cache ([cache.shared]) answers: 1, or 0 while it is down and skipped.");
+    describe_gauge!(
+        SHARED_UP,
+        "Whether the shared token cache ([cache.shared]) answers: 1, or 0 while it is down and skipped."
+    );
     describe_counter!(
         SHARED_LOOKUPS,
         "Shared token cache lookups after a local miss, by result: hit, miss, unreadable (wrong key or tampered), error, skipped (down)."

@@ -234,3 +234,33 @@ async fn one_relay_refreshes_ahead_for_the_fleet() {
     assert_eq!(token_of(&a, VAULT).await, token_of(&b, VAULT).await);
     assert_eq!(entra.requests(), 2, "one fetch and one refresh for the fleet");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_server_refuses_writes_and_callers_never_notice() {
+    let entra = FakeEntra::start().await;
+    let redis = RedisServer::start().await;
+    let mut connection = redis.connection().await;
+    // As a server at its memory bound without eviction answers every write: -OOM.
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("noeviction")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("1").query_async(&mut connection).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::serve(&fleet_config(&entra, &redis, &key_file(dir.path(), "key", 7), ""), &[]).await;
+    for n in 0..5 {
+        token_of(&relay, &format!("api://resource-{n}")).await;
+    }
+    assert_eq!(entra.requests(), 5);
+    assert!(redis.keys().await.is_empty(), "nothing was written");
+    let metrics = relay.get("/metrics", &[]).await.text().await.unwrap();
+    assert!(metrics.contains("\ntokenrelay_shared_cache_up 1\n"), "refusals are not an outage: {metrics}");
+    let logs = relay.logs();
+    assert!(logs.contains("OOM"), "{logs}");
+    // One line per kind of operation refused (the lease and the write), not one per token.
+    let refusals = logs.matches("refused a command").count();
+    assert!((1..=2).contains(&refusals), "{refusals} refusal lines:\n{logs}");
+}
