@@ -94,8 +94,8 @@ async fn start_relays(bin: &str, config: &Path, count: usize, client: &reqwest::
 }
 
 /// Every relay's callers ask for the same `RESOURCES` resources at once; returns the failures
-/// and the wall time.
-async fn rollout_requests(relays: &[Relay], client: &reqwest::Client, offset: usize) -> (usize, Duration) {
+/// and the wall time with the latency percentiles.
+async fn rollout_requests(relays: &[Relay], client: &reqwest::Client, offset: usize) -> (usize, String) {
     let started = Instant::now();
     let mut requests = Vec::new();
     for relay in relays {
@@ -112,7 +112,16 @@ async fn rollout_requests(relays: &[Relay], client: &reqwest::Client, offset: us
     for request in requests {
         outcomes.push(request.await.unwrap());
     }
-    (relay::failures(&outcomes), started.elapsed())
+    let wall = started.elapsed();
+    let sorted = sorted_latencies(&outcomes);
+    let summary = format!(
+        "wall {} ms, latency p50 {} / p99 {} / max {} ms",
+        wall.as_millis(),
+        percentile(&sorted, 50.0).as_millis(),
+        percentile(&sorted, 99.0).as_millis(),
+        sorted.last().unwrap().as_millis()
+    );
+    (relay::failures(&outcomes), summary)
 }
 
 /// p50 / p99 in milliseconds of `resources` requested once each, one after another.
@@ -145,10 +154,9 @@ pub async fn fleet(bin: &str) {
     let (failures, wall) = rollout_requests(&relays, &client, 0).await;
     println!(
         "fleet: rollout of {RELAYS} relays x {RESOURCES} resources ({CALLERS} callers each, authority {} ms), no \
-         shared cache: {} upstream calls, {failures} failures, wall {} ms",
+         shared cache: {} upstream calls, {failures} failures, {wall}",
         AUTHORITY_DELAY.as_millis(),
-        authority.calls(),
-        wall.as_millis()
+        authority.calls()
     );
     for relay in relays {
         relay.kill().await;
@@ -161,9 +169,8 @@ pub async fn fleet(bin: &str) {
     let (failures, wall) = rollout_requests(&relays, &client, 0).await;
     println!(
         "fleet: the same onto an empty shared cache: {} upstream calls (target {RESOURCES}), {failures} failures, \
-         wall {} ms",
-        authority.calls(),
-        wall.as_millis()
+         {wall}",
+        authority.calls()
     );
     for relay in relays {
         relay.kill().await;
@@ -173,9 +180,8 @@ pub async fn fleet(bin: &str) {
     let (failures, wall) = rollout_requests(&relays, &client, 0).await;
     println!(
         "fleet: all {RELAYS} restarted, the shared cache holding the tokens: {} upstream calls, {failures} failures, \
-         wall {} ms",
-        authority.calls() - before,
-        wall.as_millis()
+         {wall}",
+        authority.calls() - before
     );
 
     // 2. Latency, against an authority that answers at once (what is measured is tokenrelay and
@@ -193,7 +199,12 @@ pub async fn fleet(bin: &str) {
     let local_hit = latency(&client, &pair[1].url, (0..SAMPLES).map(|_| tokens::resource(base))).await;
     let upstream_alone =
         latency(&client, &single[0].url, (base + SAMPLES..base + 2 * SAMPLES).map(tokens::resource)).await;
-    println!("fleet: latency, {SAMPLES} sequential requests each, authority answering at once:");
+    println!(
+        "fleet: latency, {SAMPLES} sequential requests each, authority answering at once ({} upstream calls, \
+         expected {}):",
+        instant.calls(),
+        2 * SAMPLES
+    );
     println!("  local hit                           {local_hit}");
     println!("  shared-cache hit                    {shared_hit}");
     println!("  upstream call, shared cache on      {upstream_shared}");
@@ -205,17 +216,15 @@ pub async fn fleet(bin: &str) {
     let (failures, wall) = rollout_requests(&relays, &client, 0).await;
     println!(
         "fleet: server killed; the {RELAYS} relays asked for their {RESOURCES} cached resources again: {} upstream \
-         calls, {failures} failures, wall {} ms",
-        authority.calls() - before,
-        wall.as_millis()
+         calls, {failures} failures, {wall}",
+        authority.calls() - before
     );
     let before = authority.calls();
     let (failures, wall) = rollout_requests(&relays, &client, 100).await;
     println!(
         "fleet: server killed; {RESOURCES} new resources on every relay: {} upstream calls (each relay alone), \
-         {failures} failures, wall {} ms",
-        authority.calls() - before,
-        wall.as_millis()
+         {failures} failures, {wall}",
+        authority.calls() - before
     );
     let down = relays.iter().filter(|r| r.log().iter().any(|l| l.contains("shared token cache down"))).count();
     println!("fleet: {down} of {RELAYS} relays logged \"shared token cache down\"");

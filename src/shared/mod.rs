@@ -47,7 +47,7 @@ use crate::token::AccessToken;
 const MAX_RETRY: Duration = Duration::from_secs(30);
 /// First and longest pause between two polls of a replica waiting for another's fetch.
 const FIRST_POLL: Duration = Duration::from_millis(10);
-const MAX_POLL: Duration = Duration::from_millis(200);
+const MAX_POLL: Duration = Duration::from_millis(100);
 /// Largest value read back: a token with its timing is a few KiB; anything larger is not ours.
 const MAX_VALUE: usize = 64 * 1024;
 /// Releases the lease only when it still holds this replica's value: a lease that expired
