@@ -79,7 +79,8 @@ fn config(dir: &Path, authority: &str, shared: Option<(u16, &Path)>) -> PathBuf 
     let path = Settings { authority, max_concurrent: 16, persistence: None, prefetch: None }.write(dir);
     if let Some((port, key)) = shared {
         let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
-        writeln!(file, "\n[cache.shared]\nurl = \"redis://127.0.0.1:{port}\"\nkey_file = \"{}\"", key.display()).unwrap();
+        writeln!(file, "\n[cache.shared]\nurl = \"redis://127.0.0.1:{port}\"\nkey_file = \"{}\"", key.display())
+            .unwrap();
     }
     path
 }

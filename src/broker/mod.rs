@@ -347,7 +347,7 @@ impl Broker {
     }
 
     /// A shared-cache entry as a cache entry of this replica.
-    fn from_shared(&self, identity: &Identity, resource: &str, shared: SharedToken) -> Arc<CachedToken> {
+    fn taken_from_shared(&self, identity: &Identity, resource: &str, shared: SharedToken) -> Arc<CachedToken> {
         let entry = CachedToken::new(shared.token, shared.refresh_on, SHARED);
         tracing::debug!(
             identity = %identity.name,
@@ -370,10 +370,10 @@ impl Broker {
         let names = shared.names(&identity.client_id, resource);
         let accept = |token: &SharedToken| self.accept_shared(token, None);
         let lease = match shared.get(&names, self.clock.now(), &accept).await {
-            Found::Token(token) => return Ok(self.from_shared(identity, resource, token)),
+            Found::Token(token) => return Ok(self.taken_from_shared(identity, resource, token)),
             Found::Unreachable => None,
             Found::Miss => match shared.claim(&names, true, self.clock.now(), &accept).await {
-                Claim::Token(token) => return Ok(self.from_shared(identity, resource, token)),
+                Claim::Token(token) => return Ok(self.taken_from_shared(identity, resource, token)),
                 Claim::Fetch(lease) => Some(lease),
                 Claim::Held | Claim::Alone => None,
             },
@@ -420,10 +420,10 @@ impl Broker {
         let names = shared.names(&identity.client_id, resource);
         let accept = |token: &SharedToken| self.accept_shared(token, Some(&entry.token));
         let lease = match shared.get(&names, self.clock.now(), &accept).await {
-            Found::Token(token) => return Some(Ok(self.from_shared(identity, resource, token))),
+            Found::Token(token) => return Some(Ok(self.taken_from_shared(identity, resource, token))),
             Found::Unreachable => None,
             Found::Miss => match shared.claim(&names, false, self.clock.now(), &accept).await {
-                Claim::Token(token) => return Some(Ok(self.from_shared(identity, resource, token))),
+                Claim::Token(token) => return Some(Ok(self.taken_from_shared(identity, resource, token))),
                 Claim::Held => return None,
                 Claim::Fetch(lease) => Some(lease),
                 Claim::Alone => None,
