@@ -10,6 +10,7 @@
 //! - [`credential`]: how tokens are obtained upstream. Knows nothing of caching.
 //! - [`inbound`]: validation of the user tokens callers forward (signature, issuer, audience).
 //! - [`store`]: the optional persistent cache (encrypted file, key in a file or the keyring).
+//! - [`shared`]: the optional shared token cache on Valkey/Redis (encrypted entries, leases).
 //! - [`dev_issuer`]: the development issuer's key, signing and discovery documents.
 //! - [`token`], [`secret`], [`clock`], [`telemetry`], [`trust`], [`aadsts`], [`id`],
 //!   [`backoff`]: small shared pieces.
@@ -20,7 +21,7 @@
 //! 1. `app`
 //! 2. `server`, `cli`
 //! 3. `broker`, `inbound`
-//! 4. `credential`
+//! 4. `credential`, `shared`
 //! 5. `store`
 //! 6. `dev_issuer`, `telemetry`
 //! 7. `config`
@@ -44,6 +45,7 @@ pub mod id;
 pub mod inbound;
 pub mod secret;
 pub mod server;
+pub mod shared;
 pub mod store;
 pub mod telemetry;
 pub mod token;
@@ -62,7 +64,7 @@ mod tests {
         &["app"],
         &["server", "cli"],
         &["broker", "inbound"],
-        &["credential"],
+        &["credential", "shared"],
         &["store"],
         &["dev_issuer", "telemetry"],
         &["config"],

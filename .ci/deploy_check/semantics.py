@@ -31,6 +31,8 @@ PROBE_PATHS = {"startupProbe": "/readyz", "livenessProbe": "/healthz", "readines
 # Content of every mounted Secret file in `tokenrelay check` runs: 32 random-looking bytes in
 # base64, which is a valid cache key, identity header and client secret alike.
 SECRET_FILE_CONTENT = base64.b64encode(bytes(range(7, 39))).decode()
+# What a mounted CA certificate Secret stands in as (tokenrelay check looks for the PEM marker).
+PEM_STAND_IN = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
 
 def pod_templates(doc):
@@ -287,7 +289,8 @@ def check_with_binary(where, env, mounts, configmaps, workload_identity, links):
                 for p in paths:
                     os.makedirs(os.path.dirname(os.path.join(local, p)), exist_ok=True)
                     with open(os.path.join(local, p), "w") as f:
-                        f.write(SECRET_FILE_CONTENT)
+                        # A CA bundle (cache.shared.ca_file) must at least look like PEM.
+                        f.write(PEM_STAND_IN if p.endswith((".crt", ".pem")) else SECRET_FILE_CONTENT)
         run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         run_env.update(links)
         if workload_identity:
@@ -357,6 +360,11 @@ def check_metrics(where_file, docs):
                             "of the tokenrelay container")
 
 
+def has_sidecar(template):
+    """Whether the pod template runs tokenrelay as a native sidecar."""
+    return any(c.get("name") == "tokenrelay" for c in (template.get("spec") or {}).get("initContainers") or [])
+
+
 def admin_port_of(template):
     """The admin listener's port of the pod's tokenrelay sidecar, or None."""
     for c in (template.get("spec") or {}).get("initContainers") or []:
@@ -380,7 +388,13 @@ def check_network_policies(where_file, docs):
         selector = (spec.get("podSelector") or {}).get("matchLabels")
         selected = [t for t in templates if selects(selector, (t.get("metadata") or {}).get("labels") or {})]
         admin_ports = {p for p in map(admin_port_of, selected) if p}
-        if templates and not admin_ports:
+        if templates and not selected:
+            say("selects no pod template with a tokenrelay sidecar")
+        elif selected and not any(map(has_sidecar, selected)):
+            # A policy of another workload in the same file (deploy/valkey.yaml's server for
+            # the shared cache): the admin-port rules below are not about it.
+            continue
+        elif templates and not admin_ports:
             say("selects no pod template with a tokenrelay sidecar")
         for rule in spec.get("ingress") or []:
             peers = rule.get("from") or []

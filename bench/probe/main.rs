@@ -9,6 +9,7 @@
 //! ```
 
 mod authority;
+mod fleet;
 mod relay;
 mod tokens;
 
@@ -46,6 +47,10 @@ probes (each but soak takes under about two minutes):
                  while a flood client asks for distinct new resources over 4 connections, the
                  cache at its defaults (new-key limit on): errors, RSS 30 s after against
                  before, and whether the application's token is still a cache hit. Needs wrk
+  fleet          20 relays sharing one local redis-server ([cache.shared]): upstream calls of a
+                 rollout (20 relays x 5 resources) without it, onto an empty server and after
+                 restarting all 20; latency of a local hit, a shared-cache hit and an upstream
+                 call; then the server killed. Needs redis-server
 
 Persisted stores are written as this build writes them (format version 2); BENCH_STORE_V1=1
 writes format version 1 instead, as releases before the journal did and can read";
@@ -72,6 +77,7 @@ async fn main() {
         "refresh-storm" => refresh_storm(&bin).await,
         "flood" => flood(&bin).await,
         "soak" => soak(&bin).await,
+        "fleet" => fleet::fleet(&bin).await,
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);

@@ -9,6 +9,7 @@ use super::{AppError, build, display_addr, persist};
 use crate::config::{self, Config};
 use crate::secret::Secret;
 use crate::server::{self, AppState, Limits, Server};
+use crate::shared::SharedCache;
 
 pub(super) async fn serve(config: Config) -> Result<(), AppError> {
     // First, so that reading a large persistent cache overlaps binding and building; the
@@ -78,6 +79,7 @@ pub(super) async fn serve(config: Config) -> Result<(), AppError> {
     } else {
         None
     };
+    share(&config, &built.broker).map_err(AppError::Runtime)?;
     let state = AppState {
         broker: built.broker.clone(),
         identity_header: identity_header.map(Arc::new),
@@ -112,6 +114,35 @@ pub(super) async fn serve(config: Config) -> Result<(), AppError> {
     persist::flush(&built.broker).await;
     served.map_err(|error| AppError::Runtime(format!("server error: {error}")))?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Connects the broker to the fleet's shared cache, if `[cache.shared]` is configured. The
+/// first connection is attempted in the background at once; lookups made before it finishes
+/// wait for it (at most `cache.shared.connect_timeout_ms`), and none waits after it.
+fn share(config: &Config, broker: &Arc<crate::broker::Broker>) -> Result<(), String> {
+    let Some(settings) = &config.cache.shared else {
+        return Ok(());
+    };
+    if config.is_dev() {
+        tracing::warn!(
+            "cache.shared is ignored with --dev: development tokens are signed by this process's own key, which no \
+             other replica shares"
+        );
+        return Ok(());
+    }
+    let shared = SharedCache::new(settings)?;
+    if let Some(warning) = settings.key.warning() {
+        tracing::warn!("{warning}");
+    }
+    tracing::info!(
+        server = shared.describe(),
+        key = settings.key.source(),
+        prefix = %settings.key_prefix,
+        "sharing tokens with the other replicas through the shared cache"
+    );
+    broker.share_via(Arc::clone(&shared));
+    tokio::spawn(async move { shared.start().await });
     Ok(())
 }
 

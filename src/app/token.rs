@@ -64,7 +64,7 @@ pub(super) async fn token_for_tenant(
     })?;
     match chain.token_from(resource).await {
         Ok((credential, token)) => {
-            let entry = CachedToken::new(token, 0, Some(credential));
+            let entry = CachedToken::new(token, 0, crate::broker::Origin::Fetched(credential));
             print_body(&render_token_body(&entry, &identity.client_id, resource, SystemClock.now(), None))
         }
         Err(error) => Err(AppError::Runtime(describe_failure(&identity.name, error))),

@@ -15,14 +15,25 @@ use crate::config::CredentialKind;
 use crate::token::AccessToken;
 use zeroize::Zeroize;
 
+/// Where a cached token came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Fetched by this process through a credential of this kind.
+    Fetched(CredentialKind),
+    /// Loaded from the persistent cache.
+    Persisted,
+    /// Taken from the fleet's shared cache.
+    Shared,
+}
+
 /// A token in the cache, with the moment the broker plans to replace it.
 pub struct CachedToken {
     /// The token as the upstream issued it.
     pub token: AccessToken,
     /// From this epoch second on, serving triggers a background refresh.
     pub refresh_on: u64,
-    /// Which credential produced it; `None` for a token loaded from the persistent cache.
-    pub credential: Option<CredentialKind>,
+    /// Where it came from.
+    pub origin: Origin,
     /// The token's fingerprint for log lines, computed once rather than hashed per request.
     pub fingerprint: Box<str>,
     /// The server's rendering of the response members that never change for this token
@@ -42,7 +53,7 @@ impl std::fmt::Debug for CachedToken {
         f.debug_struct("CachedToken")
             .field("token", &self.token)
             .field("refresh_on", &self.refresh_on)
-            .field("credential", &self.credential)
+            .field("origin", &self.origin)
             .field("fingerprint", &self.fingerprint)
             .field("refreshing", &self.refreshing)
             .field("failures", &self.failures)
@@ -62,12 +73,12 @@ impl Drop for CachedToken {
 
 impl CachedToken {
     /// Wraps a freshly fetched token.
-    pub fn new(token: AccessToken, refresh_on: u64, credential: Option<CredentialKind>) -> Self {
+    pub fn new(token: AccessToken, refresh_on: u64, origin: Origin) -> Self {
         Self {
             fingerprint: token.token.fingerprint().into_boxed_str(),
             token,
             refresh_on,
-            credential,
+            origin,
             rendered: OnceLock::new(),
             refreshing: AtomicBool::new(false),
             next_attempt: AtomicU64::new(0),
@@ -87,6 +98,13 @@ impl CachedToken {
     /// Gives up a claim from [`Self::try_begin_refresh`] without trying: the next caller may
     /// claim it at once. No failure is counted.
     pub fn abandon_refresh(&self) {
+        self.refreshing.store(false, Ordering::Release);
+    }
+
+    /// Gives up a claim without trying and without counting a failure, and allows the next
+    /// claim only from `until` on (another replica is refreshing this key).
+    pub fn postpone_refresh(&self, until: u64) {
+        self.next_attempt.store(until, Ordering::Release);
         self.refreshing.store(false, Ordering::Release);
     }
 
@@ -365,7 +383,7 @@ mod tests {
             ext_expires_on: 5000,
             refresh_on: None,
         };
-        CachedToken::new(token, 4000, Some(CredentialKind::Dev))
+        CachedToken::new(token, 4000, Origin::Fetched(CredentialKind::Dev))
     }
 
     #[test]
@@ -375,6 +393,16 @@ mod tests {
         let shown = format!("{e:?}");
         assert!(!shown.contains("t0k3n"), "{shown}");
         assert!(!shown.contains("116, 48"), "the rendering's bytes leaked: {shown}");
+    }
+
+    #[test]
+    fn a_postponed_refresh_waits_without_counting_a_failure() {
+        let e = entry();
+        assert!(e.try_begin_refresh(4000));
+        e.postpone_refresh(4002);
+        assert!(!e.try_begin_refresh(4001), "another replica is refreshing: not before 4002");
+        assert!(e.try_begin_refresh(4002));
+        assert_eq!(e.refresh_failed(4002, |f| 30 * u64::from(f)), 1, "the postponement was no failure");
     }
 
     #[test]

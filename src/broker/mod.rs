@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use moka::future::Cache;
 use tokio::sync::Semaphore;
 
-pub use cache::{CachedToken, Segment, TokenCache};
+pub use cache::{CachedToken, Origin, Segment, TokenCache};
 pub use obo::{UserOutcome, UserToken};
 pub use policy::Policy;
 pub use readiness::Readiness;
@@ -31,8 +31,10 @@ use crate::clock::Clock;
 use crate::credential::{Credential, CredentialError, OnBehalfOf};
 use crate::id::Id;
 use crate::secret::Secret;
+use crate::shared::{Claim, Found, Names, SharedCache, SharedToken};
 use crate::store::{Held, HeldIdentity, HeldSource, HeldToken, PersistedToken, Store, Writer};
 use crate::telemetry::{self, metrics};
+use crate::token::AccessToken;
 
 /// How a configured identity is described to the broker.
 pub struct IdentitySpec {
@@ -218,6 +220,8 @@ pub enum CacheOutcome {
     Miss,
     /// Fetched upstream by a concurrent request this one waited for.
     Coalesced,
+    /// Not in memory; taken from the shared cache (`[cache.shared]`), another replica's fetch.
+    Shared,
 }
 
 impl CacheOutcome {
@@ -228,6 +232,7 @@ impl CacheOutcome {
             Self::Stale => "stale",
             Self::Miss => "miss",
             Self::Coalesced => "coalesced",
+            Self::Shared => "shared",
         }
     }
 }
@@ -270,6 +275,8 @@ pub struct Broker {
     writer: OnceLock<Arc<Writer>>,
     /// One permit per background refresh allowed to run (`max_background_refreshes`).
     refresh_slots: Arc<Semaphore>,
+    /// The fleet's shared cache, when `[cache.shared]` is configured.
+    shared: OnceLock<Arc<SharedCache>>,
 }
 
 /// The waits between a prefetch's attempts: 2 s after the first failure, doubling to 32 s.
@@ -289,6 +296,10 @@ pub struct SeedReport {
     /// freshest.
     pub over_limit: usize,
 }
+
+/// How long a replica that found another holding a key's refresh lease waits before it looks
+/// again: by then the holder has usually written the refreshed token.
+const REFRESH_HELD_RETRY_SECS: u64 = 2;
 
 impl Broker {
     /// Builds the broker. Configuration validation guarantees at most one default.
@@ -333,7 +344,117 @@ impl Broker {
             readiness: Readiness::new(prefetches),
             writer: OnceLock::new(),
             refresh_slots,
+            shared: OnceLock::new(),
         }
+    }
+
+    /// Shares tokens with the other replicas through `shared` from now on: asked on a local
+    /// miss, written after every upstream exchange (docs/shared-cache.md). Only the first
+    /// call has an effect.
+    pub fn share_via(&self, shared: Arc<SharedCache>) {
+        let _ = self.shared.set(shared);
+    }
+
+    /// Whether a token from the shared cache may be served: servable now, and (for a refresh)
+    /// newer than what this replica holds and not itself due.
+    fn accept_shared(&self, token: &SharedToken, replacing: Option<&AccessToken>) -> bool {
+        let now = self.clock.now();
+        self.settings.policy.servable(token.token.expires_on, now)
+            && replacing.is_none_or(|held| {
+                // Another token that lasts at least as long (a refresh in the same second as the
+                // fetch it replaces has the same expiry), and not itself due.
+                token.token.expires_on >= held.expires_on
+                    && token.token.token.expose() != held.token.expose()
+                    && now < token.refresh_on
+            })
+    }
+
+    /// A shared-cache entry as a cache entry of this replica.
+    fn taken_from_shared(&self, identity: &Identity, resource: &str, shared: SharedToken) -> Arc<CachedToken> {
+        let entry = CachedToken::new(shared.token, shared.refresh_on, Origin::Shared);
+        tracing::debug!(
+            identity = %identity.name,
+            resource,
+            expires_in = entry.token.expires_on.saturating_sub(self.clock.now()),
+            fingerprint = &*entry.fingerprint,
+            "took a token from the shared cache"
+        );
+        Arc::new(entry)
+    }
+
+    /// A token for a key memory does not hold: from the shared cache if another replica
+    /// fetched it, else upstream, with this replica holding the fleet's lease on the key
+    /// while it fetches (or, when the lease holder takes longer than `lease_wait`, or the
+    /// shared cache is down, without it).
+    async fn obtain(&self, identity: &Identity, resource: &str) -> Result<Arc<CachedToken>, BrokerError> {
+        let Some(shared) = self.shared.get() else {
+            return self.fetch(identity, resource, Exchange::New).await;
+        };
+        let names = shared.names(&identity.client_id, resource);
+        let accept = |token: &SharedToken| self.accept_shared(token, None);
+        let lease = match shared.get(&names, self.clock.now(), &accept).await {
+            Found::Token(token) => return Ok(self.taken_from_shared(identity, resource, token)),
+            Found::Unreachable => None,
+            Found::Miss => match shared.claim(&names, true, self.clock.now(), &accept).await {
+                Claim::Token(token) => return Ok(self.taken_from_shared(identity, resource, token)),
+                Claim::Fetch(lease) => Some(lease),
+                Claim::Held | Claim::Alone => None,
+            },
+        };
+        let fetched = self.fetch(identity, resource, Exchange::New).await;
+        self.publish(shared, names, fetched.as_ref().ok(), lease);
+        fetched
+    }
+
+    /// After an upstream exchange: writes the token for the other replicas, then gives up the
+    /// lease, off the caller's path (both are bounded by `cache.shared.timeout_ms`).
+    fn publish(
+        &self,
+        shared: &Arc<SharedCache>,
+        names: Names,
+        fetched: Option<&Arc<CachedToken>>,
+        lease: Option<crate::shared::Lease>,
+    ) {
+        let shared = Arc::clone(shared);
+        let fetched = fetched.cloned();
+        let now = self.clock.now();
+        tokio::spawn(async move {
+            if let Some(entry) = &fetched {
+                shared.put(&names, &entry.token, entry.refresh_on, now).await;
+            }
+            if let Some(lease) = lease {
+                shared.release(&names, lease).await;
+            }
+        });
+    }
+
+    /// A background refresh of `entry`: a fresher token another replica wrote, else one
+    /// upstream fetch under the key's lease. `None` when another replica holds the lease:
+    /// its token will be in the shared cache shortly.
+    async fn refresh(
+        &self,
+        identity: &Identity,
+        resource: &str,
+        entry: &CachedToken,
+    ) -> Option<Result<Arc<CachedToken>, BrokerError>> {
+        let Some(shared) = self.shared.get() else {
+            return Some(self.fetch(identity, resource, Exchange::Refresh).await);
+        };
+        let names = shared.names(&identity.client_id, resource);
+        let accept = |token: &SharedToken| self.accept_shared(token, Some(&entry.token));
+        let lease = match shared.get(&names, self.clock.now(), &accept).await {
+            Found::Token(token) => return Some(Ok(self.taken_from_shared(identity, resource, token))),
+            Found::Unreachable => None,
+            Found::Miss => match shared.claim(&names, false, self.clock.now(), &accept).await {
+                Claim::Token(token) => return Some(Ok(self.taken_from_shared(identity, resource, token))),
+                Claim::Held => return None,
+                Claim::Fetch(lease) => Some(lease),
+                Claim::Alone => None,
+            },
+        };
+        let fetched = self.fetch(identity, resource, Exchange::Refresh).await;
+        self.publish(shared, names, fetched.as_ref().ok(), lease);
+        Some(fetched)
     }
 
     /// Persists the cache to `store` from now on: after every change (a token fetched or
@@ -403,7 +524,7 @@ impl Broker {
                 tokens.truncate(max);
             }
             for persisted in tokens {
-                let entry = CachedToken::new(persisted.token, persisted.refresh_on, None);
+                let entry = CachedToken::new(persisted.token, persisted.refresh_on, Origin::Persisted);
                 identity.tokens.seed(persisted.resource, Arc::new(entry)).await;
                 report.loaded += 1;
             }
@@ -598,13 +719,13 @@ impl Broker {
                 if new_key {
                     self.take_new_key(identity)?;
                 }
-                self.fetch(identity, resource, Exchange::New).await
+                self.obtain(identity, resource).await
             })
             .await;
         let (entry, fetched_here) = fetched.map_err(|shared: Arc<BrokerError>| (*shared).clone())?;
         let outcome = if fetched_here {
             self.persist_changed();
-            CacheOutcome::Miss
+            if entry.origin == Origin::Shared { CacheOutcome::Shared } else { CacheOutcome::Miss }
         } else {
             CacheOutcome::Coalesced
         };
@@ -685,7 +806,7 @@ impl Broker {
             Ok(token) => {
                 let now = self.clock.now();
                 let refresh_on = self.settings.policy.refresh_on(&token, now, fastrand::f64());
-                let entry = CachedToken::new(token, refresh_on, Some(kind));
+                let entry = CachedToken::new(token, refresh_on, Origin::Fetched(kind));
                 tracing::info!(
                     identity = %identity.name,
                     resource,
@@ -761,7 +882,11 @@ impl Broker {
             let _slot = slot;
             let span =
                 telemetry::span(|| tracing::info_span!("background_refresh", identity = %identity.name, resource));
-            let result = broker.fetch(&identity, &resource, Exchange::Refresh).instrument(span).await;
+            let Some(result) = broker.refresh(&identity, &resource, &entry).instrument(span).await else {
+                // Another replica is refreshing this key for the fleet: look again shortly.
+                entry.postpone_refresh(broker.clock.now() + REFRESH_HELD_RETRY_SECS);
+                return;
+            };
             metrics::refresh(result.is_ok());
             match result {
                 Ok(fresh) => {

@@ -345,7 +345,7 @@ async fn seeding_serves_persisted_tokens_and_counts_what_it_skips() {
     for (resource, value) in [("r1", "persisted-1"), ("r5", "persisted-5")] {
         let served = b.token(&id, resource).await.unwrap();
         assert_eq!((served.outcome, token_text(&served)), (CacheOutcome::Hit, value));
-        assert_eq!(served.entry.credential, None, "loaded from the persistent cache");
+        assert_eq!(served.entry.origin, Origin::Persisted, "loaded from the persistent cache");
     }
     assert_eq!(cred.calls.load(Ordering::SeqCst), 0, "persisted tokens need no upstream call");
     let fetched = b.token(&id, "r2").await.unwrap();

@@ -13,6 +13,7 @@ mod raw;
 mod record;
 mod report;
 mod self_call;
+mod shared;
 mod sources;
 
 use std::collections::{HashMap, HashSet};
@@ -32,6 +33,7 @@ pub use persistence::{CacheKey, PersistenceBackend, PersistenceConfig, RawPersis
 pub use raw::RawConfig;
 pub use record::AuthenticationRecord;
 pub use report::ConfigErrors;
+pub use shared::{RawShared, SharedConfig};
 pub use sources::{
     CacheFlags, DevFlags, FlagOverrides, IgnoredVariable, PersistenceFlags, ServerFlags, ignored_variables,
     log_ignored_variables,
@@ -157,6 +159,9 @@ pub struct CacheConfig {
     /// `[cache.persistence]`; `None` when off (the default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub persistence: Option<PersistenceConfig>,
+    /// `[cache.shared]`; `None` when off (the default: no `url`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared: Option<SharedConfig>,
 }
 
 #[derive(Debug, Serialize)]
@@ -877,6 +882,8 @@ impl Validator<'_> {
         if raw.new_keys_burst == 0 {
             return Err(self.error("cache.new_keys_burst", "must be at least 1"));
         }
+        let persistence = self.persistence(raw.persistence)?;
+        let shared = self.shared(raw.shared, persistence.as_ref().and_then(|p| p.key.as_ref()))?;
         Ok(CacheConfig {
             max_entries: raw.max_entries,
             serve_margin_secs: raw.serve_margin_secs,
@@ -885,7 +892,8 @@ impl Validator<'_> {
             negative_ttl_secs: raw.negative_ttl_secs,
             new_keys_per_minute: raw.new_keys_per_minute,
             new_keys_burst: raw.new_keys_burst,
-            persistence: self.persistence(raw.persistence)?,
+            persistence,
+            shared,
         })
     }
 

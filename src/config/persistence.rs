@@ -107,6 +107,14 @@ impl CacheKey {
     }
 }
 
+impl CacheKey {
+    /// A key from its bytes, for tests elsewhere in the crate.
+    #[cfg(test)]
+    pub fn for_tests(bytes: [u8; 32]) -> Self {
+        Self { source: "test".into(), bytes, warning: None }
+    }
+}
+
 impl fmt::Debug for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CacheKey").field("source", &self.source).field("bytes", &"<redacted>").finish()
@@ -182,8 +190,8 @@ impl Validator<'_> {
             (Some(_), Some(_)) => {
                 return Err(self.error("cache.persistence.key_file", "set key_file or key_env, not both"));
             }
-            (Some(file), None) => Some(self.key_from_file(&file)?),
-            (None, Some(variable)) => Some(self.key_from_env(&variable)?),
+            (Some(file), None) => Some(self.key_from_file("cache.persistence.key_file", &file)?),
+            (None, Some(variable)) => Some(self.key_from_env("cache.persistence.key_env", &variable)?),
             (None, None) => None,
         };
         if backend == PersistenceBackend::Keyring && key.is_some() {
@@ -240,8 +248,8 @@ impl Validator<'_> {
         Ok(base.join("tokenrelay").join(format!("{name}.cache")))
     }
 
-    fn key_from_file(&self, file: &Path) -> Result<CacheKey, ConfigError> {
-        let key = "cache.persistence.key_file";
+    /// The key in `file`, which the configuration key `key` names (for its errors).
+    pub(super) fn key_from_file(&self, key: &str, file: &Path) -> Result<CacheKey, ConfigError> {
         let (mut bytes, warning) =
             read_key_file(file).map_err(|problem| self.error(key, format!("{}: {problem}", file.display())))?;
         let decoded = decode_key(&bytes);
@@ -250,8 +258,8 @@ impl Validator<'_> {
         Ok(CacheKey { source: format!("key_file {}", file.display()), bytes: decoded, warning })
     }
 
-    fn key_from_env(&self, variable: &str) -> Result<CacheKey, ConfigError> {
-        let key = "cache.persistence.key_env";
+    /// The key in the environment variable `variable`, which the configuration key `key` names.
+    pub(super) fn key_from_env(&self, key: &str, variable: &str) -> Result<CacheKey, ConfigError> {
         let value = self
             .env(variable)
             .ok_or_else(|| self.error(key, format!("the environment variable {variable} is not set or empty")))?;
@@ -269,7 +277,7 @@ const MAX_KEY_FILE: u64 = 4096;
 /// links are followed (a Kubernetes Secret's file is one); the file finally opened is
 /// checked. Returns its bytes and a warning when others can read it, which is not refused:
 /// a Secret mounted for a non-root user is group-readable by design.
-fn read_key_file(path: &Path) -> Result<(Vec<u8>, Option<String>), String> {
+pub(super) fn read_key_file(path: &Path) -> Result<(Vec<u8>, Option<String>), String> {
     use std::io::Read;
 
     use crate::trust::{self, Opened, Owners};

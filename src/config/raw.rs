@@ -184,6 +184,7 @@ pub struct RawCache {
     pub new_keys_per_minute: u32,
     pub new_keys_burst: u32,
     pub persistence: super::persistence::RawPersistence,
+    pub shared: super::shared::RawShared,
 }
 
 impl Default for RawCache {
@@ -197,6 +198,7 @@ impl Default for RawCache {
             new_keys_per_minute: 60,
             new_keys_burst: 60,
             persistence: super::persistence::RawPersistence::default(),
+            shared: super::shared::RawShared::default(),
         }
     }
 }

@@ -462,7 +462,7 @@ mod tests {
             ext_expires_on: 1_760_007_200,
             refresh_on: None,
         };
-        CachedToken::new(token, 0, None)
+        CachedToken::new(token, 0, crate::broker::Origin::Persisted)
     }
 
     fn body_json(entry: &CachedToken, echo: Option<&(&'static str, String)>) -> serde_json::Value {

@@ -269,6 +269,74 @@ impl<'a> Contents<'a> {
     }
 }
 
+/// First bytes of one sealed record ([`seal_record`]): a value of the shared token cache.
+const RECORD_MAGIC: &[u8; 4] = b"TRR1";
+/// Length of a record's header: magic, key id, nonce.
+const RECORD_HEADER_LEN: usize = RECORD_MAGIC.len() + KEY_ID_LEN + NONCE_LEN;
+
+/// Seals one small value with the cache's AEAD, the same AES-256-GCM as the file:
+///
+/// ```text
+/// offset  size  field
+///      0     4  magic "TRR1" (record format 1)
+///      4     8  key id of the cipher's key (as in the file header)
+///     12    12  nonce, fresh and random for every record
+///     24     -  AES-256-GCM(plaintext) || 16-byte tag, with `context` || bytes 0..24 as
+///               associated data
+/// ```
+///
+/// `context` binds the record to where it is kept (the shared cache passes the entry's name),
+/// so a record copied under another name fails to open. Random 96-bit nonces stay far below
+/// the 2^32 records per key where they get risky: a fleet writes one record per token fetched.
+pub fn seal_record(cipher: &Cipher, context: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; NONCE_LEN];
+    SystemRandom::new().fill(&mut nonce).expect("the system random source works");
+    let mut out = Vec::with_capacity(RECORD_HEADER_LEN + plaintext.len() + AES_256_GCM.tag_len());
+    out.extend_from_slice(RECORD_MAGIC);
+    out.extend_from_slice(&cipher.key_id);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(plaintext);
+    let aad = [context, &out[..RECORD_HEADER_LEN]].concat();
+    let (_, body) = out.split_at_mut(RECORD_HEADER_LEN);
+    let tag = cipher
+        .key
+        .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&aad[..]), body)
+        .expect("AES-256-GCM sealing of an in-memory buffer cannot fail");
+    out.extend_from_slice(tag.as_ref());
+    out
+}
+
+/// Opens a record [`seal_record`] made with the same key and `context`: its plaintext, or
+/// why not (`WrongKey` for another key's id, `Tampered` for a record that does not
+/// authenticate, including one moved to another context). The plaintext is returned in a
+/// buffer the caller clears after use.
+pub fn open_record(cipher: &Cipher, context: &[u8], record: &[u8]) -> Result<Vec<u8>, DecodeError> {
+    if record.len() < RECORD_HEADER_LEN + AES_256_GCM.tag_len() {
+        return Err(DecodeError::Truncated(record.len()));
+    }
+    if &record[..RECORD_MAGIC.len()] != RECORD_MAGIC {
+        return Err(DecodeError::NotACacheFile);
+    }
+    if record[RECORD_MAGIC.len()..RECORD_MAGIC.len() + KEY_ID_LEN] != cipher.key_id {
+        return Err(DecodeError::WrongKey);
+    }
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&record[RECORD_MAGIC.len() + KEY_ID_LEN..RECORD_HEADER_LEN]);
+    let aad = [context, &record[..RECORD_HEADER_LEN]].concat();
+    let mut body = record[RECORD_HEADER_LEN..].to_vec();
+    match cipher.key.open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(&aad[..]), &mut body) {
+        Ok(plaintext) => {
+            let len = plaintext.len();
+            body.truncate(len);
+            Ok(body)
+        }
+        Err(_) => {
+            body.fill(0);
+            Err(DecodeError::Tampered)
+        }
+    }
+}
+
 /// What the file holds once decrypted. Strings borrow from the decrypted buffer when read
 /// (JSON strings without escapes, which is all of them in practice) and from the snapshot
 /// when written, so neither direction clones a token's strings in between.
@@ -541,6 +609,22 @@ mod tests {
         assert_eq!(decode_in_place(&mut bytes, &cipher(7)).err(), Some(DecodeError::Tampered));
         let mut plain = encode(&snapshot(), &Protection::Plaintext, 1);
         assert_eq!(decode_in_place(&mut plain, &Protection::Plaintext).unwrap().accounts.len(), 1);
+    }
+
+    #[test]
+    fn a_record_opens_only_with_its_key_and_context_and_hides_its_plaintext() {
+        let (key, other) = (Cipher::new(&[1u8; 32]), Cipher::new(&[2u8; 32]));
+        let sealed = seal_record(&key, b"name-a", b"secret-token-value");
+        assert!(!sealed.windows(6).any(|w| w == b"secret"), "the plaintext shows through");
+        assert_ne!(sealed, seal_record(&key, b"name-a", b"secret-token-value"), "a fresh nonce per record");
+        assert_eq!(open_record(&key, b"name-a", &sealed).unwrap(), b"secret-token-value");
+        assert_eq!(open_record(&other, b"name-a", &sealed), Err(DecodeError::WrongKey));
+        assert_eq!(open_record(&key, b"name-b", &sealed), Err(DecodeError::Tampered), "moved to another name");
+        let mut flipped = sealed.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert_eq!(open_record(&key, b"name-a", &flipped), Err(DecodeError::Tampered));
+        assert_eq!(open_record(&key, b"name-a", &sealed[..20]), Err(DecodeError::Truncated(20)));
+        assert_eq!(open_record(&key, b"name-a", &[0u8; 64]), Err(DecodeError::NotACacheFile));
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub const PERSISTENCE_WRITES: &str = "tokenrelay_persistence_writes_total";
 pub const IDENTITY_HEADER_REFUSED: &str = "tokenrelay_identity_header_refused_total";
 pub const CACHE_EVICTIONS: &str = "tokenrelay_cache_evictions_total";
 pub const NEW_KEYS_LIMITED: &str = "tokenrelay_new_keys_limited_total";
+pub const SHARED_UP: &str = "tokenrelay_shared_cache_up";
+pub const SHARED_LOOKUPS: &str = "tokenrelay_shared_cache_lookups_total";
+pub const SHARED_WRITES: &str = "tokenrelay_shared_cache_writes_total";
+pub const SHARED_LEASES: &str = "tokenrelay_shared_cache_leases_total";
 
 /// Latency buckets: cache hits take microseconds, upstream calls up to the timeout.
 const REQUEST_BUCKETS: &[f64] = &[0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -64,6 +68,22 @@ pub fn install() -> Result<PrometheusHandle, String> {
         "Requests for a resource not cached that were refused with 429 by cache.new_keys_per_minute, by identity."
     );
     describe_counter!(REFRESHES, "Background refreshes by result.");
+    describe_gauge!(
+        SHARED_UP,
+        "Whether the shared token cache ([cache.shared]) answers: 1, or 0 while it is down and skipped."
+    );
+    describe_counter!(
+        SHARED_LOOKUPS,
+        "Shared token cache lookups after a local miss, by result: hit, miss, unreadable (wrong key or tampered), error, skipped (down)."
+    );
+    describe_counter!(
+        SHARED_WRITES,
+        "Tokens written to the shared token cache, by result: success, failure, skipped (down)."
+    );
+    describe_counter!(
+        SHARED_LEASES,
+        "Claims to fetch a key upstream for the fleet, by result: acquired, waited (another replica's token arrived), held (a refresh found another replica refreshing), skipped (down, failed, or the wait ran out)."
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the labels carry the version.");
     describe_counter!(PERSISTENCE_WRITES, "Batched writes of the persistent cache, by result.");
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -292,6 +312,26 @@ pub fn refresh(success: bool) {
 /// A due background refresh was put off because the most allowed were already running.
 pub fn refresh_deferred() {
     counter!(REFRESHES, "result" => "deferred").increment(1);
+}
+
+/// Whether the shared token cache answers (state changes only).
+pub fn shared_up(up: bool) {
+    gauge!(SHARED_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+/// A shared-cache lookup ended with `result` (hit, miss, unreadable, error, skipped).
+pub fn shared_lookup(result: &'static str) {
+    counter!(SHARED_LOOKUPS, "result" => result).increment(1);
+}
+
+/// A shared-cache write ended with `result` (success, failure, skipped).
+pub fn shared_write(result: &'static str) {
+    counter!(SHARED_WRITES, "result" => result).increment(1);
+}
+
+/// A claim to fetch a key for the fleet ended with `result` (acquired, waited, timed_out, skipped).
+pub fn shared_lease(result: &'static str) {
+    counter!(SHARED_LEASES, "result" => result).increment(1);
 }
 
 /// One cached token, for the scrape-time gauges.

@@ -14,6 +14,7 @@ mod credentials;
 mod dev;
 mod developer_tools;
 mod faults;
+mod fleet;
 mod floods;
 mod imds;
 mod kubernetes;

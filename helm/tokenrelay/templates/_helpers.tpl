@@ -111,6 +111,13 @@ checksum/identity-header agree even when the value is new. Only for a chart-gene
 {{/* Where the persistent cache lives inside the tokenrelay container. */}}
 {{- define "tokenrelay.cacheMountPath" -}}/var/cache{{- end -}}
 {{- define "tokenrelay.cacheKeyMountPath" -}}/run/secrets/tokenrelay-cache{{- end -}}
+{{- define "tokenrelay.sharedCacheMountPath" -}}/run/secrets/tokenrelay-shared-cache{{- end -}}
+{{- define "tokenrelay.sharedCacheCaMountPath" -}}/run/secrets/tokenrelay-shared-cache-ca{{- end -}}
+
+{{/* "true" when the cache key Secret is mounted: the persistent cache or the shared cache is on. */}}
+{{- define "tokenrelay.usesCacheKey" -}}
+{{- if or .values.persistence.enabled .values.sharedCache.enabled -}}true{{- end -}}
+{{- end -}}
 
 {{/*
 The image reference. Without image.tag the chart's appVersion is used, which is only right
@@ -219,6 +226,29 @@ credentials = [{ kind = "workload_identity" }]
     - name: TOKENRELAY_CACHE__PERSISTENCE__KEY_FILE
       value: {{ printf "%s/key" (include "tokenrelay.cacheKeyMountPath" .) }}
     {{- end }}
+    {{- with $v.sharedCache }}
+    {{- if .enabled }}
+    # Shared cache: tokens shared by the replicas through Valkey/Redis, sealed with the cache key.
+    - name: TOKENRELAY_CACHE__SHARED__URL
+      value: {{ .url | quote }}
+    - name: TOKENRELAY_CACHE__SHARED__KEY_FILE
+      value: {{ printf "%s/key" (include "tokenrelay.cacheKeyMountPath" $) }}
+    - name: TOKENRELAY_CACHE__SHARED__KEY_PREFIX
+      value: {{ .keyPrefix | quote }}
+    {{- with .username }}
+    - name: TOKENRELAY_CACHE__SHARED__USERNAME
+      value: {{ . | quote }}
+    {{- end }}
+    {{- if .password.existingSecret }}
+    - name: TOKENRELAY_CACHE__SHARED__PASSWORD_FILE
+      value: {{ printf "%s/password" (include "tokenrelay.sharedCacheMountPath" $) }}
+    {{- end }}
+    {{- if .ca.existingSecret }}
+    - name: TOKENRELAY_CACHE__SHARED__CA_FILE
+      value: {{ printf "%s/ca.crt" (include "tokenrelay.sharedCacheCaMountPath" $) }}
+    {{- end }}
+    {{- end }}
+    {{- end }}
     {{- with $v.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -260,8 +290,20 @@ credentials = [{ kind = "workload_identity" }]
     {{- if $v.persistence.enabled }}
     - name: tokenrelay-cache
       mountPath: {{ include "tokenrelay.cacheMountPath" . }}
+    {{- end }}
+    {{- if include "tokenrelay.usesCacheKey" . }}
     - name: tokenrelay-cache-key
       mountPath: {{ include "tokenrelay.cacheKeyMountPath" . }}
+      readOnly: true
+    {{- end }}
+    {{- if and $v.sharedCache.enabled $v.sharedCache.password.existingSecret }}
+    - name: tokenrelay-shared-cache-password
+      mountPath: {{ include "tokenrelay.sharedCacheMountPath" . }}
+      readOnly: true
+    {{- end }}
+    {{- if and $v.sharedCache.enabled $v.sharedCache.ca.existingSecret }}
+    - name: tokenrelay-shared-cache-ca
+      mountPath: {{ include "tokenrelay.sharedCacheCaMountPath" . }}
       readOnly: true
     {{- end }}
   resources:
@@ -328,12 +370,32 @@ credentials = [{ kind = "workload_identity" }]
     medium: {{ . }}
     {{- end }}
     sizeLimit: {{ .sizeLimit }}
+{{- end }}
+{{- end }}
+{{- if include "tokenrelay.usesCacheKey" . }}
 - name: tokenrelay-cache-key
   secret:
-    secretName: {{ include "tokenrelay.cacheKeySecretName" $ }}
+    secretName: {{ include "tokenrelay.cacheKeySecretName" . }}
     items:
-      - key: {{ .encryptionKey.key }}
+      - key: {{ .values.persistence.encryptionKey.key }}
         path: key
+{{- end }}
+{{- with .values.sharedCache }}
+{{- if and .enabled .password.existingSecret }}
+- name: tokenrelay-shared-cache-password
+  secret:
+    secretName: {{ .password.existingSecret }}
+    items:
+      - key: {{ .password.key }}
+        path: password
+{{- end }}
+{{- if and .enabled .ca.existingSecret }}
+- name: tokenrelay-shared-cache-ca
+  secret:
+    secretName: {{ .ca.existingSecret }}
+    items:
+      - key: {{ .ca.key }}
+        path: ca.crt
 {{- end }}
 {{- end }}
 {{- end -}}

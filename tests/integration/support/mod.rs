@@ -12,6 +12,7 @@ pub mod fake_login;
 pub mod fake_server;
 pub mod private_mount;
 pub mod projected_volume;
+pub mod redis;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
