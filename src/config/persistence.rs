@@ -139,10 +139,28 @@ pub struct UserConfig {
     pub record: AuthenticationRecord,
 }
 
+/// The user's cache directory, from the variables `env` reads: on Windows `%LOCALAPPDATA%`
+/// (per user, kept on this machine, and private to the user by its ACL, where MSAL keeps its
+/// token cache too); elsewhere `$XDG_CACHE_HOME` when absolute, else `$HOME/.cache`. The error
+/// says what is missing.
+fn user_cache_dir<'e>(windows: bool, env: impl Fn(&str) -> Option<&'e str>) -> Result<PathBuf, &'static str> {
+    if windows {
+        return match env("LOCALAPPDATA") {
+            Some(local) if Path::new(local).is_absolute() => Ok(PathBuf::from(local)),
+            _ => Err("missing: LOCALAPPDATA is not set, so set the cache file's path"),
+        };
+    }
+    match (env("XDG_CACHE_HOME"), env("HOME")) {
+        (Some(cache), _) if Path::new(cache).is_absolute() => Ok(PathBuf::from(cache)),
+        (_, Some(home)) => Ok(Path::new(home).join(".cache")),
+        _ => Err("missing: neither HOME nor XDG_CACHE_HOME is set, so set the cache file's path"),
+    }
+}
+
 /// The variables persistence may need, read from the process environment: where the user's
 /// cache directory is, and the variable `cache.persistence.key_env` names.
 pub fn environment(figment: &Figment) -> HashMap<String, String> {
-    let mut names = vec!["HOME".to_owned(), "XDG_CACHE_HOME".to_owned()];
+    let mut names = vec!["HOME".to_owned(), "XDG_CACHE_HOME".to_owned(), "LOCALAPPDATA".to_owned()];
     if let Ok(Some(name)) = figment.extract_inner::<Option<String>>("cache.persistence.key_env") {
         names.push(name.trim().to_owned());
     }
@@ -233,18 +251,10 @@ impl Validator<'_> {
         Ok(UserConfig { authentication_record: path, record })
     }
 
-    /// `$XDG_CACHE_HOME/tokenrelay/<name>.cache`, else `$HOME/.cache/tokenrelay/<name>.cache`.
+    /// `<user cache directory>/tokenrelay/<name>.cache` ([`user_cache_dir`]).
     fn default_cache_path(&self, name: &str) -> Result<PathBuf, ConfigError> {
-        let base = match (self.env("XDG_CACHE_HOME"), self.env("HOME")) {
-            (Some(cache), _) if Path::new(cache).is_absolute() => PathBuf::from(cache),
-            (_, Some(home)) => Path::new(home).join(".cache"),
-            _ => {
-                return Err(self.error(
-                    "cache.persistence.path",
-                    "missing: neither HOME nor XDG_CACHE_HOME is set, so set the cache file's path",
-                ));
-            }
-        };
+        let base = user_cache_dir(cfg!(windows), |name| self.env(name))
+            .map_err(|missing| self.error("cache.persistence.path", missing))?;
         Ok(base.join("tokenrelay").join(format!("{name}.cache")))
     }
 
@@ -385,6 +395,22 @@ mod tests {
         assert!(persistence.key.is_none() && !persistence.allow_unencrypted_storage);
         let config = load("enabled = true\nname = \"x\"", &[("HOME", "/h"), ("XDG_CACHE_HOME", "/c")]).unwrap();
         assert_eq!(config.cache.persistence.unwrap().path, Path::new("/c/tokenrelay/x.cache"));
+    }
+
+    #[test]
+    fn windows_keeps_the_cache_under_local_app_data_and_nowhere_else() {
+        // Unix paths stand in for Windows ones: only "absolute" differs, and on this host
+        // `C:\Users` is not absolute.
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
+        };
+        let all = env(&[("LOCALAPPDATA", "/Users/u/AppData/Local"), ("HOME", "/h"), ("XDG_CACHE_HOME", "/c")]);
+        assert_eq!(user_cache_dir(true, all), Ok(PathBuf::from("/Users/u/AppData/Local")));
+        assert_eq!(user_cache_dir(false, all), Ok(PathBuf::from("/c")), "LOCALAPPDATA means nothing elsewhere");
+        let unix_only = env(&[("HOME", "/h")]);
+        assert!(user_cache_dir(true, unix_only).unwrap_err().contains("LOCALAPPDATA"), "HOME is not used on Windows");
+        assert!(user_cache_dir(true, env(&[("LOCALAPPDATA", "relative")])).is_err());
+        assert_eq!(user_cache_dir(false, unix_only), Ok(PathBuf::from("/h/.cache")));
     }
 
     #[test]

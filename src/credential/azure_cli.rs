@@ -20,8 +20,13 @@ use crate::config::CredentialKind;
 use crate::secret::Secret;
 use crate::token::AccessToken;
 
-/// The program run.
+/// The program run. On Windows the CLI is a batch file, `az.cmd`, which a process can only be
+/// started from by its full name (std runs it through `cmd.exe`, quoting the arguments for it;
+/// the Azure SDKs run `cmd /c az …`).
+#[cfg(not(windows))]
 const PROGRAM: &str = "az";
+#[cfg(windows)]
+const PROGRAM: &str = "az.cmd";
 
 /// The developer's Azure CLI.
 pub struct AzureCliCredential {

@@ -65,18 +65,26 @@ pub async fn run(program: &str, args: &[&str], env: &[(&str, &str)], timeout: Du
 
 /// The first executable `program` on `search_path` (a `PATH` value), for `tokenrelay check`.
 pub fn find_program(program: &str, search_path: Option<&str>) -> Option<PathBuf> {
-    std::env::split_paths(search_path?).map(|dir| dir.join(program)).find(|candidate| is_executable(candidate))
+    std::env::split_paths(search_path?).find_map(|dir| executable_in(&dir, program))
 }
 
+/// `dir/program`, if it is a file with an execute bit.
 #[cfg(unix)]
-fn is_executable(path: &Path) -> bool {
+fn executable_in(dir: &Path, program: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    let candidate = dir.join(program);
+    std::fs::metadata(&candidate).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).then_some(candidate)
 }
 
+/// `dir/program`, with `.exe` appended to a name without an extension, as the spawn (std's
+/// `Command`, like `CreateProcess`) resolves it. Windows has no execute bit to check.
 #[cfg(not(unix))]
-fn is_executable(path: &Path) -> bool {
-    path.is_file() || path.with_extension("exe").is_file()
+fn executable_in(dir: &Path, program: &str) -> Option<PathBuf> {
+    let mut candidate = dir.join(program);
+    if candidate.extension().is_none() {
+        candidate.set_extension("exe");
+    }
+    candidate.is_file().then_some(candidate)
 }
 
 /// Whether `resource` is safe to hand to a developer tool as a resource or scope argument:

@@ -231,7 +231,8 @@ const LISTEN_BACKLOG: u32 = 128;
 /// hyper refuses a read buffer smaller than this.
 const MIN_HEAD_BUFFER: usize = 8192;
 
-/// Resolves on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C on a terminal).
+/// Resolves on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C on a terminal); on Windows,
+/// on Ctrl+C, Ctrl+Break or the console window closing.
 pub async fn shutdown_signal() {
     let interrupt = async {
         if let Err(error) = tokio::signal::ctrl_c().await {
@@ -251,7 +252,25 @@ pub async fn shutdown_signal() {
             }
         }
     };
-    #[cfg(not(unix))]
+    // Windows has no SIGTERM. A console program is asked to stop by Ctrl+Break or by its
+    // console closing (`taskkill` without /F cannot stop it); after a close Windows allows a
+    // few seconds before it ends the process, enough to save the cache.
+    #[cfg(windows)]
+    let terminate = async {
+        match (tokio::signal::windows::ctrl_break(), tokio::signal::windows::ctrl_close()) {
+            (Ok(mut brk), Ok(mut close)) => {
+                tokio::select! {
+                    _ = brk.recv() => {},
+                    _ = close.recv() => {},
+                }
+            }
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::error!(%error, "cannot listen for Ctrl+Break or the console closing");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(any(unix, windows)))]
     let terminate = std::future::pending::<()>();
     tokio::select! {
         () = interrupt => {},

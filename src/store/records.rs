@@ -397,16 +397,51 @@ pub fn read_at<'b>(
     sealer: &Sealer,
     buffer: &'b mut Vec<u8>,
 ) -> Result<&'b [u8], DecodeError> {
-    use std::os::unix::fs::FileExt;
     let mut len = [0u8; 4];
-    file.read_exact_at(&mut len, offset).map_err(|_| DecodeError::Tampered)?;
+    read_exact_at(file, &mut len, offset).map_err(|_| DecodeError::Tampered)?;
     let len = u32::from_le_bytes(len) as usize;
     if !(MIN_FRAME..=MAX_FRAME).contains(&len) {
         return Err(DecodeError::Tampered);
     }
     buffer.resize(len, 0);
-    file.read_exact_at(buffer, offset + 4).map_err(|_| DecodeError::Tampered)?;
+    read_exact_at(file, buffer, offset + 4).map_err(|_| DecodeError::Tampered)?;
     sealer.open(seq, buffer).ok_or(DecodeError::Tampered)
+}
+
+/// Fills `buffer` from `offset` of `file` (`pread`), leaving the file's position alone.
+#[cfg(unix)]
+fn read_exact_at(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buffer, offset)
+}
+
+/// Fills `buffer` from `offset` of `file`. Windows' positioned read (`seek_read`) also moves
+/// the file's position; that is harmless here, because a file is read at offsets only after
+/// its frames were scanned, and appends seek to where they write.
+#[cfg(windows)]
+fn read_exact_at(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<()> {
+    fill_at(buffer, offset, |part, at| std::os::windows::fs::FileExt::seek_read(file, part, at))
+}
+
+/// Fills `buffer` from `offset` with `read`, a positioned read that may return fewer bytes
+/// than asked (as `ReadFile` does): the loop std's `read_exact_at` runs on Unix.
+#[cfg(any(windows, test))]
+fn fill_at(
+    mut buffer: &mut [u8],
+    mut offset: u64,
+    mut read: impl FnMut(&mut [u8], u64) -> io::Result<usize>,
+) -> io::Result<()> {
+    while !buffer.is_empty() {
+        match read(buffer, offset) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                buffer = &mut buffer[n..];
+                offset += n as u64;
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -421,6 +456,31 @@ mod tests {
             sealer.seal(seq as u64, record, &mut bytes);
         }
         bytes
+    }
+
+    /// The Windows positioned read loop, driven by a reader that hands out at most three
+    /// bytes per call and is interrupted once, as `ReadFile` may be.
+    #[test]
+    fn a_positioned_read_is_completed_from_short_reads_and_stops_at_the_end() {
+        let data: Vec<u8> = (0..32).collect();
+        let mut interrupted = false;
+        let mut read = |part: &mut [u8], at: u64| -> io::Result<usize> {
+            if !interrupted {
+                interrupted = true;
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let rest = data.get(at as usize..).unwrap_or(&[]);
+            let n = part.len().min(3).min(rest.len());
+            part[..n].copy_from_slice(&rest[..n]);
+            Ok(n)
+        };
+        let mut buffer = [0u8; 10];
+        fill_at(&mut buffer, 20, &mut read).unwrap();
+        assert_eq!(buffer[..], data[20..30]);
+        let past_the_end = fill_at(&mut buffer, 25, &mut read).unwrap_err();
+        assert_eq!(past_the_end.kind(), io::ErrorKind::UnexpectedEof);
+        let failing = fill_at(&mut buffer, 0, |_, _| Err(io::ErrorKind::PermissionDenied.into())).unwrap_err();
+        assert_eq!(failing.kind(), io::ErrorKind::PermissionDenied);
     }
 
     fn read_all(bytes: &[u8], protection: &Protection) -> (Vec<Vec<u8>>, String) {
