@@ -40,6 +40,9 @@ pub fn run(cli: Cli) -> ExitCode {
 
 fn run_command(cli: Cli) -> Result<(), AppError> {
     let config = config::load(&cli.load_options()).map_err(|error| AppError::Usage(error.to_string()))?;
+    // Reading the system's CA certificates takes milliseconds; it overlaps with the start-up
+    // from here on instead of delaying the first handshake with the authority.
+    credential::tls::preload();
     let _telemetry = crate::telemetry::init(&config.log, config.telemetry.traces.as_ref());
     // Once per process, now that there is a log: TOKENRELAY_* variables that are not
     // configuration (Kubernetes service links, or a single `_` where `__` belongs).

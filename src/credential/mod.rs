@@ -20,6 +20,7 @@ pub mod environment;
 mod jwt;
 pub mod managed_identity;
 mod process;
+pub mod tls;
 pub mod user;
 mod watched;
 pub mod workload_identity;
@@ -188,13 +189,15 @@ pub trait Credential: Send + Sync {
 
 /// The HTTP client every upstream call uses: `timeout` bounds each exchange and its connect,
 /// and requests name tokenrelay and its version. `adjust` adds what one caller needs beyond
-/// that (managed identity: no proxy, a shorter connect timeout). Fails only if the TLS stack
-/// cannot initialise.
+/// that (managed identity: no proxy, a shorter connect timeout). Every client shares one TLS
+/// configuration whose trust roots are read once per process ([`tls`]). Fails only if the TLS
+/// stack cannot initialise.
 pub(crate) fn http_client(
     timeout: Duration,
     adjust: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
 ) -> Result<reqwest::Client, String> {
     let builder = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls::client_config()?)
         .timeout(timeout)
         .connect_timeout(timeout)
         .user_agent(concat!("tokenrelay/", env!("CARGO_PKG_VERSION")));
