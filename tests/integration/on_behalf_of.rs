@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use serde_json::json;
 
+use crate::support::certs::{LoopbackTls, TestCertificate};
 use crate::support::config::{TestConfig, table};
 use crate::support::fake_entra::{self, CLAIMS_CHALLENGE, CLIENT_ID, FakeEntra, TENANT, USER_OID};
 use crate::support::{HEADER_SECRET, TestRelay, json};
@@ -280,4 +281,148 @@ async fn under_dev_a_minted_user_token_validates_and_is_exchanged_for_the_same_u
     assert_eq!(claims["scp"], "User.Read");
     let tampered = format!("{token}x");
     assert_eq!(with_bearer(&relay, "/Validate", &tampered).await.status(), 401);
+}
+
+/// The virtualenv's Python that `scripts/test.sh` prepares (with `msal` pinned in
+/// tests/python/requirements.txt) before it runs `cargo test`. Without it the MSAL test is
+/// skipped with a message, except under CI, where a missing virtualenv is a failure: the check
+/// it makes would otherwise silently never run.
+fn venv_python() -> Option<std::path::PathBuf> {
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{} is missing: under CI `bash scripts/test.sh` creates it before `cargo test`",
+        python.display()
+    );
+    eprintln!("skipped: {} is missing; `bash scripts/test.sh` creates it (tests/python)", python.display());
+    None
+}
+
+/// Runs tests/python/msal_on_behalf_of.py with `spec` on its standard input and returns MSAL's
+/// answers. Nothing of the environment reaches the child but the test CA: no proxy, no
+/// `REQUESTS_CA_BUNDLE` of the machine, no `AZURE_*` or `MSAL_*` setting.
+async fn run_msal(
+    python: &std::path::Path,
+    ca_bundle: &std::path::Path,
+    spec: serde_json::Value,
+) -> Vec<serde_json::Value> {
+    use tokio::io::AsyncWriteExt;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/msal_on_behalf_of.py");
+    let mut child = tokio::process::Command::new(python)
+        .arg(script)
+        .env_clear()
+        .env("REQUESTS_CA_BUNDLE", ca_bundle)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(spec.to_string().as_bytes()).await.unwrap();
+    drop(stdin);
+    let output = tokio::time::timeout(crate::support::FAILURE_DEADLINE, child.wait_with_output())
+        .await
+        .expect("MSAL finished within the deadline")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "msal_on_behalf_of.py failed ({}):\n{stderr}", output.status);
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}); stderr:\n{stderr}"))
+}
+
+/// Microsoft's own confidential client, MSAL for Python, runs the on-behalf-of exchange against
+/// the fake authority over TLS, authenticated first with the secret and then with a certificate:
+/// it discovers the tenant, reads the answers and the refusals, and sends what the fake
+/// enforces. What it sends is the real protocol; the fake accepting it (and refusing what Entra
+/// refuses in the shape MSAL reports) is what makes the tests above evidence.
+#[tokio::test(flavor = "multi_thread")]
+async fn msal_exchanges_a_user_token_with_the_fake_authority() {
+    let Some(python) = venv_python() else { return };
+    let tls = LoopbackTls::generate();
+    let entra = FakeEntra::start_tls(&tls).await;
+    assert!(entra.url().starts_with("https://127.0.0.1:"));
+    entra.require_claims_for("Mail.Read");
+    let certificate = TestCertificate::generate("msal-client");
+    entra.register_certificate(&certificate.der);
+    let dir = tempfile::tempdir().unwrap();
+    let ca_bundle = dir.path().join("ca.pem");
+    std::fs::write(&ca_bundle, &tls.ca_pem).unwrap();
+
+    let user = entra.user_token(|_| {});
+    let expired = entra.user_token(|c| {
+        c["iat"] = json!(now() - 7200);
+        c["nbf"] = json!(now() - 7200);
+        c["exp"] = json!(now() - 3600);
+    });
+    let graph = "https://graph.microsoft.com/User.Read";
+    let spec = |credential: serde_json::Value, requests: serde_json::Value| {
+        json!({
+            "authority": format!("{}/{TENANT}", entra.url()),
+            "client_id": CLIENT_ID,
+            "ca_bundle": ca_bundle,
+            "credential": credential,
+            "requests": requests,
+        })
+    };
+    let answers = run_msal(
+        &python,
+        &ca_bundle,
+        spec(
+            json!({"secret": fake_entra::CLIENT_SECRET}),
+            json!([
+                {"assertion": user, "scopes": [graph]},
+                {"assertion": user, "scopes": ["https://graph.microsoft.com/Mail.Read"]},
+                {"assertion": user, "scopes": [graph, "https://vault.azure.net/user_impersonation"]},
+                {"assertion": expired, "scopes": [graph]},
+            ]),
+        ),
+    )
+    .await;
+
+    let issued = &answers[0];
+    assert_eq!(issued["access_token"], format!("fake-obo-1-for-{USER_OID}-{graph}"), "{issued}");
+    assert_eq!(issued["token_type"], "Bearer");
+    assert_eq!(issued["token_source"], "identity_provider");
+    // MSAL read the ID token and the account the authority returned for its OpenID scopes.
+    assert_eq!(issued["id_token_claims"]["oid"], USER_OID, "{issued}");
+    assert_eq!(issued["id_token_claims"]["aud"], CLIENT_ID);
+    let sent = entra.seen().into_iter().find(|r| r.form.get("assertion") == Some(&user)).unwrap().form;
+    assert_eq!(sent["grant_type"], "urn:ietf:params:oauth:grant-type:jwt-bearer");
+    assert_eq!(sent["requested_token_use"], "on_behalf_of");
+    assert_eq!(sent["client_secret"], fake_entra::CLIENT_SECRET);
+    assert_eq!(sent["client_info"], "1");
+    let mut scopes: Vec<&str> = sent["scope"].split(' ').collect();
+    scopes.sort_unstable();
+    assert_eq!(scopes, [graph, "offline_access", "openid", "profile"]);
+
+    // The claims challenge, a scope list spanning two resources and an expired user token: MSAL
+    // hands each refusal to its caller as Entra's error, the challenge intact.
+    let challenged = &answers[1];
+    assert_eq!(challenged["error"], "interaction_required", "{challenged}");
+    assert_eq!(challenged["error_codes"], json!([50079]));
+    assert_eq!(challenged["claims"], CLAIMS_CHALLENGE);
+    assert_eq!((&answers[2]["error"], &answers[2]["error_codes"]), (&json!("invalid_scope"), &json!([28000])));
+    assert_eq!((&answers[3]["error"], &answers[3]["error_codes"]), (&json!("invalid_grant"), &json!([500133])));
+
+    // With a certificate instead of the secret: MSAL's PS256 assertion names it by `x5t#S256`,
+    // and the fake verifies it as Entra does.
+    let answers = run_msal(
+        &python,
+        &ca_bundle,
+        spec(
+            json!({"private_key": certificate.key_pem, "public_certificate": certificate.cert_pem}),
+            json!([{"assertion": user, "scopes": [graph]}]),
+        ),
+    )
+    .await;
+    assert!(answers[0]["access_token"].as_str().is_some_and(|t| t.starts_with("fake-obo-")), "{}", answers[0]);
+    let sent = entra.seen().pop().unwrap();
+    let header = sent.assertion_header.unwrap();
+    assert_eq!(header["alg"], "PS256");
+    // Base64url with `=` padding, as MSAL writes it; the fake accepts it as Entra does.
+    assert_eq!(header["x5t#S256"].as_str().unwrap().trim_end_matches('='), certificate.x5t_s256());
+    assert!(!sent.form.contains_key("client_secret"));
 }
