@@ -31,7 +31,13 @@
 //! (signature, audience, issuer) or AADSTS500133 (time). A scope listed with
 //! `require_claims_for` is answered as conditional access answers it: 400
 //! `interaction_required`, AADSTS50079, and a `claims` challenge. The issued token names the
-//! user (`oid`) and scopes.
+//! user (`oid`) and scopes. The scopes other than the OpenID Connect ones must be of one
+//! resource (else `invalid_scope` AADSTS28000); for `offline_access`, `openid` and
+//! `client_info=1`, which MSAL always sends, the answer carries a refresh token, an ID token and
+//! `client_info`, as Entra's does (docs/protocols.md#on-behalf-of-grant).
+//!
+//! `start_tls` serves the same over TLS with a certificate from a generated test CA, for MSAL,
+//! which refuses an `http` authority.
 //!
 //! Signing keys: `GET /{tenant}/v2.0/.well-known/openid-configuration` names
 //! `/{tenant}/discovery/v2.0/keys`, which publishes every current key (RSA, `kid`); user tokens
