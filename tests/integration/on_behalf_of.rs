@@ -426,3 +426,85 @@ async fn msal_exchanges_a_user_token_with_the_fake_authority() {
     assert_eq!(header["x5t#S256"].as_str().unwrap().trim_end_matches('='), certificate.x5t_s256());
     assert!(!sent.form.contains_key("client_secret"));
 }
+
+/// `tokenrelay check` describes what the user-token endpoints accept and serve; `--fetch`
+/// fetches the signing keys (failing when it cannot), and an API whose identity has no
+/// credential that can run the exchange is named.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reports_inbound_validation_and_the_downstream_apis() {
+    let entra = FakeEntra::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    let managed = TestConfig::client_secret(&entra).replace(
+        "identities",
+        vec![
+            table()
+                .with("name", "api")
+                .with("default", true)
+                .with("client_id", CLIENT_ID)
+                .with("tenant_id", TENANT)
+                .with(
+                    "credentials",
+                    vec![table().with("kind", "client_secret").with("secret", fake_entra::CLIENT_SECRET)],
+                )
+                .with("inbound", table().with("scopes", vec!["access_as_user"]).with("roles", vec!["Tasks.Read"])),
+            table()
+                .with("name", "worker")
+                .with("client_id", "7e57c11e-0000-4000-8000-00000000a551")
+                .with("credentials", vec![table().with("kind", "managed_identity")]),
+        ],
+    );
+    let managed = managed.set(
+        "downstream_apis",
+        vec![
+            table()
+                .with("name", "graph")
+                .with("scopes", vec!["https://graph.microsoft.com/User.Read"])
+                .with("identity", "api"),
+            table()
+                .with("name", "vault")
+                .with("scopes", "https://vault.azure.net/user_impersonation")
+                .with("identity", "worker"),
+        ],
+    );
+    std::fs::write(&file, managed.to_string()).unwrap();
+    let check = |fetch: bool| {
+        let mut command = crate::support::command();
+        command.args(["check", "--config", file.to_str().unwrap()]);
+        if fetch {
+            command.args(["--fetch", "--resource", "https://vault.azure.net"]);
+        }
+        command
+    };
+
+    let output = check(false).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let discovery = format!("{}/{TENANT}/v2.0/.well-known/openid-configuration", entra.url());
+    for expected in [
+        "#   identity \"api\" accepts user tokens:".to_owned(),
+        format!("#     audiences: {CLIENT_ID}, api://{CLIENT_ID}"),
+        format!("#     tenants: {TENANT}"),
+        "#     requires: a scope (scp) of access_as_user, or a role of Tasks.Read; clock skew 300 s".to_owned(),
+        format!("#   signing keys from {discovery} (`--fetch` fetches them)"),
+        "#   downstream API \"graph\": scopes https://graph.microsoft.com/User.Read, exchanged on-behalf-of as identity \"api\"".to_owned(),
+        "#     the exchange runs with client_secret".to_owned(),
+        "#     /AuthorizationHeaderUnauthenticated/graph: the application's own token for https://graph.microsoft.com".to_owned(),
+        "#     warning: no usable credential of identity \"worker\" can run the exchange (managed_identity)".to_owned(),
+        "#     warning: identity \"worker\" has no `inbound` section".to_owned(),
+    ] {
+        assert!(stdout.contains(&expected), "missing {expected:?} in:\n{stdout}");
+    }
+    assert_eq!(entra.jwks_requests(), 0, "nothing fetched without --fetch");
+
+    let output = check(true).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains(&format!("#   signing keys from {discovery}: fetched 1 key(s)")), "{stdout}");
+    assert_eq!(entra.jwks_requests(), 1);
+
+    entra.set_down(true);
+    let output = check(true).output().await.unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains(&format!("#   signing keys from {discovery}: fetching failed:")), "{stdout}");
+}

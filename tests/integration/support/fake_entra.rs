@@ -281,7 +281,8 @@ impl FakeEntra {
         self.state.lock().unwrap().delay = delay;
     }
 
-    /// While down, every request gets 503 (after being counted).
+    /// While down, every request gets 503 (token requests after being counted), the discovery
+    /// document and the key set too.
     pub fn set_down(&self, down: bool) {
         self.state.lock().unwrap().down = down;
     }
@@ -465,12 +466,20 @@ impl FakeEntra {
 /// The tenant's OpenID Connect discovery document, with the members Entra's has that clients
 /// read: MSAL requires `authorization_endpoint` and `token_endpoint` (and fails without them),
 /// tokenrelay reads `jwks_uri`. Like Entra, an unknown tenant is 400 `invalid_tenant`
-/// (AADSTS90002), which MSAL reports as a failed discovery.
+/// (AADSTS90002), which MSAL reports as a failed discovery; the multi-tenant aliases `common`
+/// and `organizations` are served, with the `{tenantid}` placeholder in `issuer` as Entra's.
 async fn discovery(State(state): State<Arc<Mutex<Behaviour>>>, Path(tenant): Path<String>) -> Response {
-    if tenant != TENANT {
+    if !known_tenant(&tenant) {
         return entra_error(400, "invalid_tenant", 90002, &format!("Tenant '{tenant}' not found."));
     }
-    let base = state.lock().unwrap().base_url.clone();
+    let (base, down) = {
+        let s = state.lock().unwrap();
+        (s.base_url.clone(), s.down)
+    };
+    if down {
+        return (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response();
+    }
+    let issuer_tenant = if tenant == TENANT { tenant.as_str() } else { "{tenantid}" };
     Json(json!({
         "token_endpoint": format!("{base}/{tenant}/oauth2/v2.0/token"),
         "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
@@ -480,7 +489,7 @@ async fn discovery(State(state): State<Arc<Mutex<Behaviour>>>, Path(tenant): Pat
         "id_token_signing_alg_values_supported": ["RS256"],
         "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
         "scopes_supported": ["openid", "profile", "email", "offline_access"],
-        "issuer": format!("{base}/{tenant}/v2.0"),
+        "issuer": format!("{base}/{issuer_tenant}/v2.0"),
         "request_uri_parameter_supported": false,
         "authorization_endpoint": format!("{base}/{tenant}/oauth2/v2.0/authorize"),
         "device_authorization_endpoint": format!("{base}/{tenant}/oauth2/v2.0/devicecode"),
@@ -490,14 +499,22 @@ async fn discovery(State(state): State<Arc<Mutex<Behaviour>>>, Path(tenant): Pat
     .into_response()
 }
 
+/// The tenant, or an alias Entra serves discovery documents and keys under.
+fn known_tenant(tenant: &str) -> bool {
+    tenant == TENANT || tenant == "common" || tenant == "organizations"
+}
+
 async fn jwks(State(state): State<Arc<Mutex<Behaviour>>>, Path(tenant): Path<String>) -> Response {
     use aws_lc_rs::signature::KeyPair;
     use base64::Engine;
-    if tenant != TENANT {
+    if !known_tenant(&tenant) {
         return entra_error(400, "invalid_tenant", 90002, &format!("Tenant '{tenant}' not found."));
     }
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let mut s = state.lock().unwrap();
+    if s.down {
+        return (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response();
+    }
     s.jwks_requests += 1;
     let keys: Vec<serde_json::Value> = s
         .signing_keys
