@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::support::certs::{LoopbackTls, TestCertificate};
 use crate::support::config::{TestConfig, table};
 use crate::support::fake_entra::{self, CLAIMS_CHALLENGE, CLIENT_ID, FakeEntra, TENANT, USER_OID};
-use crate::support::{HEADER_SECRET, TestRelay, json};
+use crate::support::{CacheDir, HEADER_SECRET, TestRelay, json};
 
 /// The identity accepts users' tokens with `access_as_user`; `graph` and `mail` are APIs it
 /// calls as them (`mail`'s scopes in the space-separated form).
@@ -507,4 +507,80 @@ async fn check_reports_inbound_validation_and_the_downstream_apis() {
     assert_eq!(output.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains(&format!("#   signing keys from {discovery}: fetching failed:")), "{stdout}");
+}
+
+/// Users' tokens stay in memory unless `cache.persistence.user_tokens` opts them in: then a
+/// restarted relay serves them from the encrypted file, under a key of the scopes and a digest
+/// (the inbound token appears nowhere), and an entry ends with the user's token.
+#[tokio::test(flavor = "multi_thread")]
+async fn users_tokens_are_persisted_only_when_opted_in() {
+    let entra = FakeEntra::start().await;
+    let user = entra.user_token(|_| {});
+    let header = async |relay: &TestRelay| {
+        let response = with_bearer(relay, "/AuthorizationHeader/graph", &user).await;
+        (response.status().as_u16(), json(response).await["authorizationHeader"].clone())
+    };
+
+    // Persistence on, users' tokens not opted in: a restart exchanges again.
+    let keyed = |cache: &CacheDir| {
+        cache.persisting(config(&entra)).set("cache.persistence.key_file", cache.key_file().to_str().unwrap())
+    };
+    let list = async |cache: &CacheDir, toml: &TestConfig| {
+        let file = cache.config_file(toml);
+        let output = crate::support::command().args(["cache", "list", "--config", file.to_str().unwrap()]).output();
+        String::from_utf8_lossy(&output.await.unwrap().stdout).into_owned()
+    };
+    let cache = CacheDir::new();
+    let toml = keyed(&cache);
+    let mut relay = TestRelay::serve(&toml, &[]).await;
+    assert_eq!(header(&relay).await.0, 200);
+    assert_eq!(relay.terminate().await.code(), Some(0));
+    let relay = TestRelay::serve(&toml, &[]).await;
+    assert_eq!(header(&relay).await.0, 200);
+    assert_eq!(entra.obo_requests(), 2, "memory only by default");
+    drop(relay);
+
+    // Opted in: the restarted relay serves the user's token through an outage.
+    let cache = CacheDir::new();
+    let toml = keyed(&cache).set("cache.persistence.user_tokens", true);
+    let mut relay = TestRelay::serve(&toml, &[]).await;
+    let (status, issued) = header(&relay).await;
+    assert_eq!(status, 200);
+    assert_eq!(relay.terminate().await.code(), Some(0), "{}", relay.logs());
+    let mut bytes = std::fs::read(cache.file()).expect("the cache file was written");
+    bytes.extend(std::fs::read(tokenrelay::store::journal::journal_path(&cache.file())).unwrap_or_default());
+    let issued_token = issued.as_str().unwrap().strip_prefix("Bearer ").unwrap();
+    for secret in [user.as_str(), issued_token, "graph.microsoft.com"] {
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "encrypted: {secret}");
+    }
+    let listed = list(&cache, &toml).await;
+    assert!(listed.contains(&format!("{CLIENT_ID} on-behalf-of")), "{listed}");
+    assert!(listed.contains("https://graph.microsoft.com/User.Read sha256:"), "{listed}");
+    assert!(!listed.contains(&user) && !listed.contains(issued_token), "{listed}");
+
+    // The signing keys are fetched anew after a restart (they are not persisted), the user's
+    // token is served from the file.
+    let before = entra.obo_requests();
+    let relay = TestRelay::serve(&toml, &[]).await;
+    assert_eq!(header(&relay).await, (200, issued.clone()), "{}", relay.logs());
+    assert_eq!(entra.obo_requests(), before, "served from the persisted cache");
+    assert!(relay.logs().contains("users=1"), "{}", relay.logs());
+    // Another user's token is no key to it.
+    let other = entra.user_token(|c| c["oid"] = json!("b0b00000-0000-4000-8000-000000000b0b"));
+    let served = json(with_bearer(&relay, "/AuthorizationHeader/graph", &other).await).await;
+    assert!(served["authorizationHeader"].as_str().unwrap().contains("b0b00000"), "{served}");
+    assert_eq!(entra.obo_requests(), before + 1);
+    drop(relay);
+
+    // The persisted entry ends when the user's token does, before the issued token would.
+    let cache = CacheDir::new();
+    let toml = keyed(&cache).set("cache.persistence.user_tokens", true);
+    let ends = now() + 600;
+    let short = entra.user_token(|c| c["exp"] = json!(ends));
+    let mut relay = TestRelay::serve(&toml, &[]).await;
+    assert_eq!(with_bearer(&relay, "/AuthorizationHeader/graph", &short).await.status(), 200);
+    assert_eq!(relay.terminate().await.code(), Some(0));
+    let listed = list(&cache, &toml).await;
+    let row = listed.lines().find(|l| l.contains("sha256:")).unwrap_or_else(|| panic!("{listed}"));
+    assert!(row.contains(&tokenrelay::clock::rfc3339(ends)), "ends with the user's token: {row}");
 }
