@@ -5,6 +5,9 @@
 # baseline are the result.
 #
 # Usage: bash bench/load.sh [DURATION_SECONDS]   (default 5 s per run; loopback only)
+# BENCH_FLAVOURS names the endpoints measured against the baseline (default "imds app_service");
+# "validate" and "authorization_header" measure /Validate and /AuthorizationHeader/graph cache
+# hits with a user token minted by the development issuer.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -38,6 +41,12 @@ imds_url="http://127.0.0.1:$relay_port/metadata/identity/oauth2/token?api-versio
 app_url="http://127.0.0.1:$relay_port/msi/token?api-version=2019-08-01&resource=https%3A%2F%2Fvault.azure.net"
 for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$relay_port/healthz" && break; sleep 0.05; done
 body_bytes=$(curl -fs -H 'Metadata: true' "$imds_url" | wc -c)
+read -r -a flavours <<<"${BENCH_FLAVOURS:-imds app_service}"
+user_token=$(curl -fs -X POST "http://127.0.0.1:$relay_port/dev/user-token" -d '{}' | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
+validate_url="http://127.0.0.1:$relay_port/Validate"
+authorization_header_url="http://127.0.0.1:$relay_port/AuthorizationHeader/graph"
+# The first exchange, so the runs measure cache hits.
+curl -fs -o /dev/null -H "Authorization: Bearer $user_token" "$authorization_header_url"
 
 target/release/baseline_server "127.0.0.1:$baseline_port" "$body_bytes" >/dev/null &
 pids+=($!); baseline_pid=$!
@@ -76,12 +85,14 @@ printf '|---|---|---|---|---|---|---|---|---|---|---|\n'
 for conns in "${connections[@]}"; do
     read -r b_rps b_p50 b_p99 b_p999 b_cpu b_err < <(run "$baseline_pid" "$conns" "http://127.0.0.1:$baseline_port/")
     printf '| baseline | %s | %.0f | %s | %s | %s | %s | %s | 1.00 | 1.00 | 1.00 |\n' "$conns" "$b_rps" "$b_p50" "$b_p99" "$b_p999" "$b_cpu" "$b_err"
-    for flavour in imds app_service; do
-        if [[ $flavour == imds ]]; then
-            read -r rps p50 p99 p999 cpu err < <(run "$relay_pid" "$conns" "$imds_url" "Metadata: true")
-        else
-            read -r rps p50 p99 p999 cpu err < <(run "$relay_pid" "$conns" "$app_url" "X-IDENTITY-HEADER: $header_secret")
-        fi
+    for flavour in "${flavours[@]}"; do
+        case $flavour in
+            imds) read -r rps p50 p99 p999 cpu err < <(run "$relay_pid" "$conns" "$imds_url" "Metadata: true") ;;
+            app_service) read -r rps p50 p99 p999 cpu err < <(run "$relay_pid" "$conns" "$app_url" "X-IDENTITY-HEADER: $header_secret") ;;
+            validate) read -r rps p50 p99 p999 cpu err < <(run "$relay_pid" "$conns" "$validate_url" "Authorization: Bearer $user_token") ;;
+            authorization_header) read -r rps p50 p99 p999 cpu err < <(run "$relay_pid" "$conns" "$authorization_header_url" "Authorization: Bearer $user_token") ;;
+            *) echo "unknown flavour $flavour in BENCH_FLAVOURS" >&2; exit 2 ;;
+        esac
         printf '| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$flavour" "$conns" "$rps" "$p50" "$p99" "$p999" "$cpu" "$err" \
             "$(ratio "$rps" "$b_rps")" "$(ratio "$p99" "$b_p99")" "$(ratio "$cpu" "$b_cpu")"
     done

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The one test command: builds tokenrelay, runs the Rust unit and integration
-# tests, then the real-client tests (the official Azure SDK for Python against
-# `tokenrelay serve --dev` on loopback). Works from any directory; re-runs reuse
-# the virtualenv in .venv and skip pip when tests/python/requirements.txt is unchanged.
+# The one test command: builds tokenrelay, prepares the virtualenv of the real
+# Python clients, runs the Rust unit and integration tests (one of which drives
+# MSAL from that virtualenv against the fake authority), then the real-client
+# tests (the official Azure SDK for Python against `tokenrelay serve --dev` on
+# loopback). Works from any directory; re-runs reuse the virtualenv in .venv and
+# skip pip when tests/python/requirements.txt is unchanged.
 #
 # Environment:
 #   PYTHON          interpreter that creates .venv (default: python3)
@@ -27,13 +29,6 @@ if [[ "${CI:-}" == "true" ]]; then locked=(--locked); fi
 section "cargo build"
 cargo build "${locked[@]}"
 
-# A failing Rust test does not stop the Python tests from running; the
-# script still exits non-zero at the end.
-failed=()
-
-section "cargo test --all-targets"
-cargo test "${locked[@]}" --all-targets || failed+=("cargo test")
-
 section "python virtualenv ($venv)"
 if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import sys' 2>/dev/null; then
     rm -rf "$venv"
@@ -54,6 +49,13 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
 else
     echo "requirements unchanged; skipping pip install"
 fi
+
+# A failing Rust test does not stop the Python tests from running; the
+# script still exits non-zero at the end.
+failed=()
+
+section "cargo test --all-targets"
+cargo test "${locked[@]}" --all-targets || failed+=("cargo test")
 
 section "pytest tests/python"
 export TOKENRELAY_BIN="${TOKENRELAY_BIN:-target/debug/tokenrelay}"

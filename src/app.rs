@@ -16,7 +16,7 @@ use crate::credential::entra::{EntraClient, EntraSettings};
 use crate::credential::{self, BuildContext, Chain, CredentialError};
 use crate::dev_issuer::DevIssuer;
 use crate::id::Id;
-use crate::inbound::keys::{DevKeys, DiscoveryKeys, KeyCache};
+use crate::inbound::keys::{DevKeys, DiscoveryKeys, KeyCache, KeySource};
 use crate::inbound::{self, Issuers, Tenants, Validator};
 use crate::server::{DownstreamApi, UserEndpoints};
 use crate::store::Store;
@@ -157,33 +157,8 @@ fn user_endpoints(
             clock_skew_secs: inbound.clock_skew_secs,
         })
         .collect();
-    let authority = config.upstream.authority_host.trim_end_matches('/').to_owned();
-    let (issuers, keys) = match dev_issuer {
-        Some(issuer) => (
-            Issuers::Dev { issuer: issuer.issuer().to_owned() },
-            KeyCache::new(Box::new(DevKeys(Arc::clone(issuer))), "development issuer".to_owned()),
-        ),
-        None => {
-            // Entra signs every tenant's tokens with the same keys; a single configured tenant
-            // is asked directly, several (or any) through `common`.
-            let mut tenants: Vec<&Id> = inbound.iter().flat_map(|(_, i)| i.tenants.iter()).collect();
-            tenants.sort_unstable_by_key(|t| t.to_ascii_lowercase());
-            tenants.dedup();
-            let any = inbound.iter().any(|(_, i)| i.tenants.is_empty());
-            let tenant = match tenants.as_slice() {
-                [only] if !any => only.as_str(),
-                _ => "common",
-            };
-            let discovery = Url::parse(&format!("{authority}/{tenant}/v2.0/.well-known/openid-configuration"))
-                .map_err(|e| format!("the discovery document's URL: {e}"))?;
-            let http = credential::http_client(Duration::from_secs(config.upstream.timeout_secs), |b| b)?;
-            (
-                Issuers::Entra { authority: authority.clone() },
-                KeyCache::new(Box::new(DiscoveryKeys::new(http, discovery)), authority),
-            )
-        }
-    };
-    let validator = Validator::new(policies, issuers, keys, Arc::new(SystemClock));
+    let InboundKeys { issuers, source, name, .. } = inbound_keys(config, dev_issuer)?;
+    let validator = Validator::new(policies, issuers, KeyCache::new(source, name), Arc::new(SystemClock));
     let apis = config
         .downstream_apis
         .iter()
@@ -200,6 +175,50 @@ fn user_endpoints(
         apis,
         require_identity_header: config.server.user_endpoints_require_identity_header,
     })))
+}
+
+/// Where the signing keys of inbound user tokens come from, and which issuers they carry.
+struct InboundKeys {
+    issuers: Issuers,
+    source: Box<dyn KeySource>,
+    /// What logs call the key source (the authority host, or the development issuer).
+    name: String,
+    /// Where the keys are read: the discovery document's URL, for `check`.
+    location: String,
+}
+
+/// The key source of the `inbound` sections: under `--dev` the development issuer, otherwise
+/// the authority's discovery document of the accepted tenant.
+fn inbound_keys(config: &Config, dev_issuer: Option<&Arc<DevIssuer>>) -> Result<InboundKeys, String> {
+    if let Some(issuer) = dev_issuer {
+        return Ok(InboundKeys {
+            issuers: Issuers::Dev { issuer: issuer.issuer().to_owned() },
+            source: Box::new(DevKeys(Arc::clone(issuer))),
+            name: "development issuer".to_owned(),
+            location: "the development issuer".to_owned(),
+        });
+    }
+    let inbound: Vec<&config::InboundConfig> = config.identities.iter().filter_map(|i| i.inbound.as_ref()).collect();
+    let authority = config.upstream.authority_host.trim_end_matches('/').to_owned();
+    // Entra signs every tenant's tokens with the same keys; a single configured tenant is
+    // asked directly, several (or any) through `common`.
+    let mut tenants: Vec<&Id> = inbound.iter().flat_map(|i| i.tenants.iter()).collect();
+    tenants.sort_unstable_by_key(|t| t.to_ascii_lowercase());
+    tenants.dedup();
+    let any = inbound.iter().any(|i| i.tenants.is_empty());
+    let tenant = match tenants.as_slice() {
+        [only] if !any => only.as_str(),
+        _ => "common",
+    };
+    let discovery = Url::parse(&format!("{authority}/{tenant}/v2.0/.well-known/openid-configuration"))
+        .map_err(|e| format!("the discovery document's URL: {e}"))?;
+    let http = credential::http_client(Duration::from_secs(config.upstream.timeout_secs), |b| b)?;
+    Ok(InboundKeys {
+        issuers: Issuers::Entra { authority: authority.clone() },
+        location: discovery.to_string(),
+        source: Box::new(DiscoveryKeys::new(http, discovery)),
+        name: authority,
+    })
 }
 
 /// The Entra client every credential of this configuration shares.

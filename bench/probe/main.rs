@@ -12,6 +12,7 @@ mod authority;
 mod fleet;
 mod relay;
 mod tokens;
+mod users;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -47,6 +48,9 @@ probes (each but soak takes under about two minutes):
                  while a flood client asks for distinct new resources over 4 connections, the
                  cache at its defaults (new-key limit on): errors, RSS 30 s after against
                  before, and whether the application's token is still a cache hit. Needs wrk
+  users          the user-token endpoints under --dev: RSS idle, after minting and holding 10,000
+                 users' tokens (one on-behalf-of exchange each), then latency of
+                 /AuthorizationHeader cache hits (checked to be the same tokens) and of /Validate
   fleet          20 relays sharing one local redis-server ([cache.shared]): upstream calls of a
                  rollout (20 relays x 5 resources) without it, onto an empty server and after
                  restarting all 20; latency of a local hit, a shared-cache hit and an upstream
@@ -78,6 +82,7 @@ async fn main() {
         "flood" => flood(&bin).await,
         "soak" => soak(&bin).await,
         "fleet" => fleet::fleet(&bin).await,
+        "users" => users::users(&bin).await,
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
@@ -527,7 +532,12 @@ async fn coldstart(bin: &str) {
     const AUTHORITY_DELAY: Duration = Duration::from_millis(100);
     let authority = Authority::start(AUTHORITY_DELAY).await;
     let scratch = Scratch::new("coldstart");
-    let settings = Settings { authority: &authority.url, max_concurrent: 16, persistence: None, prefetch: Some(tokens::resource(0)) };
+    let settings = Settings {
+        authority: &authority.url,
+        max_concurrent: 16,
+        persistence: None,
+        prefetch: Some(tokens::resource(0)),
+    };
     let config = settings.write(&scratch.0);
     let client = relay::client();
     let (mut ready, mut share) = (Vec::new(), Vec::new());

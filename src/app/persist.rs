@@ -31,6 +31,8 @@ pub async fn attach(config: &Config, opened: &Opened, broker: &Arc<Broker>) {
 /// A read of the persistent cache under way on a blocking thread ([`start_loading`]).
 pub struct Loading {
     store: Arc<FileStore>,
+    /// Whether users' tokens are persisted (and loaded) too.
+    user_tokens: bool,
     started: Instant,
     task: tokio::task::JoinHandle<Result<Snapshot, StoreError>>,
 }
@@ -46,12 +48,24 @@ pub fn start_loading(config: &Config, opened: &Opened) -> Option<Loading> {
     // Never more than the cache can hold: only those tokens are copied out of the file.
     let max_per_client = usize::try_from(config.cache.max_entries).unwrap_or(usize::MAX);
     let task = tokio::task::spawn_blocking(move || loading.load_bounded(max_per_client, SystemClock.now()));
-    Some(Loading { store, started, task })
+    let user_tokens = config.cache.persistence.as_ref().is_some_and(|p| p.user_tokens);
+    // Users' tokens only ever go into an encrypted file, whatever else plaintext is allowed for.
+    if user_tokens && store.is_plaintext() {
+        tracing::warn!(
+            store = %store.describe(),
+            "cache.persistence.user_tokens is set, but the cache file is not encrypted: users' tokens stay in memory"
+        );
+    }
+    let user_tokens = user_tokens && !store.is_plaintext();
+    Some(Loading { store, user_tokens, started, task })
 }
 
 /// [`attach`] with the read already started.
 pub async fn attach_loaded(loading: Option<Loading>, broker: &Arc<Broker>) {
-    let Some(Loading { store, started, task }) = loading else { return };
+    let Some(Loading { store, user_tokens, started, task }) = loading else { return };
+    if user_tokens {
+        broker.persist_user_tokens();
+    }
     let snapshot = match task.await {
         Ok(Ok(snapshot)) => snapshot,
         Ok(Err(error)) => {
@@ -81,6 +95,7 @@ pub async fn attach_loaded(loading: Option<Loading>, broker: &Arc<Broker>) {
         store = %store.describe(),
         found,
         loaded = report.loaded,
+        users = report.users,
         expired = report.expired,
         implausible,
         unknown_identity = report.unknown_identity,

@@ -277,6 +277,9 @@ pub struct Broker {
     refresh_slots: Arc<Semaphore>,
     /// The fleet's shared cache, when `[cache.shared]` is configured.
     shared: OnceLock<Arc<SharedCache>>,
+    /// Whether users' tokens are persisted too (`cache.persistence.user_tokens`, on an
+    /// encrypted store); set before seeding, never cleared.
+    persist_users: AtomicBool,
 }
 
 /// The waits between a prefetch's attempts: 2 s after the first failure, doubling to 32 s.
@@ -292,6 +295,8 @@ pub struct SeedReport {
     pub expired: usize,
     /// For a client id that is not configured here (any more).
     pub unknown_identity: usize,
+    /// Users' tokens put in their identity's user-token cache (only when they are persisted).
+    pub users: usize,
     /// Beyond `max_entries` for their identity: those in use were kept first, then the
     /// freshest.
     pub over_limit: usize,
@@ -343,6 +348,7 @@ impl Broker {
             clock,
             readiness: Readiness::new(prefetches),
             writer: OnceLock::new(),
+            persist_users: AtomicBool::new(false),
             refresh_slots,
             shared: OnceLock::new(),
         }
@@ -469,6 +475,16 @@ impl Broker {
         }
     }
 
+    /// Persists users' tokens too from now on, and lets [`Broker::seed`] load them: call before
+    /// seeding (docs/on-behalf-of.md#the-cache).
+    pub fn persist_user_tokens(&self) {
+        self.persist_users.store(true, Ordering::Relaxed);
+    }
+
+    fn persists_users(&self) -> bool {
+        self.persist_users.load(Ordering::Relaxed)
+    }
+
     /// Tells the writer, if any, that the cache changed.
     fn persist_changed(&self) {
         if let Some(writer) = self.writer.get() {
@@ -497,6 +513,14 @@ impl Broker {
         let mut resolved: Option<(Id, Option<usize>)> = None;
         let mut per_identity: Vec<Vec<PersistedToken>> = self.identities.iter().map(|_| Vec::new()).collect();
         for persisted in tokens {
+            if let Some(client_id) = persisted.client_id.strip_suffix(obo::PERSISTED_CLIENT_SUFFIX) {
+                if self.seed_user_token(client_id, &persisted, now).await {
+                    report.users += 1;
+                } else {
+                    report.unknown_identity += 1;
+                }
+                continue;
+            }
             let identity = match &resolved {
                 Some((client_id, identity)) if *client_id == persisted.client_id => *identity,
                 _ => {
@@ -530,6 +554,27 @@ impl Broker {
             }
         }
         report
+    }
+
+    /// Puts one persisted user's token into its identity's user-token cache, when users' tokens
+    /// are persisted, the identity exists, the name is a key and the token is still servable.
+    async fn seed_user_token(&self, client_id: &str, persisted: &PersistedToken, now: u64) -> bool {
+        if !self.persists_users() {
+            return false;
+        }
+        let client_id = Id::from(client_id);
+        let Some(identity) = self.identities.iter().find(|i| i.client_id == client_id) else { return false };
+        let Some(key) = obo::UserKey::from_persisted_name(&persisted.resource) else { return false };
+        let serve_until = persisted.token.expires_on.saturating_sub(self.settings.policy.serve_margin_secs);
+        if serve_until <= now {
+            return false;
+        }
+        let token = UserToken {
+            token: persisted.token.clone(),
+            serve_until,
+            fingerprint: persisted.token.token.fingerprint().into_boxed_str(),
+        };
+        identity.user_tokens.seed(key, Arc::new(token)).await
     }
 
     /// The identity a selector names. Ids compare case-insensitively, as Azure's do.
@@ -568,7 +613,11 @@ impl Broker {
     ) -> Result<(Arc<UserToken>, UserOutcome), BrokerError> {
         let key = obo::UserKey::new(scopes, assertion.expose());
         let exchange = Box::pin(self.exchange_for_user(identity, scopes, assertion, assertion_expires_on));
-        identity.user_tokens.get_or_exchange(key, exchange).await.map_err(|shared| (*shared).clone())
+        let result = identity.user_tokens.get_or_exchange(key, exchange).await.map_err(|shared| (*shared).clone());
+        if matches!(result, Ok((_, UserOutcome::Miss))) && self.persists_users() {
+            self.persist_changed();
+        }
+        result
     }
 
     /// Users' tokens held for `identity` (for the memory figures of docs/benchmarks.md).
@@ -601,9 +650,10 @@ impl Broker {
         let latency_us = elapsed.as_micros() as u64;
         let now = self.clock.now();
         match result {
-            Ok(token) if token.expires_on > now => {
-                let serve_until =
-                    token.expires_on.min(assertion_expires_on).saturating_sub(self.settings.policy.serve_margin_secs);
+            Ok(mut token) if token.expires_on > now => {
+                // The entry stands for the inbound token too: it ends with whichever ends first.
+                token.expires_on = token.expires_on.min(assertion_expires_on);
+                let serve_until = token.expires_on.saturating_sub(self.settings.policy.serve_margin_secs);
                 let fingerprint = token.token.fingerprint().into_boxed_str();
                 tracing::info!(
                     identity = %identity.name,
@@ -1002,6 +1052,21 @@ impl HeldSource for Broker {
                 credential: identity.credential.kind().as_str().to_owned(),
                 tokens,
             });
+            if self.persists_users() {
+                // Always listed, even empty, so the save drops what this process evicted.
+                let tokens = identity
+                    .user_tokens
+                    .entries()
+                    .into_iter()
+                    .map(|(key, token)| (Arc::new(key.persisted_name()), token as Arc<dyn HeldToken>, false))
+                    .collect();
+                identities.push(HeldIdentity {
+                    name: identity.name.clone(),
+                    client_id: format!("{}{}", identity.client_id, obo::PERSISTED_CLIENT_SUFFIX),
+                    credential: identity.credential.kind().as_str().to_owned(),
+                    tokens,
+                });
+            }
         }
         let max_per_client = usize::try_from(self.settings.max_entries).unwrap_or(usize::MAX);
         Held { identities, writer: 0, max_per_client }

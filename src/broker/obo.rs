@@ -12,6 +12,9 @@
 //! - At most `cache.max_entries` entries per identity (least recently used evicted first).
 //! - Refusals are not cached: each is specific to one user token, and a user who steps up
 //!   arrives with a new token, hence a new key.
+//! - `token.expires_on` is already the earlier of the issued token's end and the inbound
+//!   token's `exp`, so a copy in the persistent cache (`cache.persistence.user_tokens`) expires
+//!   from the file with the first of the two, as it does from memory.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,11 +23,23 @@ use moka::Expiry;
 use moka::future::Cache;
 
 use crate::clock::Clock;
+use crate::store::HeldToken;
 use crate::token::AccessToken;
+
+/// What follows an identity's client id in the persistent cache for its users' tokens. They
+/// are stored under a client id of their own, which no identity has: a stored user token can
+/// never be served as an application token (a release that predates them leaves such entries
+/// alone, as it does those of any client id it does not serve), and the file's bound of
+/// `cache.max_entries` per client id applies to users' tokens apart from the application's.
+pub const PERSISTED_CLIENT_SUFFIX: &str = " on-behalf-of";
+
+/// What separates the scopes from the digest in a stored user token's `resource`.
+const PERSISTED_DIGEST: &str = " sha256:";
 
 /// A user's downstream token and how long it may be served.
 pub struct UserToken {
-    /// The token the exchange returned.
+    /// The token the exchange returned, its `expires_on` brought forward to the inbound
+    /// token's `exp` when that comes first.
     pub token: AccessToken,
     /// The epoch second it stops being served: the earlier of the inbound token's `exp` and
     /// the issued token's `expires_on`, less the serve margin.
@@ -47,6 +62,44 @@ impl UserKey {
         let mut inbound = [0u8; 32];
         inbound.copy_from_slice(digest.as_ref());
         Self { scopes: scopes.into(), inbound }
+    }
+
+    /// The key as the persistent cache names it (a stored token's `resource`): the scopes,
+    /// then the digest in hex. Never the inbound token.
+    pub fn persisted_name(&self) -> String {
+        use std::fmt::Write;
+        let mut name = String::with_capacity(self.scopes.len() + PERSISTED_DIGEST.len() + 64);
+        name.push_str(&self.scopes);
+        name.push_str(PERSISTED_DIGEST);
+        for byte in self.inbound {
+            let _ = write!(name, "{byte:02x}");
+        }
+        name
+    }
+
+    /// The key a stored name ([`UserKey::persisted_name`]) stands for; `None` for anything else.
+    pub fn from_persisted_name(name: &str) -> Option<Self> {
+        let (scopes, hex) = name.rsplit_once(PERSISTED_DIGEST)?;
+        if scopes.is_empty() || hex.len() != 64 {
+            return None;
+        }
+        let mut inbound = [0u8; 32];
+        for (byte, pair) in inbound.iter_mut().zip(hex.as_bytes().chunks(2)) {
+            *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+        }
+        Some(Self { scopes: scopes.into(), inbound })
+    }
+}
+
+/// What the persistent cache writes of a user's token: the token (whose `expires_on` is the
+/// entry's end) and, as its refresh point, the end of serving: users' tokens are never
+/// refreshed, a user comes back with a new token.
+impl HeldToken for UserToken {
+    fn access_token(&self) -> &AccessToken {
+        &self.token
+    }
+    fn refresh_on(&self) -> u64 {
+        self.serve_until
     }
 }
 
@@ -138,6 +191,20 @@ impl UserTokens {
         Ok((entry.into_value(), outcome))
     }
 
+    /// Every entry held (for the persistent cache's writer).
+    pub fn entries(&self) -> Vec<(UserKey, Arc<UserToken>)> {
+        self.cache.iter().map(|(key, token)| (UserKey::clone(&key), token)).collect()
+    }
+
+    /// Puts a token read from the persistent cache in, unless it is no longer servable.
+    pub async fn seed(&self, key: UserKey, token: Arc<UserToken>) -> bool {
+        if self.clock.now() >= token.serve_until {
+            return false;
+        }
+        self.cache.insert(key, token).await;
+        true
+    }
+
     /// How many tokens are held (after pending evictions are applied).
     pub async fn len(&self) -> u64 {
         self.cache.run_pending_tasks().await;
@@ -174,6 +241,20 @@ mod tests {
         assert_eq!(key, UserKey::new("User.Read", "eyJ.secret.token"));
         assert_ne!(key, UserKey::new("User.Read", "eyJ.secret.token2"));
         assert_ne!(key, UserKey::new("Mail.Read", "eyJ.secret.token"));
+    }
+
+    #[test]
+    fn the_persisted_name_round_trips_and_holds_only_the_digest() {
+        let key = UserKey::new("https://graph.microsoft.com/User.Read Mail.Read", "eyJ.secret.token");
+        let name = key.persisted_name();
+        assert!(name.starts_with("https://graph.microsoft.com/User.Read Mail.Read sha256:"), "{name}");
+        assert!(!name.contains("secret"));
+        assert_eq!(UserKey::from_persisted_name(&name), Some(key));
+        for bad in
+            ["", "https://vault.azure.net", "s sha256:abc", " sha256:", &name.replace("sha256:", "sha256:zz")[..]]
+        {
+            assert_eq!(UserKey::from_persisted_name(bad), None, "{bad:?}");
+        }
     }
 
     #[tokio::test]

@@ -340,7 +340,7 @@ async fn seeding_serves_persisted_tokens_and_counts_what_it_skips() {
         persisted("other", "r6", START + 3600, "unknown-3"),
     ];
     let report = b.seed(tokens).await;
-    assert_eq!(report, SeedReport { loaded: 2, expired: 1, unknown_identity: 3, over_limit: 0 });
+    assert_eq!(report, SeedReport { loaded: 2, expired: 1, unknown_identity: 3, over_limit: 0, users: 0 });
     let id = b.resolve(&Selector::Default).unwrap().clone();
     for (resource, value) in [("r1", "persisted-1"), ("r5", "persisted-5")] {
         let served = b.token(&id, resource).await.unwrap();
@@ -532,7 +532,7 @@ async fn seeding_keeps_at_most_max_entries_tokens_in_use_first_then_the_freshest
         (0..30).map(|i| persisted("client-a", &format!("r{i:02}"), START + 3600 + i, &format!("v{i}"))).collect();
     tokens[0].in_use = true;
     let report = b.seed(tokens).await;
-    assert_eq!(report, SeedReport { loaded: 10, expired: 0, unknown_identity: 0, over_limit: 20 });
+    assert_eq!(report, SeedReport { loaded: 10, expired: 0, unknown_identity: 0, over_limit: 20, users: 0 });
     let held = b.held().await;
     let mut kept: Vec<(String, bool)> =
         held.identities[0].tokens.iter().map(|(r, _, in_use)| (r.to_string(), *in_use)).collect();

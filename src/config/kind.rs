@@ -66,6 +66,28 @@ impl CredentialKind {
             Self::Chain => "chain",
         }
     }
+
+    /// Whether a credential of this kind proves an application registration and so can run
+    /// the on-behalf-of exchange: exactly the credentials that implement
+    /// `Credential::on_behalf_of` (`environment` wraps a secret or a certificate). `check`
+    /// reads it; the exchange itself asks each link and skips those that cannot.
+    pub const fn acts_for_users(self) -> bool {
+        match self {
+            Self::ClientSecret
+            | Self::WorkloadIdentity
+            | Self::ClientCertificate
+            | Self::ClientAssertion
+            | Self::AzurePipelines
+            | Self::Environment
+            | Self::Dev => true,
+            Self::ManagedIdentity
+            | Self::AzureCli
+            | Self::AzureDeveloperCli
+            | Self::AzurePowershell
+            | Self::User
+            | Self::Chain => false,
+        }
+    }
 }
 
 impl fmt::Display for CredentialKind {

@@ -32,6 +32,7 @@ pub struct RawPersistence {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_env: Option<String>,
     pub allow_unencrypted_storage: bool,
+    pub user_tokens: bool,
 }
 
 impl Default for RawPersistence {
@@ -44,6 +45,7 @@ impl Default for RawPersistence {
             key_file: None,
             key_env: None,
             allow_unencrypted_storage: false,
+            user_tokens: false,
         }
     }
 }
@@ -60,6 +62,9 @@ pub struct PersistenceConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<CacheKey>,
     pub allow_unencrypted_storage: bool,
+    /// Whether users' tokens from the on-behalf-of exchange are persisted too (only ever into
+    /// an encrypted file).
+    pub user_tokens: bool,
 }
 
 /// Which protection the operator asked for.
@@ -224,6 +229,7 @@ impl Validator<'_> {
             path,
             key,
             allow_unencrypted_storage: raw.allow_unencrypted_storage,
+            user_tokens: raw.user_tokens,
         }))
     }
 

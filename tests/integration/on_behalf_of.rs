@@ -6,9 +6,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use serde_json::json;
 
+use crate::support::certs::{LoopbackTls, TestCertificate};
 use crate::support::config::{TestConfig, table};
 use crate::support::fake_entra::{self, CLAIMS_CHALLENGE, CLIENT_ID, FakeEntra, TENANT, USER_OID};
-use crate::support::{HEADER_SECRET, TestRelay, json};
+use crate::support::{CacheDir, HEADER_SECRET, TestRelay, json};
 
 /// The identity accepts users' tokens with `access_as_user`; `graph` and `mail` are APIs it
 /// calls as them (`mail`'s scopes in the space-separated form).
@@ -280,4 +281,306 @@ async fn under_dev_a_minted_user_token_validates_and_is_exchanged_for_the_same_u
     assert_eq!(claims["scp"], "User.Read");
     let tampered = format!("{token}x");
     assert_eq!(with_bearer(&relay, "/Validate", &tampered).await.status(), 401);
+}
+
+/// The virtualenv's Python that `scripts/test.sh` prepares (with `msal` pinned in
+/// tests/python/requirements.txt) before it runs `cargo test`. Without it the MSAL test is
+/// skipped with a message, except under CI, where a missing virtualenv is a failure: the check
+/// it makes would otherwise silently never run.
+fn venv_python() -> Option<std::path::PathBuf> {
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{} is missing: under CI `bash scripts/test.sh` creates it before `cargo test`",
+        python.display()
+    );
+    eprintln!("skipped: {} is missing; `bash scripts/test.sh` creates it (tests/python)", python.display());
+    None
+}
+
+/// Runs tests/python/msal_on_behalf_of.py with `spec` on its standard input and returns MSAL's
+/// answers. Nothing of the environment reaches the child but the test CA: no proxy, no
+/// `REQUESTS_CA_BUNDLE` of the machine, no `AZURE_*` or `MSAL_*` setting.
+async fn run_msal(
+    python: &std::path::Path,
+    ca_bundle: &std::path::Path,
+    spec: serde_json::Value,
+) -> Vec<serde_json::Value> {
+    use tokio::io::AsyncWriteExt;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/msal_on_behalf_of.py");
+    let mut child = tokio::process::Command::new(python)
+        .arg(script)
+        .env_clear()
+        .env("REQUESTS_CA_BUNDLE", ca_bundle)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(spec.to_string().as_bytes()).await.unwrap();
+    drop(stdin);
+    let output = tokio::time::timeout(crate::support::FAILURE_DEADLINE, child.wait_with_output())
+        .await
+        .expect("MSAL finished within the deadline")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "msal_on_behalf_of.py failed ({}):\n{stderr}", output.status);
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}); stderr:\n{stderr}"))
+}
+
+/// Microsoft's own confidential client, MSAL for Python, runs the on-behalf-of exchange against
+/// the fake authority over TLS, authenticated first with the secret and then with a certificate:
+/// it discovers the tenant, reads the answers and the refusals, and sends what the fake
+/// enforces. What it sends is the real protocol; the fake accepting it (and refusing what Entra
+/// refuses in the shape MSAL reports) is what makes the tests above evidence.
+#[tokio::test(flavor = "multi_thread")]
+async fn msal_exchanges_a_user_token_with_the_fake_authority() {
+    let Some(python) = venv_python() else { return };
+    let tls = LoopbackTls::generate();
+    let entra = FakeEntra::start_tls(&tls).await;
+    assert!(entra.url().starts_with("https://127.0.0.1:"));
+    entra.require_claims_for("Mail.Read");
+    let certificate = TestCertificate::generate("msal-client");
+    entra.register_certificate(&certificate.der);
+    let dir = tempfile::tempdir().unwrap();
+    let ca_bundle = dir.path().join("ca.pem");
+    std::fs::write(&ca_bundle, &tls.ca_pem).unwrap();
+
+    let user = entra.user_token(|_| {});
+    let expired = entra.user_token(|c| {
+        c["iat"] = json!(now() - 7200);
+        c["nbf"] = json!(now() - 7200);
+        c["exp"] = json!(now() - 3600);
+    });
+    let graph = "https://graph.microsoft.com/User.Read";
+    let spec = |credential: serde_json::Value, requests: serde_json::Value| {
+        json!({
+            "authority": format!("{}/{TENANT}", entra.url()),
+            "client_id": CLIENT_ID,
+            "ca_bundle": ca_bundle,
+            "credential": credential,
+            "requests": requests,
+        })
+    };
+    let answers = run_msal(
+        &python,
+        &ca_bundle,
+        spec(
+            json!({"secret": fake_entra::CLIENT_SECRET}),
+            json!([
+                {"assertion": user, "scopes": [graph]},
+                {"assertion": user, "scopes": ["https://graph.microsoft.com/Mail.Read"]},
+                {"assertion": user, "scopes": [graph, "https://vault.azure.net/user_impersonation"]},
+                {"assertion": expired, "scopes": [graph]},
+            ]),
+        ),
+    )
+    .await;
+
+    let issued = &answers[0];
+    assert_eq!(issued["access_token"], format!("fake-obo-1-for-{USER_OID}-{graph}"), "{issued}");
+    assert_eq!(issued["token_type"], "Bearer");
+    assert_eq!(issued["token_source"], "identity_provider");
+    // MSAL read the ID token and the account the authority returned for its OpenID scopes.
+    assert_eq!(issued["id_token_claims"]["oid"], USER_OID, "{issued}");
+    assert_eq!(issued["id_token_claims"]["aud"], CLIENT_ID);
+    let sent = entra.seen().into_iter().find(|r| r.form.get("assertion") == Some(&user)).unwrap().form;
+    assert_eq!(sent["grant_type"], "urn:ietf:params:oauth:grant-type:jwt-bearer");
+    assert_eq!(sent["requested_token_use"], "on_behalf_of");
+    assert_eq!(sent["client_secret"], fake_entra::CLIENT_SECRET);
+    assert_eq!(sent["client_info"], "1");
+    let mut scopes: Vec<&str> = sent["scope"].split(' ').collect();
+    scopes.sort_unstable();
+    assert_eq!(scopes, [graph, "offline_access", "openid", "profile"]);
+
+    // The claims challenge, a scope list spanning two resources and an expired user token: MSAL
+    // hands each refusal to its caller as Entra's error, the challenge intact.
+    let challenged = &answers[1];
+    assert_eq!(challenged["error"], "interaction_required", "{challenged}");
+    assert_eq!(challenged["error_codes"], json!([50079]));
+    assert_eq!(challenged["claims"], CLAIMS_CHALLENGE);
+    assert_eq!((&answers[2]["error"], &answers[2]["error_codes"]), (&json!("invalid_scope"), &json!([28000])));
+    assert_eq!((&answers[3]["error"], &answers[3]["error_codes"]), (&json!("invalid_grant"), &json!([500133])));
+
+    // With a certificate instead of the secret: MSAL's PS256 assertion names it by `x5t#S256`,
+    // and the fake verifies it as Entra does.
+    let answers = run_msal(
+        &python,
+        &ca_bundle,
+        spec(
+            json!({"private_key": certificate.key_pem, "public_certificate": certificate.cert_pem}),
+            json!([{"assertion": user, "scopes": [graph]}]),
+        ),
+    )
+    .await;
+    assert!(answers[0]["access_token"].as_str().is_some_and(|t| t.starts_with("fake-obo-")), "{}", answers[0]);
+    let sent = entra.seen().pop().unwrap();
+    let header = sent.assertion_header.unwrap();
+    assert_eq!(header["alg"], "PS256");
+    // Base64url with `=` padding, as MSAL writes it; the fake accepts it as Entra does.
+    assert_eq!(header["x5t#S256"].as_str().unwrap().trim_end_matches('='), certificate.x5t_s256());
+    assert!(!sent.form.contains_key("client_secret"));
+}
+
+/// `tokenrelay check` describes what the user-token endpoints accept and serve; `--fetch`
+/// fetches the signing keys (failing when it cannot), and an API whose identity has no
+/// credential that can run the exchange is named.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reports_inbound_validation_and_the_downstream_apis() {
+    let entra = FakeEntra::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    let managed = TestConfig::client_secret(&entra).replace(
+        "identities",
+        vec![
+            table()
+                .with("name", "api")
+                .with("default", true)
+                .with("client_id", CLIENT_ID)
+                .with("tenant_id", TENANT)
+                .with(
+                    "credentials",
+                    vec![table().with("kind", "client_secret").with("secret", fake_entra::CLIENT_SECRET)],
+                )
+                .with("inbound", table().with("scopes", vec!["access_as_user"]).with("roles", vec!["Tasks.Read"])),
+            table()
+                .with("name", "worker")
+                .with("client_id", "7e57c11e-0000-4000-8000-00000000a551")
+                .with("credentials", vec![table().with("kind", "managed_identity")]),
+        ],
+    );
+    let managed = managed.set(
+        "downstream_apis",
+        vec![
+            table()
+                .with("name", "graph")
+                .with("scopes", vec!["https://graph.microsoft.com/User.Read"])
+                .with("identity", "api"),
+            table()
+                .with("name", "vault")
+                .with("scopes", "https://vault.azure.net/user_impersonation")
+                .with("identity", "worker"),
+        ],
+    );
+    std::fs::write(&file, managed.to_string()).unwrap();
+    let check = |fetch: bool| {
+        let mut command = crate::support::command();
+        command.args(["check", "--config", file.to_str().unwrap()]);
+        if fetch {
+            command.args(["--fetch", "--resource", "https://vault.azure.net"]);
+        }
+        command
+    };
+
+    let output = check(false).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let discovery = format!("{}/{TENANT}/v2.0/.well-known/openid-configuration", entra.url());
+    for expected in [
+        "#   identity \"api\" accepts user tokens:".to_owned(),
+        format!("#     audiences: {CLIENT_ID}, api://{CLIENT_ID}"),
+        format!("#     tenants: {TENANT}"),
+        "#     requires: a scope (scp) of access_as_user, or a role of Tasks.Read; clock skew 300 s".to_owned(),
+        format!("#   signing keys from {discovery} (`--fetch` fetches them)"),
+        "#   downstream API \"graph\": scopes https://graph.microsoft.com/User.Read, exchanged on-behalf-of as identity \"api\"".to_owned(),
+        "#     the exchange runs with client_secret".to_owned(),
+        "#     /AuthorizationHeaderUnauthenticated/graph: the application's own token for https://graph.microsoft.com".to_owned(),
+        "#     warning: no usable credential of identity \"worker\" can run the exchange (managed_identity)".to_owned(),
+        "#     warning: identity \"worker\" has no `inbound` section".to_owned(),
+    ] {
+        assert!(stdout.contains(&expected), "missing {expected:?} in:\n{stdout}");
+    }
+    assert_eq!(entra.jwks_requests(), 0, "nothing fetched without --fetch");
+
+    let output = check(true).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains(&format!("#   signing keys from {discovery}: fetched 1 key(s)")), "{stdout}");
+    assert_eq!(entra.jwks_requests(), 1);
+
+    entra.set_down(true);
+    let output = check(true).output().await.unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains(&format!("#   signing keys from {discovery}: fetching failed:")), "{stdout}");
+}
+
+/// Users' tokens stay in memory unless `cache.persistence.user_tokens` opts them in: then a
+/// restarted relay serves them from the encrypted file, under a key of the scopes and a digest
+/// (the inbound token appears nowhere), and an entry ends with the user's token.
+#[tokio::test(flavor = "multi_thread")]
+async fn users_tokens_are_persisted_only_when_opted_in() {
+    let entra = FakeEntra::start().await;
+    let user = entra.user_token(|_| {});
+    let header = async |relay: &TestRelay| {
+        let response = with_bearer(relay, "/AuthorizationHeader/graph", &user).await;
+        (response.status().as_u16(), json(response).await["authorizationHeader"].clone())
+    };
+
+    // Persistence on, users' tokens not opted in: a restart exchanges again.
+    let keyed = |cache: &CacheDir| {
+        cache.persisting(config(&entra)).set("cache.persistence.key_file", cache.key_file().to_str().unwrap())
+    };
+    let list = async |cache: &CacheDir, toml: &TestConfig| {
+        let file = cache.config_file(toml);
+        let output = crate::support::command().args(["cache", "list", "--config", file.to_str().unwrap()]).output();
+        String::from_utf8_lossy(&output.await.unwrap().stdout).into_owned()
+    };
+    let cache = CacheDir::new();
+    let toml = keyed(&cache);
+    let mut relay = TestRelay::serve(&toml, &[]).await;
+    assert_eq!(header(&relay).await.0, 200);
+    assert_eq!(relay.terminate().await.code(), Some(0));
+    let relay = TestRelay::serve(&toml, &[]).await;
+    assert_eq!(header(&relay).await.0, 200);
+    assert_eq!(entra.obo_requests(), 2, "memory only by default");
+    drop(relay);
+
+    // Opted in: the restarted relay serves the user's token through an outage.
+    let cache = CacheDir::new();
+    let toml = keyed(&cache).set("cache.persistence.user_tokens", true);
+    let mut relay = TestRelay::serve(&toml, &[]).await;
+    let (status, issued) = header(&relay).await;
+    assert_eq!(status, 200);
+    assert_eq!(relay.terminate().await.code(), Some(0), "{}", relay.logs());
+    let mut bytes = std::fs::read(cache.file()).expect("the cache file was written");
+    bytes.extend(std::fs::read(tokenrelay::store::journal::journal_path(&cache.file())).unwrap_or_default());
+    let issued_token = issued.as_str().unwrap().strip_prefix("Bearer ").unwrap();
+    for secret in [user.as_str(), issued_token, "graph.microsoft.com"] {
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "encrypted: {secret}");
+    }
+    let listed = list(&cache, &toml).await;
+    assert!(listed.contains(&format!("{CLIENT_ID} on-behalf-of")), "{listed}");
+    assert!(listed.contains("https://graph.microsoft.com/User.Read sha256:"), "{listed}");
+    assert!(!listed.contains(&user) && !listed.contains(issued_token), "{listed}");
+
+    // The signing keys are fetched anew after a restart (they are not persisted), the user's
+    // token is served from the file.
+    let before = entra.obo_requests();
+    let relay = TestRelay::serve(&toml, &[]).await;
+    assert_eq!(header(&relay).await, (200, issued.clone()), "{}", relay.logs());
+    assert_eq!(entra.obo_requests(), before, "served from the persisted cache");
+    assert!(relay.logs().contains("users=1"), "{}", relay.logs());
+    // Another user's token is no key to it.
+    let other = entra.user_token(|c| c["oid"] = json!("b0b00000-0000-4000-8000-000000000b0b"));
+    let served = json(with_bearer(&relay, "/AuthorizationHeader/graph", &other).await).await;
+    assert!(served["authorizationHeader"].as_str().unwrap().contains("b0b00000"), "{served}");
+    assert_eq!(entra.obo_requests(), before + 1);
+    drop(relay);
+
+    // The persisted entry ends when the user's token does, before the issued token would.
+    let cache = CacheDir::new();
+    let toml = keyed(&cache).set("cache.persistence.user_tokens", true);
+    let ends = now() + 600;
+    let short = entra.user_token(|c| c["exp"] = json!(ends));
+    let mut relay = TestRelay::serve(&toml, &[]).await;
+    assert_eq!(with_bearer(&relay, "/AuthorizationHeader/graph", &short).await.status(), 200);
+    assert_eq!(relay.terminate().await.code(), Some(0));
+    let listed = list(&cache, &toml).await;
+    let row = listed.lines().find(|l| l.contains("sha256:")).unwrap_or_else(|| panic!("{listed}"));
+    assert!(row.contains(&tokenrelay::clock::rfc3339(ends)), "ends with the user's token: {row}");
 }

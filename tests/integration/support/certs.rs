@@ -75,3 +75,62 @@ impl TestCertificate {
         jsonwebtoken::EncodingKey::from_rsa_pem(self.key_pem.as_bytes()).unwrap()
     }
 }
+
+/// A test certificate authority and a server certificate it issued for `127.0.0.1`, for fakes
+/// served over TLS to clients that insist on `https` (MSAL refuses an `http://` authority).
+/// The client trusts [`LoopbackTls::ca_pem`] only; nothing is added to any system store.
+pub struct LoopbackTls {
+    /// The authority's certificate, for the client's trust store (`REQUESTS_CA_BUNDLE`).
+    pub ca_pem: String,
+    /// The server's certificate, issued by the authority: an IP SAN `127.0.0.1`, server auth.
+    pub server_cert: CertificateDer<'static>,
+    /// The server certificate's key (PKCS#8).
+    pub server_key: PrivateKeyDer<'static>,
+}
+
+impl LoopbackTls {
+    /// A fresh authority (ECDSA P-256, valid 2020 to 2100) and a server certificate it signed.
+    pub fn generate() -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "tokenrelay test CA");
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        ca.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        ca.not_after = rcgen::date_time_ymd(2100, 1, 1);
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+
+        let key = KeyPair::generate().unwrap();
+        let mut server = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        server.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+        server.use_authority_key_identifier_extension = true;
+        server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        server.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        server.not_after = rcgen::date_time_ymd(2100, 1, 1);
+        let server_cert = server.signed_by(&key, &ca).unwrap();
+        Self {
+            ca_pem: ca.pem(),
+            server_cert: server_cert.der().clone(),
+            server_key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        }
+    }
+
+    /// A rustls server configuration presenting the server certificate (HTTP/1.1 only, as the
+    /// fakes speak it).
+    pub fn server_config(&self) -> std::sync::Arc<tokio_rustls::rustls::ServerConfig> {
+        use tokio_rustls::rustls;
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![self.server_cert.clone()], self.server_key.clone_key())
+            .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        std::sync::Arc::new(config)
+    }
+}

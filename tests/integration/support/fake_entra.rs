@@ -31,7 +31,13 @@
 //! (signature, audience, issuer) or AADSTS500133 (time). A scope listed with
 //! `require_claims_for` is answered as conditional access answers it: 400
 //! `interaction_required`, AADSTS50079, and a `claims` challenge. The issued token names the
-//! user (`oid`) and scopes.
+//! user (`oid`) and scopes. The scopes other than the OpenID Connect ones must be of one
+//! resource (else `invalid_scope` AADSTS28000); for `offline_access`, `openid` and
+//! `client_info=1`, which MSAL always sends, the answer carries a refresh token, an ID token and
+//! `client_info`, as Entra's does (docs/protocols.md#on-behalf-of-grant).
+//!
+//! `start_tls` serves the same over TLS with a certificate from a generated test CA, for MSAL,
+//! which refuses an `http` authority.
 //!
 //! Signing keys: `GET /{tenant}/v2.0/.well-known/openid-configuration` names
 //! `/{tenant}/discovery/v2.0/keys`, which publishes every current key (RSA, `kid`); user tokens
@@ -62,6 +68,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
+use super::certs::LoopbackTls;
 use super::fake_server::FakeServer;
 
 pub const TENANT: &str = "72f988bf-0000-4000-8000-00000000cafe";
@@ -157,6 +164,8 @@ struct Behaviour {
 /// `client_assertion_type` and the on-behalf-of `grant_type`.
 const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 const OBO_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// The OpenID Connect scopes, which a client may add to any other resource's scopes.
+const OIDC_SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
 /// The object id of the user in [`FakeEntra::user_token`].
 pub const USER_OID: &str = "a1b2c3d4-0000-4000-8000-0000000000e5";
 /// The claims challenge conditional access sends (Entra's documented shape).
@@ -195,13 +204,25 @@ fn now_secs() -> u64 {
 
 /// A running fake authority; stops when dropped.
 pub struct FakeEntra {
-    server: FakeServer,
+    /// Held for its drop, which stops the fake; the address clients use is in `base_url`.
+    _server: FakeServer,
     state: Arc<Mutex<Behaviour>>,
 }
 
 impl FakeEntra {
-    /// Starts on an ephemeral loopback port.
+    /// Starts on an ephemeral loopback port, over plain HTTP.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Starts on an ephemeral loopback port over TLS with `tls`'s server certificate, for
+    /// clients that require an `https` authority (MSAL does). [`ConnectionFault`]s do not
+    /// apply to these connections.
+    pub async fn start_tls(tls: &LoopbackTls) -> Self {
+        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(tls.server_config()))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let state = Arc::new(Mutex::new(Behaviour {
             lifetime_secs: 3599,
             refresh_in_secs: None,
@@ -229,15 +250,20 @@ impl FakeEntra {
             .route("/{tenant}/v2.0/.well-known/openid-configuration", axum::routing::get(discovery))
             .route("/{tenant}/discovery/v2.0/keys", axum::routing::get(jwks))
             .with_state(state.clone());
-        let server = FakeServer::start(|listener| accept(listener, app, state.clone())).await;
+        let https = tls.is_some();
+        let server = match tls {
+            None => FakeServer::start(|listener| accept(listener, app, state.clone())).await,
+            Some(acceptor) => FakeServer::start(|listener| accept_tls(listener, app, acceptor)).await,
+        };
         // Set before any test learns the address, so every request sees it.
-        state.lock().unwrap().base_url = server.url();
-        Self { server, state }
+        let url = server.url();
+        state.lock().unwrap().base_url = if https { url.replacen("http://", "https://", 1) } else { url };
+        Self { _server: server, state }
     }
 
-    /// The authority host to configure (`http://127.0.0.1:PORT`).
+    /// The authority host to configure (`http://127.0.0.1:PORT`, or `https://` over TLS).
     pub fn url(&self) -> String {
-        self.server.url()
+        self.state.lock().unwrap().base_url.clone()
     }
 
     /// Lifetime (`expires_in`) of tokens issued from now on.
@@ -255,7 +281,8 @@ impl FakeEntra {
         self.state.lock().unwrap().delay = delay;
     }
 
-    /// While down, every request gets 503 (after being counted).
+    /// While down, every request gets 503 (token requests after being counted), the discovery
+    /// document and the key set too.
     pub fn set_down(&self, down: bool) {
         self.state.lock().unwrap().down = down;
     }
@@ -436,22 +463,58 @@ impl FakeEntra {
     }
 }
 
+/// The tenant's OpenID Connect discovery document, with the members Entra's has that clients
+/// read: MSAL requires `authorization_endpoint` and `token_endpoint` (and fails without them),
+/// tokenrelay reads `jwks_uri`. Like Entra, an unknown tenant is 400 `invalid_tenant`
+/// (AADSTS90002), which MSAL reports as a failed discovery; the multi-tenant aliases `common`
+/// and `organizations` are served, with the `{tenantid}` placeholder in `issuer` as Entra's.
 async fn discovery(State(state): State<Arc<Mutex<Behaviour>>>, Path(tenant): Path<String>) -> Response {
-    let base = state.lock().unwrap().base_url.clone();
+    if !known_tenant(&tenant) {
+        return entra_error(400, "invalid_tenant", 90002, &format!("Tenant '{tenant}' not found."));
+    }
+    let (base, down) = {
+        let s = state.lock().unwrap();
+        (s.base_url.clone(), s.down)
+    };
+    if down {
+        return (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response();
+    }
+    let issuer_tenant = if tenant == TENANT { tenant.as_str() } else { "{tenantid}" };
     Json(json!({
-        "issuer": format!("{base}/{tenant}/v2.0"),
-        "jwks_uri": format!("{base}/{tenant}/discovery/v2.0/keys"),
         "token_endpoint": format!("{base}/{tenant}/oauth2/v2.0/token"),
+        "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+        "jwks_uri": format!("{base}/{tenant}/discovery/v2.0/keys"),
+        "response_modes_supported": ["query", "fragment", "form_post"],
+        "subject_types_supported": ["pairwise"],
         "id_token_signing_alg_values_supported": ["RS256"],
+        "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+        "scopes_supported": ["openid", "profile", "email", "offline_access"],
+        "issuer": format!("{base}/{issuer_tenant}/v2.0"),
+        "request_uri_parameter_supported": false,
+        "authorization_endpoint": format!("{base}/{tenant}/oauth2/v2.0/authorize"),
+        "device_authorization_endpoint": format!("{base}/{tenant}/oauth2/v2.0/devicecode"),
+        "end_session_endpoint": format!("{base}/{tenant}/oauth2/v2.0/logout"),
+        "tenant_region_scope": "EU",
     }))
     .into_response()
 }
 
-async fn jwks(State(state): State<Arc<Mutex<Behaviour>>>) -> Response {
+/// The tenant, or an alias Entra serves discovery documents and keys under.
+fn known_tenant(tenant: &str) -> bool {
+    tenant == TENANT || tenant == "common" || tenant == "organizations"
+}
+
+async fn jwks(State(state): State<Arc<Mutex<Behaviour>>>, Path(tenant): Path<String>) -> Response {
     use aws_lc_rs::signature::KeyPair;
     use base64::Engine;
+    if !known_tenant(&tenant) {
+        return entra_error(400, "invalid_tenant", 90002, &format!("Tenant '{tenant}' not found."));
+    }
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let mut s = state.lock().unwrap();
+    if s.down {
+        return (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response();
+    }
     s.jwks_requests += 1;
     let keys: Vec<serde_json::Value> = s
         .signing_keys
@@ -522,6 +585,24 @@ async fn accept(listener: TcpListener, app: Router, state: Arc<Mutex<Behaviour>>
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         tokio::spawn(serve_connection(stream, app.clone(), state.clone()));
+    }
+}
+
+/// Serves TLS connections until the fake is dropped: each is handshaken, then its HTTP/1.1
+/// requests go to `app`.
+async fn accept_tls(listener: TcpListener, app: Router, acceptor: tokio_rustls::TlsAcceptor) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let (app, acceptor) = (app.clone(), acceptor.clone());
+        tokio::spawn(async move {
+            let Ok(stream) = acceptor.accept(stream).await else { return };
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let service = hyper::service::service_fn(move |request: axum::http::Request<hyper::body::Incoming>| {
+                let app = app.clone();
+                async move { app.oneshot(request).await }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+        });
     }
 }
 
@@ -782,6 +863,29 @@ async fn token(
                 "The request body must contain the parameter 'assertion'.",
             );
         };
+        // A client may add the OpenID Connect scopes (MSAL always sends `openid profile
+        // offline_access`); the others must all be of one resource, as Entra issues a token
+        // for one resource only (AADSTS28000 otherwise). A scope with no resource in front
+        // (`User.Read`) is Microsoft Graph's, as Entra reads it.
+        let (oidc, resource_scopes): (Vec<&str>, Vec<&str>) =
+            scope.split_whitespace().partition(|s| OIDC_SCOPES.contains(s));
+        let resource_of = |s: &str| s.rsplit_once('/').map_or("https://graph.microsoft.com", |(r, _)| r).to_owned();
+        let Some(resource) = resource_scopes.first().map(|s| resource_of(s)) else {
+            return entra_error(
+                400,
+                "invalid_scope",
+                70011,
+                "The provided value for the input parameter 'scope' is not valid.",
+            );
+        };
+        if resource_scopes.iter().any(|s| resource_of(s) != resource) {
+            return entra_error(
+                400,
+                "invalid_scope",
+                28000,
+                "Provided value for the input parameter scope is not valid because it contains more than one resource.",
+            );
+        }
         let user = match verify_user_assertion(assertion, &keys, &issuer) {
             Ok(claims) => claims,
             Err((code, description)) => return entra_error(400, "invalid_grant", code, &description),
@@ -797,20 +901,46 @@ async fn token(
             });
             return (StatusCode::BAD_REQUEST, Json(body)).into_response();
         }
-        let n = {
+        let (n, newest_key) = {
             let mut s = state.lock().unwrap();
             s.issued += 1;
-            s.issued
+            let issued = s.issued;
+            s.progress.send_modify(|p| p.issued = issued);
+            (issued, s.signing_keys.last().cloned().unwrap())
         };
         let oid = user["oid"].as_str().unwrap_or_default();
-        return Json(json!({
+        let resource_scope = resource_scopes.join(" ");
+        let mut body = json!({
             "token_type": "Bearer",
-            "scope": scope,
+            "scope": resource_scope,
             "expires_in": lifetime,
             "ext_expires_in": lifetime,
-            "access_token": format!("fake-obo-{n}-for-{oid}-{}", scope.replace(' ', "+")),
-        }))
-        .into_response();
+            "access_token": format!("fake-obo-{n}-for-{oid}-{}", resource_scopes.join("+")),
+        });
+        // What Entra adds for the OpenID Connect scopes and `client_info=1` (which MSAL always
+        // sends): a refresh token for `offline_access`, an ID token for the calling
+        // application for `openid`, and the account's ids.
+        if oidc.contains(&"offline_access") {
+            body["refresh_token"] = json!(format!("fake-refresh-{n}"));
+        }
+        if oidc.contains(&"openid") {
+            let now = now_secs();
+            let mut id = json!({
+                "aud": CLIENT_ID, "iss": issuer, "tid": TENANT, "oid": oid, "sub": user["sub"],
+                "iat": now, "nbf": now, "exp": now + 3600, "ver": "2.0",
+            });
+            if oidc.contains(&"profile") {
+                id["preferred_username"] = user["preferred_username"].clone();
+                id["name"] = user["preferred_username"].clone();
+            }
+            body["id_token"] = json!(sign_rs256(&newest_key.0, &newest_key.1, &id));
+        }
+        if form.get("client_info").map(String::as_str) == Some("1") {
+            use base64::Engine;
+            let info = json!({"uid": oid, "utid": TENANT}).to_string();
+            body["client_info"] = json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(info));
+        }
+        return Json(body).into_response();
     }
     let resource = scope.trim_end_matches("/.default");
     let n = {
@@ -855,11 +985,15 @@ fn matches_federation(assertion: &str, federations: &[(String, String)]) -> bool
     audience_ok && federations.iter().any(|(iss, sub)| claims["iss"] == iss.as_str() && claims["sub"] == sub.as_str())
 }
 
+/// The time claims of a certificate assertion. Times are JSON numbers that may have a fraction
+/// (RFC 7519's NumericDate; MSAL Python sends `time.time()` as is), and `nbf` may be absent
+/// (MSAL sends `exp`, `iat` and `jti` only): Entra accepts both.
 #[derive(serde::Deserialize)]
 struct AssertionClaims {
     jti: String,
-    nbf: u64,
-    exp: u64,
+    exp: f64,
+    nbf: Option<f64>,
+    iat: Option<f64>,
 }
 
 /// Verifies a certificate assertion as Entra does; the error is (AADSTS code, description).
@@ -878,37 +1012,48 @@ fn verify_certificate_assertion(
             Algorithm::PS256 => &aws_lc_rs::digest::SHA256,
             _ => &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
         };
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(algorithm, der))
+        aws_lc_rs::digest::digest(algorithm, der).as_ref().to_vec()
     };
     let thumbprint = match header.alg {
         Algorithm::PS256 => header.x5t_s256.clone().ok_or_else(|| invalid("PS256 needs x5t#S256"))?,
         Algorithm::RS256 => header.x5t.clone().ok_or_else(|| invalid("RS256 needs x5t"))?,
         other => return Err(invalid(&format!("algorithm {other:?} is not accepted"))),
     };
+    // Compared by the bytes it names: MSAL Python pads its base64url with `=`, and Entra
+    // accepts that as it accepts the unpadded form (docs/protocols.md#certificate-assertions).
+    let padding_indifferent = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::URL_SAFE,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    let named = padding_indifferent.decode(&thumbprint).ok();
     let certificate = certificates
         .iter()
-        .find(|der| digest(der) == thumbprint)
+        .find(|der| named.as_deref() == Some(digest(der).as_slice()))
         .ok_or_else(|| invalid(&format!("The key was not found., Thumbprint of key used by client: '{thumbprint}'")))?;
     let (_, parsed) = x509_parser::parse_x509_certificate(certificate).unwrap();
     let key = DecodingKey::from_rsa_der(parsed.public_key().subject_public_key.data.as_ref());
     let mut validation = Validation::new(header.alg);
-    validation.leeway = 0;
-    validation.validate_nbf = true;
+    // The time window is checked below, on fractional times jsonwebtoken does not read.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
     validation.set_audience(&[audience]);
     validation.set_issuer(&[CLIENT_ID]);
     validation.sub = Some(CLIENT_ID.to_owned());
-    validation.set_required_spec_claims(&["exp", "nbf", "aud", "iss", "sub"]);
+    validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
     let claims = jsonwebtoken::decode::<AssertionClaims>(assertion, &key, &validation).map_err(|e| match e.kind() {
-        ErrorKind::ExpiredSignature | ErrorKind::ImmatureSignature => {
-            (700024, "Client assertion is not within its valid time range.".to_owned())
-        }
         ErrorKind::InvalidAudience => (700021, format!("Client assertion audience claim does not match {audience}.")),
         ErrorKind::InvalidIssuer | ErrorKind::InvalidSubject => {
             (700021, "Client assertion application identifier doesn't match 'client_id' parameter.".to_owned())
         }
         other => invalid(&format!("{other:?}")),
     })?;
-    if claims.claims.jti.is_empty() || claims.claims.exp.saturating_sub(claims.claims.nbf) > 3600 {
+    let AssertionClaims { jti, exp, nbf, iat } = claims.claims;
+    let now = now_secs() as f64;
+    if now >= exp || nbf.is_some_and(|nbf| nbf > now) {
+        return Err((700024, "Client assertion is not within its valid time range.".to_owned()));
+    }
+    if jti.is_empty() || exp - nbf.or(iat).unwrap_or(now) > 3600.0 {
         return Err(invalid("jti missing or lifetime too long"));
     }
     Ok(())
