@@ -219,3 +219,41 @@ async fn an_echoed_assertion_is_scrubbed_and_relayed_text_is_bounded() {
     assert!(description.contains("AADSTS900144: xxxx") && description.contains('…'), "{description}");
     assert!(description.chars().count() < 512 + 200, "{} characters: {description}", description.chars().count());
 }
+
+/// The authority is reached over TLS and its certificate is verified against the system's
+/// trust roots (here `SSL_CERT_FILE`, the way an operator adds a proxy's CA): a certificate
+/// from the trusted CA gets a token; the same authority with only an unrelated CA trusted
+/// gets none, the caller a 5xx and the log the reason. The roots are read once per process,
+/// on a background thread at start (src/credential/tls.rs); this proves they are the
+/// system's and that verification happens.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_authoritys_certificate_is_verified_against_the_systems_trust_roots() {
+    use crate::support::certs::LoopbackTls;
+    let tls = LoopbackTls::generate();
+    let entra = FakeEntra::start_tls(&tls).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (trusted, other) = (dir.path().join("trusted.pem"), dir.path().join("other.pem"));
+    write(&trusted, &tls.ca_pem);
+    write(&other, &LoopbackTls::generate().ca_pem);
+    // No directory of roots, so the bundle named is all the process trusts.
+    let no_dir = dir.path().join("no-certs");
+    std::fs::create_dir(&no_dir).unwrap();
+    let no_dir = no_dir.to_str().unwrap();
+
+    let config = TestConfig::client_secret(&entra);
+    let env = [("SSL_CERT_FILE", trusted.to_str().unwrap()), ("SSL_CERT_DIR", no_dir)];
+    let relay = TestRelay::serve_with_env(&config, &[], &env).await;
+    let response = relay.imds(VAULT).await;
+    assert_eq!(response.status(), 200);
+    assert!(json(response).await["access_token"].as_str().unwrap().starts_with("fake-"));
+    assert_eq!(entra.issued(), 1);
+    drop(relay);
+
+    let env = [("SSL_CERT_FILE", other.to_str().unwrap()), ("SSL_CERT_DIR", no_dir)];
+    let relay = TestRelay::serve_with_env(&config, &[], &env).await;
+    let response = relay.imds(STORAGE).await;
+    assert!(response.status().is_server_error(), "{}", response.status());
+    assert_eq!(entra.issued(), 1, "no token without a verified certificate");
+    let logs = relay.logs();
+    assert!(logs.contains("certificate") || logs.contains("UnknownIssuer"), "{logs}");
+}
