@@ -14,6 +14,8 @@
 pub mod keys;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -25,6 +27,17 @@ use crate::id::Id;
 
 /// Longest token looked at; Entra's access tokens are 1 to 3 KiB, a few more with groups.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Tokens whose signature has been verified and is remembered: an application forwards the
+/// same user token with every request of a session, and the RS256 verification is most of
+/// a validation's cost. 32 bytes of digest each (about 100 bytes with the cache's own), so
+/// at most a few MiB; only tokens the authority's keys signed get in.
+const VERIFIED_TOKENS: u64 = 20_000;
+/// How long a verified signature is remembered. The other checks (time, audience, issuer,
+/// tenant, scopes) run on every request whatever this says; the limit only bounds how long a
+/// signature stays trusted after its key left the authority's key set (Entra publishes a
+/// retired key for weeks after it stops signing with it).
+const VERIFIED_FOR: Duration = Duration::from_secs(3600);
 
 /// Which tenants an identity accepts tokens from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,12 +152,25 @@ pub struct Validator {
     issuers: Issuers,
     keys: KeyCache,
     clock: Arc<dyn Clock>,
+    /// SHA-256 digests of whole tokens whose signature verified. Invariant: a digest is
+    /// inserted only after `RsaKey::verifies` accepted that exact token; any change to a
+    /// token's bytes changes its digest, so a hit proves the signature as the check did.
+    verified: moka::future::Cache<[u8; 32], ()>,
+    /// RS256 verifications performed (a hit in `verified` performs none).
+    signature_checks: AtomicU64,
 }
 
 impl Validator {
     /// Validates tokens for `policies`, signed with keys from `keys`, issued as `issuers` says.
     pub fn new(policies: Vec<Policy>, issuers: Issuers, keys: KeyCache, clock: Arc<dyn Clock>) -> Self {
-        Self { policies, issuers, keys, clock }
+        let verified = moka::future::Cache::builder().max_capacity(VERIFIED_TOKENS).time_to_live(VERIFIED_FOR).build();
+        Self { policies, issuers, keys, clock, verified, signature_checks: AtomicU64::new(0) }
+    }
+
+    /// How many RS256 signatures have been verified; tokens seen before are not verified
+    /// again.
+    pub fn signature_checks(&self) -> u64 {
+        self.signature_checks.load(Ordering::Relaxed)
     }
 
     /// The policies, in configuration order.
@@ -196,19 +222,24 @@ impl Validator {
                 Refusal::invalid(format!("the audience {} is not accepted by any identity", shown(&aud)))
             })?,
         };
-        let key = self.keys.key(kid).await.map_err(|error| match error {
-            KeyError::UnknownKid => Refusal::invalid(format!(
-                "the signing key {:?} is not in the authority's key set",
-                kid.chars().take(64).collect::<String>()
-            )),
-            KeyError::Unavailable(reason) => Refusal {
-                failure: Failure::KeysUnavailable,
-                description: format!("the authority's signing keys could not be fetched: {reason}"),
-            },
-        })?;
-        let signed = &token[..token.rfind('.').unwrap_or(0)];
-        if !key.verifies(signed.as_bytes(), &signature) {
-            return Err(Refusal::invalid("the token's signature is invalid"));
+        let digest = token_digest(token);
+        if !self.verified.contains_key(&digest) {
+            let key = self.keys.key(kid).await.map_err(|error| match error {
+                KeyError::UnknownKid => Refusal::invalid(format!(
+                    "the signing key {:?} is not in the authority's key set",
+                    kid.chars().take(64).collect::<String>()
+                )),
+                KeyError::Unavailable(reason) => Refusal {
+                    failure: Failure::KeysUnavailable,
+                    description: format!("the authority's signing keys could not be fetched: {reason}"),
+                },
+            })?;
+            let signed = &token[..token.rfind('.').unwrap_or(0)];
+            self.signature_checks.fetch_add(1, Ordering::Relaxed);
+            if !key.verifies(signed.as_bytes(), &signature) {
+                return Err(Refusal::invalid("the token's signature is invalid"));
+            }
+            self.verified.insert(digest, ()).await;
         }
         let policy_ref = &self.policies[policy];
         let expires_on = self.check_time(&claims, policy_ref.clock_skew_secs)?;
@@ -240,6 +271,14 @@ impl Validator {
         }
         Ok(exp)
     }
+}
+
+/// SHA-256 of the whole token, the key of [`Validator::verified`].
+fn token_digest(token: &str) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
 }
 
 /// The tenant must be accepted and the issuer must be that tenant's.

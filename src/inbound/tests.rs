@@ -210,3 +210,40 @@ async fn the_dev_issuer_is_matched_exactly() {
     let validated = validator.validate(token.expose(), None).await.unwrap();
     assert_eq!(validated.claims["upn"], "alice@contoso.com");
 }
+
+/// A token seen before is not verified again (its digest is remembered), yet every other
+/// check still runs on it: the same token is refused once it has expired. A token differing
+/// in one byte of its signature is verified, and refused.
+#[tokio::test]
+async fn a_verified_signature_is_remembered_but_every_other_check_runs_again() {
+    let issuer = Arc::new(DevIssuer::generate("http://127.0.0.1:9".into(), TENANT.into(), 3600).unwrap());
+    let clock = ManualClock::new(NOW);
+    let policy = Policy {
+        identity: "api".into(),
+        audiences: vec!["api://my-api".into()],
+        tenants: Tenants::List(vec![TENANT.into()]),
+        scopes: vec![],
+        roles: vec![],
+        clock_skew_secs: 300,
+    };
+    let keys = KeyCache::new(Box::new(DevKeys(issuer.clone())), "test".into());
+    let validator =
+        Validator::new(vec![policy], Issuers::Entra { authority: AUTHORITY.into() }, keys, Arc::new(clock.clone()));
+    let token = issuer.sign(&claims()).unwrap();
+    for _ in 0..3 {
+        assert!(validator.validate(&token, None).await.is_ok());
+    }
+    assert_eq!(validator.signature_checks(), 1, "verified once, remembered after");
+
+    let (signed, signature) = token.rsplit_once('.').unwrap();
+    let mut bytes = URL_SAFE_NO_PAD.decode(signature).unwrap();
+    bytes[0] ^= 1;
+    let tampered = format!("{signed}.{}", URL_SAFE_NO_PAD.encode(bytes));
+    let refused = validator.validate(&tampered, None).await.expect_err("refused");
+    assert!(refused.description.contains("signature is invalid"), "{}", refused.description);
+    assert_eq!(validator.signature_checks(), 2);
+
+    clock.advance(3600 + 301);
+    let refused = validator.validate(&token, None).await.expect_err("expired");
+    assert!(refused.description.contains("expired"), "{}", refused.description);
+}
