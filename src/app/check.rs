@@ -166,12 +166,13 @@ async fn user_endpoints(
             Some((kind, _)) => println!("#     the exchange runs with {kind}"),
             None => {
                 let kinds: Vec<&str> = statuses.iter().map(|(kind, _)| kind.as_str()).collect();
+                let able: Vec<&str> =
+                    CredentialKind::CONFIGURABLE.iter().filter(|k| k.acts_for_users()).map(|k| k.as_str()).collect();
                 println!(
-                    "#     warning: no usable credential of identity {:?} can run the exchange ({}); it needs \
-                     client_secret, client_certificate, client_assertion, workload_identity, azure_pipelines \
-                     or environment",
+                    "#     warning: no usable credential of identity {:?} can run the exchange ({}); it needs one of: {}",
                     api.identity,
-                    kinds.join(", ")
+                    kinds.join(", "),
+                    able.join(", ")
                 );
             }
         }

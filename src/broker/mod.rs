@@ -302,6 +302,17 @@ pub struct SeedReport {
     pub over_limit: usize,
 }
 
+/// What became of one persisted user's token at start.
+enum UserSeed {
+    /// In its identity's user-token cache.
+    Loaded,
+    /// Too close to its end to serve.
+    Expired,
+    /// Not served here: users' tokens are not persisted in this configuration, the identity
+    /// is not configured (any more), or the entry's name is not a user-token key.
+    NotServed,
+}
+
 /// How long a replica that found another holding a key's refresh lease waits before it looks
 /// again: by then the holder has usually written the refreshed token.
 const REFRESH_HELD_RETRY_SECS: u64 = 2;
@@ -514,10 +525,10 @@ impl Broker {
         let mut per_identity: Vec<Vec<PersistedToken>> = self.identities.iter().map(|_| Vec::new()).collect();
         for persisted in tokens {
             if let Some(client_id) = persisted.client_id.strip_suffix(obo::PERSISTED_CLIENT_SUFFIX) {
-                if self.seed_user_token(client_id, &persisted, now).await {
-                    report.users += 1;
-                } else {
-                    report.unknown_identity += 1;
+                match self.seed_user_token(client_id, &persisted, now).await {
+                    UserSeed::Loaded => report.users += 1,
+                    UserSeed::Expired => report.expired += 1,
+                    UserSeed::NotServed => report.unknown_identity += 1,
                 }
                 continue;
             }
@@ -558,23 +569,25 @@ impl Broker {
 
     /// Puts one persisted user's token into its identity's user-token cache, when users' tokens
     /// are persisted, the identity exists, the name is a key and the token is still servable.
-    async fn seed_user_token(&self, client_id: &str, persisted: &PersistedToken, now: u64) -> bool {
+    async fn seed_user_token(&self, client_id: &str, persisted: &PersistedToken, now: u64) -> UserSeed {
         if !self.persists_users() {
-            return false;
+            return UserSeed::NotServed;
         }
         let client_id = Id::from(client_id);
-        let Some(identity) = self.identities.iter().find(|i| i.client_id == client_id) else { return false };
-        let Some(key) = obo::UserKey::from_persisted_name(&persisted.resource) else { return false };
+        let Some(identity) = self.identities.iter().find(|i| i.client_id == client_id) else {
+            return UserSeed::NotServed;
+        };
+        let Some(key) = obo::UserKey::from_persisted_name(&persisted.resource) else { return UserSeed::NotServed };
         let serve_until = persisted.token.expires_on.saturating_sub(self.settings.policy.serve_margin_secs);
         if serve_until <= now {
-            return false;
+            return UserSeed::Expired;
         }
         let token = UserToken {
             token: persisted.token.clone(),
             serve_until,
             fingerprint: persisted.token.token.fingerprint().into_boxed_str(),
         };
-        identity.user_tokens.seed(key, Arc::new(token)).await
+        if identity.user_tokens.seed(key, Arc::new(token)).await { UserSeed::Loaded } else { UserSeed::Expired }
     }
 
     /// The identity a selector names. Ids compare case-insensitively, as Azure's do.
@@ -651,6 +664,7 @@ impl Broker {
         let now = self.clock.now();
         match result {
             Ok(mut token) if token.expires_on > now => {
+                let issued_expires_in = token.expires_on.saturating_sub(now);
                 // The entry stands for the inbound token too: it ends with whichever ends first.
                 token.expires_on = token.expires_on.min(assertion_expires_on);
                 let serve_until = token.expires_on.saturating_sub(self.settings.policy.serve_margin_secs);
@@ -660,7 +674,8 @@ impl Broker {
                     scopes,
                     credential = kind.as_str(),
                     exchange = "on_behalf_of",
-                    expires_in = token.expires_on.saturating_sub(now),
+                    expires_in = issued_expires_in,
+                    ends_in = token.expires_on.saturating_sub(now),
                     cached_for = serve_until.saturating_sub(now),
                     fingerprint = &*fingerprint,
                     latency_us,

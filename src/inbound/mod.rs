@@ -153,8 +153,9 @@ pub struct Validator {
     keys: KeyCache,
     clock: Arc<dyn Clock>,
     /// SHA-256 digests of whole tokens whose signature verified. Invariant: a digest is
-    /// inserted only after `RsaKey::verifies` accepted that exact token; any change to a
-    /// token's bytes changes its digest, so a hit proves the signature as the check did.
+    /// inserted only after `RsaKey::verifies` accepted that exact token and every other check
+    /// passed; any change to a token's bytes changes its digest, so a hit proves the
+    /// signature as the check did.
     verified: moka::future::Cache<[u8; 32], ()>,
     /// RS256 verifications performed (a hit in `verified` performs none).
     signature_checks: AtomicU64,
@@ -223,7 +224,8 @@ impl Validator {
             })?,
         };
         let digest = token_digest(token);
-        if !self.verified.contains_key(&digest) {
+        let remembered = self.verified.contains_key(&digest);
+        if !remembered {
             let key = self.keys.key(kid).await.map_err(|error| match error {
                 KeyError::UnknownKid => Refusal::invalid(format!(
                     "the signing key {:?} is not in the authority's key set",
@@ -239,7 +241,6 @@ impl Validator {
             if !key.verifies(signed.as_bytes(), &signature) {
                 return Err(Refusal::invalid("the token's signature is invalid"));
             }
-            self.verified.insert(digest, ()).await;
         }
         let policy_ref = &self.policies[policy];
         let expires_on = self.check_time(&claims, policy_ref.clock_skew_secs)?;
@@ -252,6 +253,11 @@ impl Validator {
         }
         check_issuer(&self.issuers, policy_ref, &claims)?;
         check_permissions(policy_ref, &claims)?;
+        // Only tokens that pass every check for a configured identity are remembered, so a
+        // caller cannot fill the cache with tokens the authority signed for someone else.
+        if !remembered {
+            self.verified.insert(digest, ()).await;
+        }
         Ok(Validated { policy, claims, expires_on })
     }
 

@@ -252,20 +252,24 @@ pub async fn shutdown_signal() {
             }
         }
     };
-    // Windows has no SIGTERM. A console program is asked to stop by Ctrl+Break or by its
-    // console closing (`taskkill` without /F cannot stop it); after a close Windows allows a
-    // few seconds before it ends the process, enough to save the cache.
+    // Windows has no SIGTERM. A console program is asked to stop by Ctrl+Break, by its
+    // console closing, by the user logging off or by the system shutting down (`taskkill`
+    // without /F cannot stop it); after the last three Windows allows a few seconds before it
+    // ends the process, enough to save the cache.
     #[cfg(windows)]
     let terminate = async {
-        match (tokio::signal::windows::ctrl_break(), tokio::signal::windows::ctrl_close()) {
-            (Ok(mut brk), Ok(mut close)) => {
+        use tokio::signal::windows::{ctrl_break, ctrl_close, ctrl_logoff, ctrl_shutdown};
+        match (ctrl_break(), ctrl_close(), ctrl_logoff(), ctrl_shutdown()) {
+            (Ok(mut brk), Ok(mut close), Ok(mut logoff), Ok(mut shutdown)) => {
                 tokio::select! {
                     _ = brk.recv() => {},
                     _ = close.recv() => {},
+                    _ = logoff.recv() => {},
+                    _ = shutdown.recv() => {},
                 }
             }
-            (Err(error), _) | (_, Err(error)) => {
-                tracing::error!(%error, "cannot listen for Ctrl+Break or the console closing");
+            (Err(error), ..) | (_, Err(error), ..) | (_, _, Err(error), _) | (.., Err(error)) => {
+                tracing::error!(%error, "cannot listen for Ctrl+Break, the console closing, logoff or shutdown");
                 std::future::pending::<()>().await;
             }
         }
