@@ -173,13 +173,7 @@ impl DevIssuer {
             .sign(&signature::RSA_PKCS1_SHA256, &SystemRandom::new(), signing_input.as_bytes(), &mut signature_bytes)
             .map_err(|_| "signing a development token failed")?;
         let jwt = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature_bytes));
-        Ok(AccessToken {
-            token: Secret::new(jwt),
-            expires_on,
-            not_before: now,
-            ext_expires_on: expires_on,
-            refresh_on: None,
-        })
+        Ok(AccessToken::with_lifetime(Secret::new(jwt), now, expires_on))
     }
 }
 

@@ -19,3 +19,12 @@ pub struct AccessToken {
     /// When the upstream suggests refreshing (`refresh_in`), as an absolute time.
     pub refresh_on: Option<u64>,
 }
+
+impl AccessToken {
+    /// A token valid from `not_before` to `expires_on` with no extended lifetime and no
+    /// refresh hint: what developer tools and the development issuer hand over, which carry
+    /// neither.
+    pub fn with_lifetime(token: Secret, not_before: u64, expires_on: u64) -> Self {
+        Self { token, expires_on, not_before, ext_expires_on: expires_on, refresh_on: None }
+    }
+}

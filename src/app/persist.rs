@@ -319,13 +319,7 @@ mod tests {
             resource: resource.into(),
             credential: "client_secret".into(),
             refresh_on: 0,
-            token: AccessToken {
-                token: Secret::new("t"),
-                expires_on,
-                not_before: 0,
-                ext_expires_on: expires_on,
-                refresh_on: None,
-            },
+            token: AccessToken::with_lifetime(Secret::new("t"), 0, expires_on),
             in_use: false,
             written_by: 0,
         }

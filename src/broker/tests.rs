@@ -312,13 +312,7 @@ fn persisted(client_id: &str, resource: &str, expires_on: u64, value: &str) -> P
         resource: resource.into(),
         credential: "client_secret".into(),
         refresh_on: expires_on - 600,
-        token: AccessToken {
-            token: Secret::new(value),
-            expires_on,
-            not_before: START - 600,
-            ext_expires_on: expires_on,
-            refresh_on: None,
-        },
+        token: AccessToken::with_lifetime(Secret::new(value), START - 600, expires_on),
         in_use: false,
         written_by: 0,
     }

@@ -109,13 +109,7 @@ impl Credential for AzureCliCredential {
             ));
         };
         let expires_on = expires_on.seconds().map_err(|e| self.rejected(format!("az printed expires_on {e}")))?;
-        Ok(AccessToken {
-            token: Secret::new(parsed.access_token),
-            expires_on,
-            not_before: issued_at,
-            ext_expires_on: expires_on,
-            refresh_on: None,
-        })
+        Ok(AccessToken::with_lifetime(Secret::new(parsed.access_token), issued_at, expires_on))
     }
 
     fn status(&self) -> LinkStatus {

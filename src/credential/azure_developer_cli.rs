@@ -122,13 +122,7 @@ impl Credential for AzureDeveloperCliCredential {
         let expires_on = parse_rfc3339(&parsed.expires_on).ok_or_else(|| {
             self.rejected(format!("azd printed expiresOn {:?}, which is not an RFC 3339 time", parsed.expires_on))
         })?;
-        Ok(AccessToken {
-            token: Secret::new(parsed.token),
-            expires_on,
-            not_before: issued_at,
-            ext_expires_on: expires_on,
-            refresh_on: None,
-        })
+        Ok(AccessToken::with_lifetime(Secret::new(parsed.token), issued_at, expires_on))
     }
 
     fn status(&self) -> LinkStatus {

@@ -196,13 +196,7 @@ impl Credential for AzurePowershellCredential {
         if token.is_empty() {
             return Err(self.rejected(format!("{program} printed an empty token")));
         }
-        Ok(AccessToken {
-            token: Secret::new(token),
-            expires_on,
-            not_before: issued_at,
-            ext_expires_on: expires_on,
-            refresh_on: None,
-        })
+        Ok(AccessToken::with_lifetime(Secret::new(token), issued_at, expires_on))
     }
 
     fn status(&self) -> LinkStatus {

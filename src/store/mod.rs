@@ -464,13 +464,7 @@ pub(crate) mod tests {
             resource: resource.into(),
             credential: "client_secret".into(),
             refresh_on: expires_on.saturating_sub(1000),
-            token: AccessToken {
-                token: Secret::new(value),
-                expires_on,
-                not_before: 0,
-                ext_expires_on: expires_on,
-                refresh_on: None,
-            },
+            token: AccessToken::with_lifetime(Secret::new(value), 0, expires_on),
             in_use: false,
             written_by: 0,
         }
