@@ -150,7 +150,6 @@ impl DevIssuer {
         let expires_on = now + self.lifetime_secs;
         let mut nonce = [0u8; 16];
         SystemRandom::new().fill(&mut nonce).map_err(|_| "no randomness for a token id")?;
-        let header = json!({ "alg": "RS256", "typ": "JWT", "kid": self.kid });
         let claims = json!({
             "aud": resource,
             "iss": self.issuer,
@@ -166,14 +165,7 @@ impl DevIssuer {
             "uti": URL_SAFE_NO_PAD.encode(nonce),
             "ver": "2.0",
         });
-        let signing_input =
-            format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
-        let mut signature_bytes = vec![0u8; self.key.public_modulus_len()];
-        self.key
-            .sign(&signature::RSA_PKCS1_SHA256, &SystemRandom::new(), signing_input.as_bytes(), &mut signature_bytes)
-            .map_err(|_| "signing a development token failed")?;
-        let jwt = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature_bytes));
-        Ok(AccessToken::with_lifetime(Secret::new(jwt), now, expires_on))
+        Ok(AccessToken::with_lifetime(Secret::new(self.sign(&claims)?), now, expires_on))
     }
 }
 
