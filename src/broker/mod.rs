@@ -725,7 +725,11 @@ impl Broker {
         let span = telemetry::span(
             || tracing::info_span!("cache_lookup", identity = %identity.name, resource, outcome = tracing::field::Empty),
         );
-        let result = self.lookup(identity, resource).instrument(span.clone()).await;
+        let result = if span.is_disabled() {
+            self.lookup(identity, resource).await
+        } else {
+            self.lookup(identity, resource).instrument(span.clone()).await
+        };
         if let Ok(served) = &result {
             metrics::cache_lookup(served.outcome.as_str());
             span.record("outcome", served.outcome.as_str());

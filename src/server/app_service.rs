@@ -17,8 +17,10 @@ use crate::telemetry::metrics;
 
 /// Handles one App Service style request.
 pub async fn handle(state: &AppState, hosts: &AllowedHosts, request: &Parts) -> Response {
-    let checked = checked(state, hosts, &request.headers, &request.uri);
-    token::traced(Flavour::AppService, &request.headers, &request.uri, checked).await
+    match token::request_span(Flavour::AppService, &request.headers, &request.uri) {
+        Some(span) => Box::pin(token::traced(span, checked(state, hosts, &request.headers, &request.uri))).await,
+        None => checked(state, hosts, &request.headers, &request.uri).await,
+    }
 }
 
 async fn checked(state: &AppState, hosts: &AllowedHosts, headers: &HeaderMap, uri: &Uri) -> Response {
@@ -28,7 +30,7 @@ async fn checked(state: &AppState, hosts: &AllowedHosts, headers: &HeaderMap, ur
     if let Err(error) = token::admit(hosts, uri, headers) {
         return reject(error);
     }
-    let presented = headers.get("x-identity-header").map(|v| v.as_bytes());
+    let presented = headers.get(token::X_IDENTITY_HEADER).map(|v| v.as_bytes());
     let Some(expected) = state.identity_header.as_deref() else {
         // The router only mounts this flavour with a secret configured.
         return reject(ApiError::unauthorized("the App Service endpoint is not configured"));

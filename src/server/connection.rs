@@ -1,27 +1,30 @@
-//! Per-connection deadlines and slots: a response write that makes no progress and a request
-//! head that arrives too slowly each end the connection, and a full listener closes a
-//! connection that holds its slot without using it to make room for a new one.
+//! Per-connection deadlines and slots: a response write that makes no progress, a request head
+//! that arrives too slowly and a kept-alive connection that waits too long for its next
+//! request each end the connection, and a full listener closes a connection that holds its
+//! slot without using it to make room for a new one.
 //!
 //! hyper has no write deadline: a peer that pipelines requests and never reads the answers
 //! fills the socket's send buffer, and hyper then waits on the write for as long as the peer
 //! keeps the connection open, holding a connection slot and the connection's buffers. Enough
-//! such peers take every slot of a listener. And hyper's header-read timer starts when it
-//! begins waiting for a head, so on a kept-alive connection it counts the idle time before a
-//! request as well as the request's head. The server sets that timer to the keep-alive timeout
-//! (it then bounds the wait for each request) and [`Deadlines`] bounds the head itself.
+//! such peers take every slot of a listener. hyper's own header-read timer is not used: it
+//! counts the idle time before a request as well as the request's head, and it allocates,
+//! registers and cancels a timer for every request, which costs a cache hit more than the
+//! token lookup does.
 //!
 //! [`Deadlines`] wraps the accepted socket. Its write side starts a timer when a write returns
 //! `Pending` and fails the write with `TimedOut` when the timer fires before the write makes
 //! progress. Its read side knows, from the [`Activity`] that the service wrapper [`Tracked`]
-//! keeps, when a request has begun; bytes read after that (with no request in progress) start
-//! the next head, which must then be complete within the header read timeout. A fresh
+//! keeps, when a request has begun. A read that finds nothing while no request is in progress
+//! starts the keep-alive wait, bounded by the keep-alive timeout; bytes read then start the
+//! next head, which must be complete within the header read timeout of its first byte. A fresh
 //! connection starts out reading a head, so a peer that connects and sends nothing gets the
-//! header read timeout too.
+//! header read timeout.
 //!
-//! Cost on the hot path: a successful read or write compares a counter or two; a read that
-//! finds nothing while idle or busy does the same. The clock and a timer (one per connection,
-//! allocated when first needed and moved rather than reallocated) come into play only when a
-//! write waits or a head arrives in pieces.
+//! Cost on the hot path: a successful read or write compares a counter or two; the keep-alive
+//! wait after each response reads the clock once and polls the connection's one read timer.
+//! The timers (one each way per connection, allocated when first needed) are moved rather
+//! than reallocated, and a deadline that only moves forward moves its timer about once per
+//! timeout, not once per request.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -40,6 +43,9 @@ use tokio::time::{Instant, Sleep};
 pub struct Timeouts {
     /// Longest a write may stay pending without progress.
     pub write: Duration,
+    /// Longest a connection may wait for its next request, from the first read after a
+    /// response that finds nothing.
+    pub keep_alive: Duration,
     /// Longest a request head may take from its first byte (or from the connection's start
     /// for the first request) until it is complete.
     pub header_read: Duration,
@@ -271,8 +277,11 @@ impl<F: Future + Unpin> Future for TrackedFuture<F> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     /// A request has begun since the phase was last looked at: the connection is busy with
-    /// it, or idle after it (hyper's header timer bounds that wait).
+    /// it, or has just answered it.
     Answered,
+    /// No request in progress and no byte of the next one yet: the keep-alive wait. `since`
+    /// is set at the first read that finds nothing.
+    Idle { since: Option<Instant> },
     /// A head is arriving (on a fresh connection: expected). `since` is set at the first read
     /// that finds nothing more, so a head that arrives whole never reads the clock.
     Head { since: Option<Instant> },
@@ -350,25 +359,32 @@ impl<T: AsyncRead + Unpin> AsyncRead for Deadlines<T> {
         match result {
             // Bytes with no request in progress begin the next head (while busy they are the
             // current request's body, or a pipelined request that hyper parses later).
-            Poll::Ready(Ok(())) if this.phase == Phase::Answered && buf.filled().len() > before => {
-                if !this.activity.busy() {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                if matches!(this.phase, Phase::Answered | Phase::Idle { .. }) && !this.activity.busy() {
                     this.phase = Phase::Head { since: None };
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending => {
-                // While a write waits, the write deadline bounds the connection.
-                if let Phase::Head { since } = &mut this.phase
-                    && this.write_pending_since.is_none()
-                    && !this.activity.busy()
-                {
-                    let deadline = *since.get_or_insert_with(Instant::now) + this.timeouts.header_read;
-                    if this.read_timer.poll_expired(deadline, cx) {
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "the request head did not arrive within the header read timeout",
-                        )));
+            // While a request is answered, or a write waits (the write deadline then bounds the
+            // connection), the read side has no deadline.
+            Poll::Pending if this.write_pending_since.is_none() && !this.activity.busy() => {
+                if this.phase == Phase::Answered {
+                    this.phase = Phase::Idle { since: None };
+                }
+                let (since, timeout, message) = match &mut this.phase {
+                    Phase::Idle { since } => {
+                        (since, this.timeouts.keep_alive, "no request within the keep-alive timeout")
                     }
+                    Phase::Head { since } => (
+                        since,
+                        this.timeouts.header_read,
+                        "the request head did not arrive within the header read timeout",
+                    ),
+                    Phase::Answered => unreachable!("left above"),
+                };
+                let deadline = *since.get_or_insert_with(Instant::now) + timeout;
+                if this.read_timer.poll_expired(deadline, cx) {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, message)));
                 }
                 Poll::Pending
             }
@@ -456,7 +472,11 @@ mod tests {
 
     use super::*;
 
-    const TIMEOUTS: Timeouts = Timeouts { write: Duration::from_secs(5), header_read: Duration::from_secs(10) };
+    const TIMEOUTS: Timeouts = Timeouts {
+        write: Duration::from_secs(5),
+        keep_alive: Duration::from_secs(60),
+        header_read: Duration::from_secs(10),
+    };
 
     /// A connection over an in-memory pipe whose buffer holds `capacity` bytes each way, so
     /// that a peer that does not read makes writes pend as a full socket buffer does.
@@ -502,21 +522,25 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_idle_connection_has_no_read_deadline_of_its_own() {
-        // hyper's header timer, set to the keep-alive timeout, closes it; requests on a
-        // kept-alive connection never touch the clock or a timer here.
+    async fn a_kept_alive_connection_waits_at_most_the_keep_alive_timeout_for_its_next_request() {
         let (mut server, mut peer, activity) = connection(1024);
+        let mut byte = [0; 1];
+        // Each wait is most of the timeout and together they are far more: each request
+        // starts the wait afresh.
         for _ in 0..3 {
             peer.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
             let mut head = [0; 18];
             server.read_exact(&mut head).await.unwrap();
             answer(&activity);
             server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
-            let mut byte = [0; 1];
-            let idle = tokio::time::timeout(Duration::from_secs(120), server.read(&mut byte)).await;
-            assert!(idle.is_err(), "still waiting after 120 s");
+            let idle =
+                tokio::time::timeout(TIMEOUTS.keep_alive - Duration::from_secs(10), server.read(&mut byte)).await;
+            assert!(idle.is_err(), "closed before the keep-alive timeout");
         }
-        assert!(server.read_timer.0.is_none() && server.write_timer.0.is_none());
+        let start = Instant::now();
+        let error = server.read(&mut byte).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
     }
 
     #[tokio::test(start_paused = true)]

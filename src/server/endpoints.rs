@@ -146,6 +146,22 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
+        hyper::service::Service::call(self, request)
+    }
+}
+
+/// What the listener serves: hyper calls the service directly, without tower's adapter and its
+/// per-request readiness state machine (the service is always ready).
+impl<B> hyper::service::Service<Request<B>> for Endpoints
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<B>) -> Self::Future {
         let inner = Arc::clone(&self.0);
         Box::pin(async move { Ok(inner.answer(request).await) })
     }

@@ -14,9 +14,10 @@
 //! without `Host` (HTTP/1.0) is admitted too: browsers always send one.
 //!
 //! The check runs on every token request, so it only slices and compares the header's
-//! bytes: no allocation, and for `127.0.0.1:port` one IPv4 parse.
+//! bytes: no allocation; the listen address or `localhost` with the listen port is found by
+//! one comparison, any other address by one parse.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use axum::http::{HeaderMap, Uri, header};
 
@@ -38,6 +39,10 @@ pub struct AllowedHosts {
     names: Box<[Box<str>]>,
     /// `server.allowed_hosts` addresses, canonical.
     addresses: Box<[IpAddr]>,
+    /// `Host` values admitted by a plain comparison, before any parsing: the listen address
+    /// as `ip:port` and `localhost:port`, which is what local clients send. Every one of
+    /// them is also admitted by the full check.
+    usual: Box<[Box<str>]>,
 }
 
 /// Why a request's host was refused, for its error message.
@@ -52,10 +57,17 @@ pub enum Refusal<'a> {
 impl AllowedHosts {
     /// The policy of a listener configured by `server`.
     pub fn new(server: &ServerConfig) -> Self {
-        let listen = server.listen.ip().to_canonical();
+        Self::for_listener(server.listen, &server.allowed_hosts)
+    }
+
+    /// The policy of a listener on `listen` with `allowed` (`server.allowed_hosts`).
+    fn for_listener(listen: SocketAddr, allowed: &[String]) -> Self {
+        let usual = [listen.to_string(), format!("localhost:{}", listen.port())].map(String::into_boxed_str).into();
+        let listen = listen.ip().to_canonical();
         let (addresses, names): (Vec<&String>, Vec<&String>) =
-            server.allowed_hosts.iter().partition(|entry| entry.parse::<IpAddr>().is_ok());
+            allowed.iter().partition(|entry| entry.parse::<IpAddr>().is_ok());
         Self {
+            usual,
             listen: (!listen.is_unspecified()).then_some(listen),
             names: names.into_iter().map(|name| name.as_str().into()).collect(),
             addresses: addresses.into_iter().filter_map(|a| a.parse::<IpAddr>().ok()).collect(),
@@ -86,6 +98,11 @@ impl AllowedHosts {
 
     /// Whether `authority` (`host`, `host:port`, `[v6]`, `[v6]:port`) is admitted.
     fn admits(&self, authority: &str) -> bool {
+        self.usual.iter().any(|usual| **usual == *authority) || self.admits_parsed(authority)
+    }
+
+    /// [`Self::admits`] without the comparison with the usual values.
+    fn admits_parsed(&self, authority: &str) -> bool {
         let Some((host, bracketed)) = split_port(authority) else { return false };
         if bracketed {
             return host.parse::<IpAddr>().is_ok_and(|ip| self.admits_address(ip));
@@ -140,10 +157,18 @@ mod tests {
     use super::*;
 
     fn hosts(listen: &str, allowed: &[&str]) -> AllowedHosts {
-        AllowedHosts {
-            listen: Some(listen.parse::<IpAddr>().unwrap()).filter(|ip| !ip.is_unspecified()),
-            names: allowed.iter().filter(|a| a.parse::<IpAddr>().is_err()).map(|a| (*a).into()).collect(),
-            addresses: allowed.iter().filter_map(|a| a.parse().ok()).collect(),
+        let listen = SocketAddr::new(listen.parse().unwrap(), 8080);
+        AllowedHosts::for_listener(listen, &allowed.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn the_usual_hosts_admitted_by_comparison_are_admitted_by_the_full_check_too() {
+        for listen in ["127.0.0.1", "::1", "0.0.0.0", "::", "10.1.2.3", "fd00::1"] {
+            let policy = hosts(listen, &[]);
+            assert_eq!(policy.usual.len(), 2);
+            for usual in &policy.usual {
+                assert!(policy.admits_parsed(usual), "{usual} on {listen}");
+            }
         }
     }
 

@@ -16,8 +16,10 @@ use crate::config::ProbeMode;
 
 /// Handles one IMDS-style request. Caller checks come first and never cause upstream I/O.
 pub async fn handle(state: &AppState, hosts: &AllowedHosts, request: &Parts) -> Response {
-    let checked = checked(state, hosts, &request.headers, &request.uri);
-    token::traced(Flavour::Imds, &request.headers, &request.uri, checked).await
+    match token::request_span(Flavour::Imds, &request.headers, &request.uri) {
+        Some(span) => Box::pin(token::traced(span, checked(state, hosts, &request.headers, &request.uri))).await,
+        None => checked(state, hosts, &request.headers, &request.uri).await,
+    }
 }
 
 async fn checked(state: &AppState, hosts: &AllowedHosts, headers: &HeaderMap, uri: &Uri) -> Response {
@@ -28,15 +30,17 @@ async fn checked(state: &AppState, hosts: &AllowedHosts, headers: &HeaderMap, ur
         return reject(error);
     }
     // IMDS refuses anything that came through a proxy; so do we.
-    if headers.contains_key("x-forwarded-for") {
+    if headers.contains_key(token::X_FORWARDED_FOR) {
         return reject(ApiError::bad_request("Requests with an X-Forwarded-For header are not accepted"));
     }
     let query = match TokenQuery::parse(uri.query()) {
         Ok(query) => query,
         Err(error) => return reject(ApiError::bad_request(error.to_string())),
     };
-    let has_metadata =
-        headers.get("metadata").and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    let has_metadata = headers
+        .get(token::METADATA)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
     if !has_metadata {
         // SDK probes (JS and Go send no query at all) get real IMDS's answer at once.
         // `compatible` serves .NET's probe, which carries a resource (docs/protocols.md#sdk-probes).

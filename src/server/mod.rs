@@ -27,9 +27,8 @@ use axum::routing::get;
 pub use endpoints::Endpoints;
 pub use error::ApiError;
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 pub use sidecar::{DownstreamApi, UserEndpoints};
 pub use state::AppState;
 use tokio::net::{TcpListener, TcpSocket};
@@ -131,19 +130,17 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> io::Result<()> {
         let Self { listener, limits } = self;
-        let service = TowerToHyperService::new(endpoints);
         let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
         let graceful = GracefulShutdown::new();
-        let timeouts = Timeouts { write: limits.write_timeout, header_read: limits.header_read_timeout };
+        let timeouts = Timeouts {
+            write: limits.write_timeout,
+            keep_alive: limits.keep_alive_timeout,
+            header_read: limits.header_read_timeout,
+        };
         let mut http = http1::Builder::new();
-        // hyper's header timer runs from the moment it waits for a request (the connection's
-        // start, or the end of the previous response) until the head is complete: set to the
-        // keep-alive timeout, it bounds how long a connection waits for each request.
-        // `Deadlines` bounds the head itself, from its first byte.
-        http.timer(TokioTimer::new())
-            .header_read_timeout(limits.keep_alive_timeout)
-            .max_buf_size(limits.max_header_bytes.max(MIN_HEAD_BUFFER))
-            .keep_alive(true);
+        // No hyper timer: `Deadlines` bounds the wait for each request and the head itself,
+        // without a timer per request.
+        http.header_read_timeout(None).max_buf_size(limits.max_header_bytes.max(MIN_HEAD_BUFFER)).keep_alive(true);
         let connections = Connections::new();
         tokio::pin!(shutdown);
         loop {
@@ -173,7 +170,7 @@ impl Server {
             let activity = Arc::clone(registration.activity());
             let io = TokioIo::new(Deadlines::new(stream, timeouts, Arc::clone(&activity)));
             let connection =
-                graceful.watch(http.serve_connection(io, Tracked::new(service.clone(), Arc::clone(&activity))));
+                graceful.watch(http.serve_connection(io, Tracked::new(endpoints.clone(), Arc::clone(&activity))));
             let task = tokio::spawn(async move {
                 if let Err(error) = connection.await {
                     // hyper's message is generic ("connection error"); the cause says which

@@ -277,7 +277,7 @@ async fn answer(
     }
     let headers = &request.headers;
     token::admit(hosts, &request.uri, headers).map_err(Problem::from_api_error)?;
-    if headers.contains_key("x-forwarded-for") {
+    if headers.contains_key(token::X_FORWARDED_FOR) {
         return Err(Problem::new(StatusCode::BAD_REQUEST, "Requests with an X-Forwarded-For header are not accepted"));
     }
     check_identity_header(state, user, headers)?;
@@ -363,7 +363,7 @@ fn find_api<'a>(user: &'a UserEndpoints, name: &str) -> Result<&'a DownstreamApi
 
 /// `X-IDENTITY-HEADER`: checked when sent (constant time), required when configured so.
 fn check_identity_header(state: &AppState, user: &UserEndpoints, headers: &HeaderMap) -> Result<(), Problem> {
-    let presented = headers.get("x-identity-header").map(HeaderValue::as_bytes);
+    let presented = headers.get(token::X_IDENTITY_HEADER).map(HeaderValue::as_bytes);
     let unauthorized = |detail: &str| {
         let challenge = "Bearer error=\"invalid_request\"".to_owned();
         Problem { challenge: Some(challenge), ..Problem::new(StatusCode::UNAUTHORIZED, detail) }

@@ -8,10 +8,11 @@
 //! follows, are logged by the broker whatever `log.requests` says.
 
 use std::future::Future;
+use std::task::Poll;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderValue, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
@@ -22,6 +23,13 @@ use super::wire::{TokenQuery, render_token_body};
 use crate::config::RequestLog;
 use crate::credential::managed_identity::HOP_HEADER;
 use crate::telemetry::{self, metrics};
+
+/// Request headers the token endpoints look at. As `HeaderName`s, a lookup hashes the name
+/// at once instead of first parsing a string into one.
+pub const METADATA: HeaderName = HeaderName::from_static("metadata");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_IDENTITY_HEADER: HeaderName = HeaderName::from_static("x-identity-header");
+const HOP: HeaderName = HeaderName::from_static(HOP_HEADER);
 
 /// Which endpoint a request came through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,26 +63,31 @@ impl<'a> Call<'a> {
     }
 }
 
-/// Runs a handler inside a `token_request` span that continues the caller's W3C trace.
-/// Without trace export the span is disabled and this adds nothing.
-pub async fn traced(
-    flavour: Flavour,
-    headers: &HeaderMap,
-    uri: &Uri,
-    handler: impl Future<Output = Response>,
-) -> Response {
-    let span = telemetry::span(|| {
-        tracing::info_span!(
-            "token_request",
-            otel.name = %format!("GET {}", uri.path()),
-            otel.kind = "server",
-            flavour = flavour.as_str(),
-            http.request.method = "GET",
-            url.path = %uri.path(),
-            http.response.status_code = tracing::field::Empty,
-        )
-    });
+/// The `token_request` span of a request, continuing the caller's W3C trace; `None` without
+/// trace export.
+pub fn request_span(flavour: Flavour, headers: &HeaderMap, uri: &Uri) -> Option<tracing::Span> {
+    if !telemetry::tracing_enabled() {
+        return None;
+    }
+    let span = tracing::info_span!(
+        "token_request",
+        otel.name = %format!("GET {}", uri.path()),
+        otel.kind = "server",
+        flavour = flavour.as_str(),
+        http.request.method = "GET",
+        url.path = %uri.path(),
+        http.response.status_code = tracing::field::Empty,
+    );
     telemetry::adopt_remote_parent(&span, headers);
+    Some(span)
+}
+
+/// Runs a handler inside its request's span and records the response status on it.
+///
+/// Callers box this future and await the handler directly when there is no span: a future
+/// handed to an `async fn` is held in its state twice (the argument and the awaited value),
+/// and every request's future would grow by that for tracing that is off.
+pub async fn traced(span: tracing::Span, handler: impl Future<Output = Response>) -> Response {
     let response = handler.instrument(span.clone()).await;
     span.record("http.response.status_code", response.status().as_u16());
     response
@@ -91,7 +104,7 @@ pub async fn traced(
 ///
 /// Neither allocates when the request passes.
 pub fn admit(hosts: &AllowedHosts, uri: &Uri, headers: &HeaderMap) -> Result<(), ApiError> {
-    if headers.contains_key(HOP_HEADER) {
+    if headers.contains_key(HOP) {
         return Err(ApiError::loop_detected());
     }
     hosts.check(uri, headers).map_err(ApiError::host_refused)
@@ -108,12 +121,18 @@ pub async fn serve(state: &AppState, call: Call<'_>, query: TokenQuery<'_>) -> R
         Ok(identity) => identity,
         Err(error) => return reject(call, error.into()),
     };
-    // Only a miss can wait (on the upstream); a hit is ready at the first poll, before the
-    // timer is ever registered.
-    let lookup = tokio::time::timeout(state.request_timeout, state.broker.token(identity, resource)).await;
-    let Ok(lookup) = lookup else {
-        let waited = state.request_timeout.as_secs();
-        return reject(call, ApiError::timed_out(format!("no token from the upstream within {waited} s")));
+    // Only a miss waits (for the upstream), so only a lookup that is not ready at its first
+    // poll gets a timer: a cache hit creates none.
+    let mut lookup = std::pin::pin!(state.broker.token(identity, resource));
+    let lookup = match std::future::poll_fn(|cx| Poll::Ready(lookup.as_mut().poll(cx))).await {
+        Poll::Ready(lookup) => lookup,
+        Poll::Pending => match tokio::time::timeout(state.request_timeout, lookup).await {
+            Ok(lookup) => lookup,
+            Err(_) => {
+                let waited = state.request_timeout.as_secs();
+                return reject(call, ApiError::timed_out(format!("no token from the upstream within {waited} s")));
+            }
+        },
     };
     match lookup {
         Ok(served) => {
