@@ -1,8 +1,9 @@
 //! An identity's token cache, a cached token and the state of its background refresh.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
@@ -196,8 +197,20 @@ pub fn eviction_reason(cause: RemovalCause) -> Option<&'static str> {
 /// when it is asked for again and a slot is free. A flood of new keys therefore churns only
 /// the probation segment, never a token in use; and the tokens a restart loads into the main
 /// segment all stay servable through an outage.
+///
+/// Hits on the main segment are served from `in_use`, a plain map beside moka, without moka's
+/// per-read bookkeeping (the hash and epoch of its concurrent table, a clock read for expiry,
+/// a read record queued for its policy, and now and then a housekeeping pass on the caller's
+/// thread): that bookkeeping serves a size policy the main segment never applies, since it
+/// never evicts by size. moka stays the store: every write to the main segment goes through
+/// this type, which mirrors it into `in_use`, and moka's eviction listener removes what moka
+/// expires. Invariant: a token in `in_use` is the one moka's main segment holds for its key,
+/// or one that two writers replaced at once (each a fresh token for the key, and the next
+/// refresh replaces both); the broker checks that a token is servable whichever it gets.
 pub struct TokenCache {
     main: Cache<String, Arc<CachedToken>>,
+    /// The main segment's tokens, for hits (see above).
+    in_use: Arc<RwLock<HashMap<String, Arc<CachedToken>>>>,
     probation: Cache<String, Arc<CachedToken>>,
     /// Slots of `main` taken. Incremented before every insert into `main` and decremented
     /// for every removal moka reports (replacements included), so it is never below the
@@ -217,12 +230,20 @@ impl TokenCache {
     ) -> Self {
         let (main_capacity, probation_capacity) = Self::capacities(max_entries);
         let main_len = Arc::new(AtomicU64::new(0));
+        let in_use: Arc<RwLock<HashMap<String, Arc<CachedToken>>>> = Arc::default();
         let expiry = || ExpireWhenUnservable { margin_secs, clock: Arc::clone(clock) };
         let listener = {
             let main_len = Arc::clone(&main_len);
+            let in_use = Arc::clone(&in_use);
             let on_eviction = Arc::clone(&on_eviction);
-            move |_: Arc<String>, _: Arc<CachedToken>, cause: RemovalCause| {
+            move |resource: Arc<String>, gone: Arc<CachedToken>, cause: RemovalCause| {
                 let _ = main_len.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+                // Only this token: a replacement may already be mirrored under the key.
+                let mut in_use = in_use.write().expect("never poisoned");
+                if in_use.get(resource.as_str()).is_some_and(|held| Arc::ptr_eq(held, &gone)) {
+                    in_use.remove(resource.as_str());
+                }
+                drop(in_use);
                 if let Some(reason) = eviction_reason(cause) {
                     on_eviction(reason);
                 }
@@ -247,7 +268,7 @@ impl TokenCache {
                 }
             })
             .build();
-        Self { main, probation, main_len, main_capacity }
+        Self { main, in_use, probation, main_len, main_capacity }
     }
 
     /// `(main, probation)` for `max_entries`: a tenth on probation, at least one once there
@@ -258,12 +279,38 @@ impl TokenCache {
         (max_entries - probation, probation)
     }
 
+    /// The main segment's token for `resource`, servable or not, without waiting or touching
+    /// moka: the cache-hit path.
+    pub fn get_in_use(&self, resource: &str) -> Option<Arc<CachedToken>> {
+        self.in_use.read().expect("never poisoned").get(resource).cloned()
+    }
+
     /// The token held for `resource` and where, servable or not.
     pub async fn get(&self, resource: &str) -> Option<(Arc<CachedToken>, Segment)> {
+        if let Some(entry) = self.get_in_use(resource) {
+            return Some((entry, Segment::Main));
+        }
         if let Some(entry) = self.main.get(resource).await {
             return Some((entry, Segment::Main));
         }
         self.probation.get(resource).await.map(|entry| (entry, Segment::Probation))
+    }
+
+    /// Puts `entry` into the main segment (a slot must be reserved) and its mirror.
+    async fn insert_main(&self, resource: String, entry: Arc<CachedToken>) {
+        self.mirror(&resource, &entry);
+        self.main.insert(resource, entry).await;
+    }
+
+    /// Records in `in_use` a token the main segment holds (or is about to) for `resource`.
+    fn mirror(&self, resource: &str, entry: &Arc<CachedToken>) {
+        let mut in_use = self.in_use.write().expect("never poisoned");
+        match in_use.get_mut(resource) {
+            Some(held) => *held = Arc::clone(entry),
+            None => {
+                in_use.insert(resource.to_owned(), Arc::clone(entry));
+            }
+        }
     }
 
     /// Moves a token from probation to the main segment, if a slot is free: it has been
@@ -272,7 +319,7 @@ impl TokenCache {
         if !self.reserve_main_slot() {
             return false;
         }
-        self.main.insert(resource.to_owned(), entry).await;
+        self.insert_main(resource.to_owned(), entry).await;
         self.probation.invalidate(resource).await;
         true
     }
@@ -280,7 +327,10 @@ impl TokenCache {
     /// Drops the token of `resource` from `segment`.
     pub async fn invalidate(&self, resource: &str, segment: Segment) {
         match segment {
-            Segment::Main => self.main.invalidate(resource).await,
+            Segment::Main => {
+                self.in_use.write().expect("never poisoned").remove(resource);
+                self.main.invalidate(resource).await;
+            }
             Segment::Probation => self.probation.invalidate(resource).await,
         }
     }
@@ -316,6 +366,9 @@ impl TokenCache {
             })
             .await;
         let inserted_here = fetched_here.load(Ordering::Relaxed) && result.is_ok();
+        if to_main && let Ok(entry) = &result {
+            self.mirror(resource, entry);
+        }
         if to_main && !inserted_here {
             // The slot was for an insert that another caller made, or that failed.
             self.main_len.fetch_sub(1, Ordering::AcqRel);
@@ -328,7 +381,7 @@ impl TokenCache {
     pub async fn replace(&self, resource: String, fresh: Arc<CachedToken>) {
         if self.main.contains_key(&resource) {
             self.main_len.fetch_add(1, Ordering::AcqRel);
-            self.main.insert(resource, fresh).await;
+            self.insert_main(resource, fresh).await;
         } else {
             self.probation.insert(resource, fresh).await;
         }
@@ -338,7 +391,7 @@ impl TokenCache {
     /// (before serving starts). Returns where it went.
     pub async fn seed(&self, resource: String, entry: Arc<CachedToken>) -> Segment {
         if self.reserve_main_slot() {
-            self.main.insert(resource, entry).await;
+            self.insert_main(resource, entry).await;
             Segment::Main
         } else {
             self.probation.insert(resource, entry).await;
@@ -393,6 +446,42 @@ mod tests {
         let shown = format!("{e:?}");
         assert!(!shown.contains("t0k3n"), "{shown}");
         assert!(!shown.contains("116, 48"), "the rendering's bytes leaked: {shown}");
+    }
+
+    #[tokio::test]
+    async fn hits_see_every_write_to_the_main_segment_and_nothing_else() {
+        let clock: Arc<dyn Clock> = Arc::new(crate::clock::ManualClock::new(1000));
+        let cache = TokenCache::new(20, 300, &clock, Arc::new(|_| {}));
+        let seeded = Arc::new(entry());
+        assert_eq!(cache.seed("seeded".into(), Arc::clone(&seeded)).await, Segment::Main);
+        assert!(Arc::ptr_eq(&cache.get_in_use("seeded").unwrap(), &seeded));
+
+        let fresh = Arc::new(entry());
+        cache.replace("seeded".into(), Arc::clone(&fresh)).await;
+        // moka reports the replaced token to its listener, which must leave the new one.
+        cache.main.run_pending_tasks().await;
+        assert!(Arc::ptr_eq(&cache.get_in_use("seeded").unwrap(), &fresh));
+
+        let fetched = Arc::new(entry());
+        let (got, _) = cache.fetch_once("fetched", false, async { Ok::<_, ()>(Arc::clone(&fetched)) }).await.unwrap();
+        assert!(Arc::ptr_eq(&got, &fetched));
+        assert!(Arc::ptr_eq(&cache.get_in_use("fetched").unwrap(), &fetched), "a free slot: the main segment");
+
+        cache.invalidate("seeded", Segment::Main).await;
+        assert!(cache.get_in_use("seeded").is_none());
+        assert!(cache.get("seeded").await.is_none());
+
+        // A probation token is not in use until it is promoted.
+        let full = TokenCache::new(2, 300, &clock, Arc::new(|_| {}));
+        let _ = full.fetch_once("first", false, async { Ok::<_, ()>(Arc::new(entry())) }).await.unwrap();
+        let trial = Arc::new(entry());
+        let _ = full.fetch_once("trial", false, async { Ok::<_, ()>(Arc::clone(&trial)) }).await.unwrap();
+        assert!(full.get_in_use("trial").is_none());
+        assert_eq!(full.get("trial").await.map(|(_, segment)| segment), Some(Segment::Probation));
+        full.invalidate("first", Segment::Main).await;
+        full.main.run_pending_tasks().await;
+        assert!(full.promote("trial", Arc::clone(&trial)).await);
+        assert!(Arc::ptr_eq(&full.get_in_use("trial").unwrap(), &trial));
     }
 
     #[test]

@@ -740,7 +740,13 @@ impl Broker {
     async fn lookup(self: &Arc<Self>, identity: &Arc<Identity>, resource: &str) -> Result<Served, BrokerError> {
         let now = self.clock.now();
         let mut unservable = None;
-        if let Some((entry, segment)) = identity.tokens.get(resource).await {
+        // A token in use is found without waiting; anything else asks moka, boxed so that a
+        // hit's future stays small.
+        let found = match identity.tokens.get_in_use(resource) {
+            Some(entry) => Some((entry, Segment::Main)),
+            None => Box::pin(identity.tokens.get(resource)).await,
+        };
+        if let Some((entry, segment)) = found {
             if self.settings.policy.servable(entry.token.expires_on, now) {
                 // Asked for again: in use. Boxed, as below, to keep hits' futures small.
                 if segment == Segment::Probation

@@ -126,7 +126,8 @@ pub async fn serve(state: &AppState, call: Call<'_>, query: TokenQuery<'_>) -> R
     let mut lookup = std::pin::pin!(state.broker.token(identity, resource));
     let lookup = match std::future::poll_fn(|cx| Poll::Ready(lookup.as_mut().poll(cx))).await {
         Poll::Ready(lookup) => lookup,
-        Poll::Pending => match tokio::time::timeout(state.request_timeout, lookup).await {
+        // Boxed: the timer is the largest part of this future, and a hit never needs it.
+        Poll::Pending => match Box::pin(tokio::time::timeout(state.request_timeout, lookup)).await {
             Ok(lookup) => lookup,
             Err(_) => {
                 let waited = state.request_timeout.as_secs();
