@@ -58,14 +58,45 @@ impl Secret {
     /// position of the first differing byte shows. For the App Service header secret, which
     /// any caller can guess at. (`benches/hot_path.rs` times matching and differing values.)
     pub fn matches(&self, presented: &[u8]) -> bool {
-        let expected = digest::digest(&digest::SHA256, self.0.as_bytes());
-        let presented = digest::digest(&digest::SHA256, presented);
-        expected.as_ref().ct_eq(presented.as_ref()).into()
+        self.digest().matches(presented)
+    }
+
+    /// What [`matches`](Self::matches) compares against, computed once for a secret checked
+    /// on every request.
+    pub fn digest(&self) -> SecretDigest {
+        let digest = digest::digest(&digest::SHA256, self.0.as_bytes());
+        SecretDigest(digest.as_ref().try_into().expect("SHA-256 digests are 32 bytes"))
     }
 
     /// Whether the value is empty (an empty secret file is a configuration error).
     pub fn is_empty(&self) -> bool {
         self.0.trim().is_empty()
+    }
+}
+
+/// The SHA-256 digest of a [`Secret`] that callers present (the App Service header secret):
+/// checking a presented value hashes only that value, and the server holds no plaintext to
+/// check against.
+pub struct SecretDigest([u8; 32]);
+
+impl SecretDigest {
+    /// Whether `presented` is the secret, in time that depends on neither (see
+    /// [`Secret::matches`]).
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let presented = digest::digest(&digest::SHA256, presented);
+        self.0.ct_eq(presented.as_ref()).into()
+    }
+}
+
+impl Drop for SecretDigest {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl fmt::Debug for SecretDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretDigest(<redacted>)")
     }
 }
 
@@ -111,6 +142,10 @@ mod tests {
         assert!(!secret.matches(b"s3cret "));
         assert!(!secret.matches(b"S3cret"));
         assert!(!secret.matches(b""));
+        let digest = secret.digest();
+        assert!(digest.matches(b"s3cret"));
+        assert!(!digest.matches(b"s3cret "));
+        assert_eq!(format!("{digest:?}"), "SecretDigest(<redacted>)");
     }
 
     /// `Secret` has no `==`, whose time would depend on the values: comparing goes through

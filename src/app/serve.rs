@@ -82,7 +82,7 @@ pub(super) async fn serve(config: Config) -> Result<(), AppError> {
     share(&config, &built.broker).map_err(AppError::Runtime)?;
     let state = AppState {
         broker: built.broker.clone(),
-        identity_header: identity_header.map(Arc::new),
+        identity_header: identity_header.as_ref().map(|secret| Arc::new(secret.digest())),
         probe_mode: config.server.imds_probe,
         dev_issuer: built.dev_issuer,
         metrics,

@@ -14,14 +14,14 @@
 //! [`Deadlines`] wraps the accepted socket. Its write side starts a timer when a write returns
 //! `Pending` and fails the write with `TimedOut` when the timer fires before the write makes
 //! progress. Its read side knows, from the [`Activity`] that the service wrapper [`Tracked`]
-//! keeps, when a request has begun. A read that finds nothing while no request is in progress
-//! starts the keep-alive wait, bounded by the keep-alive timeout; bytes read then start the
-//! next head, which must be complete within the header read timeout of its first byte. A fresh
+//! keeps, when a request has begun. Once a request is answered, the first completed write
+//! (or else a read that finds nothing while no request is in progress) starts the keep-alive
+//! wait, bounded by the keep-alive timeout; bytes read then start the next head, which must be complete within the header read timeout of its first byte. A fresh
 //! connection starts out reading a head, so a peer that connects and sends nothing gets the
 //! header read timeout.
 //!
 //! Cost on the hot path: a successful read or write compares a counter or two; the keep-alive
-//! wait after each response reads the clock once and polls the connection's one read timer.
+//! wait after each response reads the clock once and polls the connection's read timer.
 //! The timers (one each way per connection, allocated when first needed) are moved rather
 //! than reallocated, and a deadline that only moves forward moves its timer about once per
 //! timeout, not once per request.
@@ -338,10 +338,29 @@ impl<T> Deadlines<T> {
         Poll::Pending
     }
 
-    /// A write or flush completed.
-    fn write_progressed(&mut self) {
+    /// A write or flush completed. The first one after a request is answered starts the
+    /// keep-alive wait and arms its timer with this task's waker: hyper need not read again
+    /// before the peer sends something, so a wait that began only at the next read could
+    /// begin never.
+    fn write_progressed(&mut self, cx: &mut Context<'_>) {
         if self.write_pending_since.take().is_some() {
             self.activity.write_stalled.store(0, Ordering::Release);
+        }
+        self.see_requests();
+        if self.phase == Phase::Answered && !self.activity.busy() {
+            let since = Instant::now();
+            self.phase = Phase::Idle { since: Some(since) };
+            // Just set: it cannot have passed.
+            let _ = self.read_timer.poll_expired(since + self.timeouts.keep_alive, cx);
+        }
+    }
+
+    /// Moves to [`Phase::Answered`] when a request has begun since the phase was last updated.
+    fn see_requests(&mut self) {
+        let started = self.activity.started();
+        if started != self.requests_seen {
+            self.requests_seen = started;
+            self.phase = Phase::Answered;
         }
     }
 }
@@ -351,11 +370,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Deadlines<T> {
         let this = &mut *self;
         let before = buf.filled().len();
         let result = Pin::new(&mut this.io).poll_read(cx, buf);
-        let started = this.activity.started();
-        if started != this.requests_seen {
-            this.requests_seen = started;
-            this.phase = Phase::Answered;
-        }
+        this.see_requests();
         match result {
             // Bytes with no request in progress begin the next head (while busy they are the
             // current request's body, or a pipelined request that hyper parses later).
@@ -397,7 +412,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Deadlines<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match Pin::new(&mut self.io).poll_write(cx, buf) {
             Poll::Ready(result) => {
-                self.write_progressed();
+                self.write_progressed(cx);
                 Poll::Ready(result)
             }
             Poll::Pending => self.write_stalled(cx),
@@ -411,7 +426,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Deadlines<T> {
     ) -> Poll<io::Result<usize>> {
         match Pin::new(&mut self.io).poll_write_vectored(cx, bufs) {
             Poll::Ready(result) => {
-                self.write_progressed();
+                self.write_progressed(cx);
                 Poll::Ready(result)
             }
             Poll::Pending => self.write_stalled(cx),
@@ -425,7 +440,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Deadlines<T> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match Pin::new(&mut self.io).poll_flush(cx) {
             Poll::Ready(result) => {
-                self.write_progressed();
+                self.write_progressed(cx);
                 Poll::Ready(result)
             }
             Poll::Pending => self.write_stalled(cx),
@@ -541,6 +556,22 @@ mod tests {
         let error = server.read(&mut byte).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         assert_eq!(start.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_keep_alive_wait_starts_when_the_answer_is_written_even_if_nothing_reads() {
+        let (mut server, mut peer, activity) = connection(1024);
+        peer.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut head = [0; 18];
+        server.read_exact(&mut head).await.unwrap();
+        answer(&activity);
+        server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        // Nothing reads for the whole timeout (hyper may not read until the peer sends).
+        tokio::time::sleep(TIMEOUTS.keep_alive).await;
+        let start = Instant::now();
+        let mut byte = [0; 1];
+        assert_eq!(server.read(&mut byte).await.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), Duration::ZERO, "the wait began at the write, not at this read");
     }
 
     #[tokio::test(start_paused = true)]
