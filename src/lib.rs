@@ -32,6 +32,10 @@
 //! path: the broker's cache entry carries the server's pre-rendered body members, opaque to
 //! the broker (docs/architecture.md#dependency-direction).
 
+// Proving the token path's boxed future `Send` walks tokio's and mio's socket types, which on
+// Windows nest deeper than the default limit of 128 allows.
+#![recursion_limit = "256"]
+
 pub mod aadsts;
 pub mod app;
 pub mod backoff;

@@ -75,8 +75,7 @@ impl Secret {
 }
 
 /// The SHA-256 digest of a [`Secret`] that callers present (the App Service header secret):
-/// checking a presented value hashes only that value, and the server holds no plaintext to
-/// check against.
+/// checking a presented value hashes only that value.
 pub struct SecretDigest([u8; 32]);
 
 impl SecretDigest {

@@ -217,6 +217,9 @@ pub struct TokenCache {
     /// number of entries: a new key that reserves a slot never makes moka evict one.
     main_len: Arc<AtomicU64>,
     main_capacity: u64,
+    /// What `ExpireWhenUnservable` measures against, for tokens about to be mirrored.
+    clock: Arc<dyn Clock>,
+    margin_secs: u64,
 }
 
 impl TokenCache {
@@ -268,7 +271,7 @@ impl TokenCache {
                 }
             })
             .build();
-        Self { main, in_use, probation, main_len, main_capacity }
+        Self { main, in_use, probation, main_len, main_capacity, clock: Arc::clone(clock), margin_secs }
     }
 
     /// `(main, probation)` for `max_entries`: a tenth on probation, at least one once there
@@ -297,20 +300,20 @@ impl TokenCache {
     }
 
     /// Puts `entry` into the main segment (a slot must be reserved) and its mirror.
+    ///
+    /// Mirrored only once moka holds it: a caller dropped while moka's insert waits (a request
+    /// cancelled by its client) leaves no token in `in_use` that moka does not hold. Between the
+    /// two, hits ask moka, which has the token (moka's listener has already removed the token
+    /// this one replaces).
     async fn insert_main(&self, resource: String, entry: Arc<CachedToken>) {
-        self.mirror(&resource, &entry);
-        self.main.insert(resource, entry).await;
+        let key = resource.clone();
+        self.main.insert(resource, Arc::clone(&entry)).await;
+        self.mirror(key, entry);
     }
 
-    /// Records in `in_use` a token the main segment holds (or is about to) for `resource`.
-    fn mirror(&self, resource: &str, entry: &Arc<CachedToken>) {
-        let mut in_use = self.in_use.write().expect("never poisoned");
-        match in_use.get_mut(resource) {
-            Some(held) => *held = Arc::clone(entry),
-            None => {
-                in_use.insert(resource.to_owned(), Arc::clone(entry));
-            }
-        }
+    /// Records in `in_use` a token the main segment holds for `resource`.
+    fn mirror(&self, resource: String, entry: Arc<CachedToken>) {
+        self.in_use.write().expect("never poisoned").insert(resource, entry);
     }
 
     /// Moves a token from probation to the main segment, if a slot is free: it has been
@@ -366,8 +369,19 @@ impl TokenCache {
             })
             .await;
         let inserted_here = fetched_here.load(Ordering::Relaxed) && result.is_ok();
-        if to_main && let Ok(entry) = &result {
-            self.mirror(resource, entry);
+        // Mirrored by the caller that inserted it, unless the key has been written since (a
+        // replacement is newer) or moka already considers it unservable (it may have expired
+        // it, and its listener would then have nothing to remove).
+        if to_main
+            && inserted_here
+            && let Ok(entry) = &result
+            && entry.token.expires_on > self.clock.now().saturating_add(self.margin_secs)
+        {
+            self.in_use
+                .write()
+                .expect("never poisoned")
+                .entry(resource.to_owned())
+                .or_insert_with(|| Arc::clone(entry));
         }
         if to_main && !inserted_here {
             // The slot was for an insert that another caller made, or that failed.
@@ -379,7 +393,11 @@ impl TokenCache {
     /// Puts a refreshed token where its key is: the main segment if it is there, else
     /// probation (a key evicted while its refresh ran is not put back among the tokens in use).
     pub async fn replace(&self, resource: String, fresh: Arc<CachedToken>) {
-        if self.main.contains_key(&resource) {
+        // A token in use may have passed moka's expiry while its refresh ran (moka then no
+        // longer reports it, though it holds it until its listener runs): its replacement
+        // belongs in the main segment too.
+        let in_use = self.in_use.read().expect("never poisoned").contains_key(&resource);
+        if in_use || self.main.contains_key(&resource) {
             self.main_len.fetch_add(1, Ordering::AcqRel);
             self.insert_main(resource, fresh).await;
         } else {

@@ -14,9 +14,9 @@
 //! [`Deadlines`] wraps the accepted socket. Its write side starts a timer when a write returns
 //! `Pending` and fails the write with `TimedOut` when the timer fires before the write makes
 //! progress. Its read side knows, from the [`Activity`] that the service wrapper [`Tracked`]
-//! keeps, when a request has begun. Once a request is answered, the first completed write
-//! (or else a read that finds nothing while no request is in progress) starts the keep-alive
-//! wait, bounded by the keep-alive timeout; bytes read then start the next head, which must be complete within the header read timeout of its first byte. A fresh
+//! keeps, when a request has begun. Once a request is answered, each completed write of the
+//! answer (or else a read that finds nothing while no request is in progress) starts the
+//! keep-alive wait, bounded by the keep-alive timeout; bytes read then start the next head, which must be complete within the header read timeout of its first byte. A fresh
 //! connection starts out reading a head, so a peer that connects and sends nothing gets the
 //! header read timeout.
 //!
@@ -43,8 +43,9 @@ use tokio::time::{Instant, Sleep};
 pub struct Timeouts {
     /// Longest a write may stay pending without progress.
     pub write: Duration,
-    /// Longest a connection may wait for its next request, from the first read after a
-    /// response that finds nothing.
+    /// Longest a connection may wait for its next request, from the last write of the
+    /// previous answer (or, when nothing was written, from the first read that finds
+    /// nothing while no request is in progress).
     pub keep_alive: Duration,
     /// Longest a request head may take from its first byte (or from the connection's start
     /// for the first request) until it is complete.
@@ -347,7 +348,9 @@ impl<T> Deadlines<T> {
             self.activity.write_stalled.store(0, Ordering::Release);
         }
         self.see_requests();
-        if self.phase == Phase::Answered && !self.activity.busy() {
+        // Every write of the answer restarts the wait, so that an answer that drains slowly
+        // (each write progressing within the write timeout) does not use it up.
+        if matches!(self.phase, Phase::Answered | Phase::Idle { .. }) && !self.activity.busy() {
             let since = Instant::now();
             self.phase = Phase::Idle { since: Some(since) };
             // Just set: it cannot have passed.
@@ -572,6 +575,28 @@ mod tests {
         let mut byte = [0; 1];
         assert_eq!(server.read(&mut byte).await.unwrap_err().kind(), io::ErrorKind::TimedOut);
         assert_eq!(start.elapsed(), Duration::ZERO, "the wait began at the write, not at this read");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_that_drains_slowly_does_not_use_up_the_keep_alive_wait() {
+        let (mut server, mut peer, activity) = connection(16);
+        answer(&activity);
+        // The peer reads 16 bytes every 4 seconds: the answer takes 80 s to drain, longer than
+        // the keep-alive timeout, each write progressing within the write timeout.
+        let reader = tokio::spawn(async move {
+            let mut received = 0;
+            let mut chunk = [0; 16];
+            while received < 320 {
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                received += peer.read(&mut chunk).await.unwrap();
+            }
+            peer
+        });
+        server.write_all(&[1; 320]).await.unwrap();
+        let _peer = reader.await.unwrap();
+        let mut byte = [0; 1];
+        let waiting = tokio::time::timeout(TIMEOUTS.keep_alive / 2, server.read(&mut byte)).await;
+        assert!(waiting.is_err(), "the connection was closed right after its answer");
     }
 
     #[tokio::test(start_paused = true)]

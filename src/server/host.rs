@@ -62,7 +62,12 @@ impl AllowedHosts {
 
     /// The policy of a listener on `listen` with `allowed` (`server.allowed_hosts`).
     fn for_listener(listen: SocketAddr, allowed: &[String]) -> Self {
-        let usual = [listen.to_string(), format!("localhost:{}", listen.port())].map(String::into_boxed_str).into();
+        let mut usual = vec![format!("localhost:{}", listen.port()).into_boxed_str()];
+        // An address with a zone (`[fe80::1%2]:8080`) is no `Host` the full check admits.
+        if !matches!(listen, SocketAddr::V6(v6) if v6.scope_id() != 0) {
+            usual.push(listen.to_string().into_boxed_str());
+        }
+        let usual = usual.into_boxed_slice();
         let listen = listen.ip().to_canonical();
         let (addresses, names): (Vec<&String>, Vec<&String>) =
             allowed.iter().partition(|entry| entry.parse::<IpAddr>().is_ok());
@@ -170,6 +175,11 @@ mod tests {
                 assert!(policy.admits_parsed(usual), "{usual} on {listen}");
             }
         }
+        let zoned = AllowedHosts::for_listener("[fe80::1%2]:8080".parse().unwrap(), &[]);
+        for usual in &zoned.usual {
+            assert!(zoned.admits_parsed(usual), "{usual}");
+        }
+        assert!(!zoned.admits("[fe80::1%2]:8080"));
     }
 
     fn check<'a>(policy: &AllowedHosts, uri: &'a Uri, headers: &'a HeaderMap) -> Result<(), Refusal<'a>> {
