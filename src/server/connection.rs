@@ -339,17 +339,21 @@ impl<T> Deadlines<T> {
         Poll::Pending
     }
 
-    /// A write or flush completed. The first one after a request is answered starts the
-    /// keep-alive wait and arms its timer with this task's waker: hyper need not read again
-    /// before the peer sends something, so a wait that began only at the next read could
-    /// begin never.
-    fn write_progressed(&mut self, cx: &mut Context<'_>) {
+    /// A write or flush completed.
+    fn write_progressed(&mut self) {
         if self.write_pending_since.take().is_some() {
             self.activity.write_stalled.store(0, Ordering::Release);
         }
+    }
+
+    /// Bytes were written. Once a request is answered, each write of the answer (re)starts the
+    /// keep-alive wait and arms its timer with this task's waker: hyper need not read again
+    /// before the peer sends something, so a wait that began only at the next read could begin
+    /// never, and an answer that drains slowly must not use the wait up. A flush is no write:
+    /// hyper flushes on every poll, and counting that would push the deadline back each time
+    /// the timer wakes the task.
+    fn bytes_written(&mut self, cx: &mut Context<'_>) {
         self.see_requests();
-        // Every write of the answer restarts the wait, so that an answer that drains slowly
-        // (each write progressing within the write timeout) does not use it up.
         if matches!(self.phase, Phase::Answered | Phase::Idle { .. }) && !self.activity.busy() {
             let since = Instant::now();
             self.phase = Phase::Idle { since: Some(since) };
@@ -415,7 +419,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Deadlines<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match Pin::new(&mut self.io).poll_write(cx, buf) {
             Poll::Ready(result) => {
-                self.write_progressed(cx);
+                self.write_progressed();
+                if matches!(result, Ok(n) if n > 0) {
+                    self.bytes_written(cx);
+                }
                 Poll::Ready(result)
             }
             Poll::Pending => self.write_stalled(cx),
@@ -429,7 +436,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Deadlines<T> {
     ) -> Poll<io::Result<usize>> {
         match Pin::new(&mut self.io).poll_write_vectored(cx, bufs) {
             Poll::Ready(result) => {
-                self.write_progressed(cx);
+                self.write_progressed();
+                if matches!(result, Ok(n) if n > 0) {
+                    self.bytes_written(cx);
+                }
                 Poll::Ready(result)
             }
             Poll::Pending => self.write_stalled(cx),
@@ -443,7 +453,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Deadlines<T> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match Pin::new(&mut self.io).poll_flush(cx) {
             Poll::Ready(result) => {
-                self.write_progressed(cx);
+                self.write_progressed();
                 Poll::Ready(result)
             }
             Poll::Pending => self.write_stalled(cx),
@@ -597,6 +607,25 @@ mod tests {
         let mut byte = [0; 1];
         let waiting = tokio::time::timeout(TIMEOUTS.keep_alive / 2, server.read(&mut byte)).await;
         assert!(waiting.is_err(), "the connection was closed right after its answer");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn flushes_do_not_push_the_keep_alive_wait_back() {
+        let (mut server, mut peer, activity) = connection(1024);
+        peer.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut head = [0; 18];
+        server.read_exact(&mut head).await.unwrap();
+        answer(&activity);
+        server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        let start = Instant::now();
+        // hyper flushes on every poll of the connection, whatever woke it.
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            server.flush().await.unwrap();
+        }
+        let mut byte = [0; 1];
+        assert_eq!(server.read(&mut byte).await.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), TIMEOUTS.keep_alive);
     }
 
     #[tokio::test(start_paused = true)]
