@@ -241,9 +241,7 @@ mod tests {
         // Each request's future is moved into a box; the upstream wait, its timer and the
         // router are boxed separately so that a cache hit does not create and copy kilobytes
         // of state. The bound holds in the test (debug) build, where futures are largest;
-        // inlining the upstream wait, the timer or the router would break it. (In release
-        // the token path's future is under glibc's 1,032-byte limit for its per-thread cache
-        // of freed blocks, so its box costs a cache hit no trip into the allocator's bins.)
+        // inlining the upstream wait, the timer or the router would break it.
         let inner = inner(true, None);
         let (parts, _body) = Request::get("/metadata/identity/oauth2/token").body(()).unwrap().into_parts();
         let size = std::mem::size_of_val(&token_request(inner, Flavour::Imds, parts));
