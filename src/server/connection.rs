@@ -514,6 +514,19 @@ mod tests {
         (Deadlines::new(server, TIMEOUTS, Arc::clone(&activity)), peer, activity)
     }
 
+    /// One request from the peer, read whole, answered and its answer written.
+    async fn request_and_answer(
+        server: &mut Deadlines<DuplexStream>,
+        peer: &mut DuplexStream,
+        activity: &Arc<Activity>,
+    ) {
+        peer.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut head = [0; 18];
+        server.read_exact(&mut head).await.unwrap();
+        answer(activity);
+        server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+    }
+
     /// Marks one request as handed to the service and answered, as [`Tracked`] does.
     fn answer(activity: &Arc<Activity>) {
         activity.started.fetch_add(1, Ordering::AcqRel);
@@ -556,11 +569,7 @@ mod tests {
         // Each wait is most of the timeout and together they are far more: each request
         // starts the wait afresh.
         for _ in 0..3 {
-            peer.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-            let mut head = [0; 18];
-            server.read_exact(&mut head).await.unwrap();
-            answer(&activity);
-            server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+            request_and_answer(&mut server, &mut peer, &activity).await;
             let idle =
                 tokio::time::timeout(TIMEOUTS.keep_alive - Duration::from_secs(10), server.read(&mut byte)).await;
             assert!(idle.is_err(), "closed before the keep-alive timeout");
@@ -574,11 +583,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_keep_alive_wait_starts_when_the_answer_is_written_even_if_nothing_reads() {
         let (mut server, mut peer, activity) = connection(1024);
-        peer.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        let mut head = [0; 18];
-        server.read_exact(&mut head).await.unwrap();
-        answer(&activity);
-        server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        request_and_answer(&mut server, &mut peer, &activity).await;
         // Nothing reads for the whole timeout (hyper may not read until the peer sends).
         tokio::time::sleep(TIMEOUTS.keep_alive).await;
         let start = Instant::now();
@@ -612,11 +617,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn flushes_do_not_push_the_keep_alive_wait_back() {
         let (mut server, mut peer, activity) = connection(1024);
-        peer.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        let mut head = [0; 18];
-        server.read_exact(&mut head).await.unwrap();
-        answer(&activity);
-        server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        request_and_answer(&mut server, &mut peer, &activity).await;
         let start = Instant::now();
         // hyper flushes on every poll of the connection, whatever woke it.
         for _ in 0..5 {
