@@ -92,3 +92,125 @@ proptest! {
         }
     }
 }
+
+/// The raw bytes a peer gets for `request` (sent whole, then the write side closed) from a
+/// connection served as the listener serves it (the direct path first), and from hyper alone
+/// with the same service. The `date` header is left out of both, and a token body's relative
+/// lifetimes, which move with the clock.
+fn answers_both_ways(router: &Endpoints, runtime: &tokio::runtime::Runtime, request: &[u8]) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn exchange(request: &[u8], serve: impl FnOnce(tokio::io::DuplexStream)) -> String {
+        let (server, mut peer) = tokio::io::duplex(64 * 1024);
+        serve(server);
+        peer.write_all(request).await.unwrap();
+        peer.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(10), peer.read_to_end(&mut answer))
+            .await
+            .expect("the connection ends once the peer has")
+            .unwrap();
+        normalise(&String::from_utf8_lossy(&answer))
+    }
+    let direct = runtime.block_on(exchange(request, |io| {
+        tokio::spawn(crate::server::serve_connection(io, router.clone(), true));
+    }));
+    let hyper = runtime.block_on(exchange(request, |io| {
+        tokio::spawn(crate::server::serve_connection(io, router.clone(), false));
+    }));
+    (direct, hyper)
+}
+
+/// An answer without what moves with the clock: `date` lines and the digits of the relative
+/// lifetimes (`"expires_in":"3599"`).
+fn normalise(answer: &str) -> String {
+    let without_dates: Vec<&str> =
+        answer.split("\r\n").filter(|line| !line.to_ascii_lowercase().starts_with("date:")).collect();
+    let mut text = without_dates.join("\r\n");
+    for member in ["\"expires_in\":\"", "\"ext_expires_in\":\""] {
+        let mut from = 0;
+        while let Some(at) = text[from..].find(member) {
+            let start = from + at + member.len();
+            let end = start + text[start..].find('"').unwrap_or(0);
+            text.replace_range(start..end, "N");
+            from = start;
+        }
+    }
+    text
+}
+
+#[test]
+fn the_direct_path_answers_sdk_requests_as_hyper_does() {
+    let (router, runtime) = dev_router();
+    let imds = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net";
+    let app_service = "/msi/token?api-version=2019-08-01&resource=https://vault.azure.net";
+    let cases = [
+        // What the SDKs send, one request and two pipelined.
+        format!(
+            "GET {imds} HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nMetadata: true\r\nUser-Agent: azsdk-python\r\nConnection: keep-alive\r\n\r\n"
+        ),
+        format!(
+            "GET {app_service} HTTP/1.1\r\nHost: localhost:8080\r\nX-IDENTITY-HEADER: secret-0123456789abcdef\r\n\r\n"
+        ),
+        format!(
+            "GET {imds} HTTP/1.1\r\nHost: localhost\r\nMetadata: true\r\n\r\nGET {app_service} HTTP/1.1\r\nX-IDENTITY-HEADER: secret-0123456789abcdef\r\n\r\n"
+        ),
+        // Refusals answered on the direct path.
+        format!("GET {imds} HTTP/1.1\r\nHost: attacker.example\r\nMetadata: true\r\n\r\n"),
+        format!("GET {imds} HTTP/1.1\r\nMetadata: false\r\n\r\n"),
+        format!("GET {app_service} HTTP/1.1\r\nX-IDENTITY-HEADER: wrong\r\n\r\n"),
+        format!("GET {imds}&resource=x HTTP/1.1\r\nMetadata: true\r\n\r\n"),
+        "GET /metadata/identity/oauth2/token HTTP/1.1\r\nMetadata: true\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n"
+            .to_owned(),
+        // Handed to hyper at once, or after a direct answer.
+        format!("GET {imds} HTTP/1.1\r\nMetadata: true\r\nConnection: close\r\n\r\n"),
+        format!("GET {imds} HTTP/1.0\r\nMetadata: true\r\n\r\n"),
+        format!("HEAD {imds} HTTP/1.1\r\nMetadata: true\r\n\r\n"),
+        format!("POST {imds} HTTP/1.1\r\nMetadata: true\r\nContent-Length: 3\r\n\r\nabc"),
+        format!("GET {imds} HTTP/1.1\r\nMetadata: true\r\nContent-Length: 0\r\n\r\n"),
+        format!(
+            "GET {imds} HTTP/1.1\r\nMetadata: true\r\n\r\nGET /healthz HTTP/1.1\r\n\r\nGET {imds} HTTP/1.1\r\nMetadata: true\r\n\r\n"
+        ),
+        format!("GET {imds}#fragment HTTP/1.1\r\nMetadata: true\r\n\r\n"),
+        format!("GET http://127.0.0.1:8080{imds} HTTP/1.1\r\nMetadata: true\r\n\r\n"),
+        format!("GET {imds} HTTP/1.1\r\nMetadata: true\r\nX-Folded: a\r\n b\r\n\r\n"),
+        format!("GET {imds} HTTP/1.1\r\nMetadata: tr\x7fue\r\n\r\n"),
+        format!("GET {imds} HTTP/1.1\r\nMetadata: true\r\n"),
+        format!("GET /{} HTTP/1.1\r\nMetadata: true\r\n\r\n", "m".repeat(20_000)),
+        "GET /healthz HTTP/1.1\r\n\r\n".to_owned(),
+        "garbage\r\n\r\n".to_owned(),
+    ];
+    let served = |answer: &str| answer.matches("HTTP/1.1 200 OK").count();
+    assert_eq!(served(&answers_both_ways(router, runtime, cases[0].as_bytes()).0), 1);
+    assert_eq!(served(&answers_both_ways(router, runtime, cases[2].as_bytes()).0), 2, "pipelined");
+    for case in &cases {
+        let (direct, hyper) = answers_both_ways(router, runtime, case.as_bytes());
+        assert_eq!(direct, hyper, "request: {case:?}");
+        // Every case but the unfinished head gets an answer.
+        assert!(direct.starts_with("HTTP/1.") || !case.ends_with("\r\n\r\n"), "request: {case:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Whatever the target and headers, the connection's answer is hyper's.
+    #[test]
+    fn the_direct_path_answers_any_request_as_hyper_does(
+        path in prop_oneof!["/metadata/identity/oauth2/token", "//metadata/identity/oauth2/token/", "/msi/token", "/healthz", "/other"],
+        query in "[a-z_=&%0-9A-F.:/#?+ -]{0,60}",
+        headers in proptest::collection::vec(
+            (prop_oneof!["Metadata", "X-IDENTITY-HEADER", "Host", "Connection", "X-Forwarded-For", "Content-Length", "Traceparent", "X-Other"],
+             "[ -~]{0,24}"),
+            0..6,
+        ),
+    ) {
+        let (router, runtime) = dev_router();
+        let mut request = format!("GET {path}?{query} HTTP/1.1\r\n");
+        for (name, value) in &headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        let (direct, hyper) = answers_both_ways(router, runtime, request.as_bytes());
+        prop_assert_eq!(direct, hyper, "request: {:?}", request);
+    }
+}

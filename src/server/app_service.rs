@@ -4,11 +4,10 @@
 
 use std::time::Instant;
 
-use axum::http::request::Parts;
-use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 
 use super::error::ApiError;
+use super::head::RequestHead;
 use super::host::AllowedHosts;
 use super::state::AppState;
 use super::token::{self, Call, Flavour};
@@ -16,21 +15,22 @@ use super::wire::{TokenQuery, api_version_supported};
 use crate::telemetry::metrics;
 
 /// Handles one App Service style request.
-pub async fn handle(state: &AppState, hosts: &AllowedHosts, request: &Parts) -> Response {
-    match token::request_span(Flavour::AppService, &request.headers, &request.uri) {
-        Some(span) => Box::pin(token::traced(span, checked(state, hosts, &request.headers, &request.uri))).await,
-        None => checked(state, hosts, &request.headers, &request.uri).await,
+pub async fn handle(state: &AppState, hosts: &AllowedHosts, request: &impl RequestHead) -> Response {
+    match token::request_span(Flavour::AppService, request) {
+        Some(span) => Box::pin(token::traced(span, checked(state, hosts, request))).await,
+        None => checked(state, hosts, request).await,
     }
 }
 
-async fn checked(state: &AppState, hosts: &AllowedHosts, headers: &HeaderMap, uri: &Uri) -> Response {
+async fn checked(state: &AppState, hosts: &AllowedHosts, request: &impl RequestHead) -> Response {
     let started = Instant::now();
-    let reject = |error| token::reject(Call::new(Flavour::AppService, uri, started, state.log_requests), error);
+    let reject =
+        |error| token::reject(Call::new(Flavour::AppService, request.path(), started, state.log_requests), error);
 
-    if let Err(error) = token::admit(hosts, uri, headers) {
+    if let Err(error) = token::admit(hosts, request) {
         return reject(error);
     }
-    let presented = headers.get(token::X_IDENTITY_HEADER).map(|v| v.as_bytes());
+    let presented = request.header(&token::X_IDENTITY_HEADER);
     let Some(expected) = state.identity_header.as_deref() else {
         // The router only mounts this flavour with a secret configured.
         return reject(ApiError::unauthorized("the App Service endpoint is not configured"));
@@ -50,7 +50,7 @@ async fn checked(state: &AppState, hosts: &AllowedHosts, headers: &HeaderMap, ur
         }
         Some(_) => {}
     }
-    let query = match TokenQuery::parse(uri.query()) {
+    let query = match TokenQuery::parse(request.query()) {
         Ok(query) => query,
         Err(error) => return reject(ApiError::bad_request(error.to_string())),
     };
@@ -59,5 +59,5 @@ async fn checked(state: &AppState, hosts: &AllowedHosts, headers: &HeaderMap, ur
     {
         return reject(ApiError::bad_request(format!("api-version {version:?} is not supported; use 2019-08-01")));
     }
-    token::serve(state, Call::new(Flavour::AppService, uri, started, state.log_requests), query).await
+    token::serve(state, Call::new(Flavour::AppService, request.path(), started, state.log_requests), query).await
 }

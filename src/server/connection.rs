@@ -31,10 +31,11 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
 
@@ -73,6 +74,11 @@ pub struct Activity {
     accepted: Instant,
     /// Set once the connection is chosen to make room.
     evicted: AtomicBool,
+    /// Set once the listener shuts down: the connection finishes the request in progress,
+    /// if any, and closes instead of waiting for another.
+    closing: AtomicBool,
+    /// The task to wake when `closing` is set, registered while it waits for a request.
+    closing_waker: Mutex<Option<Waker>>,
     /// Ends the connection's task (closing the socket and freeing the slot); set once the
     /// task is spawned. Aborting costs the task nothing until it happens, unlike a signal
     /// the task would poll alongside the connection.
@@ -88,7 +94,42 @@ impl Activity {
             epoch,
             accepted: Instant::now(),
             evicted: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            closing_waker: Mutex::new(None),
             task: OnceLock::new(),
+        }
+    }
+
+    /// Counts a request as started; it counts as finished when the returned guard is dropped.
+    /// The direct path's counterpart of [`Tracked`].
+    pub fn request_started(&self) -> InFlight<'_> {
+        self.started.fetch_add(1, Ordering::AcqRel);
+        InFlight(self)
+    }
+
+    /// Whether the listener has asked the connection to close.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Ready once the listener has asked the connection to close; until then `cx` is woken
+    /// when it does. Registered before the flag is read, so a request to close between the
+    /// two is not missed.
+    pub fn poll_closing(&self, cx: &mut Context<'_>) -> Poll<()> {
+        {
+            let mut waker = self.closing_waker.lock().expect("never poisoned");
+            match &mut *waker {
+                Some(registered) if registered.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            }
+        }
+        if self.is_closing() { Poll::Ready(()) } else { Poll::Pending }
+    }
+
+    fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+        if let Some(waker) = self.closing_waker.lock().expect("never poisoned").take() {
+            waker.wake();
         }
     }
 
@@ -133,11 +174,41 @@ pub struct Connections {
     /// By accept order, so that the oldest candidate is found first.
     live: Mutex<BTreeMap<u64, Arc<Activity>>>,
     next_id: AtomicU64,
+    /// Notified when the last live connection ends.
+    drained: Notify,
 }
 
 impl Connections {
     pub fn new() -> Arc<Self> {
-        Arc::new(Self { epoch: Instant::now(), live: Mutex::new(BTreeMap::new()), next_id: AtomicU64::new(0) })
+        Arc::new(Self {
+            epoch: Instant::now(),
+            live: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(0),
+            drained: Notify::new(),
+        })
+    }
+
+    /// Asks every live connection to close once its request in progress, if any, is answered;
+    /// an idle connection closes at once. The listener must have stopped accepting.
+    pub fn close_all(&self) {
+        for activity in self.live.lock().expect("never poisoned").values() {
+            activity.close();
+        }
+    }
+
+    /// Resolves once no connection is live.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so that the last connection ending in between
+            // is not missed.
+            notified.as_mut().enable();
+            if self.live.lock().expect("never poisoned").is_empty() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Records a new connection; it is forgotten when the returned registration is dropped.
@@ -215,7 +286,20 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.connections.live.lock().expect("never poisoned").remove(&self.id);
+        let mut live = self.connections.live.lock().expect("never poisoned");
+        live.remove(&self.id);
+        if live.is_empty() {
+            self.connections.drained.notify_waiters();
+        }
+    }
+}
+
+/// A request of the direct path in progress (see [`Activity::request_started`]).
+pub struct InFlight<'a>(&'a Activity);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.finished.fetch_add(1, Ordering::AcqRel);
     }
 }
 

@@ -64,7 +64,7 @@ where
         response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    if let Err(error) = token::admit(hosts, request.uri(), request.headers()) {
+    if let Err(error) = token::admit(hosts, &request) {
         return error.into_response();
     }
     let body = match axum::body::to_bytes(Body::new(request.into_body()), MAX_BODY_BYTES).await {

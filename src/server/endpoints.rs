@@ -21,6 +21,7 @@ use tower::{Layer, ServiceExt};
 use tower_http::normalize_path::{NormalizePath, NormalizePathLayer};
 
 use super::error::ApiError;
+use super::head::RequestHead;
 use super::host::AllowedHosts;
 use super::state::AppState;
 use super::token::Flavour;
@@ -142,10 +143,36 @@ fn ready(response: Response) -> Answer {
 
 /// A token request, once its path and method are known.
 async fn token_request(inner: Arc<Inner>, flavour: Flavour, parts: Parts) -> Result<Response, Infallible> {
-    Ok(match flavour {
-        Flavour::Imds => imds::handle(&inner.state, &inner.hosts, &parts).await,
-        Flavour::AppService => app_service::handle(&inner.state, &inner.hosts, &parts).await,
-    })
+    Ok(inner.token(flavour, &parts).await)
+}
+
+impl Inner {
+    /// The answer to a token request of `flavour`: what both the direct path and hyper's
+    /// service call, so that a request gets the same answer whichever served it.
+    async fn token(&self, flavour: Flavour, request: &impl RequestHead) -> Response {
+        match flavour {
+            Flavour::Imds => imds::handle(&self.state, &self.hosts, request).await,
+            Flavour::AppService => app_service::handle(&self.state, &self.hosts, request).await,
+        }
+    }
+}
+
+impl Endpoints {
+    /// Which token endpoint a `GET` of `path` asks, when it is one and the target (`target_bytes`
+    /// long) is within the URI limit: the requests the direct path (`super::direct`) answers.
+    /// Anything else (a longer target, another path) is left to the full service, which gives
+    /// the refusals.
+    pub(super) fn token_flavour(&self, path: &str, target_bytes: usize) -> Option<Flavour> {
+        if target_bytes > self.0.max_uri_bytes {
+            return None;
+        }
+        self.0.flavour(path)
+    }
+
+    /// The answer to a `GET` that [`Endpoints::token_flavour`] found to be a token request.
+    pub(super) async fn token(&self, flavour: Flavour, request: &impl RequestHead) -> Response {
+        self.0.token(flavour, request).await
+    }
 }
 
 impl<B> tower::Service<Request<B>> for Endpoints
@@ -206,34 +233,39 @@ fn method_not_allowed() -> Response {
     response
 }
 
+/// Endpoints over a broker without identities, for tests that look at routing and at the
+/// request's handling, never at a token (no credential is needed).
+#[cfg(test)]
+pub(super) fn for_tests(imds: bool, app_service: Option<&str>, max_uri_bytes: usize) -> Endpoints {
+    use crate::broker::{Broker, CacheSettings, Policy};
+    let settings = CacheSettings {
+        max_entries: 100,
+        negative_ttl: std::time::Duration::from_secs(30),
+        policy: Policy { serve_margin_secs: 300, refresh_backoff_secs: 5, refresh_backoff_max_secs: 300 },
+        max_background_refreshes: 1,
+        new_keys_per_minute: 60,
+        new_keys_burst: 60,
+    };
+    let broker = Arc::new(Broker::new(Vec::new(), settings, Arc::new(crate::clock::SystemClock)));
+    let state = AppState {
+        broker,
+        identity_header: None,
+        probe_mode: crate::config::ProbeMode::Strict,
+        dev_issuer: None,
+        metrics: None,
+        request_timeout: std::time::Duration::from_secs(1),
+        log_requests: crate::config::RequestLog::default(),
+        user_endpoints: None,
+    };
+    Endpoints::new(state, imds, app_service, max_uri_bytes, AllowedHosts::default(), Router::new())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Endpoints over a broker without identities: these tests look at routing and at the
-    /// request future, never at a token, so no credential is needed.
     fn inner(imds: bool, app_service: Option<&str>) -> Arc<Inner> {
-        use crate::broker::{Broker, CacheSettings, Policy};
-        let settings = CacheSettings {
-            max_entries: 100,
-            negative_ttl: std::time::Duration::from_secs(30),
-            policy: Policy { serve_margin_secs: 300, refresh_backoff_secs: 5, refresh_backoff_max_secs: 300 },
-            max_background_refreshes: 1,
-            new_keys_per_minute: 60,
-            new_keys_burst: 60,
-        };
-        let broker = Arc::new(Broker::new(Vec::new(), settings, Arc::new(crate::clock::SystemClock)));
-        let state = AppState {
-            broker,
-            identity_header: None,
-            probe_mode: crate::config::ProbeMode::Strict,
-            dev_issuer: None,
-            metrics: None,
-            request_timeout: std::time::Duration::from_secs(1),
-            log_requests: crate::config::RequestLog::default(),
-            user_endpoints: None,
-        };
-        Endpoints::new(state, imds, app_service, 100, AllowedHosts::default(), Router::new()).0
+        for_tests(imds, app_service, 100).0
     }
 
     #[test]

@@ -19,8 +19,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use axum::http::{HeaderMap, Uri, header};
+use axum::http::header;
 
+use super::head::{RequestHead, header_text};
 use crate::config::ServerConfig;
 
 /// Where an iptables rule sends IMDS traffic: clients keep naming it in `Host`.
@@ -81,17 +82,17 @@ impl AllowedHosts {
 
     /// Whether the request names an admitted host: the target's authority when the request
     /// line carries one (absolute form, which takes precedence over `Host`), else `Host`.
-    pub fn check<'a>(&self, uri: &'a Uri, headers: &'a HeaderMap) -> Result<(), Refusal<'a>> {
-        let authority = match uri.authority() {
+    pub fn check<'a>(&self, request: &'a impl RequestHead) -> Result<(), Refusal<'a>> {
+        let authority = match request.authority() {
             // `user@` is no part of the host.
-            Some(authority) => authority.as_str().rsplit_once('@').map_or(authority.as_str(), |(_, host)| host),
+            Some(authority) => authority.rsplit_once('@').map_or(authority, |(_, host)| host),
             None => {
-                let mut values = headers.get_all(header::HOST).iter();
+                let mut values = request.header_values(&header::HOST);
                 let Some(value) = values.next() else { return Ok(()) };
                 if values.next().is_some() {
                     return Err(Refusal::Malformed);
                 }
-                value.to_str().map_err(|_| Refusal::Malformed)?
+                header_text(value).ok_or(Refusal::Malformed)?
             }
         };
         if authority.is_empty() || self.admits(authority) {
@@ -157,7 +158,7 @@ fn shorten(host: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use axum::http::HeaderValue;
+    use axum::http::{HeaderMap, HeaderValue, Request, Uri};
 
     use super::*;
 
@@ -182,8 +183,13 @@ mod tests {
         assert!(!zoned.admits("[fe80::1%2]:8080"));
     }
 
-    fn check<'a>(policy: &AllowedHosts, uri: &'a Uri, headers: &'a HeaderMap) -> Result<(), Refusal<'a>> {
-        policy.check(uri, headers)
+    /// The check of a request with `uri` and `headers` (leaked, so that a refusal can borrow
+    /// from it for the rest of the test).
+    fn check(policy: &AllowedHosts, uri: &Uri, headers: &HeaderMap) -> Result<(), Refusal<'static>> {
+        let (mut request, ()) = Request::new(()).into_parts();
+        request.uri = uri.clone();
+        request.headers = headers.clone();
+        policy.check(Box::leak(Box::new(request)))
     }
 
     fn host_header(value: &str) -> HeaderMap {

@@ -3,11 +3,10 @@
 
 use std::time::Instant;
 
-use axum::http::request::Parts;
-use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 
 use super::error::ApiError;
+use super::head::{RequestHead, header_text};
 use super::host::AllowedHosts;
 use super::state::AppState;
 use super::token::{self, Call, Flavour};
@@ -15,32 +14,30 @@ use super::wire::{TokenQuery, api_version_supported};
 use crate::config::ProbeMode;
 
 /// Handles one IMDS-style request. Caller checks come first and never cause upstream I/O.
-pub async fn handle(state: &AppState, hosts: &AllowedHosts, request: &Parts) -> Response {
-    match token::request_span(Flavour::Imds, &request.headers, &request.uri) {
-        Some(span) => Box::pin(token::traced(span, checked(state, hosts, &request.headers, &request.uri))).await,
-        None => checked(state, hosts, &request.headers, &request.uri).await,
+pub async fn handle(state: &AppState, hosts: &AllowedHosts, request: &impl RequestHead) -> Response {
+    match token::request_span(Flavour::Imds, request) {
+        Some(span) => Box::pin(token::traced(span, checked(state, hosts, request))).await,
+        None => checked(state, hosts, request).await,
     }
 }
 
-async fn checked(state: &AppState, hosts: &AllowedHosts, headers: &HeaderMap, uri: &Uri) -> Response {
+async fn checked(state: &AppState, hosts: &AllowedHosts, request: &impl RequestHead) -> Response {
     let started = Instant::now();
-    let reject = |error| token::reject(Call::new(Flavour::Imds, uri, started, state.log_requests), error);
+    let reject = |error| token::reject(Call::new(Flavour::Imds, request.path(), started, state.log_requests), error);
 
-    if let Err(error) = token::admit(hosts, uri, headers) {
+    if let Err(error) = token::admit(hosts, request) {
         return reject(error);
     }
     // IMDS refuses anything that came through a proxy; so do we.
-    if headers.contains_key(token::X_FORWARDED_FOR) {
+    if request.has_header(&token::X_FORWARDED_FOR) {
         return reject(ApiError::bad_request("Requests with an X-Forwarded-For header are not accepted"));
     }
-    let query = match TokenQuery::parse(uri.query()) {
+    let query = match TokenQuery::parse(request.query()) {
         Ok(query) => query,
         Err(error) => return reject(ApiError::bad_request(error.to_string())),
     };
-    let has_metadata = headers
-        .get(token::METADATA)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    let has_metadata =
+        request.header(&token::METADATA).and_then(header_text).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
     if !has_metadata {
         // SDK probes (JS and Go send no query at all) get real IMDS's answer at once.
         // `compatible` serves .NET's probe, which carries a resource (docs/protocols.md#sdk-probes).
@@ -60,5 +57,5 @@ async fn checked(state: &AppState, hosts: &AllowedHosts, headers: &HeaderMap, ur
             return reject(ApiError::bad_request("Required query variable 'api-version' is missing; use 2018-02-01"));
         }
     }
-    token::serve(state, Call::new(Flavour::Imds, uri, started, state.log_requests), query).await
+    token::serve(state, Call::new(Flavour::Imds, request.path(), started, state.log_requests), query).await
 }

@@ -5,9 +5,11 @@ mod admin;
 mod app_service;
 mod connection;
 mod dev_user;
+mod direct;
 mod discovery;
 mod endpoints;
 mod error;
+mod head;
 mod host;
 mod imds;
 mod sidecar;
@@ -27,14 +29,12 @@ use axum::routing::get;
 pub use endpoints::Endpoints;
 pub use error::ApiError;
 use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 pub use sidecar::{DownstreamApi, UserEndpoints};
 pub use state::AppState;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use self::connection::{Connections, Deadlines, Timeouts, Tracked};
+use self::connection::{Connections, Deadlines, Timeouts};
 use crate::config::ServerConfig;
 
 /// The token listener's service: the token flavours the configuration enables, health and
@@ -131,16 +131,12 @@ impl Server {
     ) -> io::Result<()> {
         let Self { listener, limits } = self;
         let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-        let graceful = GracefulShutdown::new();
         let timeouts = Timeouts {
             write: limits.write_timeout,
             keep_alive: limits.keep_alive_timeout,
             header_read: limits.header_read_timeout,
         };
-        let mut http = http1::Builder::new();
-        // No hyper timer: `Deadlines` bounds the wait for each request and the head itself,
-        // without a timer per request.
-        http.header_read_timeout(None).max_buf_size(limits.max_header_bytes.max(MIN_HEAD_BUFFER)).keep_alive(true);
+        let http = Arc::new(http1_builder(limits.max_header_bytes));
         let connections = Connections::new();
         tokio::pin!(shutdown);
         loop {
@@ -168,15 +164,11 @@ impl Server {
             };
             let registration = connections.register();
             let activity = Arc::clone(registration.activity());
-            let io = TokioIo::new(Deadlines::new(stream, timeouts, Arc::clone(&activity)));
-            let connection =
-                graceful.watch(http.serve_connection(io, Tracked::new(endpoints.clone(), Arc::clone(&activity))));
+            let io = Deadlines::new(stream, timeouts, Arc::clone(&activity));
+            let connection = direct::serve(io, endpoints.clone(), Arc::clone(&activity), Arc::clone(&http));
             let task = tokio::spawn(async move {
                 if let Err(error) = connection.await {
-                    // hyper's message is generic ("connection error"); the cause says which
-                    // deadline or peer error ended the connection.
-                    let cause = std::error::Error::source(&error).map(tracing::field::display);
-                    tracing::debug!(%error, cause, "connection ended with an error");
+                    tracing::debug!(%error, "connection ended with an error");
                 }
                 // Dropped with the task also when it is aborted to make room: the slot is
                 // freed either way.
@@ -186,13 +178,54 @@ impl Server {
         }
         drop(listener);
         tracing::info!("shutting down: no new connections; finishing requests in flight");
+        connections.close_all();
         tokio::select! {
-            () = graceful.shutdown() => {}
+            () = connections.drained() => {}
             () = tokio::time::sleep(limits.grace) => {
                 tracing::warn!(grace_secs = limits.grace.as_secs(), "grace period over; closing remaining connections");
             }
         }
         Ok(())
+    }
+}
+
+/// hyper's settings, for the connections the direct path hands over (`direct`).
+///
+/// No hyper timer: `Deadlines` bounds the wait for each request and the head itself, without a
+/// timer per request. Half-closed connections are answered, as the direct path answers them: a
+/// client may shut its side down once its request is sent and still read the answer.
+fn http1_builder(max_header_bytes: usize) -> http1::Builder {
+    let mut http = http1::Builder::new();
+    http.header_read_timeout(None)
+        .max_buf_size(max_header_bytes.max(MIN_HEAD_BUFFER))
+        .keep_alive(true)
+        .half_close(true);
+    http
+}
+
+/// Serves one connection over `io` as the listener serves an accepted one (the direct path,
+/// then hyper), with a 16 KiB head limit, until the peer ends it; with `direct` false, with
+/// hyper alone, the same settings. For tests that compare the two.
+#[cfg(test)]
+pub(crate) async fn serve_connection<T>(io: T, endpoints: Endpoints, direct: bool)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let timeouts = Timeouts {
+        write: Duration::from_secs(5),
+        keep_alive: Duration::from_secs(60),
+        header_read: Duration::from_secs(10),
+    };
+    let connections = Connections::new();
+    let registration = connections.register();
+    let activity = Arc::clone(registration.activity());
+    let http = http1_builder(16 * 1024);
+    let io = Deadlines::new(io, timeouts, Arc::clone(&activity));
+    if direct {
+        let _ = direct::serve(io, endpoints, activity, Arc::new(http)).await;
+    } else {
+        let service = connection::Tracked::new(endpoints, activity);
+        let _ = http.serve_connection(hyper_util::rt::TokioIo::new(io), service).await;
     }
 }
 

@@ -276,7 +276,7 @@ async fn answer(
         return Err(problem);
     }
     let headers = &request.headers;
-    token::admit(hosts, &request.uri, headers).map_err(Problem::from_api_error)?;
+    token::admit(hosts, request).map_err(Problem::from_api_error)?;
     if headers.contains_key(token::X_FORWARDED_FOR) {
         return Err(Problem::new(StatusCode::BAD_REQUEST, "Requests with an X-Forwarded-For header are not accepted"));
     }

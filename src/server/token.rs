@@ -12,11 +12,12 @@ use std::task::Poll;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri, header};
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
 use super::error::ApiError;
+use super::head::RequestHead;
 use super::host::AllowedHosts;
 use super::state::AppState;
 use super::wire::{TokenQuery, render_token_body};
@@ -57,28 +58,28 @@ pub struct Call<'a> {
 }
 
 impl<'a> Call<'a> {
-    /// A request to `uri` that arrived at `started`, logged as `log` says.
-    pub fn new(flavour: Flavour, uri: &'a Uri, started: Instant, log: RequestLog) -> Self {
-        Self { flavour, path: uri.path(), started, log }
+    /// A request for `path` that arrived at `started`, logged as `log` says.
+    pub fn new(flavour: Flavour, path: &'a str, started: Instant, log: RequestLog) -> Self {
+        Self { flavour, path, started, log }
     }
 }
 
 /// The `token_request` span of a request, continuing the caller's W3C trace; `None` without
 /// trace export.
-pub fn request_span(flavour: Flavour, headers: &HeaderMap, uri: &Uri) -> Option<tracing::Span> {
+pub fn request_span(flavour: Flavour, request: &impl RequestHead) -> Option<tracing::Span> {
     if !telemetry::tracing_enabled() {
         return None;
     }
     let span = tracing::info_span!(
         "token_request",
-        otel.name = %format!("GET {}", uri.path()),
+        otel.name = %format!("GET {}", request.path()),
         otel.kind = "server",
         flavour = flavour.as_str(),
         http.request.method = "GET",
-        url.path = %uri.path(),
+        url.path = %request.path(),
         http.response.status_code = tracing::field::Empty,
     );
-    telemetry::adopt_remote_parent(&span, headers);
+    telemetry::adopt_remote_parent(&span, &request.trace_context());
     Some(span)
 }
 
@@ -103,11 +104,11 @@ pub async fn traced(span: tracing::Span, handler: impl Future<Output = Response>
 ///    [`super::host`]).
 ///
 /// Neither allocates when the request passes.
-pub fn admit(hosts: &AllowedHosts, uri: &Uri, headers: &HeaderMap) -> Result<(), ApiError> {
-    if headers.contains_key(HOP) {
+pub fn admit(hosts: &AllowedHosts, request: &impl RequestHead) -> Result<(), ApiError> {
+    if request.has_header(&HOP) {
         return Err(ApiError::loop_detected());
     }
-    hosts.check(uri, headers).map_err(ApiError::host_refused)
+    hosts.check(request).map_err(ApiError::host_refused)
 }
 
 /// Resolves the identity, gets the token from the broker and writes the wire body.

@@ -164,15 +164,14 @@ fn tracer_provider(export: &TraceExport) -> Result<SdkTracerProvider, String> {
     Ok(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
 }
 
-/// Makes `span` a child of the caller's W3C `traceparent`, when traces are exported.
-pub fn adopt_remote_parent(span: &tracing::Span, headers: &axum::http::HeaderMap) {
+/// Makes `span` a child of the caller's W3C `traceparent` in `headers`, when traces are
+/// exported.
+pub fn adopt_remote_parent(span: &tracing::Span, headers: &dyn opentelemetry::propagation::Extractor) {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     if !tracing_enabled() {
         return;
     }
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&opentelemetry_http::HeaderExtractor(headers))
-    });
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(headers));
     let _ = span.set_parent(parent);
 }
 
