@@ -4,25 +4,23 @@
 
 use std::time::Instant;
 
-use axum::response::Response;
-
 use super::error::ApiError;
 use super::head::RequestHead;
 use super::host::AllowedHosts;
 use super::state::AppState;
-use super::token::{self, Call, Flavour};
+use super::token::{self, Call, Flavour, TokenAnswer};
 use super::wire::{TokenQuery, api_version_supported};
 use crate::telemetry::metrics;
 
 /// Handles one App Service style request.
-pub async fn handle(state: &AppState, hosts: &AllowedHosts, request: &impl RequestHead) -> Response {
+pub async fn handle(state: &AppState, hosts: &AllowedHosts, request: &impl RequestHead) -> TokenAnswer {
     match token::request_span(Flavour::AppService, request) {
         Some(span) => Box::pin(token::traced(span, checked(state, hosts, request))).await,
         None => checked(state, hosts, request).await,
     }
 }
 
-async fn checked(state: &AppState, hosts: &AllowedHosts, request: &impl RequestHead) -> Response {
+async fn checked(state: &AppState, hosts: &AllowedHosts, request: &impl RequestHead) -> TokenAnswer {
     let started = Instant::now();
     let reject =
         |error| token::reject(Call::new(Flavour::AppService, request.path(), started, state.log_requests), error);

@@ -32,7 +32,6 @@ use std::mem::MaybeUninit;
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::http::{HeaderName, header};
-use axum::response::Response;
 use bytes::{Buf, BytesMut};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -42,7 +41,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use super::connection::{Activity, Deadlines, Tracked};
 use super::endpoints::Endpoints;
 use super::head::{RequestHead, header_text};
-use super::token::Flavour;
+use super::token::{Flavour, TokenAnswer};
 
 /// The most headers a request on the direct path may have; one with more goes to hyper,
 /// whose limit (100) then applies. SDKs send fewer than 15.
@@ -245,48 +244,77 @@ static PLAIN_TARGET: [bool; 256] = {
 /// but DEL; checked all the same, as hyper's service would never see such a request).
 fn plain_header(field: &httparse::Header<'_>) -> bool {
     let name = field.name;
-    let refused = ["content-length", "transfer-encoding", "expect", "upgrade"];
-    if refused.iter().any(|refused| name.eq_ignore_ascii_case(refused)) {
-        return false;
-    }
-    if name.eq_ignore_ascii_case("connection") {
-        return header_text(field.value).is_some_and(|v| v.trim().eq_ignore_ascii_case("keep-alive"));
-    }
-    field.value.iter().all(|&b| b == b'\t' || (b >= b' ' && b != 0x7f))
+    // By length first: most headers are none of these, and are passed by one comparison.
+    let is = |refused: &str| name.len() == refused.len() && name.eq_ignore_ascii_case(refused);
+    let plain = match name.len() {
+        6 => !is("expect"),
+        7 => !is("upgrade"),
+        10 if is("connection") => header_text(field.value).is_some_and(|v| v.trim().eq_ignore_ascii_case("keep-alive")),
+        14 => !is("content-length"),
+        17 => !is("transfer-encoding"),
+        _ => true,
+    };
+    plain && field.value.iter().all(|&b| HEADER_VALUE[usize::from(b)])
 }
 
-/// Writes `response` into `out` as hyper writes a response to an HTTP/1.1 request: the status
+/// The bytes `http::HeaderValue` accepts: tab and everything from space up but DEL.
+static HEADER_VALUE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = byte == b'\t' as usize || (byte >= 0x20 && byte != 0x7f);
+        byte += 1;
+    }
+    table
+};
+
+/// Writes `answer` into `out` as hyper writes a response to an HTTP/1.1 request: the status
 /// line, the handler's headers, `content-length` and `date` unless the handler set them, then
-/// the body.
-async fn encode(response: Response, out: &mut Vec<u8>) -> Result<(), ConnectionError> {
-    let (parts, mut body) = response.into_parts();
+/// the body. A served token is written from its body alone.
+async fn encode(answer: TokenAnswer, out: &mut Vec<u8>) -> Result<(), ConnectionError> {
     out.clear();
+    let response = match answer {
+        TokenAnswer::Served(body) => {
+            out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+            for (name, value) in TokenAnswer::SERVED_HEADERS {
+                push_header(out, name.as_str(), value.as_bytes());
+            }
+            push_header(out, "content-length", itoa::Buffer::new().format(body.len()).as_bytes());
+            http_date(|date| push_header(out, "date", date.as_bytes()));
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(&body);
+            return Ok(());
+        }
+        TokenAnswer::Other(response) => response,
+    };
+    let (parts, mut body) = response.into_parts();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(parts.status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(parts.status.canonical_reason().unwrap_or("<none>").as_bytes());
     out.extend_from_slice(b"\r\n");
     for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_header(out, name.as_str(), value.as_bytes());
     }
     // The handlers' bodies are whole (`Full`): the first frame is the body, ready at once.
     let data = collect(&mut body).await?;
     if !parts.headers.contains_key(header::CONTENT_LENGTH) {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(data.len()).as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_header(out, "content-length", itoa::Buffer::new().format(data.len()).as_bytes());
     }
     if !parts.headers.contains_key(header::DATE) {
-        out.extend_from_slice(b"date: ");
-        http_date(|date| out.extend_from_slice(date.as_bytes()));
-        out.extend_from_slice(b"\r\n");
+        http_date(|date| push_header(out, "date", date.as_bytes()));
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&data);
     Ok(())
+}
+
+/// One `name: value` header line.
+fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A response body's data.

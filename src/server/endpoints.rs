@@ -24,7 +24,7 @@ use super::error::ApiError;
 use super::head::RequestHead;
 use super::host::AllowedHosts;
 use super::state::AppState;
-use super::token::Flavour;
+use super::token::{Flavour, TokenAnswer};
 use super::wire::OAuthError;
 use super::{app_service, dev_user, imds, sidecar};
 use crate::config::IMDS_PATH;
@@ -143,13 +143,13 @@ fn ready(response: Response) -> Answer {
 
 /// A token request, once its path and method are known.
 async fn token_request(inner: Arc<Inner>, flavour: Flavour, parts: Parts) -> Result<Response, Infallible> {
-    Ok(inner.token(flavour, &parts).await)
+    Ok(inner.token(flavour, &parts).await.into_response())
 }
 
 impl Inner {
     /// The answer to a token request of `flavour`: what both the direct path and hyper's
     /// service call, so that a request gets the same answer whichever served it.
-    async fn token(&self, flavour: Flavour, request: &impl RequestHead) -> Response {
+    async fn token(&self, flavour: Flavour, request: &impl RequestHead) -> TokenAnswer {
         match flavour {
             Flavour::Imds => imds::handle(&self.state, &self.hosts, request).await,
             Flavour::AppService => app_service::handle(&self.state, &self.hosts, request).await,
@@ -170,7 +170,7 @@ impl Endpoints {
     }
 
     /// The answer to a `GET` that [`Endpoints::token_flavour`] found to be a token request.
-    pub(super) async fn token(&self, flavour: Flavour, request: &impl RequestHead) -> Response {
+    pub(super) async fn token(&self, flavour: Flavour, request: &impl RequestHead) -> TokenAnswer {
         self.0.token(flavour, request).await
     }
 }

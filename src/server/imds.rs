@@ -3,25 +3,23 @@
 
 use std::time::Instant;
 
-use axum::response::Response;
-
 use super::error::ApiError;
 use super::head::{RequestHead, header_text};
 use super::host::AllowedHosts;
 use super::state::AppState;
-use super::token::{self, Call, Flavour};
+use super::token::{self, Call, Flavour, TokenAnswer};
 use super::wire::{TokenQuery, api_version_supported};
 use crate::config::ProbeMode;
 
 /// Handles one IMDS-style request. Caller checks come first and never cause upstream I/O.
-pub async fn handle(state: &AppState, hosts: &AllowedHosts, request: &impl RequestHead) -> Response {
+pub async fn handle(state: &AppState, hosts: &AllowedHosts, request: &impl RequestHead) -> TokenAnswer {
     match token::request_span(Flavour::Imds, request) {
         Some(span) => Box::pin(token::traced(span, checked(state, hosts, request))).await,
         None => checked(state, hosts, request).await,
     }
 }
 
-async fn checked(state: &AppState, hosts: &AllowedHosts, request: &impl RequestHead) -> Response {
+async fn checked(state: &AppState, hosts: &AllowedHosts, request: &impl RequestHead) -> TokenAnswer {
     let started = Instant::now();
     let reject = |error| token::reject(Call::new(Flavour::Imds, request.path(), started, state.log_requests), error);
 

@@ -32,6 +32,52 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_IDENTITY_HEADER: HeaderName = HeaderName::from_static("x-identity-header");
 const HOP: HeaderName = HeaderName::from_static(HOP_HEADER);
 
+/// A token request's answer: a served token's body, which the direct path (`super::direct`)
+/// writes without building a `Response`, or any other response.
+pub enum TokenAnswer {
+    /// 200 with this JSON body, `Content-Type: application/json` and `Cache-Control: no-store`.
+    Served(Vec<u8>),
+    /// Anything else: a refusal.
+    Other(Response),
+}
+
+impl TokenAnswer {
+    /// The headers of a served token besides its length, in the order they are written.
+    pub const SERVED_HEADERS: [(HeaderName, &'static str); 2] =
+        [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")];
+
+    /// The status code.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Served(_) => 200,
+            Self::Other(response) => response.status().as_u16(),
+        }
+    }
+}
+
+impl IntoResponse for TokenAnswer {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Served(body) => {
+                let mut response = Response::new(Body::from(body));
+                let headers = response.headers_mut();
+                // A token must not be stored by any intermediary.
+                for (name, value) in Self::SERVED_HEADERS {
+                    headers.insert(name, HeaderValue::from_static(value));
+                }
+                response
+            }
+            Self::Other(response) => response,
+        }
+    }
+}
+
+impl From<Response> for TokenAnswer {
+    fn from(response: Response) -> Self {
+        Self::Other(response)
+    }
+}
+
 /// Which endpoint a request came through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flavour {
@@ -88,10 +134,10 @@ pub fn request_span(flavour: Flavour, request: &impl RequestHead) -> Option<trac
 /// Callers box this future and await the handler directly when there is no span: a future
 /// handed to an `async fn` is held in its state twice (the argument and the awaited value),
 /// and every request's future would grow by that for tracing that is off.
-pub async fn traced(span: tracing::Span, handler: impl Future<Output = Response>) -> Response {
-    let response = handler.instrument(span.clone()).await;
-    span.record("http.response.status_code", response.status().as_u16());
-    response
+pub async fn traced(span: tracing::Span, handler: impl Future<Output = TokenAnswer>) -> TokenAnswer {
+    let answer = handler.instrument(span.clone()).await;
+    span.record("http.response.status_code", answer.status());
+    answer
 }
 
 /// The checks every token request passes before its flavour's own, in this order:
@@ -114,7 +160,7 @@ pub fn admit(hosts: &AllowedHosts, request: &impl RequestHead) -> Result<(), Api
 /// Resolves the identity, gets the token from the broker and writes the wire body.
 /// Logs the served request only under `log.requests = "all"` (never the token, only its
 /// fingerprint); otherwise a served request costs no tracing call at all.
-pub async fn serve(state: &AppState, call: Call<'_>, query: TokenQuery<'_>) -> Response {
+pub async fn serve(state: &AppState, call: Call<'_>, query: TokenQuery<'_>) -> TokenAnswer {
     let Some(resource) = query.resource.as_deref() else {
         return reject(call, ApiError::bad_request("Required query variable 'resource' is missing"));
     };
@@ -161,12 +207,7 @@ pub async fn serve(state: &AppState, call: Call<'_>, query: TokenQuery<'_>) -> R
                     "token request"
                 );
             }
-            let mut response = Response::new(Body::from(body));
-            let headers = response.headers_mut();
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            // A token must not be stored by any intermediary.
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            response
+            TokenAnswer::Served(body)
         }
         Err(error) => reject(call, error.into()),
     }
@@ -174,17 +215,17 @@ pub async fn serve(state: &AppState, call: Call<'_>, query: TokenQuery<'_>) -> R
 
 /// Logs a refused request (unless `log.requests = "none"`) and turns it into its response.
 /// 5xx (no token from the upstream) at WARN, 4xx (the caller's mistake) at INFO.
-pub fn reject(call: Call<'_>, error: ApiError) -> Response {
+pub fn reject(call: Call<'_>, error: ApiError) -> TokenAnswer {
     let elapsed = call.started.elapsed();
     let status = error.status.as_u16();
     metrics::request(call.flavour.as_str(), status, elapsed);
     if call.log != RequestLog::None {
         log_refusal(&call, &error, elapsed);
     }
-    match call.flavour {
+    TokenAnswer::Other(match call.flavour {
         Flavour::Imds => error.into_response(),
         Flavour::AppService => error.into_app_service_response(),
-    }
+    })
 }
 
 /// The refused-request line. Out of line: refusals are the cold path.
