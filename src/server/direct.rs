@@ -161,8 +161,8 @@ impl<'b> RawHead<'b> {
         if !target.starts_with('/') || !target.bytes().all(plain_target_byte) {
             return None;
         }
-        let (path, query) = match target.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
+        let (path, query) = match target.bytes().position(|b| b == b'?') {
+            Some(at) => (&target[..at], Some(&target[at + 1..])),
             None => (target, None),
         };
         let flavour = endpoints.token_flavour(path, target.len())?;

@@ -84,7 +84,10 @@ impl Inner {
     /// Which token endpoint `path` names. Leading and trailing slashes are ignored, as the
     /// SDKs send `//metadata/...` and `.../token/` (docs/protocols.md#paths-the-sdks-send).
     fn flavour(&self, path: &str) -> Option<Flavour> {
-        let path = path.trim_matches('/');
+        // `trim_matches` by byte: a `char` pattern decodes UTF-8 on every request.
+        let start = path.bytes().position(|b| b != b'/').unwrap_or(path.len());
+        let end = path.bytes().rposition(|b| b != b'/').map_or(start, |last| last + 1);
+        let path = &path[start..end.max(start)];
         if self.imds_path == Some(path) {
             Some(Flavour::Imds)
         } else if self.app_service_path.as_deref() == Some(path) {

@@ -132,17 +132,18 @@ fn query_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)
 
 /// One decoded query component (see [`query_pairs`]).
 fn decode_component(text: &str) -> Cow<'_, str> {
-    if !text.bytes().any(|b| b == b'%' || b == b'+') {
-        return Cow::Borrowed(text);
-    }
     let bytes = text.as_bytes();
+    let Some(first) = bytes.iter().position(|&b| b == b'%' || b == b'+') else {
+        return Cow::Borrowed(text);
+    };
     let mut decoded = Vec::with_capacity(bytes.len());
-    let mut at = 0;
+    decoded.extend_from_slice(&bytes[..first]);
+    let mut at = first;
     while at < bytes.len() {
         let byte = match bytes[at] {
             b'+' => b' ',
-            b'%' => match (bytes.get(at + 1).and_then(hex_value), bytes.get(at + 2).and_then(hex_value)) {
-                (Some(high), Some(low)) => {
+            b'%' => match (bytes.get(at + 1).map(hex_value), bytes.get(at + 2).map(hex_value)) {
+                (Some(high), Some(low)) if high | low < 16 => {
                     at += 2;
                     high << 4 | low
                 }
@@ -159,10 +160,27 @@ fn decode_component(text: &str) -> Cow<'_, str> {
     }
 }
 
-/// The value of one hexadecimal digit, either case.
-fn hex_value(digit: &u8) -> Option<u8> {
-    (*digit as char).to_digit(16).map(|value| value as u8)
+/// The value of one hexadecimal digit, either case; 16 or more for any other byte.
+fn hex_value(digit: &u8) -> u8 {
+    HEX[usize::from(*digit)]
 }
+
+/// [`hex_value`] as a table: it is asked for two bytes of every escape.
+static HEX: [u8; 256] = {
+    let mut table = [u8::MAX; 256];
+    let mut digit = 0;
+    while digit < 10 {
+        table[b'0' as usize + digit] = digit as u8;
+        digit += 1;
+    }
+    let mut letter = 0;
+    while letter < 6 {
+        table[b'a' as usize + letter] = 10 + letter as u8;
+        table[b'A' as usize + letter] = 10 + letter as u8;
+        letter += 1;
+    }
+    table
+};
 
 /// `f` applied to a decoded value, without copying a borrowed one; an owned one is copied
 /// only when `f` changed it.
