@@ -23,20 +23,19 @@
 
 use std::cell::RefCell;
 use std::fmt;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use std::mem::MaybeUninit;
-
 use axum::body::{Body, Bytes, HttpBody};
 use axum::http::{HeaderName, header};
-use bytes::{Buf, BytesMut};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use opentelemetry::propagation::Extractor;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use zeroize::Zeroize;
 
 use super::connection::{Activity, Deadlines, Tracked};
 use super::endpoints::Endpoints;
@@ -93,13 +92,13 @@ pub async fn serve<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut buffer = BytesMut::with_capacity(READ_BUFFER);
-    let mut answer = Vec::new();
+    let mut buffers = Buffers { read: Vec::with_capacity(READ_BUFFER), start: 0, answer: Vec::new() };
     loop {
-        if buffer.is_empty() {
-            // Moves the buffer's start back to its allocation's: no allocation once it is there.
-            buffer.reserve(READ_BUFFER);
-            let mut reading = std::pin::pin!(io.read_buf(&mut buffer));
+        if buffers.start == buffers.read.len() {
+            // Reads into the same memory every time: the buffer keeps its capacity.
+            buffers.read.clear();
+            buffers.start = 0;
+            let mut reading = std::pin::pin!(io.read_buf(&mut buffers.read));
             let read = std::future::poll_fn(|cx| match reading.as_mut().poll(cx) {
                 Poll::Ready(read) => Poll::Ready(Some(read)),
                 Poll::Pending => activity.poll_closing(cx).map(|()| None),
@@ -113,21 +112,41 @@ where
             }
         }
         let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-        let Some(head) = RawHead::parse(&buffer, &mut slots, &endpoints) else {
-            drop(answer);
-            return Box::pin(hand_over(io, buffer.freeze(), endpoints, activity, http)).await;
+        let Some(head) = RawHead::parse(&buffers.read[buffers.start..], &mut slots, &endpoints) else {
+            let rest = Replayed { read: buffers.read[buffers.start..].to_vec(), at: 0, io };
+            drop(buffers);
+            return Box::pin(hand_over(rest, endpoints, activity, http)).await;
         };
-        let response = {
+        let answer = {
             let _in_flight = activity.request_started();
             endpoints.token(head.flavour, &head).await
         };
-        let length = head.length;
-        buffer.advance(length);
-        encode(response, &mut answer).await?;
-        io.write_all(&answer).await?;
-        if activity.is_closing() {
+        buffers.start += head.length;
+        // Closing: hyper's graceful shutdown would say so on an answer in progress; so does
+        // this one, so that a pooled client sends no further request on the connection.
+        let closing = activity.is_closing();
+        encode(answer, closing, &mut buffers.answer).await?;
+        io.write_all(&buffers.answer).await?;
+        if closing || activity.is_closing() {
             return Ok(());
         }
+    }
+}
+
+/// A connection's own buffers, overwritten with zeros when the connection ends
+/// (docs/threat-model.md#memory): the requests read (an App Service request carries the
+/// header secret) and the last answer written (a token).
+struct Buffers {
+    read: Vec<u8>,
+    /// Where the next request starts in `read` (pipelined requests follow each other).
+    start: usize,
+    answer: Vec<u8>,
+}
+
+impl Drop for Buffers {
+    fn drop(&mut self) {
+        self.read.zeroize();
+        self.answer.zeroize();
     }
 }
 
@@ -269,20 +288,25 @@ static HEADER_VALUE: [bool; 256] = {
 };
 
 /// Writes `answer` into `out` as hyper writes a response to an HTTP/1.1 request: the status
-/// line, the handler's headers, `content-length` and `date` unless the handler set them, then
-/// the body. A served token is written from its body alone.
-async fn encode(answer: TokenAnswer, out: &mut Vec<u8>) -> Result<(), ConnectionError> {
+/// line, the handler's headers, `content-length` and `date` unless the handler set them (and
+/// `connection: close` when `closing`), then the body. A served token is written from its
+/// body alone, which is then zeroed.
+async fn encode(answer: TokenAnswer, closing: bool, out: &mut Vec<u8>) -> Result<(), ConnectionError> {
     out.clear();
     let response = match answer {
-        TokenAnswer::Served(body) => {
+        TokenAnswer::Served(mut body) => {
             out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
             for (name, value) in TokenAnswer::SERVED_HEADERS {
                 push_header(out, name.as_str(), value.as_bytes());
+            }
+            if closing {
+                push_header(out, "connection", b"close");
             }
             push_header(out, "content-length", itoa::Buffer::new().format(body.len()).as_bytes());
             http_date(|date| push_header(out, "date", date.as_bytes()));
             out.extend_from_slice(b"\r\n");
             out.extend_from_slice(&body);
+            body.zeroize();
             return Ok(());
         }
         TokenAnswer::Other(response) => response,
@@ -295,6 +319,9 @@ async fn encode(answer: TokenAnswer, out: &mut Vec<u8>) -> Result<(), Connection
     out.extend_from_slice(b"\r\n");
     for (name, value) in &parts.headers {
         push_header(out, name.as_str(), value.as_bytes());
+    }
+    if closing && !parts.headers.contains_key(header::CONNECTION) {
+        push_header(out, "connection", b"close");
     }
     // The handlers' bodies are whole (`Full`): the first frame is the body, ready at once.
     let data = collect(&mut body).await?;
@@ -359,12 +386,11 @@ fn http_date(f: impl FnOnce(&str)) {
     });
 }
 
-/// Serves the rest of the connection with hyper, `read` first: the bytes read but not
-/// answered on the direct path. When the listener closes the connection, hyper finishes the
-/// request in progress and closes it.
+/// Serves the rest of the connection with hyper, the bytes read but not answered on the direct
+/// path first. When the listener closes the connection, hyper finishes the request in
+/// progress and closes it.
 async fn hand_over<T>(
-    io: Deadlines<T>,
-    read: Bytes,
+    io: Replayed<Deadlines<T>>,
     endpoints: Endpoints,
     activity: Arc<Activity>,
     http: Arc<http1::Builder>,
@@ -372,11 +398,14 @@ async fn hand_over<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let io = TokioIo::new(Replayed { read, io });
-    let connection = http.serve_connection(io, Tracked::new(endpoints, Arc::clone(&activity)));
+    let connection = http.serve_connection(TokioIo::new(io), Tracked::new(endpoints, Arc::clone(&activity)));
     let mut connection = std::pin::pin!(connection);
     let closing = std::future::poll_fn(|cx| activity.poll_closing(cx));
     tokio::select! {
+        // The connection first: its first poll reads the replayed request, so a close asked
+        // for already finishes that request instead of closing a connection hyper has read
+        // nothing from (which would drop a request the direct path took off the socket).
+        biased;
         result = connection.as_mut() => return result.map_err(ConnectionError::Http),
         () = closing => {}
     }
@@ -384,10 +413,19 @@ where
     connection.await.map_err(ConnectionError::Http)
 }
 
-/// A connection whose first bytes were already read: reads return them first.
+/// A connection whose first bytes were already read: reads return them first. They are
+/// zeroed when dropped, as the direct path's buffers are.
 struct Replayed<T> {
-    read: Bytes,
+    read: Vec<u8>,
+    /// How much of `read` has been returned.
+    at: usize,
     io: T,
+}
+
+impl<T> Drop for Replayed<T> {
+    fn drop(&mut self) {
+        self.read.zeroize();
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Replayed<T> {
@@ -396,11 +434,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for Replayed<T> {
         cx: &mut std::task::Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        if self.read.is_empty() {
-            return Pin::new(&mut self.io).poll_read(cx, buf);
+        let this = &mut *self;
+        let rest = &this.read[this.at..];
+        if rest.is_empty() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
         }
-        let n = self.read.len().min(buf.remaining());
-        buf.put_slice(&self.read.split_to(n));
+        let n = rest.len().min(buf.remaining());
+        buf.put_slice(&rest[..n]);
+        this.at += n;
         Poll::Ready(Ok(()))
     }
 }
@@ -550,16 +591,27 @@ mod tests {
         let mut rest = Vec::new();
         assert_eq!(peer.read_to_end(&mut rest).await.unwrap(), 0);
 
-        // Asked to close with a request read but not yet answered: the answer still comes.
+        // Asked to close with a request sent but not yet read (the test's runtime has one
+        // thread: the connection's task runs only once the test waits for the answer). The
+        // request is answered, saying the connection closes, and the connection closes.
         let (mut peer, connections, task) = connection();
-        connections.close_all();
         peer.write_all(format!("GET {IMDS} HTTP/1.1\r\n\r\n").as_bytes()).await.unwrap();
+        connections.close_all();
         let mut answer = Vec::new();
         peer.read_to_end(&mut answer).await.unwrap();
-        // Either it was read before the close was seen and answered, or the connection closed
-        // while waiting for it; never cut in the middle of an answer.
         let answer = String::from_utf8(answer).unwrap();
-        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 400 "), "{answer:?}");
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer:?}");
+        assert!(answer.contains("\r\nconnection: close\r\n"), "{answer:?}");
+        task.await.unwrap().unwrap();
+
+        // The same for a request that is handed to hyper: hyper answers it before closing.
+        let (mut peer, connections, task) = connection();
+        peer.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").await.unwrap();
+        connections.close_all();
+        let mut answer = Vec::new();
+        peer.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8(answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 404 "), "{answer:?}");
         task.await.unwrap().unwrap();
     }
 
