@@ -2,7 +2,7 @@
 # Load benchmark: tokenrelay's cache-hit path against a minimal hyper server that returns a
 # precomputed body of the same size, in the same run, on the same machine. The load generator
 # (wrk) shares the cores with the server, so absolute figures mean little; the ratios to the
-# baseline are the result.
+# baseline are the result, each to the mean of the baseline runs just before and just after.
 #
 # Usage: bash bench/load.sh [DURATION_SECONDS]   (default 5 s per run; loopback only)
 # BENCH_FLAVOURS names the endpoints measured against the baseline (default "imds app_service");
@@ -82,9 +82,14 @@ echo "cache hits, body ${body_bytes} bytes, ${duration} s per run, wrk on the sa
 echo
 printf '| flavour | conns | req/s | p50 µs | p99 µs | p99.9 µs | CPU µs/req | errors | req/s vs baseline | p99 vs baseline | CPU vs baseline |\n'
 printf '|---|---|---|---|---|---|---|---|---|---|---|\n'
+baseline_row() { printf '| baseline | %s | %.0f | %s | %s | %s | %s | %s | | | |\n' "$conns" "$b_rps" "$b_p50" "$b_p99" "$b_p999" "$b_cpu" "$b_err"; }
+mean() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (a + b) / 2 }'; }
 for conns in "${connections[@]}"; do
+    # Each flavour runs between two baseline runs, and its ratios are to their mean: the
+    # machine's speed drifts over seconds (other tenants of the host), and a baseline measured
+    # further away in time would bias the later flavours.
     read -r b_rps b_p50 b_p99 b_p999 b_cpu b_err < <(run "$baseline_pid" "$conns" "http://127.0.0.1:$baseline_port/")
-    printf '| baseline | %s | %.0f | %s | %s | %s | %s | %s | 1.00 | 1.00 | 1.00 |\n' "$conns" "$b_rps" "$b_p50" "$b_p99" "$b_p999" "$b_cpu" "$b_err"
+    baseline_row
     for flavour in "${flavours[@]}"; do
         case $flavour in
             imds) read -r rps p50 p99 p999 cpu err < <(run "$relay_pid" "$conns" "$imds_url" "Metadata: true") ;;
@@ -93,8 +98,11 @@ for conns in "${connections[@]}"; do
             authorization_header) read -r rps p50 p99 p999 cpu err < <(run "$relay_pid" "$conns" "$authorization_header_url" "Authorization: Bearer $user_token") ;;
             *) echo "unknown flavour $flavour in BENCH_FLAVOURS" >&2; exit 2 ;;
         esac
+        read -r a_rps a_p50 a_p99 a_p999 a_cpu a_err < <(run "$baseline_pid" "$conns" "http://127.0.0.1:$baseline_port/")
         printf '| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$flavour" "$conns" "$rps" "$p50" "$p99" "$p999" "$cpu" "$err" \
-            "$(ratio "$rps" "$b_rps")" "$(ratio "$p99" "$b_p99")" "$(ratio "$cpu" "$b_cpu")"
+            "$(ratio "$rps" "$(mean "$b_rps" "$a_rps")")" "$(ratio "$p99" "$(mean "$b_p99" "$a_p99")")" "$(ratio "$cpu" "$(mean "$b_cpu" "$a_cpu")")"
+        b_rps=$a_rps b_p50=$a_p50 b_p99=$a_p99 b_p999=$a_p999 b_cpu=$a_cpu b_err=$a_err
+        baseline_row
     done
 done
 echo
