@@ -10,6 +10,8 @@
 # hits with a user token minted by the development issuer.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# Decimal points in printf and awk, whatever the caller's locale.
+export LC_ALL=C
 
 duration="${1:-5}"
 connections=(1 16 64 256)
@@ -75,7 +77,6 @@ run() {
     echo "$rps $p50 $p99 $p999 $cpu_us $errors"
 }
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
 
 echo "tokenrelay load benchmark: $(date -u +%Y-%m-%d), $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
 echo "cache hits, body ${body_bytes} bytes, ${duration} s per run, wrk on the same machine; RUST_LOG=${BENCH_RUST_LOG:-info}, log.requests = ${BENCH_LOG_REQUESTS:-errors}"
@@ -83,12 +84,14 @@ echo
 printf '| flavour | conns | req/s | p50 µs | p99 µs | p99.9 µs | CPU µs/req | errors | req/s vs baseline | p99 vs baseline | CPU vs baseline |\n'
 printf '|---|---|---|---|---|---|---|---|---|---|---|\n'
 baseline_row() { printf '| baseline | %s | %.0f | %s | %s | %s | %s | %s | | | |\n' "$conns" "$b_rps" "$b_p50" "$b_p99" "$b_p999" "$b_cpu" "$b_err"; }
-mean() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (a + b) / 2 }'; }
+# ratio_to_mean A B C -> A / ((B + C) / 2), unrounded until printed
+ratio_to_mean() { awk -v a="$1" -v b="$2" -v c="$3" 'BEGIN { if (b + c == 0) print "n/a"; else printf "%.2f", a / ((b + c) / 2) }'; }
+baseline_failed() { echo "a baseline run gave no result (is wrk working?)" >&2; exit 1; }
 for conns in "${connections[@]}"; do
     # Each flavour runs between two baseline runs, and its ratios are to their mean: the
     # machine's speed drifts over seconds (other tenants of the host), and a baseline measured
     # further away in time would bias the later flavours.
-    read -r b_rps b_p50 b_p99 b_p999 b_cpu b_err < <(run "$baseline_pid" "$conns" "http://127.0.0.1:$baseline_port/")
+    read -r b_rps b_p50 b_p99 b_p999 b_cpu b_err < <(run "$baseline_pid" "$conns" "http://127.0.0.1:$baseline_port/") || baseline_failed
     baseline_row
     for flavour in "${flavours[@]}"; do
         case $flavour in
@@ -98,9 +101,9 @@ for conns in "${connections[@]}"; do
             authorization_header) read -r rps p50 p99 p999 cpu err < <(run "$relay_pid" "$conns" "$authorization_header_url" "Authorization: Bearer $user_token") ;;
             *) echo "unknown flavour $flavour in BENCH_FLAVOURS" >&2; exit 2 ;;
         esac
-        read -r a_rps a_p50 a_p99 a_p999 a_cpu a_err < <(run "$baseline_pid" "$conns" "http://127.0.0.1:$baseline_port/")
+        read -r a_rps a_p50 a_p99 a_p999 a_cpu a_err < <(run "$baseline_pid" "$conns" "http://127.0.0.1:$baseline_port/") || baseline_failed
         printf '| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$flavour" "$conns" "$rps" "$p50" "$p99" "$p999" "$cpu" "$err" \
-            "$(ratio "$rps" "$(mean "$b_rps" "$a_rps")")" "$(ratio "$p99" "$(mean "$b_p99" "$a_p99")")" "$(ratio "$cpu" "$(mean "$b_cpu" "$a_cpu")")"
+            "$(ratio_to_mean "$rps" "$b_rps" "$a_rps")" "$(ratio_to_mean "$p99" "$b_p99" "$a_p99")" "$(ratio_to_mean "$cpu" "$b_cpu" "$a_cpu")"
         b_rps=$a_rps b_p50=$a_p50 b_p99=$a_p99 b_p999=$a_p999 b_cpu=$a_cpu b_err=$a_err
         baseline_row
     done

@@ -31,6 +31,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::http::{HeaderName, header};
+use axum::response::Response;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use opentelemetry::propagation::Extractor;
@@ -295,6 +296,13 @@ async fn encode(answer: TokenAnswer, closing: bool, out: &mut Vec<u8>) -> Result
     out.clear();
     let response = match answer {
         TokenAnswer::Served(mut body) => {
+            // Grown here, not by the writes below: growing would copy the last token served
+            // and free the old block without zeroing it.
+            let needed = body.len() + SERVED_HEAD_ROOM;
+            if out.capacity() < needed {
+                out.zeroize();
+                *out = Vec::with_capacity(needed);
+            }
             out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
             for (name, value) in TokenAnswer::SERVED_HEADERS {
                 push_header(out, name.as_str(), value.as_bytes());
@@ -311,30 +319,50 @@ async fn encode(answer: TokenAnswer, closing: bool, out: &mut Vec<u8>) -> Result
         }
         TokenAnswer::Other(response) => response,
     };
+    // A refusal holds no token: it is written into a vector of its own, which replaces the
+    // buffer (zeroed first) when the buffer is too small, so the buffer never grows with a
+    // token in it.
+    let refusal = encode_response(response, closing).await?;
+    if out.capacity() < refusal.len() {
+        out.zeroize();
+        *out = refusal;
+    } else {
+        out.extend_from_slice(&refusal);
+    }
+    Ok(())
+}
+
+/// `response` as hyper writes it (see [`encode`]).
+async fn encode_response(response: Response, closing: bool) -> Result<Vec<u8>, ConnectionError> {
     let (parts, mut body) = response.into_parts();
+    // The handlers' bodies are whole (`Full`): the first frame is the body, ready at once.
+    let data = collect(&mut body).await?;
+    let mut out = Vec::with_capacity(data.len() + 512);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(parts.status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(parts.status.canonical_reason().unwrap_or("<none>").as_bytes());
     out.extend_from_slice(b"\r\n");
     for (name, value) in &parts.headers {
-        push_header(out, name.as_str(), value.as_bytes());
+        push_header(&mut out, name.as_str(), value.as_bytes());
     }
     if closing && !parts.headers.contains_key(header::CONNECTION) {
-        push_header(out, "connection", b"close");
+        push_header(&mut out, "connection", b"close");
     }
-    // The handlers' bodies are whole (`Full`): the first frame is the body, ready at once.
-    let data = collect(&mut body).await?;
     if !parts.headers.contains_key(header::CONTENT_LENGTH) {
-        push_header(out, "content-length", itoa::Buffer::new().format(data.len()).as_bytes());
+        push_header(&mut out, "content-length", itoa::Buffer::new().format(data.len()).as_bytes());
     }
     if !parts.headers.contains_key(header::DATE) {
-        http_date(|date| push_header(out, "date", date.as_bytes()));
+        http_date(|date| push_header(&mut out, "date", date.as_bytes()));
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&data);
-    Ok(())
+    Ok(out)
 }
+
+/// Room for a served token's status line and headers: 200 OK, the two fixed headers,
+/// `connection: close`, `content-length` and `date` take about 150 bytes.
+const SERVED_HEAD_ROOM: usize = 256;
 
 /// One `name: value` header line.
 fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
@@ -398,6 +426,17 @@ async fn hand_over<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Closing already: hyper answers the replayed request with `connection: close`, as the
+    // direct path would, and closes (a close asked for later is handled below).
+    let closing_builder;
+    let http = if activity.is_closing() {
+        let mut builder = http1::Builder::clone(&http);
+        builder.keep_alive(false);
+        closing_builder = builder;
+        &closing_builder
+    } else {
+        &*http
+    };
     let connection = http.serve_connection(TokioIo::new(io), Tracked::new(endpoints, Arc::clone(&activity)));
     let mut connection = std::pin::pin!(connection);
     let closing = std::future::poll_fn(|cx| activity.poll_closing(cx));
@@ -612,6 +651,7 @@ mod tests {
         peer.read_to_end(&mut answer).await.unwrap();
         let answer = String::from_utf8(answer).unwrap();
         assert!(answer.starts_with("HTTP/1.1 404 "), "{answer:?}");
+        assert!(answer.contains("\r\nconnection: close\r\n"), "{answer:?}");
         task.await.unwrap().unwrap();
     }
 

@@ -221,8 +221,14 @@ pub fn render_token_body(
     let token = &entry.token;
     let fixed = entry.rendered.get_or_init(|| render_fixed_members(entry, client_id, resource));
     let secret = token.token.expose();
-    // Room for the lifetimes and a typical echo, so the vector is allocated exactly once.
-    let mut body = Vec::with_capacity(secret.len() + fixed.len() + 160);
+    // Room for the lifetimes (two members of at most 42 bytes) and the echo, so that the
+    // vector is allocated once: growing it would leave a copy of the token in freed memory.
+    let echo_room = echo.map_or(0, |(name, value)| {
+        // serde_json writes at most six bytes for a byte it escapes (`\u00XX`).
+        let value_bytes = if needs_no_escaping(value) { value.len() } else { 6 * value.len() };
+        name.len() + value_bytes + 8
+    });
+    let mut body = Vec::with_capacity(secret.len() + fixed.len() + 96 + echo_room);
     if fixed.first() == Some(&b'{') {
         // A token that needed escaping was rendered into the opening (see below).
         body.extend_from_slice(fixed);
@@ -376,6 +382,16 @@ pub struct ErrorBody<'a> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hex_value_is_the_digit_value_of_every_hex_digit_and_16_or_more_for_any_other_byte() {
+        for byte in 0..=255u8 {
+            match (byte as char).to_digit(16) {
+                Some(digit) => assert_eq!(u32::from(super::hex_value(&byte)), digit, "{byte:#04x}"),
+                None => assert!(super::hex_value(&byte) >= 16, "{byte:#04x}"),
+            }
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 
