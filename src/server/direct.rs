@@ -13,10 +13,11 @@
 //! and parses with hyper's own parser (httparse) under its defaults, HTTP/1.1, method `GET`, a
 //! target that [`Endpoints::token_flavour`] names, header values `http` accepts, and none of
 //! `Content-Length`, `Transfer-Encoding`, `Expect`, `Upgrade` or a `Connection` other than
-//! `keep-alive`. Such a request is built into the same `Parts` hyper would build (the target
-//! through `Uri::from_maybe_shared`, as hyper does) and answered by the same handler, so the
-//! answer is the same whichever path served it; the response is written as hyper writes it
-//! (status line, the handler's headers, `content-length`, `date`).
+//! `keep-alive`. Such a request is left where it was read and handed to the same handler
+//! hyper's service calls, through [`RequestHead`]: its path is the target up to the first `?`
+//! and its query the rest, as `http::Uri` splits a target of those characters, so the answer
+//! is the same whichever path served it. The response is written as hyper writes it (status
+//! line, the handler's headers, `content-length`, `date`).
 //!
 //! The deadlines, the connection slot and eviction are the connection's, not the path's: both
 //! read and write through the same [`Deadlines`] and count requests on the same [`Activity`].
