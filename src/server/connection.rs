@@ -53,6 +53,16 @@ pub struct Timeouts {
     pub header_read: Duration,
 }
 
+#[cfg(test)]
+impl Timeouts {
+    /// The listener's defaults (write 5 s, keep-alive 60 s, header read 10 s), for tests.
+    pub const FOR_TESTS: Self = Self {
+        write: Duration::from_secs(5),
+        keep_alive: Duration::from_secs(60),
+        header_read: Duration::from_secs(10),
+    };
+}
+
 /// What one connection is doing, shared by [`Tracked`], [`Deadlines`] and the listener's
 /// [`Connections`].
 ///
@@ -584,11 +594,7 @@ mod tests {
 
     use super::*;
 
-    const TIMEOUTS: Timeouts = Timeouts {
-        write: Duration::from_secs(5),
-        keep_alive: Duration::from_secs(60),
-        header_read: Duration::from_secs(10),
-    };
+    const TIMEOUTS: Timeouts = Timeouts::FOR_TESTS;
 
     /// A connection over an in-memory pipe whose buffer holds `capacity` bytes each way, so
     /// that a peer that does not read makes writes pend as a full socket buffer does.

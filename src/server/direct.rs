@@ -579,15 +579,10 @@ mod tests {
     fn connection() -> (tokio::io::DuplexStream, Arc<Connections>, tokio::task::JoinHandle<Result<(), ConnectionError>>)
     {
         let (server, peer) = tokio::io::duplex(64 * 1024);
-        let timeouts = Timeouts {
-            write: Duration::from_secs(5),
-            keep_alive: Duration::from_secs(60),
-            header_read: Duration::from_secs(10),
-        };
         let connections = Connections::new();
         let registration = connections.register();
         let activity = Arc::clone(registration.activity());
-        let io = Deadlines::new(server, timeouts, Arc::clone(&activity));
+        let io = Deadlines::new(server, Timeouts::FOR_TESTS, Arc::clone(&activity));
         let endpoints = endpoints::for_tests(true, None, 300);
         let task = tokio::spawn(async move {
             let ended = serve(io, endpoints, activity, Arc::new(http1::Builder::new())).await;
@@ -633,27 +628,21 @@ mod tests {
 
         // Asked to close with a request sent but not yet read (the test's runtime has one
         // thread: the connection's task runs only once the test waits for the answer). The
-        // request is answered, saying the connection closes, and the connection closes.
-        let (mut peer, connections, task) = connection();
-        peer.write_all(format!("GET {IMDS} HTTP/1.1\r\n\r\n").as_bytes()).await.unwrap();
-        connections.close_all();
-        let mut answer = Vec::new();
-        peer.read_to_end(&mut answer).await.unwrap();
-        let answer = String::from_utf8(answer).unwrap();
-        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer:?}");
-        assert!(answer.contains("\r\nconnection: close\r\n"), "{answer:?}");
-        task.await.unwrap().unwrap();
-
-        // The same for a request that is handed to hyper: hyper answers it before closing.
-        let (mut peer, connections, task) = connection();
-        peer.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").await.unwrap();
-        connections.close_all();
-        let mut answer = Vec::new();
-        peer.read_to_end(&mut answer).await.unwrap();
-        let answer = String::from_utf8(answer).unwrap();
-        assert!(answer.starts_with("HTTP/1.1 404 "), "{answer:?}");
-        assert!(answer.contains("\r\nconnection: close\r\n"), "{answer:?}");
-        task.await.unwrap().unwrap();
+        // request is answered, saying the connection closes, and the connection closes; the
+        // same for a request handed to hyper.
+        for (request, status) in
+            [(format!("GET {IMDS} HTTP/1.1\r\n\r\n"), "400"), ("GET /healthz HTTP/1.1\r\n\r\n".to_owned(), "404")]
+        {
+            let (mut peer, connections, task) = connection();
+            peer.write_all(request.as_bytes()).await.unwrap();
+            connections.close_all();
+            let mut answer = Vec::new();
+            peer.read_to_end(&mut answer).await.unwrap();
+            let answer = String::from_utf8(answer).unwrap();
+            assert!(answer.starts_with(&format!("HTTP/1.1 {status} ")), "{request:?}: {answer:?}");
+            assert!(answer.contains("\r\nconnection: close\r\n"), "{request:?}: {answer:?}");
+            task.await.unwrap().unwrap();
+        }
     }
 
     #[tokio::test]

@@ -211,16 +211,11 @@ pub(crate) async fn serve_connection<T>(io: T, endpoints: Endpoints, direct: boo
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let timeouts = Timeouts {
-        write: Duration::from_secs(5),
-        keep_alive: Duration::from_secs(60),
-        header_read: Duration::from_secs(10),
-    };
     let connections = Connections::new();
     let registration = connections.register();
     let activity = Arc::clone(registration.activity());
     let http = http1_builder(16 * 1024);
-    let io = Deadlines::new(io, timeouts, Arc::clone(&activity));
+    let io = Deadlines::new(io, Timeouts::FOR_TESTS, Arc::clone(&activity));
     if direct {
         let _ = direct::serve(io, endpoints, activity, Arc::new(http)).await;
     } else {
