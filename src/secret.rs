@@ -9,7 +9,7 @@ use std::fmt;
 use aws_lc_rs::digest;
 use serde::{Serialize, Serializer};
 use subtle::ConstantTimeEq;
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 /// Text that must never reach logs, errors, metrics or `Debug` output.
 ///
@@ -55,17 +55,20 @@ impl Secret {
 
     /// Whether `presented` is this secret, in time that depends on neither: both are hashed
     /// with SHA-256 and the digests compared with `subtle`, so neither the length nor the
-    /// position of the first differing byte shows. For the App Service header secret, which
-    /// any caller can guess at. (`benches/hot_path.rs` times matching and differing values.)
+    /// position of the first differing byte shows. For values checked now and then (an
+    /// authorization code's `state`); a secret checked on every request goes through
+    /// [`for_header`](Self::for_header).
     pub fn matches(&self, presented: &[u8]) -> bool {
-        self.digest().matches(presented)
+        let own = digest::digest(&digest::SHA256, self.0.as_bytes());
+        let presented = digest::digest(&digest::SHA256, presented);
+        own.as_ref().ct_eq(presented.as_ref()).into()
     }
 
-    /// What [`matches`](Self::matches) compares against, computed once for a secret checked
-    /// on every request.
-    pub fn digest(&self) -> SecretDigest {
-        let digest = digest::digest(&digest::SHA256, self.0.as_bytes());
-        SecretDigest(digest.as_ref().try_into().expect("SHA-256 digests are 32 bytes"))
+    /// The form [`HeaderSecret::matches`] checks presented values against, built once for a
+    /// secret checked on every request; `None` when the secret is longer than
+    /// [`HeaderSecret::MAX_BYTES`].
+    pub fn for_header(&self) -> Option<HeaderSecret> {
+        HeaderSecret::new(self.0.as_bytes())
     }
 
     /// Whether the value is empty (an empty secret file is a configuration error).
@@ -74,28 +77,68 @@ impl Secret {
     }
 }
 
-/// The SHA-256 digest of a [`Secret`] that callers present (the App Service header secret):
-/// checking a presented value hashes only that value.
-pub struct SecretDigest([u8; 32]);
+/// A [`Secret`] that callers present on every request (the App Service header secret), kept
+/// zero-padded to a fixed length so that checking a presented value costs a few hundred
+/// instructions instead of a SHA-256 per request.
+///
+/// Invariant: `words` holds the secret's bytes followed by zeros, `len` is its length, and
+/// `len <= MAX_BYTES`.
+pub struct HeaderSecret {
+    words: [u64; WORDS],
+    len: u64,
+}
 
-impl SecretDigest {
-    /// Whether `presented` is the secret, in time that depends on neither (see
-    /// [`Secret::matches`]).
+const WORDS: usize = HeaderSecret::MAX_BYTES / 8;
+
+impl HeaderSecret {
+    /// The longest secret this holds (configuration refuses longer ones: `openssl rand -hex 32`
+    /// makes 64 bytes).
+    pub const MAX_BYTES: usize = 256;
+
+    fn new(secret: &[u8]) -> Option<Self> {
+        if secret.len() > Self::MAX_BYTES {
+            return None;
+        }
+        let mut buffer = Zeroizing::new([0u8; Self::MAX_BYTES]);
+        buffer[..secret.len()].copy_from_slice(secret);
+        let mut words = [0u64; WORDS];
+        for (word, chunk) in words.iter_mut().zip(buffer.chunks_exact(8)) {
+            *word = u64::from_ne_bytes(chunk.try_into().expect("chunks of eight bytes"));
+        }
+        Some(Self { words, len: secret.len() as u64 })
+    }
+
+    /// Whether `presented` is the secret, in time that depends on neither the secret nor the
+    /// presented bytes: every word of the zero-padded forms is compared, whatever the lengths
+    /// and wherever they first differ, and the lengths are compared alongside. Only a value
+    /// longer than [`MAX_BYTES`](Self::MAX_BYTES) returns early, which tells the caller
+    /// nothing but that public bound. (`benches/hot_path.rs` times matching and differing
+    /// values.)
     pub fn matches(&self, presented: &[u8]) -> bool {
-        let presented = digest::digest(&digest::SHA256, presented);
-        self.0.ct_eq(presented.as_ref()).into()
+        if presented.len() > Self::MAX_BYTES {
+            return false;
+        }
+        let mut buffer = Zeroizing::new([0u8; Self::MAX_BYTES]);
+        buffer[..presented.len()].copy_from_slice(presented);
+        // An OR of XORs has no data-dependent branch; `black_box` keeps the optimiser from
+        // inventing one, and `subtle` makes the final test.
+        let mut difference = self.len ^ presented.len() as u64;
+        for (word, chunk) in self.words.iter().zip(buffer.chunks_exact(8)) {
+            difference |= word ^ u64::from_ne_bytes(chunk.try_into().expect("chunks of eight bytes"));
+        }
+        std::hint::black_box(difference).ct_eq(&0).into()
     }
 }
 
-impl Drop for SecretDigest {
+impl Drop for HeaderSecret {
     fn drop(&mut self) {
-        self.0.zeroize();
+        self.words.zeroize();
     }
 }
 
-impl fmt::Debug for SecretDigest {
+impl fmt::Debug for HeaderSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SecretDigest(<redacted>)")
+        f.write_str("HeaderSecret(<redacted>)")
     }
 }
 
@@ -141,10 +184,36 @@ mod tests {
         assert!(!secret.matches(b"s3cret "));
         assert!(!secret.matches(b"S3cret"));
         assert!(!secret.matches(b""));
-        let digest = secret.digest();
-        assert!(digest.matches(b"s3cret"));
-        assert!(!digest.matches(b"s3cret "));
-        assert_eq!(format!("{digest:?}"), "SecretDigest(<redacted>)");
+    }
+
+    #[test]
+    fn header_secret_matches_only_the_whole_value() {
+        let header = Secret::new("s3cret").for_header().unwrap();
+        assert!(header.matches(b"s3cret"));
+        for wrong in [&b"s3cre"[..], b"s3cret ", b"s3cret\0", b"\0s3cret", b"S3cret", b"", b"s3crex"] {
+            assert!(!header.matches(wrong), "{wrong:?}");
+        }
+        assert_eq!(format!("{header:?}"), "HeaderSecret(<redacted>)");
+        // The longest secret it holds, and a value one byte longer.
+        let longest = "k".repeat(HeaderSecret::MAX_BYTES);
+        let header = Secret::new(longest.clone()).for_header().unwrap();
+        assert!(header.matches(longest.as_bytes()));
+        assert!(!header.matches(format!("{longest}k").as_bytes()));
+        assert!(!header.matches(&longest.as_bytes()[1..]));
+        assert!(Secret::new(format!("{longest}k")).for_header().is_none());
+    }
+
+    proptest::proptest! {
+        /// Equal to comparing the bytes, for any secret and presented value.
+        #[test]
+        fn header_secret_matches_as_equality(
+            secret in proptest::collection::vec(proptest::num::u8::ANY, 0..=HeaderSecret::MAX_BYTES),
+            presented in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+        ) {
+            let header = HeaderSecret::new(&secret).unwrap();
+            proptest::prop_assert_eq!(header.matches(&presented), presented == secret);
+            proptest::prop_assert!(header.matches(&secret));
+        }
     }
 
     /// `Secret` has no `==`, whose time would depend on the values: comparing goes through

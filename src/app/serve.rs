@@ -82,7 +82,11 @@ pub(super) async fn serve(config: Config) -> Result<(), AppError> {
     share(&config, &built.broker).map_err(AppError::Runtime)?;
     let state = AppState {
         broker: built.broker.clone(),
-        identity_header: identity_header.as_ref().map(|secret| Arc::new(secret.digest())),
+        identity_header: match &identity_header {
+            // Configuration refuses longer secrets and the generated one is 64 bytes.
+            Some(secret) => Some(Arc::new(secret.for_header().ok_or("the identity header secret is too long")?)),
+            None => None,
+        },
         probe_mode: config.server.imds_probe,
         dev_issuer: built.dev_issuer,
         metrics,

@@ -38,7 +38,7 @@ pub struct CachedToken {
     /// The token's fingerprint for log lines, computed once rather than hashed per request.
     pub fingerprint: Box<str>,
     /// The server's rendering of the response members that never change for this token
-    /// (`server::wire::render_token_body`; the token itself only if it needed escaping), made
+    /// (`server::wire::TokenBody`; the token itself only if it needed escaping), made
     /// on first use so that a cache hit copies bytes instead of serialising. Opaque to the
     /// broker.
     pub rendered: OnceLock<Box<[u8]>>,

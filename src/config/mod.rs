@@ -40,7 +40,7 @@ pub use sources::{
 };
 
 use crate::id::Id;
-use crate::secret::Secret;
+use crate::secret::{HeaderSecret, Secret};
 
 /// Tenant id of the development issuer.
 pub const DEV_TENANT_ID: &str = "00000000-0000-0000-0000-000000000000";
@@ -760,8 +760,8 @@ impl Validator<'_> {
         Ok(apis)
     }
 
-    /// The App Service header secret, refused when short enough to guess. The message gives
-    /// the length, never the value.
+    /// The App Service header secret, refused when short enough to guess or longer than the
+    /// fixed-length check holds. The message gives the length, never the value.
     fn long_identity_header(&self, key: &str, secret: Secret) -> Result<Secret, ConfigError> {
         let length = secret.expose().len();
         if length < MIN_IDENTITY_HEADER_BYTES {
@@ -771,6 +771,12 @@ impl Validator<'_> {
                     "the secret is {length} bytes long; it must be at least {MIN_IDENTITY_HEADER_BYTES} bytes, as \
                      anything that reaches the listener can guess at it (generate one with `openssl rand -hex 32`)"
                 ),
+            ));
+        }
+        if length > HeaderSecret::MAX_BYTES {
+            return Err(self.error(
+                key,
+                format!("the secret is {length} bytes long; it must be at most {} bytes", HeaderSecret::MAX_BYTES),
             ));
         }
         Ok(secret)

@@ -222,7 +222,7 @@ fn secrets_come_from_files_and_empty_files_are_refused() {
 }
 
 #[test]
-fn a_short_identity_header_is_refused_with_its_length_and_not_its_value() {
+fn a_short_or_overlong_identity_header_is_refused_with_its_length_and_not_its_value() {
     let short = SECRET_IDENTITY.replace("hdr-0123456789abcdef", "x");
     let error = load(&short, &[]).unwrap_err();
     assert_eq!(error.key, "server.identity_header");
@@ -235,6 +235,12 @@ fn a_short_identity_header_is_refused_with_its_length_and_not_its_value() {
     // Surrounding blanks are trimmed before counting, as before use.
     let padded = SECRET_IDENTITY.replace("hdr-0123456789abcdef", "   0123456789abcde   ");
     assert!(load(&padded, &[]).is_err());
+    // The constant-time check holds at most 256 bytes.
+    let longest = SECRET_IDENTITY.replace("hdr-0123456789abcdef", &"k".repeat(256));
+    assert!(load(&longest, &[]).is_ok());
+    let longer = SECRET_IDENTITY.replace("hdr-0123456789abcdef", &"k".repeat(257));
+    let error = load(&longer, &[]).unwrap_err();
+    assert!(error.problem.contains("257 bytes long") && error.problem.contains("at most 256"), "{error}");
 
     let file = tempfile("short\n");
     let toml = SECRET_IDENTITY.replace(

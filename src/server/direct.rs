@@ -94,7 +94,7 @@ pub async fn serve<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut buffers = Buffers { read: Vec::with_capacity(READ_BUFFER), start: 0, answer: Vec::new() };
+    let mut buffers = Buffers { read: Vec::with_capacity(READ_BUFFER), start: 0, answer: Vec::new(), head: Vec::new() };
     loop {
         if buffers.start == buffers.read.len() {
             // Reads into the same memory every time: the buffer keeps its capacity.
@@ -127,8 +127,8 @@ where
         // Closing: hyper's graceful shutdown would say so on an answer in progress; so does
         // this one, so that a pooled client sends no further request on the connection.
         let closing = activity.is_closing();
-        encode(answer, closing, &mut buffers.answer).await?;
-        io.write_all(&buffers.answer).await?;
+        let start = encode(answer, closing, &mut buffers.answer, &mut buffers.head).await?;
+        io.write_all(&buffers.answer[start..]).await?;
         if closing || activity.is_closing() {
             return Ok(());
         }
@@ -143,6 +143,9 @@ struct Buffers {
     /// Where the next request starts in `read` (pipelined requests follow each other).
     start: usize,
     answer: Vec<u8>,
+    /// A served token's status line and headers (no secret), built before they go into
+    /// `answer` in front of the body.
+    head: Vec<u8>,
 }
 
 impl Drop for Buffers {
@@ -291,32 +294,35 @@ static HEADER_VALUE: [bool; 256] = {
 
 /// Writes `answer` into `out` as hyper writes a response to an HTTP/1.1 request: the status
 /// line, the handler's headers, `content-length` and `date` unless the handler set them (and
-/// `connection: close` when `closing`), then the body. A served token is written from its
-/// body alone, which is then zeroed.
-async fn encode(answer: TokenAnswer, closing: bool, out: &mut Vec<u8>) -> Result<(), ConnectionError> {
+/// `connection: close` when `closing`), then the body. Returns where in `out` the answer
+/// starts.
+///
+/// A served token's body is written first, [`SERVED_HEAD_ROOM`] bytes in, straight from the
+/// cache entry: its length is known once it is written, and then its head (built in `head`)
+/// goes into the room just before it. So the token is copied once, into a buffer that is
+/// zeroed when the connection ends.
+async fn encode(
+    answer: TokenAnswer,
+    closing: bool,
+    out: &mut Vec<u8>,
+    head: &mut Vec<u8>,
+) -> Result<usize, ConnectionError> {
     out.clear();
     let response = match answer {
-        TokenAnswer::Served(mut body) => {
+        TokenAnswer::Served(body) => {
             // Grown here, not by the writes below: growing would copy the last token served
             // and free the old block without zeroing it.
-            let needed = body.len() + SERVED_HEAD_ROOM;
+            let needed = SERVED_HEAD_ROOM + body.max_len();
             if out.capacity() < needed {
                 out.zeroize();
                 *out = Vec::with_capacity(needed);
             }
-            out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
-            for (name, value) in TokenAnswer::SERVED_HEADERS {
-                push_header(out, name.as_str(), value.as_bytes());
-            }
-            if closing {
-                push_header(out, "connection", b"close");
-            }
-            push_header(out, "content-length", itoa::Buffer::new().format(body.len()).as_bytes());
-            http_date(|date| push_header(out, "date", date.as_bytes()));
-            out.extend_from_slice(b"\r\n");
-            out.extend_from_slice(&body);
-            body.zeroize();
-            return Ok(());
+            out.resize(SERVED_HEAD_ROOM, 0);
+            body.write_to(out);
+            served_head(head, out.len() - SERVED_HEAD_ROOM, closing);
+            let start = SERVED_HEAD_ROOM - head.len();
+            out[start..SERVED_HEAD_ROOM].copy_from_slice(head);
+            return Ok(start);
         }
         TokenAnswer::Other(response) => response,
     };
@@ -330,7 +336,23 @@ async fn encode(answer: TokenAnswer, closing: bool, out: &mut Vec<u8>) -> Result
     } else {
         out.extend_from_slice(&refusal);
     }
-    Ok(())
+    Ok(0)
+}
+
+/// The status line and headers of a served token whose body is `length` bytes long: at most
+/// [`SERVED_HEAD_ROOM`] bytes (a test writes the longest).
+fn served_head(head: &mut Vec<u8>, length: usize, closing: bool) {
+    head.clear();
+    head.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    for (name, value) in TokenAnswer::SERVED_HEADERS {
+        push_header(head, name.as_str(), value.as_bytes());
+    }
+    if closing {
+        push_header(head, "connection", b"close");
+    }
+    push_header(head, "content-length", itoa::Buffer::new().format(length).as_bytes());
+    http_date(|date| push_header(head, "date", date.as_bytes()));
+    head.extend_from_slice(b"\r\n");
 }
 
 /// `response` as hyper writes it (see [`encode`]).
@@ -362,7 +384,7 @@ async fn encode_response(response: Response, closing: bool) -> Result<Vec<u8>, C
 }
 
 /// Room for a served token's status line and headers: 200 OK, the two fixed headers,
-/// `connection: close`, `content-length` and `date` take about 150 bytes.
+/// `connection: close`, a 20-digit `content-length` and `date` take 170 bytes.
 const SERVED_HEAD_ROOM: usize = 256;
 
 /// One `name: value` header line.
@@ -534,6 +556,17 @@ mod tests {
     }
 
     const IMDS: &str = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net";
+
+    /// The longest head of a served token (closing, the longest length) fits in the room
+    /// `encode` leaves before the body.
+    #[test]
+    fn the_longest_served_head_fits_its_room() {
+        let mut head = Vec::new();
+        served_head(&mut head, usize::MAX, true);
+        assert_eq!(head.len(), 170);
+        assert!(head.len() <= SERVED_HEAD_ROOM);
+        assert!(head.starts_with(b"HTTP/1.1 200 OK\r\n") && head.ends_with(b"\r\n\r\n"));
+    }
 
     #[test]
     fn the_requests_sdks_send_take_the_direct_path() {

@@ -7,16 +7,16 @@ use super::sidecar::UserEndpoints;
 use crate::broker::Broker;
 use crate::config::{ProbeMode, RequestLog};
 use crate::dev_issuer::DevIssuer;
-use crate::secret::SecretDigest;
+use crate::secret::HeaderSecret;
 use crate::telemetry::metrics::Exposition;
 
 /// Cheap to clone: every field is shared.
 #[derive(Clone)]
 pub struct AppState {
     pub broker: Arc<Broker>,
-    /// The App Service flavour's `X-IDENTITY-HEADER` secret, as the digest requests are
+    /// The App Service flavour's `X-IDENTITY-HEADER` secret, in the form requests are
     /// checked against.
-    pub identity_header: Option<Arc<SecretDigest>>,
+    pub identity_header: Option<Arc<HeaderSecret>>,
     pub probe_mode: ProbeMode,
     /// Present under `--dev`: serves discovery documents.
     pub dev_issuer: Option<Arc<DevIssuer>>,

@@ -20,7 +20,7 @@ use super::error::ApiError;
 use super::head::RequestHead;
 use super::host::AllowedHosts;
 use super::state::AppState;
-use super::wire::{TokenQuery, render_token_body};
+use super::wire::{TokenBody, TokenQuery};
 use crate::config::RequestLog;
 use crate::credential::managed_identity::HOP_HEADER;
 use crate::telemetry::{self, metrics};
@@ -36,7 +36,7 @@ const HOP: HeaderName = HeaderName::from_static(HOP_HEADER);
 /// writes without building a `Response`, or any other response.
 pub enum TokenAnswer {
     /// 200 with this JSON body, `Content-Type: application/json` and `Cache-Control: no-store`.
-    Served(Vec<u8>),
+    Served(TokenBody),
     /// Anything else: a refusal.
     Other(Response),
 }
@@ -59,7 +59,7 @@ impl IntoResponse for TokenAnswer {
     fn into_response(self) -> Response {
         match self {
             Self::Served(body) => {
-                let mut response = Response::new(Body::from(body));
+                let mut response = Response::new(Body::from(body.to_vec()));
                 let headers = response.headers_mut();
                 // A token must not be stored by any intermediary.
                 for (name, value) in Self::SERVED_HEADERS {
@@ -161,10 +161,11 @@ pub fn admit(hosts: &AllowedHosts, request: &impl RequestHead) -> Result<(), Api
 /// Logs the served request only under `log.requests = "all"` (never the token, only its
 /// fingerprint); otherwise a served request costs no tracing call at all.
 pub async fn serve(state: &AppState, call: Call<'_>, query: TokenQuery<'_>) -> TokenAnswer {
-    let Some(resource) = query.resource.as_deref() else {
+    let TokenQuery { resource, selector, echo, .. } = query;
+    let Some(resource) = resource.as_deref() else {
         return reject(call, ApiError::bad_request("Required query variable 'resource' is missing"));
     };
-    let identity = match state.broker.resolve(&query.selector) {
+    let identity = match state.broker.resolve(&selector) {
         Ok(identity) => identity,
         Err(error) => return reject(call, error.into()),
     };
@@ -184,13 +185,7 @@ pub async fn serve(state: &AppState, call: Call<'_>, query: TokenQuery<'_>) -> T
     };
     match lookup {
         Ok(served) => {
-            let body = render_token_body(
-                &served.entry,
-                &identity.client_id,
-                resource,
-                state.broker.now(),
-                query.echo.as_ref(),
-            );
+            let body = TokenBody::new(served.entry.clone(), &identity.client_id, resource, state.broker.now(), echo);
             let elapsed = call.started.elapsed();
             metrics::request(call.flavour.as_str(), 200, elapsed);
             if call.log == RequestLog::All {

@@ -4,6 +4,7 @@
 //! here exhaustively.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -204,13 +205,7 @@ pub fn api_version_supported(version: &str) -> bool {
 }
 
 /// The success body for `entry`, served as `client_id` for `resource` at `now`, echoing the
-/// selector the caller used. Every number is a JSON string holding a decimal integer,
-/// because Rust's and other SDKs' parsers accept nothing else for `expires_on`.
-///
-/// This is the cache-hit path, so it does not serialise: the members that never change for
-/// a token are rendered once and kept with it, and each request copies the token and them
-/// and appends the two relative lifetimes and the echo. Member order carries no meaning in
-/// JSON, and no SDK depends on it.
+/// selector the caller used, in a vector of its own (see [`TokenBody`]).
 pub fn render_token_body(
     entry: &CachedToken,
     client_id: &str,
@@ -218,28 +213,98 @@ pub fn render_token_body(
     now: u64,
     echo: Option<&(&'static str, String)>,
 ) -> Vec<u8> {
-    let token = &entry.token;
-    let fixed = entry.rendered.get_or_init(|| render_fixed_members(entry, client_id, resource));
-    let secret = token.token.expose();
-    // Room for the lifetimes (two members of at most 42 bytes) and the echo, so that the
-    // vector is allocated once: growing it would leave a copy of the token in freed memory.
+    let fixed = fixed_members(entry, client_id, resource);
+    let mut body = Vec::with_capacity(max_body_len(entry, fixed, echo));
+    write_body(&mut body, entry, fixed, now, echo);
+    body
+}
+
+/// A served token's body, ready to be written where its reader wants it: the direct path
+/// writes it into the connection's answer buffer after the head, hyper's path into a vector
+/// of its own. Every number is a JSON string holding a decimal integer, because Rust's and
+/// other SDKs' parsers accept nothing else for `expires_on`.
+///
+/// This is the cache-hit path, so it does not serialise: the members that never change for
+/// a token are rendered once and kept with it, and each write copies the token and them and
+/// appends the two relative lifetimes and the echo. Member order carries no meaning in JSON,
+/// and no SDK depends on it.
+pub struct TokenBody {
+    /// Invariant: `entry.rendered` is set.
+    entry: Arc<CachedToken>,
+    now: u64,
+    echo: Option<(&'static str, String)>,
+}
+
+impl TokenBody {
+    /// The body for `entry`, served as `client_id` for `resource` at `now`, echoing the
+    /// selector the caller used.
+    pub fn new(
+        entry: Arc<CachedToken>,
+        client_id: &str,
+        resource: &str,
+        now: u64,
+        echo: Option<(&'static str, String)>,
+    ) -> Self {
+        fixed_members(&entry, client_id, resource);
+        Self { entry, now, echo }
+    }
+
+    /// At most how many bytes [`write_to`](Self::write_to) appends.
+    pub fn max_len(&self) -> usize {
+        max_body_len(&self.entry, self.fixed(), self.echo.as_ref())
+    }
+
+    /// Appends the body to `out`, which must have room for [`max_len`](Self::max_len) more
+    /// bytes: growing it would leave a copy of the token in freed memory.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let capacity = out.capacity();
+        write_body(out, &self.entry, self.fixed(), self.now, self.echo.as_ref());
+        debug_assert_eq!(out.capacity(), capacity, "sized before the token went in");
+    }
+
+    /// The body in a vector of its own.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(self.max_len());
+        self.write_to(&mut body);
+        body
+    }
+
+    fn fixed(&self) -> &[u8] {
+        // Set by `new`, and a `OnceLock` once set stays set.
+        self.entry.rendered.get().map_or(&[], |fixed| fixed)
+    }
+}
+
+/// `entry`'s members that never change, rendered on first use.
+fn fixed_members<'e>(entry: &'e CachedToken, client_id: &str, resource: &str) -> &'e [u8] {
+    entry.rendered.get_or_init(|| render_fixed_members(entry, client_id, resource))
+}
+
+/// At most how many bytes [`write_body`] appends.
+fn max_body_len(entry: &CachedToken, fixed: &[u8], echo: Option<&(&'static str, String)>) -> usize {
+    // The lifetimes are two members of at most 42 bytes.
     let echo_room = echo.map_or(0, |(name, value)| {
         // serde_json writes at most six bytes for a byte it escapes (`\u00XX`).
         let value_bytes = if needs_no_escaping(value) { value.len() } else { 6 * value.len() };
         name.len() + value_bytes + 8
     });
-    let mut body = Vec::with_capacity(secret.len() + fixed.len() + 96 + echo_room);
+    entry.token.token.expose().len() + fixed.len() + 96 + echo_room
+}
+
+/// Appends the body of `entry` (whose fixed members are `fixed`) at `now` to `body`.
+fn write_body(body: &mut Vec<u8>, entry: &CachedToken, fixed: &[u8], now: u64, echo: Option<&(&'static str, String)>) {
+    let token = &entry.token;
     if fixed.first() == Some(&b'{') {
         // A token that needed escaping was rendered into the opening (see below).
         body.extend_from_slice(fixed);
     } else {
         body.extend_from_slice(b"{\"access_token\":\"");
-        body.extend_from_slice(secret.as_bytes());
+        body.extend_from_slice(token.token.expose().as_bytes());
         body.push(b'"');
         body.extend_from_slice(fixed);
     }
-    push_seconds(&mut body, "expires_in", token.expires_on.saturating_sub(now));
-    push_seconds(&mut body, "ext_expires_in", token.ext_expires_on.saturating_sub(now));
+    push_seconds(body, "expires_in", token.expires_on.saturating_sub(now));
+    push_seconds(body, "ext_expires_in", token.ext_expires_on.saturating_sub(now));
     if let Some((name, value)) = echo
         && let Some(field) = echo_field(name)
     {
@@ -247,10 +312,9 @@ pub fn render_token_body(
         body.extend_from_slice(field.as_bytes());
         body.extend_from_slice(b"\":");
         // The value is the caller's and may hold anything: let serde_json escape it.
-        serde_json::to_writer(&mut body, value.as_str()).expect("writing a string to a Vec cannot fail");
+        serde_json::to_writer(&mut *body, value.as_str()).expect("writing a string to a Vec cannot fail");
     }
     body.push(b'}');
-    body
 }
 
 /// Whether `s` goes into a JSON string as it is: no quote, backslash or control character.
