@@ -9,7 +9,7 @@ use std::fmt;
 use aws_lc_rs::digest;
 use serde::{Serialize, Serializer};
 use subtle::ConstantTimeEq;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroize;
 
 /// Text that must never reach logs, errors, metrics or `Debug` output.
 ///
@@ -99,12 +99,8 @@ impl HeaderSecret {
         if secret.len() > Self::MAX_BYTES {
             return None;
         }
-        let mut buffer = Zeroizing::new([0u8; Self::MAX_BYTES]);
-        buffer[..secret.len()].copy_from_slice(secret);
-        let mut words = [0u64; WORDS];
-        for (word, chunk) in words.iter_mut().zip(buffer.chunks_exact(8)) {
-            *word = u64::from_ne_bytes(chunk.try_into().expect("chunks of eight bytes"));
-        }
+        let mut chunks = secret.chunks(8);
+        let words = std::array::from_fn(|_| word(chunks.next()));
         Some(Self { words, len: secret.len() as u64 })
     }
 
@@ -118,16 +114,25 @@ impl HeaderSecret {
         if presented.len() > Self::MAX_BYTES {
             return false;
         }
-        let mut buffer = Zeroizing::new([0u8; Self::MAX_BYTES]);
-        buffer[..presented.len()].copy_from_slice(presented);
-        // An OR of XORs has no data-dependent branch; `black_box` keeps the optimiser from
-        // inventing one, and `subtle` makes the final test.
+        // An OR of XORs has no data-dependent branch (the chunks depend only on the presented
+        // length, which the caller knows); `black_box` keeps the optimiser from inventing one,
+        // and `subtle` makes the final test.
         let mut difference = self.len ^ presented.len() as u64;
-        for (word, chunk) in self.words.iter().zip(buffer.chunks_exact(8)) {
-            difference |= word ^ u64::from_ne_bytes(chunk.try_into().expect("chunks of eight bytes"));
+        let mut chunks = presented.chunks(8);
+        for own in &self.words {
+            difference |= own ^ word(chunks.next());
         }
         std::hint::black_box(difference).ct_eq(&0).into()
     }
+}
+
+/// Up to eight bytes as a native-endian word, zero-padded; zero for none.
+fn word(chunk: Option<&[u8]>) -> u64 {
+    let mut bytes = [0u8; 8];
+    if let Some(chunk) = chunk {
+        bytes[..chunk.len()].copy_from_slice(chunk);
+    }
+    u64::from_ne_bytes(bytes)
 }
 
 impl Drop for HeaderSecret {

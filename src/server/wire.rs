@@ -137,24 +137,24 @@ fn decode_component(text: &str) -> Cow<'_, str> {
     let Some(first) = bytes.iter().position(|&b| b == b'%' || b == b'+') else {
         return Cow::Borrowed(text);
     };
+    // Runs between escapes are copied whole.
     let mut decoded = Vec::with_capacity(bytes.len());
-    decoded.extend_from_slice(&bytes[..first]);
-    let mut at = first;
-    while at < bytes.len() {
-        let byte = match bytes[at] {
-            b'+' => b' ',
-            b'%' => match (bytes.get(at + 1).map(hex_value), bytes.get(at + 2).map(hex_value)) {
-                (Some(high), Some(low)) if high | low < 16 => {
-                    at += 2;
-                    high << 4 | low
-                }
-                _ => b'%',
+    let mut rest = bytes;
+    let mut next = Some(first);
+    while let Some(at) = next {
+        decoded.extend_from_slice(&rest[..at]);
+        let (byte, used) = match rest[at] {
+            b'+' => (b' ', 1),
+            _ => match (rest.get(at + 1).map(hex_value), rest.get(at + 2).map(hex_value)) {
+                (Some(high), Some(low)) if high | low < 16 => (high << 4 | low, 3),
+                _ => (b'%', 1),
             },
-            other => other,
         };
         decoded.push(byte);
-        at += 1;
+        rest = &rest[at + used..];
+        next = rest.iter().position(|&b| b == b'%' || b == b'+');
     }
+    decoded.extend_from_slice(rest);
     match String::from_utf8(decoded) {
         Ok(text) => Cow::Owned(text),
         Err(error) => Cow::Owned(String::from_utf8_lossy(error.as_bytes()).into_owned()),
