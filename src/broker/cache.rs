@@ -181,6 +181,12 @@ pub fn eviction_reason(cause: RemovalCause) -> Option<&'static str> {
     }
 }
 
+/// The map of tokens in use. Hashed with foldhash, seeded at random per map, rather than
+/// SipHash, which costs a cache hit about as much as the rest of the lookup: its keys are
+/// resources the upstream issued a token for, bounded by the cache's capacity and the new-key
+/// limit, so a caller cannot fill it with colliding keys.
+type InUse = HashMap<String, Arc<CachedToken>, foldhash::fast::RandomState>;
+
 /// One identity's tokens, in two segments that together hold at most `max_entries`.
 ///
 /// moka's default TinyLFU admission does not protect a token in use from a flood of one-off
@@ -210,7 +216,7 @@ pub fn eviction_reason(cause: RemovalCause) -> Option<&'static str> {
 pub struct TokenCache {
     main: Cache<String, Arc<CachedToken>>,
     /// The main segment's tokens, for hits (see above).
-    in_use: Arc<RwLock<HashMap<String, Arc<CachedToken>>>>,
+    in_use: Arc<RwLock<InUse>>,
     probation: Cache<String, Arc<CachedToken>>,
     /// Slots of `main` taken. Incremented before every insert into `main` and decremented
     /// for every removal moka reports (replacements included), so it is never below the
@@ -233,7 +239,7 @@ impl TokenCache {
     ) -> Self {
         let (main_capacity, probation_capacity) = Self::capacities(max_entries);
         let main_len = Arc::new(AtomicU64::new(0));
-        let in_use: Arc<RwLock<HashMap<String, Arc<CachedToken>>>> = Arc::default();
+        let in_use: Arc<RwLock<InUse>> = Arc::default();
         let expiry = || ExpireWhenUnservable { margin_secs, clock: Arc::clone(clock) };
         let listener = {
             let main_len = Arc::clone(&main_len);
