@@ -5,6 +5,7 @@
 # baseline are the result, each to the mean of the baseline runs just before and just after.
 #
 # Usage: bash bench/load.sh [DURATION_SECONDS]   (default 5 s per run; loopback only)
+# BENCH_ROUNDS sets how often each flavour is measured per connection count (default 2).
 # BENCH_FLAVOURS names the endpoints measured against the baseline (default "imds app_service");
 # "validate" and "authorization_header" measure /Validate and /AuthorizationHeader/graph cache
 # hits with a user token minted by the development issuer.
@@ -14,6 +15,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export LC_ALL=C
 
 duration="${1:-5}"
+# Rounds per connection count: each measures every flavour once, in reverse order every other
+# round, and the summary gives the mean ratio.
+rounds="${BENCH_ROUNDS:-2}"
 connections=(1 16 64 256)
 relay_port=18181
 baseline_port=18182
@@ -84,28 +88,59 @@ echo
 printf '| flavour | conns | req/s | p50 µs | p99 µs | p99.9 µs | CPU µs/req | errors | req/s vs baseline | p99 vs baseline | CPU vs baseline |\n'
 printf '|---|---|---|---|---|---|---|---|---|---|---|\n'
 baseline_row() { printf '| baseline | %s | %.0f | %s | %s | %s | %s | %s | | | |\n' "$conns" "$b_rps" "$b_p50" "$b_p99" "$b_p999" "$b_cpu" "$b_err"; }
-# ratio_to_mean A B C -> A / ((B + C) / 2), unrounded until printed
-ratio_to_mean() { awk -v a="$1" -v b="$2" -v c="$3" 'BEGIN { if (b + c == 0) print "n/a"; else printf "%.2f", a / ((b + c) / 2) }'; }
+# ratio_to_mean A B C -> A / ((B + C) / 2), to four places (two are printed)
+ratio_to_mean() { awk -v a="$1" -v b="$2" -v c="$3" 'BEGIN { if (b + c == 0) print "n/a"; else printf "%.4f", a / ((b + c) / 2) }'; }
+two() { if [[ $1 == n/a ]]; then echo n/a; else printf '%.2f' "$1"; fi; }
 baseline_failed() { echo "a baseline run gave no result (is wrk working?)" >&2; exit 1; }
+# Per flavour and connection count, the ratios of every round, for the summary.
+declare -A rps_ratios p99_ratios cpu_ratios
 for conns in "${connections[@]}"; do
     # Each flavour runs between two baseline runs, and its ratios are to their mean: the
     # machine's speed drifts over seconds (other tenants of the host), and a baseline measured
-    # further away in time would bias the later flavours.
+    # further away in time would bias the later flavours. Every other round runs the flavours
+    # in reverse order, so that neither is always measured first.
     read -r b_rps b_p50 b_p99 b_p999 b_cpu b_err < <(run "$baseline_pid" "$conns" "http://127.0.0.1:$baseline_port/") || baseline_failed
     baseline_row
+    for ((round = 1; round <= rounds; round++)); do
+        order=()
+        for ((i = 0; i < ${#flavours[@]}; i++)); do
+            if ((round % 2)); then order+=("${flavours[i]}"); else order=("${flavours[i]}" "${order[@]}"); fi
+        done
+        for flavour in "${order[@]}"; do
+            case $flavour in
+                imds) read -r rps p50 p99 p999 cpu err < <(run "$relay_pid" "$conns" "$imds_url" "Metadata: true") ;;
+                app_service) read -r rps p50 p99 p999 cpu err < <(run "$relay_pid" "$conns" "$app_url" "X-IDENTITY-HEADER: $header_secret") ;;
+                validate) read -r rps p50 p99 p999 cpu err < <(run "$relay_pid" "$conns" "$validate_url" "Authorization: Bearer $user_token") ;;
+                authorization_header) read -r rps p50 p99 p999 cpu err < <(run "$relay_pid" "$conns" "$authorization_header_url" "Authorization: Bearer $user_token") ;;
+                *) echo "unknown flavour $flavour in BENCH_FLAVOURS" >&2; exit 2 ;;
+            esac
+            read -r a_rps a_p50 a_p99 a_p999 a_cpu a_err < <(run "$baseline_pid" "$conns" "http://127.0.0.1:$baseline_port/") || baseline_failed
+            r_rps=$(ratio_to_mean "$rps" "$b_rps" "$a_rps")
+            r_p99=$(ratio_to_mean "$p99" "$b_p99" "$a_p99")
+            r_cpu=$(ratio_to_mean "$cpu" "$b_cpu" "$a_cpu")
+            printf '| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$flavour" "$conns" "$rps" "$p50" "$p99" "$p999" "$cpu" "$err" \
+                "$(two "$r_rps")" "$(two "$r_p99")" "$(two "$r_cpu")"
+            key="$flavour $conns"
+            rps_ratios[$key]+="$r_rps " p99_ratios[$key]+="$r_p99 " cpu_ratios[$key]+="$r_cpu "
+            b_rps=$a_rps b_p50=$a_p50 b_p99=$a_p99 b_p999=$a_p999 b_cpu=$a_cpu b_err=$a_err
+            baseline_row
+        done
+    done
+done
+echo
+echo "ratios to the baseline, mean of $rounds rounds (each round's in brackets):"
+echo
+printf '| flavour | conns | req/s vs baseline | p99 vs baseline | CPU vs baseline |\n'
+printf '|---|---|---|---|---|\n'
+# mean_of "r1 r2 ..." -> "mean (r1, r2, ...)"
+mean_of() {
+    awk '{ s = 0; e = ""; for (i = 1; i <= NF; i++) { if ($i == "n/a") { print "n/a"; exit } s += $i; e = e (i > 1 ? ", " : "") sprintf("%.2f", $i) }
+           printf "%.2f (%s)", s / NF, e }' <<<"$1"
+}
+for conns in "${connections[@]}"; do
     for flavour in "${flavours[@]}"; do
-        case $flavour in
-            imds) read -r rps p50 p99 p999 cpu err < <(run "$relay_pid" "$conns" "$imds_url" "Metadata: true") ;;
-            app_service) read -r rps p50 p99 p999 cpu err < <(run "$relay_pid" "$conns" "$app_url" "X-IDENTITY-HEADER: $header_secret") ;;
-            validate) read -r rps p50 p99 p999 cpu err < <(run "$relay_pid" "$conns" "$validate_url" "Authorization: Bearer $user_token") ;;
-            authorization_header) read -r rps p50 p99 p999 cpu err < <(run "$relay_pid" "$conns" "$authorization_header_url" "Authorization: Bearer $user_token") ;;
-            *) echo "unknown flavour $flavour in BENCH_FLAVOURS" >&2; exit 2 ;;
-        esac
-        read -r a_rps a_p50 a_p99 a_p999 a_cpu a_err < <(run "$baseline_pid" "$conns" "http://127.0.0.1:$baseline_port/") || baseline_failed
-        printf '| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$flavour" "$conns" "$rps" "$p50" "$p99" "$p999" "$cpu" "$err" \
-            "$(ratio_to_mean "$rps" "$b_rps" "$a_rps")" "$(ratio_to_mean "$p99" "$b_p99" "$a_p99")" "$(ratio_to_mean "$cpu" "$b_cpu" "$a_cpu")"
-        b_rps=$a_rps b_p50=$a_p50 b_p99=$a_p99 b_p999=$a_p999 b_cpu=$a_cpu b_err=$a_err
-        baseline_row
+        key="$flavour $conns"
+        printf '| %s | %s | %s | %s | %s |\n' "$flavour" "$conns" "$(mean_of "${rps_ratios[$key]}")" "$(mean_of "${p99_ratios[$key]}")" "$(mean_of "${cpu_ratios[$key]}")"
     done
 done
 echo
