@@ -18,6 +18,7 @@ duration="${1:-5}"
 # Rounds per connection count: each measures every flavour once, in reverse order every other
 # round, and the summary gives the mean ratio.
 rounds="${BENCH_ROUNDS:-2}"
+[[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_ROUNDS must be a whole number of at least 1" >&2; exit 2; }
 connections=(1 16 64 256)
 relay_port=18181
 baseline_port=18182
@@ -48,6 +49,10 @@ app_url="http://127.0.0.1:$relay_port/msi/token?api-version=2019-08-01&resource=
 for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$relay_port/healthz" && break; sleep 0.05; done
 body_bytes=$(curl -fs -H 'Metadata: true' "$imds_url" | wc -c)
 read -r -a flavours <<<"${BENCH_FLAVOURS:-imds app_service}"
+if [[ $(printf '%s\n' "${flavours[@]}" | sort | uniq -d) ]]; then
+    echo "BENCH_FLAVOURS names a flavour twice" >&2
+    exit 2
+fi
 user_token=$(curl -fs -X POST "http://127.0.0.1:$relay_port/dev/user-token" -d '{}' | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
 validate_url="http://127.0.0.1:$relay_port/Validate"
 authorization_header_url="http://127.0.0.1:$relay_port/AuthorizationHeader/graph"
@@ -92,6 +97,7 @@ baseline_row() { printf '| baseline | %s | %.0f | %s | %s | %s | %s | %s | | | |
 ratio_to_mean() { awk -v a="$1" -v b="$2" -v c="$3" 'BEGIN { if (b + c == 0) print "n/a"; else printf "%.4f", a / ((b + c) / 2) }'; }
 two() { if [[ $1 == n/a ]]; then echo n/a; else printf '%.2f' "$1"; fi; }
 baseline_failed() { echo "a baseline run gave no result (is wrk working?)" >&2; exit 1; }
+flavour_failed() { echo "the $flavour run at $conns connections gave no result" >&2; exit 1; }
 # Per flavour and connection count, the ratios of every round, for the summary.
 declare -A rps_ratios p99_ratios cpu_ratios
 for conns in "${connections[@]}"; do
@@ -108,10 +114,10 @@ for conns in "${connections[@]}"; do
         done
         for flavour in "${order[@]}"; do
             case $flavour in
-                imds) read -r rps p50 p99 p999 cpu err < <(run "$relay_pid" "$conns" "$imds_url" "Metadata: true") ;;
-                app_service) read -r rps p50 p99 p999 cpu err < <(run "$relay_pid" "$conns" "$app_url" "X-IDENTITY-HEADER: $header_secret") ;;
-                validate) read -r rps p50 p99 p999 cpu err < <(run "$relay_pid" "$conns" "$validate_url" "Authorization: Bearer $user_token") ;;
-                authorization_header) read -r rps p50 p99 p999 cpu err < <(run "$relay_pid" "$conns" "$authorization_header_url" "Authorization: Bearer $user_token") ;;
+                imds) read -r rps p50 p99 p999 cpu err < <(run "$relay_pid" "$conns" "$imds_url" "Metadata: true") || flavour_failed ;;
+                app_service) read -r rps p50 p99 p999 cpu err < <(run "$relay_pid" "$conns" "$app_url" "X-IDENTITY-HEADER: $header_secret") || flavour_failed ;;
+                validate) read -r rps p50 p99 p999 cpu err < <(run "$relay_pid" "$conns" "$validate_url" "Authorization: Bearer $user_token") || flavour_failed ;;
+                authorization_header) read -r rps p50 p99 p999 cpu err < <(run "$relay_pid" "$conns" "$authorization_header_url" "Authorization: Bearer $user_token") || flavour_failed ;;
                 *) echo "unknown flavour $flavour in BENCH_FLAVOURS" >&2; exit 2 ;;
             esac
             read -r a_rps a_p50 a_p99 a_p999 a_cpu a_err < <(run "$baseline_pid" "$conns" "http://127.0.0.1:$baseline_port/") || baseline_failed
@@ -128,7 +134,11 @@ for conns in "${connections[@]}"; do
     done
 done
 echo
-echo "ratios to the baseline, mean of $rounds rounds (each round's in brackets):"
+if ((rounds == 1)); then
+    echo "ratios to the baseline, one round:"
+else
+    echo "ratios to the baseline, mean of $rounds rounds (each round's in brackets):"
+fi
 echo
 printf '| flavour | conns | req/s vs baseline | p99 vs baseline | CPU vs baseline |\n'
 printf '|---|---|---|---|---|\n'

@@ -5,6 +5,7 @@
 //! that handles the plaintext is easy to find with a search.
 
 use std::fmt;
+use std::sync::Arc;
 
 use aws_lc_rs::digest;
 use serde::{Serialize, Serializer};
@@ -67,7 +68,7 @@ impl Secret {
     /// The form [`HeaderSecret::matches`] checks presented values against, built once for a
     /// secret checked on every request; `None` when the secret is longer than
     /// [`HeaderSecret::MAX_BYTES`].
-    pub fn for_header(&self) -> Option<HeaderSecret> {
+    pub fn for_header(&self) -> Option<Arc<HeaderSecret>> {
         HeaderSecret::new(self.0.as_bytes())
     }
 
@@ -95,49 +96,57 @@ impl HeaderSecret {
     /// makes 64 bytes).
     pub const MAX_BYTES: usize = 256;
 
-    fn new(secret: &[u8]) -> Option<Self> {
+    /// `secret` padded, built where it stays: a value moved into the `Arc` would leave a copy
+    /// of the padded secret on the stack.
+    fn new(secret: &[u8]) -> Option<Arc<Self>> {
         if secret.len() > Self::MAX_BYTES {
             return None;
         }
-        let mut chunks = secret.chunks(8);
-        let words = std::array::from_fn(|_| word(chunks.next()));
-        Some(Self { words, len: secret.len() as u64 })
+        let mut held = Arc::new(Self { words: [0; WORDS], len: 0 });
+        let this = Arc::get_mut(&mut held).expect("no other reference yet");
+        for (own, word) in this.words.iter_mut().zip(words(secret)) {
+            *own = word;
+        }
+        this.len = secret.len() as u64;
+        Some(held)
     }
 
     /// Whether `presented` is the secret, in time that depends on neither the secret nor the
     /// presented bytes: every word of the zero-padded forms is compared, whatever the lengths
     /// and wherever they first differ, and the lengths are compared alongside. Only a value
     /// longer than [`MAX_BYTES`](Self::MAX_BYTES) returns early, which tells the caller
-    /// nothing but that public bound. (`benches/hot_path.rs` times matching and differing
-    /// values.)
+    /// nothing but that public bound; the time depends on the presented length, which the
+    /// caller knows. (`benches/hot_path.rs` times matching and differing values.)
     pub fn matches(&self, presented: &[u8]) -> bool {
         if presented.len() > Self::MAX_BYTES {
             return false;
         }
-        // An OR of XORs has no data-dependent branch (the chunks depend only on the presented
-        // length, which the caller knows); `black_box` keeps the optimiser from inventing one,
-        // and `subtle` makes the final test.
+        // An OR of XORs over every word, with no branch on the data; `black_box` on the running
+        // value keeps the optimiser from stopping once it is non-zero, and `subtle` makes the
+        // final test.
         let mut difference = self.len ^ presented.len() as u64;
-        let mut chunks = presented.chunks(8);
-        for own in &self.words {
-            difference |= own ^ word(chunks.next());
+        for (own, word) in self.words.iter().zip(words(presented)) {
+            difference = std::hint::black_box(difference | (own ^ word));
         }
-        std::hint::black_box(difference).ct_eq(&0).into()
+        difference.ct_eq(&0).into()
     }
 }
 
-/// Up to eight bytes as a native-endian word, zero-padded; zero for none.
-fn word(chunk: Option<&[u8]>) -> u64 {
-    let mut bytes = [0u8; 8];
-    if let Some(chunk) = chunk {
-        bytes[..chunk.len()].copy_from_slice(chunk);
-    }
-    u64::from_ne_bytes(bytes)
+/// `bytes` as native-endian words, the last one zero-padded, then zeros without end.
+fn words(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    let whole = bytes.chunks_exact(8);
+    let mut last = [0u8; 8];
+    last[..whole.remainder().len()].copy_from_slice(whole.remainder());
+    whole
+        .map(|chunk| u64::from_ne_bytes(chunk.try_into().expect("chunks of eight bytes")))
+        .chain(std::iter::once(u64::from_ne_bytes(last)))
+        .chain(std::iter::repeat(0))
 }
 
 impl Drop for HeaderSecret {
     fn drop(&mut self) {
         self.words.zeroize();
+        self.len.zeroize();
     }
 }
 
@@ -218,6 +227,26 @@ mod tests {
             let header = HeaderSecret::new(&secret).unwrap();
             proptest::prop_assert_eq!(header.matches(&presented), presented == secret);
             proptest::prop_assert!(header.matches(&secret));
+        }
+
+        /// Near misses: the secret one byte shorter or longer (a NUL included), or with one
+        /// byte changed.
+        #[test]
+        fn header_secret_refuses_near_misses(
+            secret in proptest::collection::vec(proptest::num::u8::ANY, 1..=HeaderSecret::MAX_BYTES),
+            at in proptest::num::usize::ANY,
+            extra in proptest::num::u8::ANY,
+            flip in 1u8..,
+        ) {
+            let header = HeaderSecret::new(&secret).unwrap();
+            let at = at % secret.len();
+            let mut changed = secret.clone();
+            changed[at] ^= flip;
+            let mut longer = secret.clone();
+            longer.push(extra);
+            for near in [&secret[..secret.len() - 1], &changed[..], &longer[..]] {
+                proptest::prop_assert!(!header.matches(near));
+            }
         }
     }
 

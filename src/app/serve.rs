@@ -84,7 +84,7 @@ pub(super) async fn serve(config: Config) -> Result<(), AppError> {
         broker: built.broker.clone(),
         identity_header: match &identity_header {
             // Configuration refuses longer secrets and the generated one is 64 bytes.
-            Some(secret) => Some(Arc::new(secret.for_header().ok_or("the identity header secret is too long")?)),
+            Some(secret) => Some(secret.for_header().ok_or("the identity header secret is too long")?),
             None => None,
         },
         probe_mode: config.server.imds_probe,

@@ -30,11 +30,7 @@ fn build_dev_router() -> (Endpoints, tokio::runtime::Runtime) {
     let built = crate::app::build(&config, "http://127.0.0.1:8080", &Ok(None)).unwrap();
     let state = AppState {
         broker: built.broker,
-        identity_header: config
-            .server
-            .identity_header
-            .as_ref()
-            .map(|secret| std::sync::Arc::new(secret.for_header().unwrap())),
+        identity_header: config.server.identity_header.as_ref().map(|secret| secret.for_header().unwrap()),
         probe_mode: config.server.imds_probe,
         dev_issuer: built.dev_issuer,
         metrics: None,

@@ -181,10 +181,14 @@ pub fn eviction_reason(cause: RemovalCause) -> Option<&'static str> {
     }
 }
 
-/// The map of tokens in use. Hashed with foldhash, seeded at random per map, rather than
-/// SipHash, which costs a cache hit about as much as the rest of the lookup: its keys are
-/// resources the upstream issued a token for, bounded by the cache's capacity and the new-key
-/// limit, so a caller cannot fill it with colliding keys.
+/// The map of tokens in use. Hashed with foldhash rather than SipHash, which costs a cache
+/// hit about as much as the rest of the lookup. foldhash claims no resistance to a caller who
+/// chooses keys to collide, and callers do choose resources (any spelling the upstream
+/// accepts, any string under `--dev`). What bounds the harm: a key enters only with a token
+/// the upstream issued, at most `cache.new_keys_per_minute` new ones a minute; the map holds at
+/// most the main segment (nine tenths of `cache.max_entries` per identity); and the seed, which
+/// differs per map and process, is needed to compute collisions. The worst case is a hit
+/// comparing its key with every key of the main segment: slower, never wrong.
 type InUse = HashMap<String, Arc<CachedToken>, foldhash::fast::RandomState>;
 
 /// One identity's tokens, in two segments that together hold at most `max_entries`.

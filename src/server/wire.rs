@@ -270,8 +270,7 @@ impl TokenBody {
     }
 
     fn fixed(&self) -> &[u8] {
-        // Set by `new`, and a `OnceLock` once set stays set.
-        self.entry.rendered.get().map_or(&[], |fixed| fixed)
+        self.entry.rendered.get().expect("set by TokenBody::new; a OnceLock once set stays set")
     }
 }
 
@@ -566,6 +565,37 @@ mod tests {
     fn body_json(entry: &CachedToken, echo: Option<&(&'static str, String)>) -> serde_json::Value {
         let body = render_token_body(entry, "cid", "https://vault.azure.net", 1_760_000_001, echo);
         serde_json::from_slice(&body).expect("the body is JSON")
+    }
+
+    /// `max_len` bounds what `write_to` appends in the worst case: 20-digit lifetimes, a token
+    /// that needs escaping, and an echo made of bytes serde_json escapes as `\u00XX`.
+    #[test]
+    fn the_body_never_outgrows_its_bound() {
+        let worst_echo = "\u{1}\"\\\u{1f}".repeat(40);
+        for token in ["plain.jwt.token", "quote\"and\u{1}control"] {
+            for echo in [None, Some(("object_id", worst_echo.clone())), Some(("mi_res_id", "/plain".to_owned()))] {
+                let entry = CachedToken::new(
+                    crate::token::AccessToken {
+                        token: crate::secret::Secret::new(token),
+                        expires_on: u64::MAX,
+                        not_before: u64::MAX,
+                        ext_expires_on: u64::MAX,
+                        refresh_on: None,
+                    },
+                    0,
+                    crate::broker::Origin::Persisted,
+                );
+                let body = TokenBody::new(Arc::new(entry), "cid", "r", 0, echo.clone());
+                let written = body.to_vec();
+                assert!(written.len() <= body.max_len(), "{token:?} {echo:?}");
+                let json: serde_json::Value = serde_json::from_slice(&written).expect("the body is JSON");
+                assert_eq!(json["access_token"], token);
+                assert_eq!(json["expires_in"], u64::MAX.to_string());
+                if let Some((name, value)) = &echo {
+                    assert_eq!(json[echo_field(name).unwrap()], value.as_str());
+                }
+            }
+        }
     }
 
     #[test]
